@@ -1,0 +1,107 @@
+//! Run events: the journal. Every event is `{seq, type, run_id, tenant, ts, data}`; `seq` counts
+//! from 1 within a run and is the SSE `id:`.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{ChatMessage, Envelope, ErrorBody, ToolCallSpec, Usage};
+use crate::id::{AgentId, CallId, RunId, Tenant, ToolName};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub run_id: RunId,
+    pub tenant: Tenant,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: OffsetDateTime,
+    #[serde(flatten)]
+    pub data: EventData,
+}
+
+impl Envelope for Event {
+    const WHAT: &'static str = "event";
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        self.data.type_name()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum EventData {
+    #[serde(rename = "run.created")]
+    RunCreated { agent_id: AgentId, input: String },
+    #[serde(rename = "run.started")]
+    RunStarted {},
+    #[serde(rename = "step.started")]
+    StepStarted { step: u32 },
+    #[serde(rename = "model.delta")]
+    ModelDelta { step: u32, text: String },
+    #[serde(rename = "model.completed")]
+    ModelCompleted {
+        step: u32,
+        message: ChatMessage,
+        usage: Usage,
+    },
+    #[serde(rename = "tool.started")]
+    ToolStarted {
+        step: u32,
+        call_id: CallId,
+        name: ToolName,
+        arguments: serde_json::Value,
+    },
+    #[serde(rename = "tool.completed")]
+    ToolCompleted {
+        step: u32,
+        call_id: CallId,
+        name: ToolName,
+        output: serde_json::Value,
+    },
+    #[serde(rename = "tool.failed")]
+    ToolFailed {
+        step: u32,
+        call_id: CallId,
+        name: ToolName,
+        error: ErrorBody,
+    },
+    #[serde(rename = "run.requires_action")]
+    RunRequiresAction {
+        step: u32,
+        tool_calls: Vec<ToolCallSpec>,
+    },
+    #[serde(rename = "run.completed")]
+    RunCompleted { output: String, usage: Usage },
+    #[serde(rename = "run.failed")]
+    RunFailed { error: ErrorBody },
+    #[serde(rename = "run.cancelled")]
+    RunCancelled { reason: String },
+}
+
+impl EventData {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::RunCreated { .. } => "run.created",
+            Self::RunStarted {} => "run.started",
+            Self::StepStarted { .. } => "step.started",
+            Self::ModelDelta { .. } => "model.delta",
+            Self::ModelCompleted { .. } => "model.completed",
+            Self::ToolStarted { .. } => "tool.started",
+            Self::ToolCompleted { .. } => "tool.completed",
+            Self::ToolFailed { .. } => "tool.failed",
+            Self::RunRequiresAction { .. } => "run.requires_action",
+            Self::RunCompleted { .. } => "run.completed",
+            Self::RunFailed { .. } => "run.failed",
+            Self::RunCancelled { .. } => "run.cancelled",
+        }
+    }
+
+    /// The last event of a run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::RunCompleted { .. } | Self::RunFailed { .. } | Self::RunCancelled { .. }
+        )
+    }
+}

@@ -1,0 +1,78 @@
+//! Versioned wire envelopes: the only types that cross the bus. Each is a dedicated serde struct;
+//! domain types elsewhere are never serialized onto the bus by accident.
+//!
+//! The schema version travels in the `AgentOS-Schema` header. A message without it is read as the
+//! current version (hand-written tools in other languages may omit it); any other version is
+//! refused with [`Error::SchemaVersion`], never guessed at.
+
+mod agent;
+mod event;
+mod model;
+mod run;
+mod tool;
+
+pub use agent::AgentSpec;
+pub use event::{Event, EventData};
+pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
+pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
+pub use tool::{ToolReply, ToolRequest};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{Error, Result};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION_STR: &str = "1";
+
+/// A wire envelope: knows its name for error messages.
+pub trait Envelope: Serialize + DeserializeOwned {
+    const WHAT: &'static str;
+
+    fn encode(&self) -> Bytes {
+        // Serializing these types cannot fail: no maps with non-string keys, no custom serializers
+        // that error. Fall back to an empty object rather than panic.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec()))
+    }
+
+    /// Decodes a payload, checking the schema header when one is present.
+    fn decode(schema: Option<&str>, payload: &[u8]) -> Result<Self> {
+        if let Some(found) = schema
+            && found != SCHEMA_VERSION_STR
+        {
+            return Err(Error::SchemaVersion {
+                what: Self::WHAT,
+                found: found.to_owned(),
+                supported: SCHEMA_VERSION,
+            });
+        }
+        serde_json::from_slice(payload).map_err(|e| Error::decode(Self::WHAT, e))
+    }
+}
+
+/// The OpenAI-shaped error body used in replies and events: a stable code and a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Wall-clock now, for envelope timestamps.
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+#[cfg(test)]
+mod tests;

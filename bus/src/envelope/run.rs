@@ -1,0 +1,166 @@
+//! Run requests, continuations and the run record (the KV projection of a run's journal).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{AgentSpec, Envelope, ErrorBody, Usage};
+use crate::id::{AgentId, CallId, RunId, Tenant};
+
+/// A new run, published on `agentos.runs.<tenant>.submit` with `Nats-Msg-Id = run_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub run_id: RunId,
+    pub tenant: Tenant,
+    pub agent_id: AgentId,
+    /// The agent as it was at submission; a direct publisher may omit it and the orchestrator
+    /// loads the current definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
+    pub input: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub submitted_at: OffsetDateTime,
+}
+
+/// Outputs for a run waiting in `requires_action`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Continuation {
+    pub run_id: RunId,
+    pub tenant: Tenant,
+    pub tool_outputs: Vec<ToolOutput>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolOutput {
+    pub call_id: CallId,
+    pub output: serde_json::Value,
+}
+
+/// What travels on the submit subject.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SubmitMessage {
+    Run(RunRequest),
+    Continuation(Continuation),
+}
+
+impl Envelope for SubmitMessage {
+    const WHAT: &'static str = "submit message";
+}
+
+impl SubmitMessage {
+    pub fn run_id(&self) -> RunId {
+        match self {
+            Self::Run(r) => r.run_id,
+            Self::Continuation(c) => c.run_id,
+        }
+    }
+
+    pub fn tenant(&self) -> &Tenant {
+        match self {
+            Self::Run(r) => &r.tenant,
+            Self::Continuation(c) => &c.tenant,
+        }
+    }
+}
+
+/// `queued → running → (requires_action ⇄ running) → completed | failed | cancelled`;
+/// `cancelling` is the window between a cancel request and the run acknowledging it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    RequiresAction,
+    Cancelling,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::RequiresAction => "requires_action",
+            Self::Cancelling => "cancelling",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The run record in KV `agentos-runs` under `<tenant>.<run_id>`: a projection of the journal
+/// for fast reads and lists. The journal wins when they disagree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub tenant: Tenant,
+    pub agent_id: AgentId,
+    pub status: RunStatus,
+    pub input: String,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub error: Option<ErrorBody>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub steps: u32,
+    #[serde(default)]
+    pub thread_id: Option<String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Hash of the submitted body when an `Idempotency-Key` was used, to spot a reused key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
+    /// The journal sequence this record reflects.
+    #[serde(default)]
+    pub last_seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl Envelope for RunRecord {
+    const WHAT: &'static str = "run record";
+}
+
+impl RunRecord {
+    /// A fresh `queued` record for a request.
+    pub fn queued(req: &RunRequest) -> Self {
+        Self {
+            id: req.run_id,
+            tenant: req.tenant.clone(),
+            agent_id: req.agent_id.clone(),
+            status: RunStatus::Queued,
+            input: req.input.clone(),
+            output: None,
+            error: None,
+            usage: Usage::default(),
+            steps: 0,
+            thread_id: req.thread_id.clone(),
+            metadata: req.metadata.clone(),
+            request_hash: None,
+            last_seq: 0,
+            created_at: req.submitted_at,
+            updated_at: req.submitted_at,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}

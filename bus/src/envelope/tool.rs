@@ -1,0 +1,54 @@
+//! Tool calls on `agentos.tool.<tenant>.<tool…>`: one request, one reply. Documented for
+//! implementers in other languages in `docs/bus-protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Envelope, ErrorBody};
+use crate::id::{CallId, RunId, ToolName};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolRequest {
+    pub tool: ToolName,
+    #[serde(default)]
+    pub arguments: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<RunId>,
+    #[serde(default)]
+    pub step: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<CallId>,
+    /// `<run_id>:<step>:<call_id>`; a repeated key returns the recorded result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// How long the caller waits, so a tool can give up in time.
+    pub timeout_ms: u64,
+}
+
+impl Envelope for ToolRequest {
+    const WHAT: &'static str = "tool request";
+}
+
+impl ToolRequest {
+    /// The idempotency key for a call within a run.
+    pub fn key_for(run: &RunId, step: u32, call: &CallId) -> String {
+        format!("{run}:{step}:{call}")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ToolReply {
+    Ok {
+        output: serde_json::Value,
+    },
+    Error {
+        error: ErrorBody,
+        /// True when the tool did not run, so trying again is safe.
+        #[serde(default)]
+        retryable: bool,
+    },
+}
+
+impl Envelope for ToolReply {
+    const WHAT: &'static str = "tool reply";
+}

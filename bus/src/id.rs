@@ -1,0 +1,297 @@
+//! Validated identifiers. Nothing user-supplied reaches a subject or a KV key without passing here.
+//!
+//! A *token* is `[a-z0-9][a-z0-9_-]{0,62}`: safe as one NATS subject token and one KV key token.
+//! Tool names are one to four dot-separated tokens (`clock.now`, `mcp.github.search`), which map
+//! onto subject levels, so NATS permissions still fence them with wildcards.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+const MAX_TOKEN: usize = 63;
+const MAX_TOOL_SEGMENTS: usize = 4;
+
+/// Checks one token; returns the reason it is invalid.
+fn check_token(s: &str) -> Result<(), &'static str> {
+    let bytes = s.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err("must not be empty");
+    };
+    if bytes.len() > MAX_TOKEN {
+        return Err("must be at most 63 characters");
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err("must start with a lowercase letter or digit");
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+    {
+        return Err("may contain only a-z, 0-9, '_' and '-'");
+    }
+    Ok(())
+}
+
+macro_rules! token_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub const KIND: &'static str = $kind;
+
+            pub fn parse(s: impl Into<String>) -> Result<Self> {
+                let s = s.into();
+                match check_token(&s) {
+                    Ok(()) => Ok(Self(s)),
+                    Err(reason) => Err(Error::InvalidId { kind: $kind, value: s, reason }),
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self> {
+                Self::parse(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                Self::parse(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+token_id!(
+    /// A tenant: the second token of every tenant-scoped subject.
+    Tenant,
+    "tenant"
+);
+token_id!(
+    /// An agent definition's id, unique within a tenant.
+    AgentId,
+    "agent id"
+);
+token_id!(
+    /// A public model name (`scripted`, `gpt-4o-mini`, …).
+    ModelName,
+    "model name"
+);
+token_id!(
+    /// A memory namespace.
+    Namespace,
+    "namespace"
+);
+token_id!(
+    /// A tool call's id within one model turn, as the model named it.
+    CallId,
+    "call id"
+);
+
+/// A tool name: one to four dot-separated tokens, e.g. `echo` or `math.eval`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ToolName(String);
+
+impl ToolName {
+    pub const KIND: &'static str = "tool name";
+
+    pub fn parse(s: impl Into<String>) -> Result<Self> {
+        let s = s.into();
+        let invalid = |reason| Error::InvalidId {
+            kind: Self::KIND,
+            value: s.clone(),
+            reason,
+        };
+        if s.split('.').count() > MAX_TOOL_SEGMENTS {
+            return Err(invalid("may have at most four dot-separated parts"));
+        }
+        for segment in s.split('.') {
+            check_token(segment).map_err(invalid)?;
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ToolName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl From<ToolName> for String {
+    fn from(v: ToolName) -> String {
+        v.0
+    }
+}
+
+impl FromStr for ToolName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for ToolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A run id: a UUIDv7 (time-ordered, so key order is submission order), rendered hyphenated
+/// lowercase, which is also a valid token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(Uuid);
+
+impl RunId {
+    pub const KIND: &'static str = "run id";
+
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// The id a retried submission with the same idempotency key maps to.
+    pub fn from_idempotency_key(tenant: &Tenant, key: &str) -> Self {
+        let name = format!("{tenant}\u{0}{key}");
+        Self(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()))
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidId {
+            kind: Self::KIND,
+            value: s.to_owned(),
+            reason,
+        };
+        if s.len() != 36 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("must be a lowercase hyphenated UUID"));
+        }
+        Uuid::try_parse(s)
+            .map(Self)
+            .map_err(|_| invalid("must be a lowercase hyphenated UUID"))
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(v: RunId) -> String {
+        v.to_string()
+    }
+}
+
+impl FromStr for RunId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn tokens_accept_the_documented_alphabet() {
+        for ok in ["a", "0", "acme", "acme-corp_2", &"a".repeat(63)] {
+            assert!(Tenant::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn tokens_reject_subject_metacharacters_and_the_rest() {
+        for bad in [
+            "", " ", "a b", "a.b", "*", ">", "a*", "a>", "Acme", "-a", "_a", "é", "a\n",
+            "a\t", &"a".repeat(64),
+        ] {
+            let err = Tenant::parse(bad).expect_err(bad);
+            assert_eq!(err.code(), "invalid_id");
+        }
+    }
+
+    #[test]
+    fn tool_names_are_dotted_tokens() {
+        assert!(ToolName::parse("math.eval").is_ok());
+        assert!(ToolName::parse("mcp.github.search.code").is_ok());
+        for bad in ["", ".", "a.", ".a", "a..b", "a.*", "a.>", "a.b.c.d.e", "A.b", "a b"] {
+            assert!(ToolName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn run_ids_round_trip_and_reject_garbage() {
+        let id = RunId::new();
+        assert_eq!(RunId::parse(&id.to_string()).expect("parse"), id);
+        for bad in ["", "x", "0190c1e2-7a3b-7000-8000-00000000000", "0190C1E2-7A3B-7000-8000-000000000000"] {
+            assert!(RunId::parse(bad).is_err(), "{bad}");
+        }
+        let t = Tenant::parse("acme").expect("tenant");
+        assert_eq!(RunId::from_idempotency_key(&t, "k"), RunId::from_idempotency_key(&t, "k"));
+        assert_ne!(RunId::from_idempotency_key(&t, "k"), RunId::from_idempotency_key(&t, "j"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_accepted_token_is_one_subject_token(s in "\\PC{0,80}") {
+            if let Ok(t) = Tenant::parse(s.clone()) {
+                prop_assert!(!t.as_str().is_empty() && t.as_str().len() <= 63);
+                prop_assert!(!t.as_str().contains(['.', '*', '>', ' ']));
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! A run's journal: its events on `agentos.events.<tenant>.<run_id>` in stream `AGENTOS_EVENTS`.
+//!
+//! Appends carry `Nats-Expected-Last-Subject-Sequence`, so of two orchestrators racing to write
+//! the next step exactly one succeeds; the loser gets [`Error::WrongLastSequence`] and must
+//! re-read the journal. Readers follow a run through a short-lived ordered consumer.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use futures::{Stream, StreamExt};
+
+use crate::envelope::{Envelope, Event};
+use crate::headers;
+use crate::id::{RunId, Tenant};
+use crate::provision::STREAM_EVENTS;
+use crate::{Bus, Error, Result, subject};
+
+/// An event and the stream sequence it was stored at (the token for the next append).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub stream_seq: u64,
+    pub event: Event,
+}
+
+/// An append whose ack has not been awaited yet; see [`Bus::append_pipelined`].
+pub struct PendingAppend {
+    subject: String,
+    ack: jetstream::context::PublishAckFuture,
+}
+
+impl PendingAppend {
+    /// Waits for the server to store the event; returns its stream sequence.
+    pub async fn stored(self) -> Result<u64> {
+        let subject = self.subject;
+        self.ack
+            .await
+            .map(|ack| ack.sequence)
+            .map_err(|e| publish_error(&subject, None, e))
+    }
+}
+
+fn publish_error(
+    subject: &str,
+    expected: Option<u64>,
+    e: jetstream::context::PublishError,
+) -> Error {
+    match e.kind() {
+        PublishErrorKind::WrongLastSequence => Error::WrongLastSequence {
+            subject: subject.to_owned(),
+            expected: expected.unwrap_or_default(),
+        },
+        PublishErrorKind::TimedOut => Error::TimedOut {
+            op: format!("publish to {subject}"),
+            after: Duration::ZERO,
+        },
+        PublishErrorKind::StreamNotFound => Error::Missing {
+            kind: "stream",
+            name: format!("for subject {subject}"),
+        },
+        _ => Error::nats(format!("publish to {subject}"), e),
+    }
+}
+
+/// Guarded appends carry no `Nats-Msg-Id`: a dedup hit would answer "stored" for a different
+/// event at the same position. The expected sequence already makes a retried append safe (it
+/// fails, and the caller re-reads the journal and finds its own event).
+fn event_headers(event: &Event, dedup: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+    h.insert(headers::TENANT, event.tenant.as_str());
+    if dedup {
+        h.insert(headers::MSG_ID, format!("{}:{}", event.run_id, event.seq).as_str());
+    }
+    h
+}
+
+impl Bus {
+    /// Appends `event` only if the run's last stored event is at `expected_last` (0: the journal
+    /// is empty). Returns the new stream sequence.
+    pub async fn append(&self, event: &Event, expected_last: u64) -> Result<u64> {
+        let subject = subject::events(&event.tenant, &event.run_id);
+        let publish = jetstream::message::PublishMessage::build()
+            .headers(event_headers(event, false))
+            .payload(event.encode())
+            .expected_last_subject_sequence(expected_last);
+        let ack = self
+            .js
+            .send_publish(subject.clone(), publish)
+            .await
+            .map_err(|e| publish_error(&subject, Some(expected_last), e))?;
+        ack.await
+            .map(|a| a.sequence)
+            .map_err(|e| publish_error(&subject, Some(expected_last), e))
+    }
+
+    /// Sends an event without waiting for its ack (used for streamed `model.delta` events); the
+    /// caller awaits [`PendingAppend::stored`] before the next guarded [`Bus::append`]. The
+    /// per-event `Nats-Msg-Id` makes a retried append a no-op.
+    pub async fn append_pipelined(&self, event: &Event) -> Result<PendingAppend> {
+        let subject = subject::events(&event.tenant, &event.run_id);
+        let publish = jetstream::message::PublishMessage::build()
+            .headers(event_headers(event, true))
+            .payload(event.encode());
+        let ack = self
+            .js
+            .send_publish(subject.clone(), publish)
+            .await
+            .map_err(|e| publish_error(&subject, None, e))?;
+        Ok(PendingAppend { subject, ack })
+    }
+
+    /// The whole journal of a run as stored now (empty if none).
+    pub async fn read_journal(&self, tenant: &Tenant, run: &RunId) -> Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        let Some(mut messages) = self.journal_consumer(tenant, run).await? else {
+            return Ok(out);
+        };
+        while let Some(item) = messages.next().await {
+            let (stored, pending) = item?;
+            out.push(stored);
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Follows a run's journal from the start: stored events, then live ones, forever. Undecodable
+    /// entries are reported as errors in the stream and do not end it.
+    pub async fn follow_journal(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+    ) -> Result<impl Stream<Item = Result<Stored>> + Send + 'static> {
+        let consumer = self.events_consumer(tenant, run).await?;
+        let op = format!("follow {}", subject::events(tenant, run));
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::nats(op.clone(), e))?;
+        Ok(messages.map(move |m| decode_stored(&op, m).map(|(s, _)| s)))
+    }
+
+    /// The last event of a run, if any: one direct get.
+    pub async fn last_event(&self, tenant: &Tenant, run: &RunId) -> Result<Option<Stored>> {
+        let subject = subject::events(tenant, run);
+        let stream = self
+            .js
+            .get_stream_no_info(STREAM_EVENTS)
+            .await
+            .map_err(|e| Error::nats("open events stream", e))?;
+        match stream.direct_get_last_for_subject(subject.clone()).await {
+            Ok(msg) => {
+                let schema = msg.headers.get(headers::SCHEMA).map(|v| v.as_str());
+                Ok(Some(Stored {
+                    stream_seq: msg.sequence,
+                    event: Event::decode(schema, &msg.payload)?,
+                }))
+            }
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::nats(format!("last event on {subject}"), e)),
+        }
+    }
+
+    async fn events_consumer(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+    ) -> Result<consumer::Consumer<consumer::pull::OrderedConfig>> {
+        let subject = subject::events(tenant, run);
+        let stream = self
+            .js
+            .get_stream_no_info(STREAM_EVENTS)
+            .await
+            .map_err(|e| Error::nats("open events stream", e))?;
+        stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats(format!("consume {subject}"), e))
+    }
+
+    /// A stream of `(event, pending)` for a bounded read, or `None` when the journal is empty.
+    async fn journal_consumer(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+    ) -> Result<Option<impl Stream<Item = Result<(Stored, u64)>> + Send + 'static>> {
+        let consumer = self.events_consumer(tenant, run).await?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(None);
+        }
+        let op = format!("read {}", subject::events(tenant, run));
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::nats(op.clone(), e))?;
+        Ok(Some(messages.map(move |m| decode_stored(&op, m))))
+    }
+}
+
+fn decode_stored<E>(op: &str, msg: std::result::Result<jetstream::Message, E>) -> Result<(Stored, u64)>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let msg = msg.map_err(|e| Error::nats(op.to_owned(), e))?;
+    let info = msg.info().map_err(|e| Error::nats(op.to_owned(), e))?;
+    let (stream_seq, pending) = (info.stream_sequence, info.pending);
+    let schema = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::SCHEMA))
+        .map(|v| v.as_str());
+    let event = Event::decode(schema, &msg.payload)?;
+    Ok((Stored { stream_seq, event }, pending))
+}

@@ -1,0 +1,174 @@
+//! A thin, typed face over a KV bucket: the two single-writer primitives (`create`, `update` with
+//! a revision) surface as [`Error::AlreadyExists`] and [`Error::WrongRevision`].
+
+use async_nats::jetstream::{self, consumer, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::envelope::Envelope;
+use crate::provision::Bucket;
+use crate::{Bus, Error, Result};
+
+#[derive(Clone)]
+pub struct Kv {
+    store: kv::Store,
+    js: jetstream::Context,
+    bucket: Bucket,
+}
+
+/// A value and the revision it was read at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub revision: u64,
+}
+
+impl Bus {
+    /// Opens a provisioned bucket; keep the handle, opening costs a round trip.
+    pub async fn kv(&self, bucket: Bucket) -> Result<Kv> {
+        let store = self.js.get_key_value(bucket.name()).await.map_err(|e| {
+            if matches!(e.kind(), jetstream::context::KeyValueErrorKind::GetBucket) {
+                Error::Missing {
+                    kind: "bucket",
+                    name: bucket.name().to_owned(),
+                }
+            } else {
+                Error::nats(format!("open bucket {}", bucket.name()), e)
+            }
+        })?;
+        Ok(Kv {
+            store,
+            js: self.js.clone(),
+            bucket,
+        })
+    }
+}
+
+impl Kv {
+    pub fn bucket(&self) -> Bucket {
+        self.bucket
+    }
+
+    fn op(&self, what: &str, key: &str) -> String {
+        format!("kv {what} {}/{key}", self.bucket.name())
+    }
+
+    /// The current value, or `None` when absent or deleted.
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned<Bytes>>> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|e| Error::nats(self.op("get", key), e))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| Versioned {
+                value: e.value,
+                revision: e.revision,
+            }))
+    }
+
+    /// Creates the key; fails with [`Error::AlreadyExists`] if it holds a value.
+    pub async fn create(&self, key: &str, value: Bytes) -> Result<u64> {
+        self.store.create(key, value).await.map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => Error::AlreadyExists {
+                key: key.to_owned(),
+            },
+            _ => Error::nats(self.op("create", key), e),
+        })
+    }
+
+    /// Compare-and-set; fails with [`Error::WrongRevision`] on a stale revision.
+    pub async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64> {
+        self.store
+            .update(key, value, revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => Error::WrongRevision {
+                    key: key.to_owned(),
+                    expected: revision,
+                },
+                _ => Error::nats(self.op("update", key), e),
+            })
+    }
+
+    /// Unconditional write.
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<u64> {
+        self.store
+            .put(key, value)
+            .await
+            .map_err(|e| Error::nats(self.op("put", key), e))
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.store
+            .delete(key)
+            .await
+            .map_err(|e| Error::nats(self.op("delete", key), e))
+    }
+
+    pub async fn get_as<T: Envelope>(&self, key: &str) -> Result<Option<Versioned<T>>> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(v) => Ok(Some(Versioned {
+                value: T::decode(None, &v.value)?,
+                revision: v.revision,
+            })),
+        }
+    }
+
+    pub async fn create_as<T: Envelope>(&self, key: &str, value: &T) -> Result<u64> {
+        self.create(key, value.encode()).await
+    }
+
+    pub async fn update_as<T: Envelope>(&self, key: &str, value: &T, revision: u64) -> Result<u64> {
+        self.update(key, value.encode(), revision).await
+    }
+
+    pub async fn put_as<T: Envelope>(&self, key: &str, value: &T) -> Result<u64> {
+        self.put(key, value.encode()).await
+    }
+
+    /// Every live key starting with `prefix.` (e.g. a tenant), in no particular order. Reads
+    /// headers only, through a short-lived ordered consumer filtered to the prefix.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let op = || self.op("list", prefix);
+        let stream_name = format!("KV_{}", self.bucket.name());
+        let subject_prefix = format!("$KV.{}.", self.bucket.name());
+        let stream = self
+            .js
+            .get_stream_no_info(&stream_name)
+            .await
+            .map_err(|e| Error::nats(op(), e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{subject_prefix}{prefix}.>"),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats(op(), e))?;
+        let mut keys = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(keys);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| Error::nats(op(), e))?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| Error::nats(op(), e))?;
+            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if !deleted && let Some(key) = msg.subject.strip_prefix(subject_prefix.as_str()) {
+                keys.push(key.to_owned());
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(keys)
+    }
+}

@@ -1,0 +1,74 @@
+//! `agentos-bus`: everything AgentOS says over NATS. Subjects, validated ids, versioned wire
+//! envelopes, headers, provisioning, the connection, and typed operations on top of them.
+//!
+//! Invariant: this is the only crate that imports `async_nats`. Other crates speak in
+//! [`Bus`] methods and envelope types.
+
+pub mod envelope;
+mod error;
+pub mod headers;
+pub mod id;
+mod journal;
+mod kv;
+pub mod provision;
+mod rpc;
+mod status;
+pub mod server;
+pub mod subject;
+mod connect;
+mod work;
+
+pub use connect::ConnectOptions;
+pub use error::{Error, Result};
+pub use journal::{PendingAppend, Stored};
+pub use kv::{Kv, Versioned};
+pub use provision::{Bucket, Settings};
+pub use rpc::{CallMeta, Incoming, Replies, Reply, Service, ServiceInstance, ServiceSpec};
+pub use status::{ConsumerStatus, StreamStatus};
+pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions};
+
+/// A cheap, cloneable handle on one NATS connection and its JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("server", &self.client.server_info().host)
+            .finish()
+    }
+}
+
+impl Bus {
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self> {
+        let client = opts.connect().await?;
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(opts.timeout())
+            .build(client.clone());
+        Ok(Self { client, js })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Whether JetStream answers (account info round trip).
+    pub async fn jetstream_ok(&self) -> Result<()> {
+        self.js
+            .query_account()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::nats("query JetStream account", e))
+    }
+
+    /// Flushes and drains the connection: pending publishes go out, subscriptions end.
+    pub async fn close(&self) -> Result<()> {
+        self.client
+            .drain()
+            .await
+            .map_err(|e| Error::nats("drain connection", e))
+    }
+}

@@ -1,0 +1,324 @@
+//! Idempotent provisioning of every stream and KV bucket, with drift detection: an existing
+//! resource whose configuration differs from the desired one is reported, never rewritten.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use serde::Serialize;
+
+use crate::{Bus, Error, Result};
+
+pub const STREAM_RUNS: &str = "AGENTOS_RUNS";
+pub const STREAM_EVENTS: &str = "AGENTOS_EVENTS";
+pub const STREAM_AUDIT: &str = "AGENTOS_AUDIT";
+pub const STREAM_DLQ: &str = "AGENTOS_DLQ";
+
+/// The KV buckets of the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    Runs,
+    Agents,
+    Memory,
+    Tenants,
+    Usage,
+    Fwd,
+    Peers,
+    ToolResults,
+}
+
+impl Bucket {
+    pub const ALL: [Bucket; 8] = [
+        Self::Runs,
+        Self::Agents,
+        Self::Memory,
+        Self::Tenants,
+        Self::Usage,
+        Self::Fwd,
+        Self::Peers,
+        Self::ToolResults,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Runs => "agentos-runs",
+            Self::Agents => "agentos-agents",
+            Self::Memory => "agentos-memory",
+            Self::Tenants => "agentos-tenants",
+            Self::Usage => "agentos-usage",
+            Self::Fwd => "agentos-fwd",
+            Self::Peers => "agentos-peers",
+            Self::ToolResults => "agentos-tool-results",
+        }
+    }
+
+    fn history(self) -> i64 {
+        match self {
+            Self::Agents | Self::Tenants | Self::Memory => 5,
+            _ => 1,
+        }
+    }
+}
+
+/// Storage for streams and buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+/// Tunables of the provisioned resources.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub replicas: usize,
+    pub storage: Storage,
+    /// How long a run's journal is kept.
+    pub events_max_age: Duration,
+    pub audit_max_age: Duration,
+    pub dlq_max_age: Duration,
+    /// How long a tool result is kept for idempotent replays.
+    pub tool_results_max_age: Duration,
+    /// JetStream dedup window for `Nats-Msg-Id`.
+    pub duplicate_window: Duration,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            storage: Storage::File,
+            events_max_age: 7 * DAY,
+            audit_max_age: 365 * DAY,
+            dlq_max_age: 30 * DAY,
+            tool_results_max_age: DAY,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Settings {
+    fn storage(&self) -> stream::StorageType {
+        match self.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        }
+    }
+
+    fn streams(&self) -> Vec<stream::Config> {
+        let base = |name: &str, subject: &str, max_age: Duration| stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            storage: self.storage(),
+            num_replicas: self.replicas,
+            max_age,
+            duplicate_window: self.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        };
+        vec![
+            stream::Config {
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..base(STREAM_RUNS, crate::subject::filter::RUNS_SUBMIT, 7 * DAY)
+            },
+            base(STREAM_EVENTS, crate::subject::filter::EVENTS, self.events_max_age),
+            base(STREAM_AUDIT, crate::subject::filter::AUDIT, self.audit_max_age),
+            base(STREAM_DLQ, crate::subject::filter::DLQ, self.dlq_max_age),
+        ]
+    }
+
+    fn bucket(&self, bucket: Bucket) -> kv::Config {
+        kv::Config {
+            bucket: bucket.name().to_owned(),
+            history: bucket.history(),
+            max_age: match bucket {
+                Bucket::ToolResults => self.tool_results_max_age,
+                _ => Duration::ZERO,
+            },
+            storage: self.storage(),
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
+/// What provisioning found for one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Created,
+    Unchanged,
+    /// The resource exists with settings that differ: one line per differing field.
+    Drift { differences: Vec<String> },
+    /// Only from [`Bus::check`]: the resource does not exist.
+    Missing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub kind: &'static str,
+    pub name: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub items: Vec<Item>,
+}
+
+impl Report {
+    pub fn drifted(&self) -> impl Iterator<Item = &Item> {
+        self.items
+            .iter()
+            .filter(|i| matches!(i.outcome, Outcome::Drift { .. } | Outcome::Missing))
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.drifted().next().is_none()
+    }
+}
+
+/// The fields we own, compared between desired and actual stream configs.
+fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cmp = |field: &str, w: String, h: String| {
+        if w != h {
+            out.push(format!("{field}: want {w}, have {h}"));
+        }
+    };
+    let mut ws = want.subjects.clone();
+    let mut hs = have.subjects.clone();
+    ws.sort();
+    hs.sort();
+    cmp("subjects", format!("{ws:?}"), format!("{hs:?}"));
+    cmp("retention", format!("{:?}", want.retention), format!("{:?}", have.retention));
+    cmp("storage", format!("{:?}", want.storage), format!("{:?}", have.storage));
+    cmp("replicas", want.num_replicas.to_string(), have.num_replicas.to_string());
+    cmp("max_age", format!("{:?}", want.max_age), format!("{:?}", have.max_age));
+    // 0 and -1 both mean "unlimited" (the server stores -1).
+    let limit = |n: i64| if n <= 0 { "unlimited".to_owned() } else { n.to_string() };
+    cmp(
+        "max_messages_per_subject",
+        limit(want.max_messages_per_subject),
+        limit(have.max_messages_per_subject),
+    );
+    if want.duplicate_window != Duration::ZERO {
+        cmp(
+            "duplicate_window",
+            format!("{:?}", want.duplicate_window),
+            format!("{:?}", have.duplicate_window),
+        );
+    }
+    if want.allow_direct {
+        cmp("allow_direct", "true".into(), have.allow_direct.to_string());
+    }
+    out
+}
+
+/// The stream config a KV bucket config stands for, restricted to the fields we compare.
+fn kv_stream(cfg: &kv::Config) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{}", cfg.bucket),
+        subjects: vec![format!("$KV.{}.>", cfg.bucket)],
+        max_messages_per_subject: cfg.history,
+        max_age: cfg.max_age,
+        storage: cfg.storage,
+        num_replicas: cfg.num_replicas.max(1),
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+impl Bus {
+    /// Creates every missing stream and bucket; reports drift on existing ones without
+    /// touching them. Safe to run concurrently from many processes.
+    pub async fn provision(&self, settings: &Settings) -> Result<Report> {
+        self.reconcile(settings, true).await
+    }
+
+    /// Like [`Bus::provision`] but creates nothing: missing resources are reported.
+    pub async fn check(&self, settings: &Settings) -> Result<Report> {
+        self.reconcile(settings, false).await
+    }
+
+    async fn reconcile(&self, settings: &Settings, create: bool) -> Result<Report> {
+        let mut report = Report::default();
+        for want in settings.streams() {
+            let outcome = self.reconcile_stream(&want, create).await?;
+            report.items.push(Item {
+                kind: "stream",
+                name: want.name.clone(),
+                outcome,
+            });
+        }
+        for bucket in Bucket::ALL {
+            let cfg = settings.bucket(bucket);
+            let want = kv_stream(&cfg);
+            let outcome = match self.stream_config(&want.name).await? {
+                Some(have) => drift_outcome(&want, &have),
+                None if create => {
+                    match self.js.create_key_value(cfg).await {
+                        Ok(_) => Outcome::Created,
+                        // Lost a race with another process: compare what it created.
+                        Err(e) => match self.stream_config(&want.name).await? {
+                            Some(have) => drift_outcome(&want, &have),
+                            None => return Err(Error::nats(format!("create bucket {}", bucket.name()), e)),
+                        },
+                    }
+                }
+                None => Outcome::Missing,
+            };
+            report.items.push(Item {
+                kind: "kv",
+                name: bucket.name().to_owned(),
+                outcome,
+            });
+        }
+        for item in report.drifted() {
+            tracing::warn!(kind = item.kind, name = %item.name, outcome = ?item.outcome, "provisioning drift");
+        }
+        Ok(report)
+    }
+
+    async fn reconcile_stream(&self, want: &stream::Config, create: bool) -> Result<Outcome> {
+        if let Some(have) = self.stream_config(&want.name).await? {
+            return Ok(drift_outcome(want, &have));
+        }
+        if !create {
+            return Ok(Outcome::Missing);
+        }
+        match self.js.create_stream(want.clone()).await {
+            Ok(_) => Ok(Outcome::Created),
+            Err(e) => match self.stream_config(&want.name).await? {
+                Some(have) => Ok(drift_outcome(want, &have)),
+                None => Err(Error::nats(format!("create stream {}", want.name), e)),
+            },
+        }
+    }
+
+    /// The current config of a stream, or `None` when it does not exist.
+    async fn stream_config(&self, name: &str) -> Result<Option<stream::Config>> {
+        match self.js.get_stream(name).await {
+            Ok(s) => Ok(Some(s.cached_info().config.clone())),
+            Err(e) => match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(Error::nats(format!("get stream {name}"), e)),
+            },
+        }
+    }
+}
+
+fn drift_outcome(want: &stream::Config, have: &stream::Config) -> Outcome {
+    let differences = differences(want, have);
+    if differences.is_empty() {
+        Outcome::Unchanged
+    } else {
+        Outcome::Drift { differences }
+    }
+}

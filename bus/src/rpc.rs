@@ -1,0 +1,278 @@
+//! Core request/reply: callers get a stream of replies on a private inbox (model calls stream
+//! chunks, tool calls answer once); workers register as NATS micro services in a queue group, so
+//! `nats micro ls` and `agentos status` see every instance.
+
+use std::time::Duration;
+
+use async_nats::service::ServiceExt;
+use async_nats::{HeaderMap, StatusCode, service};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+
+use crate::id::{RunId, Tenant};
+use crate::{Bus, Error, Result, headers, subject};
+
+/// Context that travels with a call in headers.
+#[derive(Clone, Debug)]
+pub struct CallMeta {
+    pub tenant: Tenant,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+impl CallMeta {
+    pub fn new(tenant: Tenant) -> Self {
+        Self {
+            tenant,
+            request_id: None,
+            idempotency_key: None,
+            traceparent: None,
+        }
+    }
+
+    fn to_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        h.insert(headers::TENANT, self.tenant.as_str());
+        if let Some(v) = &self.request_id {
+            h.insert(headers::REQUEST_ID, v.as_str());
+        }
+        if let Some(v) = &self.idempotency_key {
+            h.insert(headers::IDEMPOTENCY_KEY, v.as_str());
+        }
+        if let Some(v) = &self.traceparent {
+            h.insert(headers::TRACEPARENT, v.as_str());
+        }
+        h
+    }
+}
+
+/// A reply payload with its schema header.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub schema: Option<String>,
+    pub payload: Bytes,
+}
+
+/// The replies to one call, in order.
+pub struct Replies {
+    subject: String,
+    sub: async_nats::Subscriber,
+}
+
+impl Replies {
+    /// The next reply, waiting at most `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Reply> {
+        let msg = tokio::time::timeout(timeout, self.sub.next())
+            .await
+            .map_err(|_| Error::TimedOut {
+                op: format!("reply from {}", self.subject),
+                after: timeout,
+            })?
+            .ok_or_else(|| Error::nats(format!("reply from {}", self.subject), "subscription closed"))?;
+        if msg.status == Some(StatusCode::NO_RESPONDERS) {
+            return Err(Error::NoResponders {
+                subject: self.subject.clone(),
+            });
+        }
+        Ok(Reply {
+            schema: msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::SCHEMA))
+                .map(|v| v.as_str().to_owned()),
+            payload: msg.payload,
+        })
+    }
+}
+
+impl Bus {
+    /// Sends a request and returns its reply stream. Dropping [`Replies`] unsubscribes.
+    pub async fn call(&self, subject: String, meta: &CallMeta, payload: Bytes) -> Result<Replies> {
+        let inbox = self.client.new_inbox();
+        let sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::nats(format!("subscribe {inbox}"), e))?;
+        self.client
+            .publish_with_reply_and_headers(subject.clone(), inbox, meta.to_headers(), payload)
+            .await
+            .map_err(|e| Error::nats(format!("request {subject}"), e))?;
+        Ok(Replies { subject, sub })
+    }
+
+    /// Broadcasts a cancel for a run to every orchestrator and tool worker.
+    pub async fn publish_cancel(&self, tenant: &Tenant, run: &RunId) -> Result<()> {
+        let subject = subject::cancel(tenant, run);
+        self.client
+            .publish(subject.clone(), Bytes::new())
+            .await
+            .map_err(|e| Error::nats(format!("publish {subject}"), e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| Error::nats("flush cancel", e))
+    }
+
+    /// Every cancel on the bus, parsed; malformed subjects are skipped with a warning.
+    pub async fn cancels(&self) -> Result<impl Stream<Item = (Tenant, RunId)> + Send + 'static> {
+        let sub = self
+            .client
+            .subscribe(subject::filter::CANCEL)
+            .await
+            .map_err(|e| Error::nats("subscribe cancels", e))?;
+        Ok(sub.filter_map(|m| async move {
+            let parsed = subject::parse_cancel(m.subject.as_str());
+            if parsed.is_none() {
+                tracing::warn!(subject = %m.subject, "ignoring malformed cancel subject");
+            }
+            parsed
+        }))
+    }
+
+    /// Registers a micro service with one endpoint on `subject` (wildcards allowed) in the
+    /// service's queue group.
+    pub async fn serve(&self, spec: &ServiceSpec) -> Result<Service> {
+        let op = || format!("start service {}", spec.name);
+        let svc = self
+            .client
+            .service_builder()
+            .description(spec.description.clone())
+            .metadata(spec.metadata.clone())
+            .start(spec.name.clone(), spec.version.clone())
+            .await
+            .map_err(|e| Error::nats(op(), e))?;
+        let endpoint = match &spec.endpoint {
+            Some(subject) => Some(
+                svc.endpoint_builder()
+                    .name(spec.name.clone())
+                    .add(subject.clone())
+                    .await
+                    .map_err(|e| Error::nats(op(), e))?,
+            ),
+            None => None,
+        };
+        Ok(Service { svc, endpoint })
+    }
+
+    /// Every running AgentOS service instance, found with `$SRV.INFO` (waits `wait` for replies).
+    pub async fn discover(&self, wait: Duration) -> Result<Vec<ServiceInstance>> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::nats("subscribe discovery", e))?;
+        self.client
+            .publish_with_reply("$SRV.INFO", inbox, Bytes::new())
+            .await
+            .map_err(|e| Error::nats("discover services", e))?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            if let Ok(info) = serde_json::from_slice::<service::Info>(&msg.payload) {
+                out.push(ServiceInstance {
+                    name: info.name,
+                    id: info.id,
+                    version: info.version,
+                    endpoints: info.endpoints.into_iter().map(|e| e.subject).collect(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub endpoint: Option<String>,
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceInstance {
+    pub name: String,
+    pub id: String,
+    pub version: String,
+    pub endpoints: Vec<String>,
+}
+
+/// A running service; `next` yields its requests.
+pub struct Service {
+    svc: service::Service,
+    endpoint: Option<service::endpoint::Endpoint>,
+}
+
+impl Service {
+    /// The next request, or `None` once the service stopped.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        let endpoint = self.endpoint.as_mut()?;
+        endpoint.next().await.map(|req| Incoming { req })
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        self.svc
+            .stop()
+            .await
+            .map_err(|e| Error::nats("stop service", e))
+    }
+}
+
+/// One request to a service.
+pub struct Incoming {
+    req: service::Request,
+}
+
+impl Incoming {
+    pub fn subject(&self) -> &str {
+        self.req.message.subject.as_str()
+    }
+
+    pub fn payload(&self) -> &Bytes {
+        &self.req.message.payload
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.req
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+
+    pub fn schema(&self) -> Option<&str> {
+        self.header(headers::SCHEMA)
+    }
+
+    /// Sends one reply message without ending the exchange (a streamed chunk).
+    pub async fn chunk(&self, client: &Bus, payload: Bytes) -> Result<()> {
+        let Some(reply) = self.req.message.reply.clone() else {
+            return Ok(());
+        };
+        let mut h = HeaderMap::new();
+        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        client
+            .client
+            .publish_with_headers(reply, h, payload)
+            .await
+            .map_err(|e| Error::nats("reply chunk", e))
+    }
+
+    /// Sends the final reply.
+    pub async fn respond(&self, payload: Bytes) -> Result<()> {
+        let mut h = HeaderMap::new();
+        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        self.req
+            .respond_with_headers(Ok(payload), h)
+            .await
+            .map_err(|e| Error::nats("respond", e))
+    }
+}

@@ -1,0 +1,187 @@
+//! Finding and running a local `nats-server`: the test harness and `agentos up` both use it.
+//!
+//! Lookup order: `$AGENTOS_NATS_SERVER`, then `nats-server` on `PATH` (if it is at least 2.11),
+//! then the project's tools folder (`tools/nats/bin/nats-server`, installed by
+//! `scripts/install-nats-server`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// The version the project pins and installs.
+pub const PINNED_VERSION: &str = "2.15.1";
+const MIN_MINOR: u32 = 11;
+
+/// Where `scripts/install-nats-server` puts the pinned binary, relative to the repo root.
+pub const TOOLS_RELATIVE: &str = "tools/nats/bin/nats-server";
+
+/// Finds a usable nats-server binary. `extra` lists more candidates (e.g. a home folder).
+pub fn locate(extra: &[PathBuf]) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AGENTOS_NATS_SERVER") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Server(format!(
+                "AGENTOS_NATS_SERVER={} is not a file",
+                p.display()
+            )))
+        };
+    }
+    if let Some(p) = on_path("nats-server") {
+        match version_of(&p) {
+            Some((2, minor)) if minor >= MIN_MINOR => return Ok(p),
+            v => tracing::warn!(path = %p.display(), version = ?v,
+                "nats-server on PATH is older than 2.{MIN_MINOR}; looking for the pinned {PINNED_VERSION}"),
+        }
+    }
+    let repo_tools = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|root| root.join(TOOLS_RELATIVE));
+    let cwd_tools = std::env::current_dir().ok().map(|d| d.join(TOOLS_RELATIVE));
+    extra
+        .iter()
+        .cloned()
+        .chain(cwd_tools)
+        .chain(repo_tools)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Server(format!(
+                "no nats-server found (set AGENTOS_NATS_SERVER, put nats-server ≥ 2.{MIN_MINOR} on PATH, \
+                 or run scripts/install-nats-server to install {PINNED_VERSION})"
+            ))
+        })
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `(major, minor)` of a nats-server binary, from `--version`.
+pub fn version_of(binary: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// A nats-server child process with JetStream on; killed and reaped on drop.
+pub struct NatsServer {
+    child: Child,
+    url: String,
+    port: u16,
+    store: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("url", &self.url)
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+impl NatsServer {
+    /// A throwaway server for tests: random free port, temporary store directory.
+    pub async fn ephemeral() -> Result<Self> {
+        let temp = tempfile::tempdir().map_err(|e| Error::Server(format!("temp dir: {e}")))?;
+        let binary = locate(&[])?;
+        let mut server = Self::spawn(&binary, temp.path(), None, &[]).await?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    /// Starts `binary` with JetStream storing under `dir`, on `port` (random if `None`), with
+    /// `extra_args` appended; returns once the server accepts connections.
+    pub async fn spawn(
+        binary: &Path,
+        dir: &Path,
+        port: Option<u16>,
+        extra_args: &[String],
+    ) -> Result<Self> {
+        let store = dir.join("jetstream");
+        let ports_dir = dir.join("ports");
+        std::fs::create_dir_all(&ports_dir)
+            .map_err(|e| Error::Server(format!("create {}: {e}", ports_dir.display())))?;
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--sd"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::Server(format!("spawn {}: {e}", binary.display())))?;
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        let mut server = Self {
+            child,
+            url: String::new(),
+            port: 0,
+            store,
+            _temp: None,
+        };
+        server.port = server.wait_for_port(&ports_file).await?;
+        server.url = format!("nats://127.0.0.1:{}", server.port);
+        Ok(server)
+    }
+
+    async fn wait_for_port(&mut self, ports_file: &Path) -> Result<u16> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(ports_file)
+                && let Some(port) = parse_ports_file(&text)
+                && tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            {
+                return Ok(port);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Error::Server(format!("exited at start with {status}")));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Server("did not accept connections within 20 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store
+    }
+}
+
+fn parse_ports_file(text: &str) -> Option<u16> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let url = v.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,219 @@
+//! The run queue: submissions published with `Nats-Msg-Id`, consumed by one durable pull consumer
+//! shared by the orchestrator pool; and the dead-letter stream for what cannot be processed.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use crate::envelope::{Envelope, SubmitMessage};
+use crate::id::Tenant;
+use crate::provision::STREAM_RUNS;
+use crate::subject::{self, DlqKind};
+use crate::{Bus, Error, Result, headers};
+
+/// The pool's durable consumer name.
+pub const ORCHESTRATOR_DURABLE: &str = "orchestrators";
+
+#[derive(Clone, Debug)]
+pub struct QueueOptions {
+    /// Redelivery after this long without an ack or in-progress signal.
+    pub ack_wait: Duration,
+    /// Upper bound of unacknowledged runs across the pool.
+    pub max_ack_pending: i64,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+        }
+    }
+}
+
+/// One delivery from the run queue. Ack only after the work is done.
+pub struct Delivery {
+    msg: jetstream::Message,
+}
+
+impl Delivery {
+    pub fn subject(&self) -> &str {
+        self.msg.subject.as_str()
+    }
+
+    pub fn payload(&self) -> &Bytes {
+        &self.msg.payload
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.header(headers::REQUEST_ID)
+    }
+
+    /// How many times this message has been delivered (1 on first delivery).
+    pub fn delivered(&self) -> i64 {
+        self.msg.info().map(|i| i.delivered).unwrap_or(1)
+    }
+
+    /// Decodes the submission and checks that its tenant is the subject's.
+    pub fn decode(&self) -> Result<SubmitMessage> {
+        let msg = SubmitMessage::decode(self.header(headers::SCHEMA), &self.msg.payload)?;
+        match subject::tenant_of(self.subject()) {
+            Some(t) if &t == msg.tenant() => Ok(msg),
+            _ => Err(Error::decode(
+                "submit message",
+                format!(
+                    "tenant {} does not match subject {}",
+                    msg.tenant(),
+                    self.subject()
+                ),
+            )),
+        }
+    }
+
+    pub async fn ack(&self) -> Result<()> {
+        self.msg
+            .double_ack()
+            .await
+            .map_err(|e| Error::nats("ack run", e))
+    }
+
+    /// Resets the redelivery timer while work goes on.
+    pub async fn in_progress(&self) -> Result<()> {
+        self.msg
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| Error::nats("in-progress ack", e))
+    }
+
+    /// Gives the message back for redelivery after `delay`.
+    pub async fn nak(&self, delay: Duration) -> Result<()> {
+        self.msg
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| Error::nats("nak run", e))
+    }
+}
+
+impl Bus {
+    /// Publishes a submission with `Nats-Msg-Id = run_id`, retrying a timed-out publish with the
+    /// same id (a publish can time out and still be stored). Returns true if it was a duplicate.
+    pub async fn submit(&self, msg: &SubmitMessage, request_id: Option<&str>) -> Result<bool> {
+        let subject = subject::runs_submit(msg.tenant());
+        let msg_id = match msg {
+            SubmitMessage::Run(r) => r.run_id.to_string(),
+            SubmitMessage::Continuation(c) => format!("{}:cont:{}", c.run_id, crate::envelope::now().unix_timestamp_nanos()),
+        };
+        let mut h = HeaderMap::new();
+        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        h.insert(headers::TENANT, msg.tenant().as_str());
+        h.insert(headers::MSG_ID, msg_id.as_str());
+        if let Some(rid) = request_id {
+            h.insert(headers::REQUEST_ID, rid);
+        }
+        let payload = msg.encode();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let res = async {
+                self.js
+                    .publish_with_headers(subject.clone(), h.clone(), payload.clone())
+                    .await?
+                    .await
+            }
+            .await;
+            match res {
+                Ok(ack) => return Ok(ack.duplicate),
+                Err(e)
+                    if attempt < 3
+                        && e.kind() == jetstream::context::PublishErrorKind::TimedOut =>
+                {
+                    tracing::warn!(%subject, attempt, "submit timed out, retrying with the same Nats-Msg-Id");
+                }
+                Err(e) => {
+                    return Err(match e.kind() {
+                        jetstream::context::PublishErrorKind::TimedOut => Error::TimedOut {
+                            op: format!("submit to {subject}"),
+                            after: Duration::ZERO,
+                        },
+                        _ => Error::nats(format!("submit to {subject}"), e),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Binds (creating if needed) the pool's durable consumer and streams its deliveries.
+    /// `batch` bounds how many messages are pulled ahead of processing.
+    pub async fn run_queue(
+        &self,
+        opts: &QueueOptions,
+        batch: usize,
+    ) -> Result<impl Stream<Item = Result<Delivery>> + Send + 'static> {
+        let stream = self.js.get_stream_no_info(STREAM_RUNS).await.map_err(|e| {
+            Error::nats("open runs stream", e)
+        })?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                ORCHESTRATOR_DURABLE,
+                consumer::pull::Config {
+                    durable_name: Some(ORCHESTRATOR_DURABLE.to_owned()),
+                    filter_subject: subject::filter::RUNS_SUBMIT.to_owned(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: opts.ack_wait,
+                    max_ack_pending: opts.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::nats("bind orchestrator consumer", e))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch.max(1))
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| Error::nats("pull runs", e))?;
+        Ok(messages.map(|m| {
+            m.map(|msg| Delivery { msg })
+                .map_err(|e| Error::nats("pull runs", e))
+        }))
+    }
+
+    /// Stores a message that could not be processed in `AGENTOS_DLQ`, untouched, with the reason
+    /// in headers. Never drops: a failure to dead-letter is returned so the caller can nak.
+    pub async fn dead_letter(
+        &self,
+        tenant: Option<&Tenant>,
+        kind: DlqKind,
+        original_subject: &str,
+        error: &Error,
+        payload: Bytes,
+    ) -> Result<()> {
+        let subject = subject::dlq(tenant, kind);
+        let mut h = HeaderMap::new();
+        h.insert(headers::DLQ_SUBJECT, original_subject);
+        h.insert(headers::DLQ_CODE, error.code());
+        // Header values must be one line.
+        let reason: String = error.to_string().replace(['\r', '\n'], " ");
+        h.insert(headers::DLQ_REASON, reason.as_str());
+        self.js
+            .publish_with_headers(subject.clone(), h, payload)
+            .await
+            .map_err(|e| Error::nats(format!("dead-letter to {subject}"), e))?
+            .await
+            .map_err(|e| Error::nats(format!("dead-letter to {subject}"), e))?;
+        tracing::warn!(%subject, original = original_subject, code = error.code(), %reason, "dead-lettered");
+        Ok(())
+    }
+}
