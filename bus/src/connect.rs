@@ -83,10 +83,9 @@ impl ConnectOptions {
             opts = opts.token(token.clone());
         }
         if let Some(path) = &self.credentials_file {
-            opts = opts
-                .credentials_file(path)
-                .await
-                .map_err(|e| connect_err(format!("credentials file {}: {e}", path.display()).into()))?;
+            opts = opts.credentials_file(path).await.map_err(|e| {
+                connect_err(format!("credentials file {}: {e}", path.display()).into())
+            })?;
         }
         if let Some(seed) = &self.nkey_seed {
             opts = opts.nkey(seed.clone());

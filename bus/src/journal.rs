@@ -67,10 +67,16 @@ fn publish_error(
 /// fails, and the caller re-reads the journal and finds its own event).
 fn event_headers(event: &Event, dedup: bool) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+    h.insert(
+        headers::SCHEMA,
+        crate::envelope::SCHEMA_VERSION.to_string().as_str(),
+    );
     h.insert(headers::TENANT, event.tenant.as_str());
     if dedup {
-        h.insert(headers::MSG_ID, format!("{}:{}", event.run_id, event.seq).as_str());
+        h.insert(
+            headers::MSG_ID,
+            format!("{}:{}", event.run_id, event.seq).as_str(),
+        );
     }
     h
 }
@@ -132,7 +138,7 @@ impl Bus {
         &self,
         tenant: &Tenant,
         run: &RunId,
-    ) -> Result<impl Stream<Item = Result<Stored>> + Send + 'static> {
+    ) -> Result<impl Stream<Item = Result<Stored>> + Send + Unpin + 'static> {
         let consumer = self.events_consumer(tenant, run).await?;
         let op = format!("follow {}", subject::events(tenant, run));
         let messages = consumer
@@ -189,7 +195,7 @@ impl Bus {
         &self,
         tenant: &Tenant,
         run: &RunId,
-    ) -> Result<Option<impl Stream<Item = Result<(Stored, u64)>> + Send + 'static>> {
+    ) -> Result<Option<impl Stream<Item = Result<(Stored, u64)>> + Send + Unpin + 'static>> {
         let consumer = self.events_consumer(tenant, run).await?;
         if consumer.cached_info().num_pending == 0 {
             return Ok(None);
@@ -203,7 +209,10 @@ impl Bus {
     }
 }
 
-fn decode_stored<E>(op: &str, msg: std::result::Result<jetstream::Message, E>) -> Result<(Stored, u64)>
+fn decode_stored<E>(
+    op: &str,
+    msg: std::result::Result<jetstream::Message, E>,
+) -> Result<(Stored, u64)>
 where
     E: std::error::Error + Send + Sync + 'static,
 {

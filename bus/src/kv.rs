@@ -70,12 +70,15 @@ impl Kv {
 
     /// Creates the key; fails with [`Error::AlreadyExists`] if it holds a value.
     pub async fn create(&self, key: &str, value: Bytes) -> Result<u64> {
-        self.store.create(key, value).await.map_err(|e| match e.kind() {
-            kv::CreateErrorKind::AlreadyExists => Error::AlreadyExists {
-                key: key.to_owned(),
-            },
-            _ => Error::nats(self.op("create", key), e),
-        })
+        self.store
+            .create(key, value)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => Error::AlreadyExists {
+                    key: key.to_owned(),
+                },
+                _ => Error::nats(self.op("create", key), e),
+            })
     }
 
     /// Compare-and-set; fails with [`Error::WrongRevision`] on a stale revision.
@@ -153,7 +156,10 @@ impl Kv {
         if consumer.cached_info().num_pending == 0 {
             return Ok(keys);
         }
-        let mut messages = consumer.messages().await.map_err(|e| Error::nats(op(), e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::nats(op(), e))?;
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(|e| Error::nats(op(), e))?;
             let pending = msg.info().map(|i| i.pending).unwrap_or(0);

@@ -4,6 +4,7 @@
 //! Invariant: this is the only crate that imports `async_nats`. Other crates speak in
 //! [`Bus`] methods and envelope types.
 
+mod connect;
 pub mod envelope;
 mod error;
 pub mod headers;
@@ -12,10 +13,9 @@ mod journal;
 mod kv;
 pub mod provision;
 mod rpc;
-mod status;
 pub mod server;
+mod status;
 pub mod subject;
-mod connect;
 mod work;
 
 pub use connect::ConnectOptions;

@@ -122,8 +122,16 @@ impl Settings {
                 retention: stream::RetentionPolicy::WorkQueue,
                 ..base(STREAM_RUNS, crate::subject::filter::RUNS_SUBMIT, 7 * DAY)
             },
-            base(STREAM_EVENTS, crate::subject::filter::EVENTS, self.events_max_age),
-            base(STREAM_AUDIT, crate::subject::filter::AUDIT, self.audit_max_age),
+            base(
+                STREAM_EVENTS,
+                crate::subject::filter::EVENTS,
+                self.events_max_age,
+            ),
+            base(
+                STREAM_AUDIT,
+                crate::subject::filter::AUDIT,
+                self.audit_max_age,
+            ),
             base(STREAM_DLQ, crate::subject::filter::DLQ, self.dlq_max_age),
         ]
     }
@@ -150,7 +158,9 @@ pub enum Outcome {
     Created,
     Unchanged,
     /// The resource exists with settings that differ: one line per differing field.
-    Drift { differences: Vec<String> },
+    Drift {
+        differences: Vec<String>,
+    },
     /// Only from [`Bus::check`]: the resource does not exist.
     Missing,
 }
@@ -193,12 +203,34 @@ fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
     ws.sort();
     hs.sort();
     cmp("subjects", format!("{ws:?}"), format!("{hs:?}"));
-    cmp("retention", format!("{:?}", want.retention), format!("{:?}", have.retention));
-    cmp("storage", format!("{:?}", want.storage), format!("{:?}", have.storage));
-    cmp("replicas", want.num_replicas.to_string(), have.num_replicas.to_string());
-    cmp("max_age", format!("{:?}", want.max_age), format!("{:?}", have.max_age));
+    cmp(
+        "retention",
+        format!("{:?}", want.retention),
+        format!("{:?}", have.retention),
+    );
+    cmp(
+        "storage",
+        format!("{:?}", want.storage),
+        format!("{:?}", have.storage),
+    );
+    cmp(
+        "replicas",
+        want.num_replicas.to_string(),
+        have.num_replicas.to_string(),
+    );
+    cmp(
+        "max_age",
+        format!("{:?}", want.max_age),
+        format!("{:?}", have.max_age),
+    );
     // 0 and -1 both mean "unlimited" (the server stores -1).
-    let limit = |n: i64| if n <= 0 { "unlimited".to_owned() } else { n.to_string() };
+    let limit = |n: i64| {
+        if n <= 0 {
+            "unlimited".to_owned()
+        } else {
+            n.to_string()
+        }
+    };
     cmp(
         "max_messages_per_subject",
         limit(want.max_messages_per_subject),
@@ -264,7 +296,12 @@ impl Bus {
                         // Lost a race with another process: compare what it created.
                         Err(e) => match self.stream_config(&want.name).await? {
                             Some(have) => drift_outcome(&want, &have),
-                            None => return Err(Error::nats(format!("create bucket {}", bucket.name()), e)),
+                            None => {
+                                return Err(Error::nats(
+                                    format!("create bucket {}", bucket.name()),
+                                    e,
+                                ));
+                            }
                         },
                     }
                 }

@@ -34,7 +34,10 @@ impl CallMeta {
 
     fn to_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        h.insert(
+            headers::SCHEMA,
+            crate::envelope::SCHEMA_VERSION.to_string().as_str(),
+        );
         h.insert(headers::TENANT, self.tenant.as_str());
         if let Some(v) = &self.request_id {
             h.insert(headers::REQUEST_ID, v.as_str());
@@ -71,7 +74,12 @@ impl Replies {
                 op: format!("reply from {}", self.subject),
                 after: timeout,
             })?
-            .ok_or_else(|| Error::nats(format!("reply from {}", self.subject), "subscription closed"))?;
+            .ok_or_else(|| {
+                Error::nats(
+                    format!("reply from {}", self.subject),
+                    "subscription closed",
+                )
+            })?;
         if msg.status == Some(StatusCode::NO_RESPONDERS) {
             return Err(Error::NoResponders {
                 subject: self.subject.clone(),
@@ -118,18 +126,20 @@ impl Bus {
     }
 
     /// Every cancel on the bus, parsed; malformed subjects are skipped with a warning.
-    pub async fn cancels(&self) -> Result<impl Stream<Item = (Tenant, RunId)> + Send + 'static> {
+    pub async fn cancels(
+        &self,
+    ) -> Result<impl Stream<Item = (Tenant, RunId)> + Send + Unpin + 'static> {
         let sub = self
             .client
             .subscribe(subject::filter::CANCEL)
             .await
             .map_err(|e| Error::nats("subscribe cancels", e))?;
-        Ok(sub.filter_map(|m| async move {
+        Ok(sub.filter_map(|m| {
             let parsed = subject::parse_cancel(m.subject.as_str());
             if parsed.is_none() {
                 tracing::warn!(subject = %m.subject, "ignoring malformed cancel subject");
             }
-            parsed
+            futures::future::ready(parsed)
         }))
     }
 
@@ -145,17 +155,31 @@ impl Bus {
             .start(spec.name.clone(), spec.version.clone())
             .await
             .map_err(|e| Error::nats(op(), e))?;
-        let endpoint = match &spec.endpoint {
-            Some(subject) => Some(
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        for subject in &spec.endpoints {
+            // Endpoint names allow only [A-Za-z0-9_-].
+            let name: String = subject
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            endpoints.push(
                 svc.endpoint_builder()
-                    .name(spec.name.clone())
+                    .name(name)
                     .add(subject.clone())
                     .await
                     .map_err(|e| Error::nats(op(), e))?,
-            ),
-            None => None,
-        };
-        Ok(Service { svc, endpoint })
+            );
+        }
+        Ok(Service {
+            svc,
+            requests: futures::stream::select_all(endpoints),
+        })
     }
 
     /// Every running AgentOS service instance, found with `$SRV.INFO` (waits `wait` for replies).
@@ -192,7 +216,8 @@ pub struct ServiceSpec {
     pub name: String,
     pub version: String,
     pub description: String,
-    pub endpoint: Option<String>,
+    /// Subjects to serve (wildcards allowed); empty for a discoverable process with no API.
+    pub endpoints: Vec<String>,
     pub metadata: std::collections::HashMap<String, String>,
 }
 
@@ -207,14 +232,17 @@ pub struct ServiceInstance {
 /// A running service; `next` yields its requests.
 pub struct Service {
     svc: service::Service,
-    endpoint: Option<service::endpoint::Endpoint>,
+    requests: futures::stream::SelectAll<service::endpoint::Endpoint>,
 }
 
 impl Service {
-    /// The next request, or `None` once the service stopped.
+    /// The next request, or `None` once the service stopped. A service without endpoints never
+    /// yields.
     pub async fn next(&mut self) -> Option<Incoming> {
-        let endpoint = self.endpoint.as_mut()?;
-        endpoint.next().await.map(|req| Incoming { req })
+        if self.requests.is_empty() {
+            return std::future::pending().await;
+        }
+        self.requests.next().await.map(|req| Incoming { req })
     }
 
     pub async fn stop(self) -> Result<()> {
@@ -258,7 +286,10 @@ impl Incoming {
             return Ok(());
         };
         let mut h = HeaderMap::new();
-        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        h.insert(
+            headers::SCHEMA,
+            crate::envelope::SCHEMA_VERSION.to_string().as_str(),
+        );
         client
             .client
             .publish_with_headers(reply, h, payload)
@@ -269,7 +300,10 @@ impl Incoming {
     /// Sends the final reply.
     pub async fn respond(&self, payload: Bytes) -> Result<()> {
         let mut h = HeaderMap::new();
-        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        h.insert(
+            headers::SCHEMA,
+            crate::envelope::SCHEMA_VERSION.to_string().as_str(),
+        );
         self.req
             .respond_with_headers(Ok(payload), h)
             .await

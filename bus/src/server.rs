@@ -142,7 +142,9 @@ impl NatsServer {
         loop {
             if let Ok(text) = std::fs::read_to_string(ports_file)
                 && let Some(port) = parse_ports_file(&text)
-                && tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
             {
                 return Ok(port);
             }
@@ -150,7 +152,9 @@ impl NatsServer {
                 return Err(Error::Server(format!("exited at start with {status}")));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Server("did not accept connections within 20 s".into()));
+                return Err(Error::Server(
+                    "did not accept connections within 20 s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

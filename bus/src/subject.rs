@@ -123,7 +123,10 @@ mod tests {
         assert_eq!(parse_cancel(&cancel(&t, &r)), Some((t.clone(), r)));
         let tool_name = ToolName::parse("math.eval").expect("tool");
         assert_eq!(tool(&t, &tool_name), "agentos.tool.acme.math.eval");
-        assert_eq!(parse_tool("agentos.tool.acme.math.eval"), Some((t.clone(), tool_name)));
+        assert_eq!(
+            parse_tool("agentos.tool.acme.math.eval"),
+            Some((t.clone(), tool_name))
+        );
         let m = ModelName::parse("scripted").expect("model");
         assert_eq!(parse_model(&model(&t, &m)), Some((t.clone(), m)));
         assert_eq!(tenant_of("agentos.runs.acme.submit"), Some(t.clone()));

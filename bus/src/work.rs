@@ -112,10 +112,17 @@ impl Bus {
         let subject = subject::runs_submit(msg.tenant());
         let msg_id = match msg {
             SubmitMessage::Run(r) => r.run_id.to_string(),
-            SubmitMessage::Continuation(c) => format!("{}:cont:{}", c.run_id, crate::envelope::now().unix_timestamp_nanos()),
+            SubmitMessage::Continuation(c) => format!(
+                "{}:cont:{}",
+                c.run_id,
+                crate::envelope::now().unix_timestamp_nanos()
+            ),
         };
         let mut h = HeaderMap::new();
-        h.insert(headers::SCHEMA, crate::envelope::SCHEMA_VERSION.to_string().as_str());
+        h.insert(
+            headers::SCHEMA,
+            crate::envelope::SCHEMA_VERSION.to_string().as_str(),
+        );
         h.insert(headers::TENANT, msg.tenant().as_str());
         h.insert(headers::MSG_ID, msg_id.as_str());
         if let Some(rid) = request_id {
@@ -159,10 +166,12 @@ impl Bus {
         &self,
         opts: &QueueOptions,
         batch: usize,
-    ) -> Result<impl Stream<Item = Result<Delivery>> + Send + 'static> {
-        let stream = self.js.get_stream_no_info(STREAM_RUNS).await.map_err(|e| {
-            Error::nats("open runs stream", e)
-        })?;
+    ) -> Result<impl Stream<Item = Result<Delivery>> + Send + Unpin + 'static> {
+        let stream = self
+            .js
+            .get_stream_no_info(STREAM_RUNS)
+            .await
+            .map_err(|e| Error::nats("open runs stream", e))?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 ORCHESTRATOR_DURABLE,
@@ -188,6 +197,18 @@ impl Bus {
             m.map(|msg| Delivery { msg })
                 .map_err(|e| Error::nats("pull runs", e))
         }))
+    }
+
+    /// Publishes raw bytes to a JetStream subject and waits for the ack (operator tools and
+    /// tests: e.g. proving that garbage on a runs subject is dead-lettered).
+    pub async fn publish_raw(&self, subject: &str, payload: Bytes) -> Result<u64> {
+        self.js
+            .publish(subject.to_owned(), payload)
+            .await
+            .map_err(|e| Error::nats(format!("publish to {subject}"), e))?
+            .await
+            .map(|ack| ack.sequence)
+            .map_err(|e| Error::nats(format!("publish to {subject}"), e))
     }
 
     /// Stores a message that could not be processed in `AGENTOS_DLQ`, untouched, with the reason

@@ -16,7 +16,9 @@ async fn setup() -> (NatsServer, Bus) {
     let bus = Bus::connect(&ConnectOptions::new(server.url()))
         .await
         .expect("connect");
-    bus.provision(&Settings::default()).await.expect("provision");
+    bus.provision(&Settings::default())
+        .await
+        .expect("provision");
     (server, bus)
 }
 
@@ -27,14 +29,28 @@ fn tenant() -> Tenant {
 #[tokio::test]
 async fn provisioning_twice_is_a_no_op() {
     let server = NatsServer::ephemeral().await.expect("nats-server");
-    let bus = Bus::connect(&ConnectOptions::new(server.url())).await.expect("connect");
+    let bus = Bus::connect(&ConnectOptions::new(server.url()))
+        .await
+        .expect("connect");
     let check = bus.check(&Settings::default()).await.expect("check");
     assert!(check.items.iter().all(|i| i.outcome == Outcome::Missing));
-    let first = bus.provision(&Settings::default()).await.expect("provision");
-    assert!(first.items.iter().all(|i| i.outcome == Outcome::Created), "{first:?}");
+    let first = bus
+        .provision(&Settings::default())
+        .await
+        .expect("provision");
+    assert!(
+        first.items.iter().all(|i| i.outcome == Outcome::Created),
+        "{first:?}"
+    );
     assert_eq!(first.items.len(), 12);
-    let second = bus.provision(&Settings::default()).await.expect("provision again");
-    assert!(second.items.iter().all(|i| i.outcome == Outcome::Unchanged), "{second:?}");
+    let second = bus
+        .provision(&Settings::default())
+        .await
+        .expect("provision again");
+    assert!(
+        second.items.iter().all(|i| i.outcome == Outcome::Unchanged),
+        "{second:?}"
+    );
     assert!(second.is_clean());
 }
 
@@ -54,32 +70,56 @@ async fn a_changed_setting_is_reported_as_drift_and_left_alone() {
     };
     assert!(differences[0].starts_with("max_age"), "{differences:?}");
     // Never rewritten: the original settings still match.
-    assert!(bus.check(&Settings::default()).await.expect("check").is_clean());
+    assert!(
+        bus.check(&Settings::default())
+            .await
+            .expect("check")
+            .is_clean()
+    );
 }
 
 #[tokio::test]
 async fn kv_create_and_update_fail_with_typed_errors() {
     let (_server, bus) = setup().await;
     let kv = bus.kv(Bucket::Runs).await.expect("bucket");
-    let rev = kv.create("acme.k", Bytes::from_static(b"1")).await.expect("create");
-    let err = kv.create("acme.k", Bytes::from_static(b"2")).await.expect_err("exists");
+    let rev = kv
+        .create("acme.k", Bytes::from_static(b"1"))
+        .await
+        .expect("create");
+    let err = kv
+        .create("acme.k", Bytes::from_static(b"2"))
+        .await
+        .expect_err("exists");
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
-    let rev2 = kv.update("acme.k", Bytes::from_static(b"2"), rev).await.expect("update");
-    let err = kv.update("acme.k", Bytes::from_static(b"3"), rev).await.expect_err("stale");
+    let rev2 = kv
+        .update("acme.k", Bytes::from_static(b"2"), rev)
+        .await
+        .expect("update");
+    let err = kv
+        .update("acme.k", Bytes::from_static(b"3"), rev)
+        .await
+        .expect_err("stale");
     assert!(matches!(err, Error::WrongRevision { .. }), "{err}");
     let got = kv.get("acme.k").await.expect("get").expect("present");
     assert_eq!((got.value.as_ref(), got.revision), (&b"2"[..], rev2));
-    kv.create("acme.j", Bytes::from_static(b"x")).await.expect("create j");
-    kv.create("other.k", Bytes::from_static(b"x")).await.expect("create other");
+    kv.create("acme.j", Bytes::from_static(b"x"))
+        .await
+        .expect("create j");
+    kv.create("other.k", Bytes::from_static(b"x"))
+        .await
+        .expect("create other");
     kv.delete("acme.j").await.expect("delete");
-    assert_eq!(kv.keys("acme").await.expect("keys"), vec!["acme.k".to_owned()]);
+    assert_eq!(
+        kv.keys("acme").await.expect("keys"),
+        vec!["acme.k".to_owned()]
+    );
     assert!(kv.keys("nobody").await.expect("keys").is_empty());
 }
 
 #[tokio::test]
 async fn two_submits_with_one_msg_id_store_one_message() {
     let (_server, bus) = setup().await;
-    let req = SubmitMessage::Run(RunRequest {
+    let req = SubmitMessage::Run(Box::new(RunRequest {
         run_id: RunId::new(),
         tenant: tenant(),
         agent_id: AgentId::parse("a").expect("agent"),
@@ -88,10 +128,16 @@ async fn two_submits_with_one_msg_id_store_one_message() {
         thread_id: None,
         metadata: Default::default(),
         submitted_at: now(),
-    });
+    }));
     assert!(!bus.submit(&req, None).await.expect("first"));
     assert!(bus.submit(&req, None).await.expect("second"));
-    assert_eq!(bus.stream_status(STREAM_RUNS).await.expect("status").messages, 1);
+    assert_eq!(
+        bus.stream_status(STREAM_RUNS)
+            .await
+            .expect("status")
+            .messages,
+        1
+    );
 }
 
 #[tokio::test]
@@ -105,35 +151,77 @@ async fn only_one_append_wins_a_journal_position() {
         ts: now(),
         data: EventData::StepStarted { step: 1 },
     };
-    assert!(bus.last_event(&tenant(), &run).await.expect("last").is_none());
+    assert!(
+        bus.last_event(&tenant(), &run)
+            .await
+            .expect("last")
+            .is_none()
+    );
     let s1 = bus.append(&ev(1), 0).await.expect("first append");
-    let err = bus.append(&ev(1), 0).await.expect_err("second writer loses");
+    let err = bus
+        .append(&ev(1), 0)
+        .await
+        .expect_err("second writer loses");
     assert!(matches!(err, Error::WrongLastSequence { .. }), "{err}");
     let s2 = bus.append(&ev(2), s1).await.expect("next");
     let journal = bus.read_journal(&tenant(), &run).await.expect("read");
-    assert_eq!(journal.iter().map(|s| s.event.seq).collect::<Vec<_>>(), vec![1, 2]);
-    assert_eq!(bus.last_event(&tenant(), &run).await.expect("last").expect("some").stream_seq, s2);
-    assert!(bus.read_journal(&tenant(), &RunId::new()).await.expect("empty").is_empty());
+    assert_eq!(
+        journal.iter().map(|s| s.event.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        bus.last_event(&tenant(), &run)
+            .await
+            .expect("last")
+            .expect("some")
+            .stream_seq,
+        s2
+    );
+    assert!(
+        bus.read_journal(&tenant(), &RunId::new())
+            .await
+            .expect("empty")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn dead_letters_keep_the_payload_and_the_reason() {
     let (_server, bus) = setup().await;
     let err = SubmitMessage::decode(None, b"{not json").expect_err("garbage");
-    bus.dead_letter(Some(&tenant()), DlqKind::Runs, "agentos.runs.acme.submit", &err, Bytes::from_static(b"{not json"))
-        .await
-        .expect("dead-letter");
-    assert_eq!(bus.stream_status(STREAM_DLQ).await.expect("status").messages, 1);
+    bus.dead_letter(
+        Some(&tenant()),
+        DlqKind::Runs,
+        "agentos.runs.acme.submit",
+        &err,
+        Bytes::from_static(b"{not json"),
+    )
+    .await
+    .expect("dead-letter");
+    assert_eq!(
+        bus.stream_status(STREAM_DLQ)
+            .await
+            .expect("status")
+            .messages,
+        1
+    );
 }
 
 #[tokio::test]
 async fn a_call_nobody_serves_fails_fast_with_no_responders() {
     let (_server, bus) = setup().await;
     let mut replies = bus
-        .call("agentos.tool.acme.nothing".into(), &CallMeta::new(tenant()), Bytes::new())
+        .call(
+            "agentos.tool.acme.nothing".into(),
+            &CallMeta::new(tenant()),
+            Bytes::new(),
+        )
         .await
         .expect("call");
-    let err = replies.next(Duration::from_secs(10)).await.expect_err("no responders");
+    let err = replies
+        .next(Duration::from_secs(10))
+        .await
+        .expect_err("no responders");
     assert!(matches!(err, Error::NoResponders { .. }), "{err}");
 }
 

@@ -1,1 +1,88 @@
-//! agentos-edge
+//! `agentos-edge`: the HTTP front door. Authenticates callers, validates input, writes run
+//! records and publishes run requests; reads runs and follows their journals for SSE.
+//! Invariant: this is the only crate that knows HTTP serving; it talks to NATS only through
+//! `agentos-bus`.
+
+mod agents;
+mod auth;
+mod error;
+mod events;
+mod extract;
+mod health;
+mod openapi;
+mod runs;
+
+use std::net::SocketAddr;
+
+use agentos_bus::{Bucket, Bus, Kv};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{Auth, AuthContext, Claims, mint};
+pub use error::ApiError;
+
+/// Largest accepted request body.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    pub listen: SocketAddr,
+    pub auth: Auth,
+    pub body_limit: usize,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    bus: Bus,
+    runs: Kv,
+    agents: Kv,
+    auth: Auth,
+}
+
+impl AppState {
+    pub async fn new(bus: Bus, auth: Auth) -> agentos_bus::Result<Self> {
+        Ok(Self {
+            runs: bus.kv(Bucket::Runs).await?,
+            agents: bus.kv(Bucket::Agents).await?,
+            bus,
+            auth,
+        })
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .merge(health::routes())
+        .merge(agents::routes())
+        .merge(runs::routes())
+        .merge(events::routes())
+        .merge(openapi::routes())
+        .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(extract::request_id))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` fires, then stops accepting and lets in-flight requests finish.
+pub async fn serve(
+    bus: Bus,
+    opts: EdgeOptions,
+    shutdown: CancellationToken,
+) -> agentos_bus::Result<()> {
+    let state = AppState::new(bus, opts.auth.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| agentos_bus::Error::Server(format!("bind {}: {e}", opts.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| agentos_bus::Error::Server(e.to_string()))?;
+    tracing::info!(listen = %local, auth = ?opts.auth, "edge listening");
+    axum::serve(listener, router(state, opts.body_limit))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| agentos_bus::Error::Server(format!("serve: {e}")))?;
+    Ok(())
+}

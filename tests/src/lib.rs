@@ -1,1 +1,371 @@
-//! e2e harness
+//! The end-to-end harness: a real nats-server on a random port and the real `agentos` binary
+//! as separate processes, all killed on drop. Waits are on conditions, never fixed sleeps.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use agentos_bus::server::NatsServer;
+use agentos_bus::{Bus, ConnectOptions, Settings};
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+pub const SECRET: &str = "e2e-secret";
+
+/// The `agentos` binary cargo built next to this test executable.
+pub fn agentos_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("test binary has no target dir")?;
+    let bin = dir.join("agentos");
+    if !bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build -p agentos-cli` (cargo test --workspace does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns `Some`, up to `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+pub struct Platform {
+    pub nats: NatsServer,
+    pub bus: Bus,
+    pub edge_url: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub procs: Vec<Proc>,
+    worker_env: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub orchestrators: usize,
+    pub ack_wait: &'static str,
+    pub http_allow: Vec<String>,
+    pub tenant: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            orchestrators: 1,
+            ack_wait: "30s",
+            http_allow: Vec::new(),
+            tenant: "acme",
+        }
+    }
+}
+
+impl Platform {
+    pub async fn start(opts: Options) -> Result<Self> {
+        let nats = NatsServer::ephemeral().await?;
+        let bus = Bus::connect(&ConnectOptions::new(nats.url())).await?;
+        bus.provision(&Settings::default()).await?;
+        let port = free_port()?;
+        let edge_url = format!("http://127.0.0.1:{port}");
+        let token = mint(opts.tenant)?;
+        let mut p = Self {
+            worker_env: vec![
+                ("AGENTOS_NATS_URL".into(), nats.url().to_owned()),
+                ("AGENTOS_ACK_WAIT".into(), opts.ack_wait.to_owned()),
+                ("AGENTOS_HTTP_ALLOW".into(), opts.http_allow.join(",")),
+                ("AGENTOS_JWT_SECRET".into(), SECRET.into()),
+                ("AGENTOS_LOG".into(), "info,async_nats=warn".into()),
+            ],
+            nats,
+            bus,
+            edge_url,
+            token,
+            http: reqwest::Client::new(),
+            procs: Vec::new(),
+        };
+        p.spawn("edge", &["edge", "--listen", &format!("127.0.0.1:{port}")])?;
+        p.spawn("model", &["worker", "model"])?;
+        p.spawn("tool", &["worker", "tool"])?;
+        for _ in 0..opts.orchestrators {
+            p.spawn_orchestrator()?;
+        }
+        p.wait_ready(opts.orchestrators).await?;
+        Ok(p)
+    }
+
+    pub fn spawn(&mut self, name: &str, args: &[&str]) -> Result<&mut Proc> {
+        let child = Command::new(agentos_bin()?)
+            .args(args)
+            .envs(
+                self.worker_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("AGENTOS_E2E_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            child,
+        });
+        let last = self.procs.len() - 1;
+        Ok(&mut self.procs[last])
+    }
+
+    pub fn spawn_orchestrator(&mut self) -> Result<&mut Proc> {
+        self.spawn("orchestrator", &["worker", "orchestrator"])
+    }
+
+    /// Waits until the edge is ready and `orchestrators` orchestrators, a model worker and a
+    /// tool worker answer the service API.
+    pub async fn wait_ready(&self, orchestrators: usize) -> Result<()> {
+        let url = format!("{}/readyz", self.edge_url);
+        eventually("edge readiness", Duration::from_secs(60), || async {
+            let r = self.http.get(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await?;
+        self.wait_services(orchestrators).await
+    }
+
+    pub async fn wait_services(&self, orchestrators: usize) -> Result<()> {
+        eventually("worker services", Duration::from_secs(60), || async {
+            let found = self.bus.discover(Duration::from_millis(250)).await.ok()?;
+            let count = |n: &str| found.iter().filter(|s| s.name == n).count();
+            (count("agentos-orchestrator") == orchestrators
+                && count("agentos-model") >= 1
+                && count("agentos-tool") >= 1)
+                .then_some(())
+        })
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.edge_url)
+    }
+
+    /// An authorized request.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let r = self
+            .req(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self.req(reqwest::Method::GET, path).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn create_agent(&self, body: Value) -> Result<()> {
+        let (status, v) = self.post("/v1/agents", &body).await?;
+        if status != 201 {
+            bail!("create agent: {status} {v}");
+        }
+        Ok(())
+    }
+
+    pub async fn start_run(&self, agent: &str, input: &str) -> Result<String> {
+        let (status, v) = self
+            .post(
+                "/v1/runs",
+                &serde_json::json!({"agent_id": agent, "input": input}),
+            )
+            .await?;
+        if status != 201 {
+            bail!("start run: {status} {v}");
+        }
+        Ok(v["id"].as_str().context("run id")?.to_owned())
+    }
+
+    /// Long-polls until the run is terminal.
+    pub async fn wait_terminal(&self, run: &str, timeout: Duration) -> Result<Value> {
+        eventually("a terminal run", timeout, || async {
+            let (_, v) = self
+                .get(&format!("/v1/runs/{run}/wait?timeout_s=5"))
+                .await
+                .ok()?;
+            matches!(
+                v["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+            .then_some(v)
+        })
+        .await
+    }
+
+    /// Reads the SSE stream to its end (it closes after the terminal event).
+    pub async fn events(&self, run: &str, last_event_id: Option<u64>) -> Result<Vec<SseEvent>> {
+        let mut r = self.req(reqwest::Method::GET, &format!("/v1/runs/{run}/events"));
+        if let Some(id) = last_event_id {
+            r = r.header("Last-Event-ID", id.to_string());
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(60), r.send()).await??;
+        if !resp.status().is_success() {
+            bail!("events: {}", resp.status());
+        }
+        let text = tokio::time::timeout(Duration::from_secs(60), resp.text()).await??;
+        Ok(parse_sse(&text))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SseEvent {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
+}
+
+pub fn parse_sse(text: &str) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut id, mut event, mut data) = (None, None, String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        if let (Some(id), Some(event)) = (id, event) {
+            out.push(SseEvent {
+                id,
+                event,
+                data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            });
+        }
+    }
+    out
+}
+
+/// A development token for `tenant`, minted by the real binary.
+pub fn mint(tenant: &str) -> Result<String> {
+    let out = Command::new(agentos_bin()?)
+        .args(["token", "mint", "--secret", SECRET, "--tenant", tenant])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "token mint failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// A tiny HTTP server that counts GETs: a visible side effect for tool tests.
+pub struct CountingServer {
+    pub addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingServer {
+    pub async fn start() -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let body = format!("hit {n}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        Ok(Self { addr, hits, task })
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -43,7 +43,7 @@ pub struct ToolOutput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SubmitMessage {
-    Run(RunRequest),
+    Run(Box<RunRequest>),
     Continuation(Continuation),
 }
 

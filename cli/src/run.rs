@@ -1,0 +1,169 @@
+//! Running one component: connect, provision, serve until SIGINT/SIGTERM, drain.
+
+use std::time::Duration;
+
+use agentos_bus::{Bus, Settings};
+use agentos_edge::{Auth, EdgeOptions};
+use agentos_workers::model::{ModelWorker, ModelWorkerOptions};
+use agentos_workers::orchestrator::{Orchestrator, OrchestratorOptions};
+use agentos_workers::tool::{ToolWorker, ToolWorkerOptions};
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Cli, Command, LogFormat, NatsArgs, TokenCommand, WorkerKind};
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Fires on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutdown requested");
+        fire.cancel();
+    });
+    token
+}
+
+async fn connect(nats: &NatsArgs, name: &str) -> anyhow::Result<Bus> {
+    let bus = Bus::connect(&nats.connect_options(name))
+        .await
+        .with_context(|| format!("connecting to NATS at {}", nats.url))?;
+    let report = bus
+        .provision(&Settings::default())
+        .await
+        .context("provisioning streams and buckets")?;
+    for item in report.drifted() {
+        tracing::warn!(name = %item.name, outcome = ?item.outcome, "stream/bucket differs from the desired configuration; run `agentos validate`");
+    }
+    Ok(bus)
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Edge(a) => {
+            let auth = match (&a.jwt_secret, &a.dev_no_auth_tenant) {
+                (Some(secret), None) => Auth::hs256(secret.as_bytes()).context("HS256 secret")?,
+                (None, Some(tenant)) => {
+                    if !a.listen.ip().is_loopback() {
+                        bail!(
+                            "--dev-no-auth-tenant is only allowed on a loopback listener, not {}",
+                            a.listen
+                        );
+                    }
+                    tracing::warn!(%tenant, "AUTHENTICATION IS OFF: every request acts as tenant {tenant} (development only)");
+                    Auth::Disabled {
+                        tenant: tenant.parse().context("--dev-no-auth-tenant")?,
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    bail!("give either --jwt-secret or --dev-no-auth-tenant, not both")
+                }
+                (None, None) => bail!(
+                    "the edge needs --jwt-secret (or AGENTOS_JWT_SECRET); for local development only, --dev-no-auth-tenant"
+                ),
+            };
+            let bus = connect(&a.nats, "agentos-edge").await?;
+            let opts = EdgeOptions {
+                listen: a.listen,
+                auth,
+                body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
+            };
+            agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
+        }
+        Command::Worker { kind } => match kind {
+            WorkerKind::Orchestrator(a) => {
+                let bus = connect(&a.nats, "agentos-orchestrator").await?;
+                let mut opts = OrchestratorOptions {
+                    concurrency: a.concurrency,
+                    model_timeout: a.model_timeout,
+                    tool_timeout: a.tool_timeout,
+                    ..Default::default()
+                };
+                opts.queue.ack_wait = a.ack_wait;
+                opts.progress_interval = (a.ack_wait / 3).max(Duration::from_millis(100));
+                Orchestrator::new(bus, opts)
+                    .await?
+                    .run(shutdown_on_signal())
+                    .await?;
+            }
+            WorkerKind::Model(a) => {
+                let bus = connect(&a.nats, "agentos-model").await?;
+                let opts = ModelWorkerOptions {
+                    concurrency: a.concurrency,
+                    ..Default::default()
+                };
+                ModelWorker::new(bus, opts)
+                    .run(shutdown_on_signal())
+                    .await?;
+            }
+            WorkerKind::Tool(a) => {
+                let bus = connect(&a.nats, "agentos-tool").await?;
+                let opts = ToolWorkerOptions {
+                    concurrency: a.concurrency,
+                    http_allow: a.http_allow,
+                    ..Default::default()
+                };
+                ToolWorker::new(bus, opts)
+                    .await?
+                    .run(shutdown_on_signal())
+                    .await?;
+            }
+        },
+        Command::Provision(nats) => {
+            let bus = Bus::connect(&nats.connect_options("agentos-provision"))
+                .await
+                .with_context(|| format!("connecting to NATS at {}", nats.url))?;
+            let report = bus.provision(&Settings::default()).await?;
+            for item in &report.items {
+                println!("{:<6} {:<22} {:?}", item.kind, item.name, item.outcome);
+            }
+            if !report.is_clean() {
+                bail!("drift found; nothing was changed");
+            }
+        }
+        Command::Up(a) => crate::up::up(a).await?,
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    secret,
+                    tenant,
+                    subject,
+                    roles,
+                    ttl,
+                },
+        } => {
+            let tenant = tenant.parse().context("--tenant")?;
+            let token = agentos_edge::mint(secret.as_bytes(), &subject, &tenant, &roles, ttl)
+                .context("minting the token")?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}

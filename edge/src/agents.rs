@@ -1,0 +1,224 @@
+//! Agent definitions: `/v1/agents`. Stored in KV `agentos-agents` under `<tenant>.<agent_id>`.
+
+use agentos_bus::Error as BusError;
+use agentos_bus::envelope::{AgentSpec, now};
+use agentos_bus::id::{AgentId, ModelName, ToolName};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::{AppState, AuthContext};
+
+pub const DEFAULT_MAX_STEPS: u32 = 10;
+pub const MAX_STEPS_LIMIT: u32 = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/agents", get(list).post(create))
+        .route("/v1/agents/{id}", get(read).patch(update).delete(remove))
+}
+
+/// `POST /v1/agents` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    /// Token `[a-z0-9][a-z0-9_-]{0,62}`; generated when absent.
+    pub id: Option<String>,
+    pub model: String,
+    #[serde(default)]
+    pub instructions: String,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    pub max_steps: Option<u32>,
+    #[serde(default)]
+    pub model_config: Value,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// `PATCH /v1/agents/{id}` body: fields to replace.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    pub model: Option<String>,
+    pub instructions: Option<String>,
+    pub tools: Option<Vec<String>>,
+    pub max_steps: Option<u32>,
+    pub model_config: Option<Value>,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+fn param<T>(r: agentos_bus::Result<T>, name: &str) -> ApiResult<T> {
+    r.map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param(name))
+}
+
+fn tools(names: Vec<String>) -> ApiResult<Vec<ToolName>> {
+    names
+        .into_iter()
+        .map(|n| param(ToolName::parse(n), "tools"))
+        .collect()
+}
+
+fn max_steps(n: Option<u32>) -> ApiResult<u32> {
+    match n.unwrap_or(DEFAULT_MAX_STEPS) {
+        n @ 1..=MAX_STEPS_LIMIT => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "invalid_max_steps",
+            format!("max_steps must be 1..={MAX_STEPS_LIMIT}"),
+        )
+        .with_param("max_steps")),
+    }
+}
+
+pub(crate) fn agent_key(auth: &AuthContext, id: &AgentId) -> String {
+    format!("{}.{}", auth.tenant, id)
+}
+
+pub(crate) async fn load(
+    state: &AppState,
+    auth: &AuthContext,
+    id: &AgentId,
+) -> ApiResult<agentos_bus::Versioned<AgentSpec>> {
+    state
+        .agents
+        .get_as::<AgentSpec>(&agent_key(auth, id))
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("agent_not_found", format!("no agent {id}")).with_param("agent_id")
+        })
+}
+
+fn parse_id(id: String) -> ApiResult<AgentId> {
+    param(AgentId::parse(id), "id")
+}
+
+/// Create an agent.
+#[utoipa::path(post, path = "/v1/agents", request_body = CreateAgent,
+    responses((status = 201, description = "created", body = Object), (status = 409, description = "id taken")))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    ApiJson(body): ApiJson<CreateAgent>,
+) -> ApiResult<(StatusCode, Json<AgentSpec>)> {
+    let id = match body.id {
+        Some(id) => parse_id(id)?,
+        None => parse_id(format!(
+            "agent-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ))?,
+    };
+    let ts = now();
+    let spec = AgentSpec {
+        id,
+        tenant: auth.tenant.clone(),
+        model: param(ModelName::parse(body.model), "model")?,
+        instructions: body.instructions,
+        tools: tools(body.tools)?,
+        max_steps: max_steps(body.max_steps)?,
+        model_config: body.model_config,
+        metadata: body.metadata,
+        created_at: ts,
+        updated_at: ts,
+    };
+    match state
+        .agents
+        .create_as(&agent_key(&auth, &spec.id), &spec)
+        .await
+    {
+        Ok(_) => Ok((StatusCode::CREATED, Json(spec))),
+        Err(BusError::AlreadyExists { .. }) => Err(ApiError::conflict(
+            "agent_exists",
+            format!("agent {} already exists", spec.id),
+        )
+        .with_param("id")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// List the caller's agents.
+#[utoipa::path(get, path = "/v1/agents", responses((status = 200, description = "the agents", body = Object)))]
+pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
+    let mut keys = state.agents.keys(auth.tenant.as_str()).await?;
+    keys.sort();
+    let mut data = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(a) = state.agents.get_as::<AgentSpec>(&key).await? {
+            data.push(a.value);
+        }
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// Read an agent.
+#[utoipa::path(get, path = "/v1/agents/{id}", params(("id" = String, Path)), responses((status = 200, description = "the agent", body = Object), (status = 404, description = "not found")))]
+pub async fn read(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AgentSpec>> {
+    Ok(Json(load(&state, &auth, &parse_id(id)?).await?.value))
+}
+
+/// Update an agent (compare-and-set on its revision).
+#[utoipa::path(patch, path = "/v1/agents/{id}", params(("id" = String, Path)), request_body = UpdateAgent, responses((status = 200, description = "updated", body = Object)))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateAgent>,
+) -> ApiResult<Json<AgentSpec>> {
+    let id = parse_id(id)?;
+    let current = load(&state, &auth, &id).await?;
+    let mut spec = current.value;
+    if let Some(m) = body.model {
+        spec.model = param(ModelName::parse(m), "model")?;
+    }
+    if let Some(i) = body.instructions {
+        spec.instructions = i;
+    }
+    if let Some(t) = body.tools {
+        spec.tools = tools(t)?;
+    }
+    if body.max_steps.is_some() {
+        spec.max_steps = max_steps(body.max_steps)?;
+    }
+    if let Some(c) = body.model_config {
+        spec.model_config = c;
+    }
+    if let Some(m) = body.metadata {
+        spec.metadata = m;
+    }
+    spec.updated_at = now();
+    match state
+        .agents
+        .update_as(&agent_key(&auth, &id), &spec, current.revision)
+        .await
+    {
+        Ok(_) => Ok(Json(spec)),
+        Err(BusError::WrongRevision { .. }) => Err(ApiError::conflict(
+            "concurrent_update",
+            "the agent changed meanwhile; retry",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Delete an agent. Runs already submitted keep their snapshot.
+#[utoipa::path(delete, path = "/v1/agents/{id}", params(("id" = String, Path)), responses((status = 200, description = "deleted")))]
+pub async fn remove(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(id)?;
+    load(&state, &auth, &id).await?;
+    state.agents.delete(&agent_key(&auth, &id)).await?;
+    Ok(Json(
+        json!({"id": id, "object": "agent.deleted", "deleted": true}),
+    ))
+}

@@ -1,0 +1,170 @@
+//! Authentication: `Authorization: Bearer <JWT>` verified with HS256 (development). The tenant
+//! and roles come from claims. RS256/ES256 with JWKS/OIDC arrive with the auth issue; the
+//! [`AuthContext`] handlers see will not change.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentos_bus::id::Tenant;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Who is calling, for which tenant.
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    pub subject: String,
+    pub tenant: Tenant,
+    pub roles: Vec<String>,
+    /// The bearer token, forwarded on the bus for federation re-verification.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// How the edge authenticates callers.
+#[derive(Clone)]
+pub enum Auth {
+    /// HS256 with a shared secret.
+    Hs256 {
+        key: Arc<DecodingKey>,
+        validation: Arc<Validation>,
+    },
+    /// No authentication: every caller is this tenant. Only for loopback development.
+    Disabled { tenant: Tenant },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Hs256 { .. } => f.write_str("Auth::Hs256"),
+            Self::Disabled { tenant } => write!(f, "Auth::Disabled({tenant})"),
+        }
+    }
+}
+
+impl Auth {
+    pub fn hs256(secret: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 30;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Ok(Self::Hs256 {
+            key: Arc::new(DecodingKey::from_secret(secret)?),
+            validation: Arc::new(validation),
+        })
+    }
+
+    fn verify(&self, bearer: Option<&str>) -> Result<AuthContext, ApiError> {
+        let (key, validation) = match self {
+            Self::Disabled { tenant } => {
+                return Ok(AuthContext {
+                    subject: "dev".into(),
+                    tenant: tenant.clone(),
+                    roles: vec!["admin".into()],
+                    token: None,
+                });
+            }
+            Self::Hs256 { key, validation } => (key, validation),
+        };
+        let token = bearer.ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_token",
+                "an Authorization: Bearer token is required",
+            )
+        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => {
+                    ApiError::unauthorized("token_expired", "the token has expired")
+                }
+                K::ImmatureSignature => {
+                    ApiError::unauthorized("token_not_yet_valid", "the token is not valid yet")
+                }
+                K::InvalidSignature => ApiError::unauthorized(
+                    "invalid_signature",
+                    "the token signature does not verify",
+                ),
+                K::InvalidAlgorithm => ApiError::unauthorized(
+                    "invalid_algorithm",
+                    "the token algorithm is not accepted",
+                ),
+                _ => ApiError::unauthorized("invalid_token", format!("the token is invalid: {e}")),
+            }
+        })?;
+        let tenant = Tenant::parse(data.claims.tenant)
+            .map_err(|e| ApiError::unauthorized("invalid_token", format!("tenant claim: {e}")))?;
+        Ok(AuthContext {
+            subject: data.claims.sub,
+            tenant,
+            roles: data.claims.roles,
+            token: Some(token.to_owned()),
+        })
+    }
+}
+
+/// Mints a development HS256 token.
+pub fn mint(
+    secret: &[u8],
+    subject: &str,
+    tenant: &Tenant,
+    roles: &[String],
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        + ttl;
+    let claims = Claims {
+        sub: subject.to_owned(),
+        tenant: tenant.to_string(),
+        roles: roles.to_vec(),
+        exp: exp.as_secs(),
+        iss: None,
+        aud: None,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret)?,
+    )
+}
+
+impl FromRequestParts<AppState> for AuthContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let bearer = match parts.headers.get(AUTHORIZATION) {
+            None => None,
+            Some(v) => {
+                let v = v.to_str().map_err(|_| {
+                    ApiError::unauthorized("invalid_token", "malformed Authorization header")
+                })?;
+                Some(v.strip_prefix("Bearer ").ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "invalid_token",
+                        "expected Authorization: Bearer <token>",
+                    )
+                })?)
+            }
+        };
+        state.auth.verify(bearer)
+    }
+}

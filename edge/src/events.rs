@@ -1,0 +1,154 @@
+//! Following a run: `GET /v1/runs/{id}/events` (SSE, resumable) and `GET /v1/runs/{id}/wait`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use agentos_bus::id::RunId;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::runs::{RunView, load, parse_run_id};
+use crate::{AppState, AuthContext};
+
+const HEARTBEAT: Duration = Duration::from_secs(15);
+const DEFAULT_WAIT_S: u64 = 30;
+const MAX_WAIT_S: u64 = 300;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/runs/{id}/events", get(events))
+        .route("/v1/runs/{id}/wait", get(wait))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Resume after this event sequence (same as `Last-Event-ID`).
+    pub after: Option<u64>,
+}
+
+/// The run's events from sequence `after + 1`, live, closing after the terminal event.
+pub(crate) async fn sse(
+    state: &AppState,
+    auth: &AuthContext,
+    run: RunId,
+    after: u64,
+) -> ApiResult<Response> {
+    let last = state.bus.last_event(&auth.tenant, &run).await?;
+    let finished = last.is_some_and(|s| s.event.data.is_terminal() && s.event.seq <= after);
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
+        if finished {
+            Box::pin(futures::stream::empty())
+        } else {
+            let journal = state.bus.follow_journal(&auth.tenant, &run).await?;
+            // Ends right after yielding the terminal event, without waiting for another message.
+            let events =
+                futures::stream::unfold((journal, false), move |(mut journal, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    while let Some(item) = journal.next().await {
+                        match item {
+                            Ok(stored) if stored.event.seq > after => {
+                                let terminal = stored.event.data.is_terminal();
+                                return Some((stored.event, (journal, terminal)));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "skipping an undecodable journal entry")
+                            }
+                        }
+                    }
+                    None
+                });
+            Box::pin(events.map(|event| {
+                let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
+                Ok(SseEvent::default()
+                    .id(event.seq.to_string())
+                    .event(event.type_name())
+                    .data(data))
+            }))
+        };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
+        .into_response())
+}
+
+/// Stream a run's events (SSE). `id:` is the event's sequence; resume with `Last-Event-ID` or
+/// `?after=`; comment heartbeats every 15 s; closes after the terminal event.
+#[utoipa::path(get, path = "/v1/runs/{id}/events", params(("id" = String, Path), EventsQuery,
+    ("Last-Event-ID" = Option<String>, Header)), responses((status = 200, description = "text/event-stream of run events")))]
+pub async fn events(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let id = parse_run_id(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let from_header = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be an event sequence number",
+                    )
+                })?,
+        ),
+    };
+    load(&state, &auth, &id).await?;
+    sse(&state, &auth, id, from_header.or(q.after).unwrap_or(0)).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to wait, 0..=300 (default 30).
+    pub timeout_s: Option<u64>,
+}
+
+/// Long-poll until the run is terminal or the timeout passes; answers the run either way.
+#[utoipa::path(get, path = "/v1/runs/{id}/wait", params(("id" = String, Path), WaitQuery), responses((status = 200, description = "the run", body = RunView)))]
+pub async fn wait(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<RunView>> {
+    let id = parse_run_id(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let timeout_s = q.timeout_s.unwrap_or(DEFAULT_WAIT_S);
+    if timeout_s > MAX_WAIT_S {
+        return Err(ApiError::bad_request(
+            "invalid_timeout",
+            format!("timeout_s must be at most {MAX_WAIT_S}"),
+        )
+        .with_param("timeout_s"));
+    }
+    let rec = load(&state, &auth, &id).await?.value;
+    if !rec.status.is_terminal() {
+        let mut journal = state.bus.follow_journal(&auth.tenant, &id).await?;
+        let terminal = async {
+            while let Some(item) = journal.next().await {
+                if item.is_ok_and(|s| s.event.data.is_terminal()) {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(timeout_s), terminal).await;
+    }
+    // The record is projected right after the terminal event; read it fresh.
+    Ok(Json(load(&state, &auth, &id).await?.value.into()))
+}

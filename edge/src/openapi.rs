@@ -1,0 +1,42 @@
+//! `/openapi.json`, generated from the handlers' annotations: never hand-maintained.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+use crate::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "AgentOS API",
+        description = "Runs AI agents as durable runs over NATS JetStream."
+    ),
+    paths(
+        crate::health::healthz,
+        crate::health::readyz,
+        crate::agents::create,
+        crate::agents::list,
+        crate::agents::read,
+        crate::agents::update,
+        crate::agents::remove,
+        crate::runs::create,
+        crate::runs::list,
+        crate::runs::read,
+        crate::runs::cancel,
+        crate::events::events,
+        crate::events::wait,
+    ),
+    components(schemas(
+        crate::agents::CreateAgent,
+        crate::agents::UpdateAgent,
+        crate::runs::CreateRun,
+        crate::runs::RunView,
+        crate::runs::RunList
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+}

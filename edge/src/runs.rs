@@ -1,0 +1,409 @@
+//! Runs: `/v1/runs`. The edge writes the `queued` record (KV create) and publishes the request
+//! with `Nats-Msg-Id = run_id`; the orchestrators do the rest.
+
+use agentos_bus::envelope::{
+    Envelope, ErrorBody, Event, EventData, RunRecord, RunRequest, RunStatus, SubmitMessage, Usage,
+    now,
+};
+use agentos_bus::id::{AgentId, RunId};
+use agentos_bus::{Error as BusError, Versioned};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, REQUEST_ID_HEADER};
+use crate::{AppState, AuthContext, agents, events};
+
+pub const MAX_INPUT_BYTES: usize = 256 * 1024;
+const DEFAULT_PAGE: usize = 20;
+const MAX_PAGE: usize = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/runs", post(create).get(list))
+        .route("/v1/runs/{id}", get(read))
+        .route("/v1/runs/{id}/cancel", post(cancel))
+}
+
+/// `POST /v1/runs` body.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    pub agent_id: String,
+    pub input: String,
+    pub thread_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// Answer with the run's events as SSE instead of the run.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunView {
+    pub id: String,
+    pub object: &'static str,
+    pub agent_id: String,
+    pub status: String,
+    pub input: String,
+    pub output: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<ErrorBody>,
+    #[schema(value_type = Object)]
+    pub usage: Usage,
+    pub steps: u32,
+    pub thread_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl From<RunRecord> for RunView {
+    fn from(r: RunRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            object: "run",
+            agent_id: r.agent_id.to_string(),
+            status: r.status.as_str().to_owned(),
+            input: r.input,
+            output: r.output,
+            error: r.error,
+            usage: r.usage,
+            steps: r.steps,
+            thread_id: r.thread_id,
+            metadata: r.metadata,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+pub(crate) fn run_key(auth: &AuthContext, id: &RunId) -> String {
+    format!("{}.{}", auth.tenant, id)
+}
+
+pub(crate) fn parse_run_id(id: &str) -> ApiResult<RunId> {
+    RunId::parse(id)
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("id"))
+}
+
+/// The caller's run, or 404 (also for another tenant's run).
+pub(crate) async fn load(
+    state: &AppState,
+    auth: &AuthContext,
+    id: &RunId,
+) -> ApiResult<Versioned<RunRecord>> {
+    state
+        .runs
+        .get_as::<RunRecord>(&run_key(auth, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("run_not_found", format!("no run {id}")))
+}
+
+/// FNV-1a of the canonical body: enough to tell a reused idempotency key from a retry.
+fn body_hash(body: &CreateRun) -> String {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// The run an idempotency key maps to: an index entry `<tenant>.idem-<uuidv5(key)>` in the runs
+/// bucket, created once (KV `create`), holding a fresh time-ordered run id. Run ids stay UUIDv7,
+/// so lists stay in submission order.
+async fn idempotent_run_id(state: &AppState, auth: &AuthContext, key: &str) -> ApiResult<RunId> {
+    let name = format!("{}\u{0}{key}", auth.tenant);
+    let index = format!(
+        "{}.idem-{}",
+        auth.tenant,
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).simple()
+    );
+    let fresh = RunId::new();
+    match state.runs.create(&index, fresh.to_string().into()).await {
+        Ok(_) => Ok(fresh),
+        Err(BusError::AlreadyExists { .. }) => {
+            let entry = state
+                .runs
+                .get(&index)
+                .await?
+                .ok_or_else(|| ApiError::conflict("concurrent_update", "retry"))?;
+            let id = std::str::from_utf8(&entry.value)
+                .map_err(|e| ApiError::internal("idempotency index", e))?;
+            RunId::parse(id).map_err(|e| ApiError::internal("idempotency index", e))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Start a run.
+#[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
+    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the same run")),
+    responses((status = 201, description = "created", body = RunView), (status = 200, description = "idempotent replay", body = RunView),
+        (status = 404, description = "unknown agent"), (status = 409, description = "idempotency key reused with another body")))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateRun>,
+) -> ApiResult<Response> {
+    let agent_id = AgentId::parse(body.agent_id.clone())
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("agent_id"))?;
+    if body.input.len() > MAX_INPUT_BYTES {
+        return Err(ApiError::bad_request(
+            "input_too_large",
+            format!("input is limited to {MAX_INPUT_BYTES} bytes"),
+        )
+        .with_param("input"));
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1..=255 visible ASCII characters",
+                ));
+            }
+        },
+    };
+    let agent = agents::load(&state, &auth, &agent_id).await?.value;
+    let run_id = match &idempotency_key {
+        Some(k) => idempotent_run_id(&state, &auth, k).await?,
+        None => RunId::new(),
+    };
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let req = RunRequest {
+        run_id,
+        tenant: auth.tenant.clone(),
+        agent_id,
+        agent: Some(agent),
+        input: body.input.clone(),
+        thread_id: body.thread_id.clone(),
+        metadata: body.metadata.clone(),
+        submitted_at: now(),
+    };
+    let mut record = RunRecord::queued(&req);
+    record.request_hash = idempotency_key.as_ref().map(|_| body_hash(&body));
+    let (status, record) = match state
+        .runs
+        .create_as(&run_key(&auth, &run_id), &record)
+        .await
+    {
+        Ok(_) => (StatusCode::CREATED, record),
+        Err(BusError::AlreadyExists { .. }) => {
+            let existing = load(&state, &auth, &run_id).await?.value;
+            if existing.request_hash != record.request_hash {
+                return Err(ApiError::conflict(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request body",
+                ));
+            }
+            (StatusCode::OK, existing)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Published on replays too: if an earlier attempt died between the record and the publish,
+    // this completes it; otherwise Nats-Msg-Id dedups it.
+    state
+        .bus
+        .submit(&SubmitMessage::Run(Box::new(req)), request_id.as_deref())
+        .await?;
+    tracing::info!(run = %run_id, tenant = %auth.tenant, "run submitted");
+    if body.stream {
+        return events::sse(&state, &auth, run_id, 0).await;
+    }
+    Ok((status, Json(RunView::from(record))).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only runs in this status.
+    pub status: Option<String>,
+    /// Only runs of this agent.
+    pub agent_id: Option<String>,
+    /// Page size, 1..=100 (default 20).
+    pub limit: Option<usize>,
+    /// Cursor: the last id of the previous page.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    pub object: &'static str,
+    pub data: Vec<RunView>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+fn parse_status(s: &str) -> ApiResult<RunStatus> {
+    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| {
+        ApiError::bad_request("invalid_status", format!("unknown status {s:?}"))
+            .with_param("status")
+    })
+}
+
+/// List runs, newest first, with cursor pagination.
+#[utoipa::path(get, path = "/v1/runs", params(ListQuery), responses((status = 200, description = "a page of runs", body = RunList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<RunList>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let status = q.status.as_deref().map(parse_status).transpose()?;
+    let agent =
+        q.agent_id.map(AgentId::parse).transpose().map_err(|e| {
+            ApiError::bad_request("invalid_id", e.to_string()).with_param("agent_id")
+        })?;
+    let limit = match q.limit.unwrap_or(DEFAULT_PAGE) {
+        n @ 1..=MAX_PAGE => n,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("limit must be 1..={MAX_PAGE}"),
+            )
+            .with_param("limit"));
+        }
+    };
+    let after = q.after.as_deref().map(parse_run_id).transpose()?;
+    let mut ids: Vec<RunId> = state
+        .runs
+        .keys(auth.tenant.as_str())
+        .await?
+        .iter()
+        .filter_map(|k| k.split_once('.').and_then(|(_, id)| RunId::parse(id).ok()))
+        .collect();
+    // UUIDv7: descending id order is newest first.
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut data = Vec::new();
+    let mut has_more = false;
+    for id in ids.into_iter().filter(|id| after.is_none_or(|a| *id < a)) {
+        let Some(rec) = state.runs.get_as::<RunRecord>(&run_key(&auth, &id)).await? else {
+            continue;
+        };
+        let rec = rec.value;
+        if status.is_some_and(|s| s != rec.status)
+            || agent.as_ref().is_some_and(|a| a != &rec.agent_id)
+        {
+            continue;
+        }
+        if data.len() == limit {
+            has_more = true;
+            break;
+        }
+        data.push(RunView::from(rec));
+    }
+    let next_cursor = if has_more {
+        data.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(RunList {
+        object: "list",
+        data,
+        has_more,
+        next_cursor,
+    }))
+}
+
+/// Read a run.
+#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path)), responses((status = 200, description = "the run", body = RunView), (status = 404, description = "not found")))]
+pub async fn read(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    let id = parse_run_id(&id)?;
+    Ok(Json(load(&state, &auth, &id).await?.value.into()))
+}
+
+/// Cancel a run. A queued run is cancelled at once; a running one is signalled and ends
+/// `cancelled` as soon as its orchestrator notices (in-flight model and tool calls are aborted).
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path)), responses((status = 202, description = "cancelling or cancelled", body = RunView), (status = 409, description = "already finished")))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<RunView>)> {
+    let id = parse_run_id(&id)?;
+    let key = run_key(&auth, &id);
+    for _ in 0..10 {
+        let current = load(&state, &auth, &id).await?;
+        let mut rec = current.value;
+        if rec.status.is_terminal() {
+            return Err(ApiError::conflict(
+                "run_already_finished",
+                format!("run {id} is already {}", rec.status.as_str()),
+            ));
+        }
+        // Not started yet: claim journal position 1 with run.cancelled. If an orchestrator got
+        // there first this fails, and the signal below reaches it instead.
+        let cancelled_now = rec.status == RunStatus::Queued && {
+            let event = Event {
+                seq: 1,
+                run_id: id,
+                tenant: auth.tenant.clone(),
+                ts: now(),
+                data: EventData::RunCancelled {
+                    reason: "cancelled before start".into(),
+                },
+            };
+            match state.bus.append(&event, 0).await {
+                Ok(_) => true,
+                Err(BusError::WrongLastSequence { .. }) => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        rec.status = if cancelled_now {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Cancelling
+        };
+        rec.updated_at = now();
+        if cancelled_now {
+            rec.finished_at = Some(rec.updated_at);
+            rec.last_seq = 1;
+        }
+        match state
+            .runs
+            .update(&key, rec.encode(), current.revision)
+            .await
+        {
+            Ok(_) => {
+                if !cancelled_now {
+                    state.bus.publish_cancel(&auth.tenant, &id).await?;
+                }
+                tracing::info!(run = %id, status = rec.status.as_str(), "cancel requested");
+                return Ok((StatusCode::ACCEPTED, Json(rec.into())));
+            }
+            Err(BusError::WrongRevision { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        "concurrent_update",
+        "the run kept changing; retry",
+    ))
+}

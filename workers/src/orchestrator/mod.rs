@@ -1,0 +1,150 @@
+//! The orchestrator pool member: pulls runs from the shared durable consumer, drives each one
+//! in its own task (bounded by `concurrency`), routes cancels to them, and shuts down in two
+//! phases — stop pulling, let in-flight runs finish within a grace period, then hand the rest
+//! back to the bus for another orchestrator.
+
+mod plan;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentos_bus::id::RunId;
+use agentos_bus::{Bucket, Bus, Kv, QueueOptions, ServiceSpec};
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct OrchestratorOptions {
+    /// Runs driven at once by this instance.
+    pub concurrency: usize,
+    pub queue: QueueOptions,
+    /// Longest wait for the next model reply chunk.
+    pub model_timeout: Duration,
+    /// Longest wait for a tool reply.
+    pub tool_timeout: Duration,
+    /// How often an in-progress ack is sent for a run being worked on.
+    pub progress_interval: Duration,
+    /// Deliveries of one run after which it is failed instead of retried.
+    pub max_attempts: i64,
+    /// How long shutdown waits for in-flight runs before handing them back.
+    pub drain_grace: Duration,
+}
+
+impl Default for OrchestratorOptions {
+    fn default() -> Self {
+        let queue = QueueOptions::default();
+        Self {
+            concurrency: 256,
+            progress_interval: queue.ack_wait / 3,
+            queue,
+            model_timeout: Duration::from_secs(120),
+            tool_timeout: Duration::from_secs(60),
+            max_attempts: 5,
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared by every run task of one orchestrator.
+struct Ctx {
+    bus: Bus,
+    runs: Kv,
+    agents: Kv,
+    opts: OrchestratorOptions,
+}
+
+type Active = Arc<Mutex<HashMap<RunId, CancellationToken>>>;
+
+fn lock(m: &Active) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationToken>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub struct Orchestrator {
+    ctx: Arc<Ctx>,
+}
+
+impl Orchestrator {
+    pub async fn new(bus: Bus, opts: OrchestratorOptions) -> agentos_bus::Result<Self> {
+        let runs = bus.kv(Bucket::Runs).await?;
+        let agents = bus.kv(Bucket::Agents).await?;
+        Ok(Self {
+            ctx: Arc::new(Ctx {
+                bus,
+                runs,
+                agents,
+                opts,
+            }),
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+        let ctx = self.ctx;
+        let service = ctx
+            .bus
+            .serve(&ServiceSpec {
+                name: "agentos-orchestrator".into(),
+                version: crate::VERSION.into(),
+                description: "AgentOS orchestrator".into(),
+                endpoints: Vec::new(),
+                metadata: HashMap::new(),
+            })
+            .await?;
+        let mut deliveries = ctx
+            .bus
+            .run_queue(&ctx.opts.queue, ctx.opts.concurrency)
+            .await?;
+        let mut cancels = ctx.bus.cancels().await?;
+        let active: Active = Arc::default();
+        let drain = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tracing::info!(
+            concurrency = ctx.opts.concurrency,
+            "orchestrator pulling runs"
+        );
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((_, run)) = cancels.next() => cancel(&active, &run),
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done { tracing::error!(error = %e, "run task panicked"); }
+                }
+                d = deliveries.next(), if tasks.len() < ctx.opts.concurrency => match d {
+                    Some(Ok(delivery)) => {
+                        let (ctx, active, drain) = (ctx.clone(), active.clone(), drain.clone());
+                        tasks.spawn(async move { run::process(&ctx, delivery, &active, &drain).await });
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "pulling runs failed; the client retries"),
+                    None => break,
+                },
+            }
+        }
+        // Phase 1: stop pulling; in-flight runs may finish within the grace period.
+        drop(deliveries);
+        tracing::info!(in_flight = tasks.len(), "orchestrator draining");
+        let grace = tokio::time::sleep(ctx.opts.drain_grace);
+        tokio::pin!(grace);
+        while !tasks.is_empty() {
+            tokio::select! {
+                _ = &mut grace, if !drain.is_cancelled() => {
+                    // Phase 2: hand what is left back to the bus (nak) for another orchestrator.
+                    tracing::warn!(in_flight = tasks.len(), "grace period over; handing runs back");
+                    drain.cancel();
+                }
+                Some((_, run)) = cancels.next() => cancel(&active, &run),
+                _ = tasks.join_next() => {}
+            }
+        }
+        let _ = service.stop().await;
+        Ok(())
+    }
+}
+
+fn cancel(active: &Active, run: &RunId) {
+    if let Some(token) = lock(active).get(run) {
+        tracing::info!(%run, "cancelling run");
+        token.cancel();
+    }
+}

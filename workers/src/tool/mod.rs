@@ -1,0 +1,248 @@
+//! The tool worker: one NATS micro service with an endpoint per registered tool
+//! (`agentos.tool.*.<tool>`, queue group), so tools served by other processes — in any language —
+//! live beside it. Every call with an idempotency key is recorded in `agentos-tool-results`; a
+//! repeated key returns the recorded reply instead of running the tool again.
+
+mod builtins;
+pub mod math;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentos_bus::envelope::{Envelope, ErrorBody, ToolReply, ToolRequest};
+use agentos_bus::id::{RunId, Tenant};
+use agentos_bus::subject::{self, DlqKind};
+use agentos_bus::{Bucket, Bus, Error as BusError, Incoming, Kv, ServiceSpec};
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use builtins::{Builtin, ToolEnv};
+
+#[derive(Clone, Debug)]
+pub struct ToolWorkerOptions {
+    pub tools: Vec<Builtin>,
+    /// Hosts `http.get` may reach.
+    pub http_allow: Vec<String>,
+    pub concurrency: usize,
+}
+
+impl Default for ToolWorkerOptions {
+    fn default() -> Self {
+        Self {
+            tools: Builtin::ALL.to_vec(),
+            http_allow: Vec::new(),
+            concurrency: 256,
+        }
+    }
+}
+
+/// In-flight calls by run, so a cancel reaches them.
+type InFlight = Arc<Mutex<HashMap<RunId, CancellationToken>>>;
+
+pub struct ToolWorker {
+    bus: Bus,
+    opts: ToolWorkerOptions,
+    env: ToolEnv,
+    results: Kv,
+}
+
+impl ToolWorker {
+    pub async fn new(bus: Bus, opts: ToolWorkerOptions) -> agentos_bus::Result<Self> {
+        let env = ToolEnv::new(opts.http_allow.clone())
+            .map_err(|e| BusError::Server(format!("http client: {e}")))?;
+        let results = bus.kv(Bucket::ToolResults).await?;
+        Ok(Self {
+            bus,
+            opts,
+            env,
+            results,
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+        let endpoints = self
+            .opts
+            .tools
+            .iter()
+            .map(|t| format!("{}.tool.*.{}", subject::PREFIX, t.name()))
+            .collect();
+        let mut service = self
+            .bus
+            .serve(&ServiceSpec {
+                name: "agentos-tool".into(),
+                version: crate::VERSION.into(),
+                description: "AgentOS built-in tools".into(),
+                endpoints,
+                metadata: HashMap::new(),
+            })
+            .await?;
+        let mut cancels = self.bus.cancels().await?;
+        let in_flight: InFlight = Arc::default();
+        let this = Arc::new(self);
+        let mut tasks = JoinSet::new();
+        tracing::info!(tools = ?this.opts.tools.iter().map(|t| t.name()).collect::<Vec<_>>(), "tool worker serving");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((_, run)) = cancels.next() => {
+                    if let Some(token) = lock(&in_flight).get(&run) {
+                        token.cancel();
+                    }
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done { tracing::error!(error = %e, "tool call task panicked"); }
+                }
+                req = service.next(), if tasks.len() < this.opts.concurrency => {
+                    let Some(req) = req else { break };
+                    let (this, in_flight) = (this.clone(), in_flight.clone());
+                    tasks.spawn(async move { this.handle(req, &in_flight).await });
+                }
+            }
+        }
+        let _ = service.stop().await;
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn handle(&self, req: Incoming, in_flight: &InFlight) {
+        let reply = match self.decode(&req).await {
+            Err(error) => ToolReply::Error {
+                error,
+                retryable: false,
+            },
+            Ok((tenant, call)) => self.call(&tenant, &call, in_flight).await,
+        };
+        if let Err(e) = req.respond(reply.encode()).await {
+            tracing::warn!(error = %e, "could not send tool reply");
+        }
+    }
+
+    async fn decode(&self, req: &Incoming) -> Result<(Tenant, ToolRequest), ErrorBody> {
+        let parsed = subject::parse_tool(req.subject());
+        let result = match (&parsed, ToolRequest::decode(req.schema(), req.payload())) {
+            (Some((tenant, tool)), Ok(call)) if &call.tool == tool => Ok((tenant.clone(), call)),
+            (Some((_, tool)), Ok(call)) => Err(BusError::Decode {
+                what: "tool request",
+                reason: format!("body names tool {} but the subject names {tool}", call.tool),
+            }),
+            (None, _) => Err(BusError::InvalidId {
+                kind: "tool subject",
+                value: req.subject().to_owned(),
+                reason: "must be agentos.tool.<tenant>.<tool>",
+            }),
+            (_, Err(e)) => Err(e),
+        };
+        match result {
+            Ok(ok) => Ok(ok),
+            Err(err) => {
+                let tenant = parsed.map(|(t, _)| t);
+                if let Err(e) = self
+                    .bus
+                    .dead_letter(
+                        tenant.as_ref(),
+                        DlqKind::Tool,
+                        req.subject(),
+                        &err,
+                        req.payload().clone(),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "could not dead-letter a malformed tool request");
+                }
+                Err(ErrorBody::new("invalid_request", err.to_string()))
+            }
+        }
+    }
+
+    async fn call(&self, tenant: &Tenant, call: &ToolRequest, in_flight: &InFlight) -> ToolReply {
+        let Some(tool) = self
+            .opts
+            .tools
+            .iter()
+            .copied()
+            .find(|t| t.name() == call.tool.as_str())
+        else {
+            return ToolReply::Error {
+                error: ErrorBody::new("tool_not_found", format!("no tool {}", call.tool)),
+                retryable: false,
+            };
+        };
+        let record_key = match &call.idempotency_key {
+            None => None,
+            Some(key) => match record_key(tenant, key) {
+                Some(k) => Some(k),
+                None => {
+                    return ToolReply::Error {
+                        error: ErrorBody::new(
+                            "invalid_request",
+                            "idempotency_key must be <run_id>:<step>:<call_id>",
+                        ),
+                        retryable: false,
+                    };
+                }
+            },
+        };
+        if let Some(key) = &record_key {
+            match self.results.get_as::<ToolReply>(key).await {
+                Ok(Some(recorded)) => {
+                    tracing::debug!(%key, "returning recorded tool result");
+                    return recorded.value;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, %key, "could not read the tool result record"),
+            }
+        }
+        let cancel = CancellationToken::new();
+        if let Some(run) = call.run_id {
+            lock(in_flight).insert(run, cancel.clone());
+        }
+        let timeout = Duration::from_millis(call.timeout_ms.max(1));
+        let outcome =
+            tokio::time::timeout(timeout, tool.call(&self.env, &call.arguments, &cancel)).await;
+        if let Some(run) = call.run_id {
+            lock(in_flight).remove(&run);
+        }
+        let reply = match outcome {
+            Ok(Ok(output)) => ToolReply::Ok { output },
+            Ok(Err(error)) => ToolReply::Error {
+                error,
+                retryable: false,
+            },
+            Err(_) => ToolReply::Error {
+                error: ErrorBody::new(
+                    "tool_timeout",
+                    format!("{} took longer than {timeout:?}", call.tool),
+                ),
+                retryable: tool.idempotent(),
+            },
+        };
+        // A cancelled call is not recorded: it did not finish.
+        let cancelled =
+            matches!(&reply, ToolReply::Error { error, .. } if error.code == "cancelled");
+        if let (Some(key), false) = (&record_key, cancelled)
+            && let Err(e) = self.results.put_as(key, &reply).await
+        {
+            tracing::warn!(error = %e, %key, "could not record the tool result");
+        }
+        reply
+    }
+}
+
+fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationToken>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `<run_id>:<step>:<call_id>` → KV key `<tenant>.<run_id>.<step>.<call_id>`, validated.
+fn record_key(tenant: &Tenant, key: &str) -> Option<String> {
+    let mut parts = key.split(':');
+    let (run, step, call) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let run = RunId::parse(run).ok()?;
+    let step: u32 = step.parse().ok()?;
+    let call = agentos_bus::id::CallId::parse(call).ok()?;
+    Some(format!("{tenant}.{run}.{step}.{call}"))
+}
