@@ -149,6 +149,20 @@ pub async fn wait(
         };
         let _ = tokio::time::timeout(Duration::from_secs(timeout_s), terminal).await;
     }
-    // The record is projected right after the terminal event; read it fresh.
-    Ok(Json(load(&state, &auth, &id).await?.value.into()))
+    // The record is projected right after the terminal event: give the projection a moment.
+    let mut rec = load(&state, &auth, &id).await?.value;
+    let mut delay = Duration::from_millis(2);
+    while !rec.status.is_terminal()
+        && delay < Duration::from_secs(2)
+        && terminal_seen(&state, &auth, &id).await
+    {
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        rec = load(&state, &auth, &id).await?.value;
+    }
+    Ok(Json(rec.into()))
+}
+
+async fn terminal_seen(state: &AppState, auth: &AuthContext, id: &RunId) -> bool {
+    matches!(state.bus.last_event(&auth.tenant, id).await, Ok(Some(s)) if s.event.data.is_terminal())
 }
