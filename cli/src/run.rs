@@ -60,7 +60,7 @@ async fn connect(nats: &NatsArgs, name: &str) -> anyhow::Result<Bus> {
         .await
         .context("provisioning streams and buckets")?;
     for item in report.drifted() {
-        tracing::warn!(name = %item.name, outcome = ?item.outcome, "stream/bucket differs from the desired configuration; run `agentos validate`");
+        tracing::warn!(name = %item.name, outcome = ?item.outcome, "stream/bucket differs from the desired configuration; compare with `agentos provision`");
     }
     Ok(bus)
 }

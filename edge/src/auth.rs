@@ -64,6 +64,7 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 30;
         validation.validate_aud = false;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(Self::Hs256 {
             key: Arc::new(DecodingKey::from_secret(secret)?),

@@ -218,10 +218,10 @@ impl ToolWorker {
                 retryable: tool.idempotent(),
             },
         };
-        // A cancelled call is not recorded: it did not finish.
-        let cancelled =
-            matches!(&reply, ToolReply::Error { error, .. } if error.code == "cancelled");
-        if let (Some(key), false) = (&record_key, cancelled)
+        // Not recorded: a cancelled call (it did not finish) and a retryable error (it may be
+        // tried again with the same key and must then really run).
+        let unfinished = matches!(&reply, ToolReply::Error { error, retryable } if *retryable || error.code == "cancelled");
+        if let (Some(key), false) = (&record_key, unfinished)
             && let Err(e) = self.results.put_as(key, &reply).await
         {
             tracing::warn!(error = %e, %key, "could not record the tool result");

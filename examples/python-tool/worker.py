@@ -1,0 +1,69 @@
+"""A tool worker in Python: serves the tool `py.upper` over the AgentOS bus protocol.
+
+Run it beside AgentOS (`AGENTOS_NATS_URL` defaults to nats://127.0.0.1:4222) and give an agent
+the tool `py.upper`. The protocol is in docs/bus-protocol.md: a request on
+`agentos.tool.<tenant>.py.upper` in queue group `q`, one JSON reply with header AgentOS-Schema: 1.
+Results are recorded by (tenant, idempotency key) so a retried call returns the same answer;
+this example keeps them in memory, a real worker keeps them somewhere durable.
+"""
+
+import asyncio
+import json
+import os
+import signal
+
+import nats
+
+TOOL = "py.upper"
+SCHEMA = {"AgentOS-Schema": "1"}
+
+
+def error(code, message):
+    return {"status": "error", "error": {"code": code, "message": message}, "retryable": False}
+
+
+def upper(arguments):
+    if not isinstance(arguments, dict) or not isinstance(arguments.get("text"), str):
+        return error("invalid_arguments", 'expected {"text": "..."}')
+    return {"status": "ok", "output": {"text": arguments["text"].upper()}}
+
+
+async def main():
+    nc = await nats.connect(os.environ.get("AGENTOS_NATS_URL", "nats://127.0.0.1:4222"))
+    recorded = {}
+
+    async def handle(msg):
+        async def reply(body):
+            await nc.publish(msg.reply, json.dumps(body).encode(), headers=SCHEMA)
+
+        if (msg.headers or {}).get("AgentOS-Schema", "1") != "1":
+            return await reply(error("invalid_request", "unsupported schema version"))
+        tenant = msg.subject.split(".")[2]
+        try:
+            req = json.loads(msg.data)
+        except ValueError as e:
+            return await reply(error("invalid_request", f"malformed JSON: {e}"))
+        if not isinstance(req, dict):
+            return await reply(error("invalid_request", "expected a JSON object"))
+        key = req.get("idempotency_key")
+        if key and (tenant, key) in recorded:
+            return await reply(recorded[(tenant, key)])
+        result = upper(req.get("arguments"))
+        if key:
+            recorded[(tenant, key)] = result
+        await reply(result)
+
+    await nc.subscribe(f"agentos.tool.*.{TOOL}", queue="q", cb=handle)
+    await nc.flush()
+    print(f"serving {TOOL}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await nc.drain()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
