@@ -1,0 +1,132 @@
+//! The runs benchmark: not a test. Starts the platform (release binary), measures NATS's own
+//! limits in the same run (JetStream publish, KV put), then runs with the scripted model and one
+//! tool call: p50/p99 submit→completed latency at concurrency 1 and throughput at concurrency C.
+//!
+//! `cargo build --release -p agentos-cli && cargo run --release -p agentos-e2e --example bench -- [N] [C]`
+
+// The benchmark's report is its stdout.
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use agentos_bus::{Bucket, Error};
+use agentos_e2e::{Options, Platform};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn nats_limits(p: &Platform, n: usize) -> Result<()> {
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let t = Instant::now();
+    for _ in 0..n {
+        p.bus
+            .publish_raw("agentos.audit.bench", payload.clone())
+            .await?;
+    }
+    println!(
+        "jetstream publish (sync, 1 KiB):  {:>8.0} msg/s",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+    let kv = p.bus.kv(Bucket::Usage).await?;
+    let t = Instant::now();
+    for i in 0..n {
+        kv.put(&format!("bench.k{}", i % 100), payload.clone())
+            .await?;
+    }
+    println!(
+        "kv put (sequential, 1 KiB):       {:>8.0} ops/s",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (kv, payload) = (kv.clone(), payload.clone());
+            async move { kv.put(&format!("bench.c{}", i % 100), payload).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<Result<u64, Error>>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    println!(
+        "kv put (32 concurrent, 1 KiB):    {:>8.0} ops/s",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn one_run(p: &Platform) -> Result<Duration> {
+    let t = Instant::now();
+    let id = p.start_run("bench", "go").await?;
+    let done = p.wait_terminal(&id, Duration::from_secs(120)).await?;
+    anyhow::ensure!(done["status"] == "completed", "run {id}: {done}");
+    Ok(t.elapsed())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(2000);
+    let c = args.get(1).copied().unwrap_or(64);
+    let p = Platform::start(Options {
+        orchestrators: 2,
+        ..Options::default()
+    })
+    .await
+    .context("platform")?;
+    p.create_agent(json!({
+        "id": "bench", "model": "scripted", "tools": ["echo"],
+        "model_config": {"script": [{"tool_calls": [{"name": "echo", "arguments": {"n": 1}}]}, {"text": "ok"}]}
+    }))
+    .await?;
+    println!(
+        "machine: {} cores; runs: scripted model + 1 echo tool call; 2 orchestrators",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    nats_limits(&p, 2000).await?;
+
+    for _ in 0..20 {
+        one_run(&p).await?;
+    }
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        lat.push(one_run(&p).await?);
+    }
+    lat.sort();
+    println!(
+        "latency at concurrency 1 (HTTP submit → wait returns completed, 200 runs): p50 {:.2} ms, p99 {:.2} ms",
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    );
+
+    let t = Instant::now();
+    let mut lat: Vec<Duration> = futures::stream::iter(0..n)
+        .map(|_| one_run(&p))
+        .buffer_unordered(c)
+        .collect::<Vec<Result<Duration>>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let secs = t.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "throughput at concurrency {c} ({n} runs): {:.0} runs/s; latency p50 {:.1} ms, p99 {:.1} ms",
+        n as f64 / secs,
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    );
+    Ok(())
+}
