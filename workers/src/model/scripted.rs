@@ -131,11 +131,7 @@ impl Scripted {
                 let completion_tokens = words(&text);
                 ModelReply::Final {
                     message: ChatMessage::text(Role::Assistant, text),
-                    usage: Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                        total_tokens: prompt_tokens + completion_tokens,
-                    },
+                    usage: Usage::new(prompt_tokens, completion_tokens),
                     finish_reason: "stop".into(),
                 }
             }
@@ -164,11 +160,7 @@ impl Scripted {
                         tool_calls: calls,
                         tool_call_id: None,
                     },
-                    usage: Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                        total_tokens: prompt_tokens + completion_tokens,
-                    },
+                    usage: Usage::new(prompt_tokens, completion_tokens),
                     finish_reason: "tool_calls".into(),
                 }
             }
