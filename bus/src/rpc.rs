@@ -280,6 +280,24 @@ impl Incoming {
         self.header(headers::SCHEMA)
     }
 
+    /// Dead-letters this request (payload untouched, reason in headers) under the subject's
+    /// tenant, or `_invalid`. A failure to dead-letter is logged: the caller still answers.
+    pub async fn dead_letter(&self, bus: &Bus, kind: subject::DlqKind, err: &Error) {
+        let tenant = subject::tenant_of(self.subject());
+        if let Err(e) = bus
+            .dead_letter(
+                tenant.as_ref(),
+                kind,
+                self.subject(),
+                err,
+                self.payload().clone(),
+            )
+            .await
+        {
+            tracing::error!(error = %e, subject = self.subject(), "could not dead-letter a malformed request");
+        }
+    }
+
     /// Sends one reply message without ending the exchange (a streamed chunk).
     pub async fn chunk(&self, client: &Bus, payload: Bytes) -> Result<()> {
         let Some(reply) = self.req.message.reply.clone() else {

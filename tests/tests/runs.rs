@@ -320,9 +320,25 @@ async fn bad_input_gets_documented_errors_and_garbage_on_the_bus_is_dead_lettere
         )
         .await
         .expect("publish");
-    eventually("two dead letters", LONG, || async {
+    // Malformed requests to the model and tool workers: answered with an error and dead-lettered.
+    let tenant: agentos_bus::id::Tenant = "acme".parse().expect("tenant");
+    for subject in ["agentos.tool.acme.echo", "agentos.model.acme.scripted"] {
+        let mut replies = p
+            .bus
+            .call(
+                subject.into(),
+                &agentos_bus::CallMeta::new(tenant.clone()),
+                Bytes::from_static(b"[1,2"),
+            )
+            .await
+            .expect("call");
+        let reply = replies.next(LONG).await.expect("an error reply");
+        let v: Value = serde_json::from_slice(&reply.payload).expect("json reply");
+        assert_eq!(v["error"]["code"], "invalid_request", "{subject}: {v}");
+    }
+    eventually("four dead letters", LONG, || async {
         let s = p.bus.stream_status(STREAM_DLQ).await.ok()?;
-        (s.messages == 2).then_some(())
+        (s.messages == 4).then_some(())
     })
     .await
     .expect("dead-lettered");

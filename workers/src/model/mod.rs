@@ -140,7 +140,7 @@ async fn decode(bus: &Bus, req: &Incoming) -> Result<(ModelName, ModelRequest), 
     let decoded = ModelRequest::decode(req.schema(), req.payload());
     match (parsed, decoded) {
         (Some((_, model)), Ok(call)) => Ok((model, call)),
-        (parsed, decoded) => {
+        (_, decoded) => {
             let err = match decoded {
                 Err(e) => e,
                 Ok(_) => agentos_bus::Error::InvalidId {
@@ -149,19 +149,7 @@ async fn decode(bus: &Bus, req: &Incoming) -> Result<(ModelName, ModelRequest), 
                     reason: "must be agentos.model.<tenant>.<model>",
                 },
             };
-            let tenant = parsed.map(|(t, _)| t);
-            if let Err(dl) = bus
-                .dead_letter(
-                    tenant.as_ref(),
-                    DlqKind::Model,
-                    req.subject(),
-                    &err,
-                    req.payload().clone(),
-                )
-                .await
-            {
-                tracing::error!(error = %dl, "could not dead-letter a malformed model request");
-            }
+            req.dead_letter(bus, DlqKind::Model, &err).await;
             Err(ErrorBody::new("invalid_request", err.to_string()))
         }
     }

@@ -137,20 +137,7 @@ impl ToolWorker {
         match result {
             Ok(ok) => Ok(ok),
             Err(err) => {
-                let tenant = parsed.map(|(t, _)| t);
-                if let Err(e) = self
-                    .bus
-                    .dead_letter(
-                        tenant.as_ref(),
-                        DlqKind::Tool,
-                        req.subject(),
-                        &err,
-                        req.payload().clone(),
-                    )
-                    .await
-                {
-                    tracing::error!(error = %e, "could not dead-letter a malformed tool request");
-                }
+                req.dead_letter(&self.bus, DlqKind::Tool, &err).await;
                 Err(ErrorBody::new("invalid_request", err.to_string()))
             }
         }
