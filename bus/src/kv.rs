@@ -44,6 +44,25 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// Every run-record write as it happens, decoded, through one core subscription on the
+    /// bucket's subjects (no JetStream consumer). Deletes and non-record keys are skipped.
+    pub async fn run_record_updates(
+        &self,
+    ) -> Result<impl futures::Stream<Item = crate::envelope::RunRecord> + Send + Unpin + 'static>
+    {
+        let subject = format!("$KV.{}.*.*", Bucket::Runs.name());
+        let sub = self
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| Error::nats(format!("subscribe {subject}"), e))?;
+        Ok(sub.filter_map(|m| {
+            futures::future::ready(crate::envelope::RunRecord::decode(None, &m.payload).ok())
+        }))
+    }
+}
+
 impl Kv {
     pub fn bucket(&self) -> Bucket {
         self.bucket

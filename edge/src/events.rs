@@ -137,32 +137,20 @@ pub async fn wait(
         )
         .with_param("timeout_s"));
     }
+    // Register before reading, so a terminal update between the two is not missed.
+    let done = state.waiters.register(id);
     let rec = load(&state, &auth, &id).await?.value;
-    if !rec.status.is_terminal() {
-        let mut journal = state.bus.follow_journal(&auth.tenant, &id).await?;
-        let terminal = async {
-            while let Some(item) = journal.next().await {
-                if item.is_ok_and(|s| s.event.data.is_terminal()) {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(timeout_s), terminal).await;
+    if rec.status.is_terminal() {
+        drop(done);
+        state.waiters.forget_closed(&id);
+        return Ok(Json(rec.into()));
     }
-    // The record is projected right after the terminal event: give the projection a moment.
-    let mut rec = load(&state, &auth, &id).await?.value;
-    let mut delay = Duration::from_millis(2);
-    while !rec.status.is_terminal()
-        && delay < Duration::from_secs(2)
-        && terminal_seen(&state, &auth, &id).await
-    {
-        tokio::time::sleep(delay).await;
-        delay *= 2;
-        rec = load(&state, &auth, &id).await?.value;
+    let outcome = tokio::time::timeout(Duration::from_secs(timeout_s), done).await;
+    match outcome {
+        Ok(Ok(rec)) => Ok(Json(rec.into())),
+        _ => {
+            state.waiters.forget_closed(&id);
+            Ok(Json(load(&state, &auth, &id).await?.value.into()))
+        }
     }
-    Ok(Json(rec.into()))
-}
-
-async fn terminal_seen(state: &AppState, auth: &AuthContext, id: &RunId) -> bool {
-    matches!(state.bus.last_event(&auth.tenant, id).await, Ok(Some(s)) if s.event.data.is_terminal())
 }

@@ -11,6 +11,7 @@ mod extract;
 mod health;
 mod openapi;
 mod runs;
+mod watch;
 
 use std::net::SocketAddr;
 
@@ -39,6 +40,7 @@ pub struct AppState {
     runs: Kv,
     agents: Kv,
     auth: Auth,
+    waiters: watch::Waiters,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
             agents: bus.kv(Bucket::Agents).await?,
             bus,
             auth,
+            waiters: watch::Waiters::default(),
         })
     }
 }
@@ -80,9 +83,16 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| agentos_bus::Error::Server(e.to_string()))?;
     tracing::info!(listen = %local, auth = ?opts.auth, "edge listening");
-    axum::serve(listener, router(state, opts.body_limit))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|e| agentos_bus::Error::Server(format!("serve: {e}")))?;
+    let watcher = state
+        .waiters
+        .clone()
+        .run(state.bus.clone(), shutdown.clone());
+    let http = async {
+        axum::serve(listener, router(state, opts.body_limit))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|e| agentos_bus::Error::Server(format!("serve: {e}")))
+    };
+    tokio::try_join!(http, watcher)?;
     Ok(())
 }

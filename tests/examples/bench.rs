@@ -65,6 +65,27 @@ async fn nats_limits(p: &Platform, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// CPU seconds (user + system) a process has used, from /proc (clock ticks at 100 Hz).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn cpu_report(p: &Platform) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = p
+        .procs
+        .iter()
+        .map(|c| (c.name.clone(), cpu_secs(c.pid())))
+        .collect();
+    out.push(("nats-server".into(), cpu_secs(p.nats.pid())));
+    out.push(("bench client".into(), cpu_secs(std::process::id())));
+    out
+}
+
 async fn one_run(p: &Platform) -> Result<Duration> {
     let t = Instant::now();
     let id = p.start_run("bench", "go").await?;
@@ -112,6 +133,7 @@ async fn main() -> Result<()> {
         ms(pct(&lat, 0.99))
     );
 
+    let before = cpu_report(&p);
     let t = Instant::now();
     let mut lat: Vec<Duration> = futures::stream::iter(0..n)
         .map(|_| one_run(&p))
@@ -128,5 +150,9 @@ async fn main() -> Result<()> {
         ms(pct(&lat, 0.5)),
         ms(pct(&lat, 0.99))
     );
+    println!("CPU during the throughput phase (seconds, over {secs:.1} s wall):");
+    for ((name, after), (_, before)) in cpu_report(&p).into_iter().zip(before) {
+        println!("  {name:<14} {:>6.2}", after - before);
+    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use agentos_bus::envelope::{
     RunRequest, RunStatus, SubmitMessage, ToolCallSpec, ToolDef, ToolReply, ToolRequest, now,
 };
 use agentos_bus::subject::{self, DlqKind};
-use agentos_bus::{CallMeta, Delivery, Error as BusError, PendingAppend};
+use agentos_bus::{CallMeta, Delivery, Error as BusError, PendingAppend, Versioned};
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Next};
@@ -145,6 +145,7 @@ async fn drive(
         cancel,
         journal: Vec::new(),
         last: 0,
+        record: None,
         meta: CallMeta {
             request_id: delivery.request_id().map(str::to_owned),
             ..CallMeta::new(req.tenant.clone())
@@ -211,6 +212,8 @@ struct Driver<'a> {
     /// Stream sequence of the last journaled event: the guard for the next append.
     last: u64,
     meta: CallMeta,
+    /// The run record as this driver last wrote it.
+    record: Option<Versioned<RunRecord>>,
 }
 
 impl Driver<'_> {
@@ -379,7 +382,7 @@ impl Driver<'_> {
         self.project_terminal().await
     }
 
-    async fn project_terminal(&self) -> Result<(), Stop> {
+    async fn project_terminal(&mut self) -> Result<(), Stop> {
         let Some(last) = self.journal.last() else {
             return Ok(());
         };
@@ -410,26 +413,34 @@ impl Driver<'_> {
     }
 
     /// Read-modify-write of the run record (compare-and-set, retried); creates it for runs
-    /// submitted straight onto the bus.
-    async fn project(&self, change: impl Fn(&mut RunRecord)) -> Result<(), Stop> {
+    /// submitted straight onto the bus. The record and revision this driver last wrote are
+    /// kept, so the usual case is one `update` with no read; a stale revision (the edge wrote
+    /// `cancelling`, say) re-reads and applies the change again.
+    async fn project(&mut self, change: impl Fn(&mut RunRecord)) -> Result<(), Stop> {
         let key = self.record_key();
         for _ in 0..10 {
-            let result = match self.ctx.runs.get_as::<RunRecord>(&key).await? {
-                Some(current) => {
-                    let mut rec = current.value;
-                    change(&mut rec);
-                    rec.updated_at = now();
-                    self.ctx.runs.update_as(&key, &rec, current.revision).await
-                }
-                None => {
-                    let mut rec = RunRecord::queued(self.req);
-                    change(&mut rec);
-                    rec.updated_at = now();
-                    self.ctx.runs.create_as(&key, &rec).await
-                }
+            let current = match self.record.take() {
+                Some(cached) => Some(cached),
+                None => self.ctx.runs.get_as::<RunRecord>(&key).await?,
+            };
+            let (mut rec, revision) = match current {
+                Some(c) => (c.value, Some(c.revision)),
+                None => (RunRecord::queued(self.req), None),
+            };
+            change(&mut rec);
+            rec.updated_at = now();
+            let result = match revision {
+                Some(rev) => self.ctx.runs.update_as(&key, &rec, rev).await,
+                None => self.ctx.runs.create_as(&key, &rec).await,
             };
             match result {
-                Ok(_) => return Ok(()),
+                Ok(revision) => {
+                    self.record = Some(Versioned {
+                        value: rec,
+                        revision,
+                    });
+                    return Ok(());
+                }
                 Err(BusError::WrongRevision { .. } | BusError::AlreadyExists { .. }) => continue,
                 Err(e) => return Err(Stop::Bus(e)),
             }
