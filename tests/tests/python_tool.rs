@@ -42,6 +42,7 @@ async fn a_python_tool_worker_serves_an_agent_run() {
         call_id: None,
         idempotency_key: None,
         timeout_ms: 1000,
+        first_attempt: false,
     };
     let reply = eventually(
         "the python worker to answer",

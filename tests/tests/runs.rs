@@ -459,3 +459,50 @@ async fn a_thousand_concurrent_runs_on_two_orchestrators_finish_once_each() {
         assert_eq!((started, completed), (1, 1), "run {id} ran once");
     }
 }
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_recorded_result_without_running_again() {
+    use agentos_bus::envelope::{Envelope, ToolReply, ToolRequest};
+    let side_effect = CountingServer::start().await.expect("http server");
+    let p = Platform::start(Options {
+        http_allow: vec![side_effect.addr.to_string()],
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let run = agentos_bus::id::RunId::new();
+    let request = |first_attempt| ToolRequest {
+        tool: "http.get".parse().expect("tool"),
+        arguments: json!({"url": format!("http://{}/once", side_effect.addr)}),
+        run_id: Some(run),
+        step: 1,
+        call_id: Some("call_1".parse().expect("call")),
+        idempotency_key: Some(format!("{run}:1:call_1")),
+        timeout_ms: 10_000,
+        first_attempt,
+    };
+    let tenant: agentos_bus::id::Tenant = "acme".parse().expect("tenant");
+    let mut replies = Vec::new();
+    for first_attempt in [true, false, false] {
+        let mut r = p
+            .bus
+            .call(
+                "agentos.tool.acme.http.get".into(),
+                &agentos_bus::CallMeta::new(tenant.clone()),
+                request(first_attempt).encode(),
+            )
+            .await
+            .expect("call");
+        let reply = r.next(LONG).await.expect("reply");
+        replies
+            .push(ToolReply::decode(reply.schema.as_deref(), &reply.payload).expect("tool reply"));
+    }
+    assert!(
+        matches!(&replies[0], ToolReply::Ok { output } if output["body"] == "hit 1"),
+        "{:?}",
+        replies[0]
+    );
+    assert_eq!(replies[1], replies[0]);
+    assert_eq!(replies[2], replies[0]);
+    assert_eq!(side_effect.hits(), 1, "the tool ran once");
+}

@@ -22,6 +22,10 @@ pub struct ToolRequest {
     pub idempotency_key: Option<String>,
     /// How long the caller waits, so a tool can give up in time.
     pub timeout_ms: u64,
+    /// True when the caller journaled `tool.started` for this key just before this request, so
+    /// no earlier attempt can exist and the worker may skip looking for a recorded result.
+    #[serde(default)]
+    pub first_attempt: bool,
 }
 
 impl Envelope for ToolRequest {

@@ -9,6 +9,7 @@ use agentos_bus::envelope::{
     AgentSpec, Envelope, ErrorBody, Event, EventData, ModelReply, ModelRequest, RunRecord,
     RunRequest, RunStatus, SubmitMessage, ToolCallSpec, ToolDef, ToolReply, ToolRequest, now,
 };
+use agentos_bus::id::CallId;
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{CallMeta, Delivery, Error as BusError, PendingAppend, Versioned};
 use tokio_util::sync::CancellationToken;
@@ -146,6 +147,7 @@ async fn drive(
         journal: Vec::new(),
         last: 0,
         record: None,
+        fresh_call: None,
         meta: CallMeta {
             request_id: delivery.request_id().map(str::to_owned),
             ..CallMeta::new(req.tenant.clone())
@@ -214,6 +216,8 @@ struct Driver<'a> {
     meta: CallMeta,
     /// The run record as this driver last wrote it.
     record: Option<Versioned<RunRecord>>,
+    /// The tool call whose `tool.started` this driver itself just appended: its first attempt.
+    fresh_call: Option<(u32, CallId)>,
 }
 
 impl Driver<'_> {
@@ -224,6 +228,8 @@ impl Driver<'_> {
             .read_journal(&self.req.tenant, &self.req.run_id)
             .await?;
         self.last = stored.last().map_or(0, |s| s.stream_seq);
+        self.fresh_call = None;
+        self.record = None;
         self.journal = stored.into_iter().map(|s| s.event).collect();
         // A cancel that arrived while no orchestrator held the run is in the record.
         if let Ok(Some(rec)) = self.ctx.runs.get_as::<RunRecord>(&self.record_key()).await
@@ -303,11 +309,12 @@ impl Driver<'_> {
                 if agent.tools.contains(&call.name) {
                     self.append(EventData::ToolStarted {
                         step,
-                        call_id: call.id,
+                        call_id: call.id.clone(),
                         name: call.name,
                         arguments: call.arguments,
                     })
                     .await?;
+                    self.fresh_call = Some((step, call.id));
                 } else {
                     let error = ErrorBody::new(
                         "tool_not_allowed",
@@ -542,6 +549,7 @@ impl Driver<'_> {
             step,
             call_id: Some(call.id.clone()),
             idempotency_key: Some(key.clone()),
+            first_attempt: self.fresh_call.take() == Some((step, call.id.clone())),
             timeout_ms: timeout.as_millis() as u64,
         };
         let meta = CallMeta {

@@ -171,7 +171,7 @@ impl ToolWorker {
                 }
             },
         };
-        if let Some(key) = &record_key {
+        if let Some(key) = record_key.as_ref().filter(|_| !call.first_attempt) {
             match self.results.get_as::<ToolReply>(key).await {
                 Ok(Some(recorded)) => {
                     tracing::debug!(%key, "returning recorded tool result");
