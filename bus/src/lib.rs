@@ -55,6 +55,11 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// The connected server's version, e.g. `2.15.1`.
+    pub fn server_version(&self) -> String {
+        self.client.server_info().version
+    }
+
     /// Whether JetStream answers (account info round trip).
     pub async fn jetstream_ok(&self) -> Result<()> {
         self.js

@@ -275,6 +275,27 @@ impl Bus {
         self.reconcile(settings, false).await
     }
 
+    /// Deletes every AgentOS stream and bucket that exists; returns what it deleted. For
+    /// `agentos nuke` only.
+    pub async fn delete_all(&self, settings: &Settings) -> Result<Vec<String>> {
+        let mut deleted = Vec::new();
+        let names = settings
+            .streams()
+            .into_iter()
+            .map(|s| s.name)
+            .chain(Bucket::ALL.iter().map(|b| format!("KV_{}", b.name())));
+        for name in names {
+            if self.stream_config(&name).await?.is_some() {
+                self.js
+                    .delete_stream(&name)
+                    .await
+                    .map_err(|e| Error::nats(format!("delete stream {name}"), e))?;
+                deleted.push(name);
+            }
+        }
+        Ok(deleted)
+    }
+
     async fn reconcile(&self, settings: &Settings, create: bool) -> Result<Report> {
         let mut report = Report::default();
         for want in settings.streams() {

@@ -44,6 +44,24 @@ pub enum Command {
     Provision(NatsArgs),
     /// Start NATS, provision, start the edge and the workers, and complete a smoke run.
     Up(UpArgs),
+    /// Stop a detached platform; its data stays.
+    Down(HomeArgs),
+    /// Stop the platform and delete its streams, buckets and home folder.
+    Nuke(NukeArgs),
+    /// NATS, streams, consumers, worker instances and edge health.
+    Status(StatusArgs),
+    /// The components' logs.
+    Logs(LogsArgs),
+    /// Agents, through the edge.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Runs, through the edge.
+    Run {
+        #[command(subcommand)]
+        command: RunCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -178,8 +196,122 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 1)]
     pub tool_workers: usize,
     /// Start, run the smoke test, stop everything and exit (for CI and first checks).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "detach")]
     pub smoke_only: bool,
+    /// Return once the platform is ready; it keeps running in the background (`agentos down`).
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct HomeArgs {
+    /// The platform's home folder.
+    #[arg(long, env = "AGENTOS_HOME", default_value = ".agentos")]
+    pub home: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct NukeArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Also delete from a NATS server that is not the one `agentos up` started.
+    #[arg(long)]
+    pub force: bool,
+    /// NATS to delete from when no platform of this home is known.
+    #[arg(long = "nats-url", env = "AGENTOS_NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// A component (`edge`, `orchestrator-1`, `nats`, …) or a prefix (`orchestrator`); all if absent.
+    pub component: Option<String>,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines newer than this, e.g. `10m`, `1h`.
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+}
+
+/// Where the edge is and how to authenticate; defaults come from `<home>/state.json`.
+#[derive(Clone, Debug, Args)]
+pub struct EdgeClientArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    #[arg(long, env = "AGENTOS_EDGE_URL")]
+    pub edge_url: Option<String>,
+    #[arg(long, env = "AGENTOS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Create an agent from a JSON definition (`--file` or `--json`).
+    Create {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        #[arg(long, conflicts_with = "json", required_unless_present = "json")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<String>,
+    },
+    List {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+    },
+    Get {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Start a run; `--follow` streams its events until it ends.
+    Create {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    Get {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        id: String,
+    },
+    List {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    Cancel {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        id: String,
+    },
 }
 
 /// `250ms`, `30s`, `5m`, `24h`, or plain seconds.

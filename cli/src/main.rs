@@ -5,7 +5,10 @@
 #![allow(clippy::print_stdout)]
 
 mod args;
+mod client;
+mod ops;
 mod run;
+mod state;
 mod up;
 
 use clap::Parser;
@@ -21,7 +24,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(run::dispatch(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

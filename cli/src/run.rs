@@ -25,7 +25,7 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 /// Fires on SIGINT or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let fire = token.clone();
     tokio::spawn(async move {
@@ -65,7 +65,8 @@ async fn connect(nats: &NatsArgs, name: &str) -> anyhow::Result<Bus> {
     Ok(bus)
 }
 
-pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; the result is the process exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Edge(a) => {
             let auth = match (&a.jwt_secret, &a.dev_no_auth_tenant) {
@@ -149,6 +150,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Up(a) => crate::up::up(a).await?,
+        Command::Down(a) => crate::ops::down(&a)?,
+        Command::Nuke(a) => crate::ops::nuke(&a).await?,
+        Command::Status(a) => return Ok(if crate::ops::status(&a).await? { 0 } else { 1 }),
+        Command::Logs(a) => crate::ops::logs(&a)?,
+        Command::Agent { command } => crate::client::agent(command).await?,
+        Command::Run { command } => {
+            return Ok(if crate::client::run(command).await? == 0 {
+                0
+            } else {
+                1
+            });
+        }
         Command::Token {
             command:
                 TokenCommand::Mint {
@@ -165,5 +178,5 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
         }
     }
-    Ok(())
+    Ok(0)
 }

@@ -1,6 +1,7 @@
 //! `agentos up`: a local platform in one command. Numbered phases, each failing with one line
-//! and a hint; everything it started is stopped again when it fails or on Ctrl-C. (Detach,
-//! restarts with backoff, `down`/`status`/`logs`/`nuke` arrive with the CLI issue.)
+//! and a hint; components are supervised (restarted with backoff when they die); everything
+//! stops cleanly on Ctrl-C, SIGTERM (`agentos down`) or a failed phase. `--detach` returns once
+//! the platform is ready and leaves it running.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,31 +13,34 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::args::UpArgs;
+use crate::state::{self, ComponentPid, State};
 
 const PHASES: usize = 6;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 fn phase(n: usize, what: &str) {
     println!("[{n}/{PHASES}] {what}");
 }
 
-/// A supervised child: SIGTERM then SIGKILL on drop.
+/// A supervised child process of the platform.
 struct Component {
     name: String,
+    args: Vec<String>,
     child: Child,
+    restarts: u32,
+    restart_at: Option<Instant>,
 }
 
 impl Component {
     fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
+            state::terminate(self.child.id());
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
             }
             let _ = self.child.kill();
         }
@@ -47,6 +51,44 @@ impl Component {
 impl Drop for Component {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How components are started: same binary, same environment, one log file each.
+struct Launcher {
+    exe: PathBuf,
+    home: PathBuf,
+    nats_url: String,
+    secret: String,
+}
+
+impl Launcher {
+    fn spawn(&self, name: &str, args: &[String]) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("logs").join(format!("{name}.log")))?;
+        Command::new(&self.exe)
+            .args(args)
+            .env("AGENTOS_NATS_URL", &self.nats_url)
+            .env("AGENTOS_JWT_SECRET", &self.secret)
+            .env("AGENTOS_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))
+    }
+
+    fn component(&self, name: String, args: Vec<String>) -> Result<Component> {
+        let child = self.spawn(&name, &args)?;
+        Ok(Component {
+            name,
+            args,
+            child,
+            restarts: 0,
+            restart_at: None,
+        })
     }
 }
 
@@ -65,45 +107,61 @@ fn secret(home: &Path) -> Result<String> {
 }
 
 pub async fn up(a: UpArgs) -> Result<()> {
+    if a.detach {
+        return detach(&a).await;
+    }
     let started = Instant::now();
     phase(1, "config");
-    std::fs::create_dir_all(a.home.join("logs"))
-        .with_context(|| format!("creating {} (hint: --home DIR)", a.home.display()))?;
+    std::fs::create_dir_all(a.home.join("logs")).with_context(|| {
+        format!(
+            "cannot create {} (hint: choose another --home)",
+            a.home.display()
+        )
+    })?;
     let home = a.home.canonicalize()?;
     let lock = home.join("up.pid");
     if let Ok(pid) = std::fs::read_to_string(&lock)
-        && Path::new(&format!("/proc/{}", pid.trim())).exists()
+        && pid
+            .trim()
+            .parse()
+            .is_ok_and(|p: u32| p != std::process::id() && state::alive(p))
     {
         bail!(
-            "AgentOS is already running from {} (pid {}); hint: stop it first, or use another --home",
+            "AgentOS is already running from {} (pid {}); hint: `agentos down --home {}` first, or use another --home",
             home.display(),
-            pid.trim()
+            pid.trim(),
+            a.home.display()
         );
     }
     std::fs::write(&lock, std::process::id().to_string())?;
     let result = run(&a, &home, started).await;
+    let _ = std::fs::remove_file(home.join("state.json"));
     let _ = std::fs::remove_file(&lock);
     result
 }
 
 async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
+    let shutdown = crate::run::shutdown_on_signal();
     phase(2, "nats-server");
     let binary = server::locate(&[home.join("bin/nats-server")])
         .map_err(|e| anyhow!("{e}\n  hint: run ./scripts/install-nats-server"))?;
-    let nats = NatsServer::spawn(&binary, &home.join("nats"), Some(a.nats_port), &[])
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "{e}\n  hint: is port {} in use? try --nats-port",
-                a.nats_port
-            )
-        })?;
-    println!(
-        "      {} ({}) at {}",
-        binary.display(),
-        server::version_of(&binary).map_or("?".into(), |(x, y)| format!("v{x}.{y}")),
-        nats.url()
-    );
+    if std::net::TcpListener::bind(("127.0.0.1", a.nats_port)).is_err() {
+        bail!(
+            "port {} is in use\n  hint: stop what uses it, or pass --nats-port",
+            a.nats_port
+        );
+    }
+    let nats_log = home.join("logs").join("nats.log");
+    let nats = NatsServer::spawn(
+        &binary,
+        &home.join("nats"),
+        Some(a.nats_port),
+        &["-l".into(), nats_log.display().to_string()],
+    )
+    .await
+    .map_err(|e| anyhow!("{e}\n  hint: see {}", nats_log.display()))?;
+    let version = server::version_of(&binary).map_or("?".into(), |(x, y)| format!("v{x}.{y}"));
+    println!("      {} ({version}) at {}", binary.display(), nats.url());
 
     phase(3, "streams and KV buckets");
     let bus = Bus::connect(&ConnectOptions::new(nats.url()).with_name("agentos-up")).await?;
@@ -117,23 +175,19 @@ async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
     println!("      {} resources ready", report.items.len());
 
     phase(4, "edge and workers");
-    let secret = secret(home)?;
-    let exe = std::env::current_exe()?;
-    let spawn = |name: String, args: Vec<String>| -> Result<Component> {
-        let log = std::fs::File::create(home.join("logs").join(format!("{name}.log")))?;
-        let child = Command::new(&exe)
-            .args(&args)
-            .env("AGENTOS_NATS_URL", nats.url())
-            .env("AGENTOS_JWT_SECRET", &secret)
-            .env("AGENTOS_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Component { name, child })
+    if std::net::TcpListener::bind(a.listen).is_err() {
+        bail!(
+            "{} is in use\n  hint: stop what uses it, or pass --listen",
+            a.listen
+        );
+    }
+    let launcher = Launcher {
+        exe: std::env::current_exe()?,
+        home: home.to_owned(),
+        nats_url: nats.url().to_owned(),
+        secret: secret(home)?,
     };
-    let mut components = vec![spawn(
+    let mut components = vec![launcher.component(
         "edge".into(),
         vec!["edge".into(), "--listen".into(), a.listen.to_string()],
     )?];
@@ -143,10 +197,9 @@ async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
         ("tool", a.tool_workers),
     ] {
         for i in 1..=n {
-            components.push(spawn(
-                format!("{kind}-{i}"),
-                vec!["worker".into(), kind.into()],
-            )?);
+            components.push(
+                launcher.component(format!("{kind}-{i}"), vec!["worker".into(), kind.into()])?,
+            );
         }
     }
     println!(
@@ -165,7 +218,7 @@ async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
 
     phase(6, "smoke run");
     let token = agentos_edge::mint(
-        secret.as_bytes(),
+        launcher.secret.as_bytes(),
         "operator",
         &"dev".parse()?,
         &["admin".into()],
@@ -173,28 +226,29 @@ async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
     )?;
     let token_file = home.join("token");
     std::fs::write(&token_file, &token)?;
-    let run = smoke_run(&http, &edge_url, &token)
-        .await
-        .context("the smoke run failed (logs are in <home>/logs)")?;
+    let run = smoke_run(&http, &edge_url, &token).await.with_context(|| {
+        format!(
+            "the smoke run failed; hint: see {}",
+            home.join("logs").display()
+        )
+    })?;
     println!(
         "      run {} completed: {:?}",
         run["id"].as_str().unwrap_or("?"),
         run["output"].as_str().unwrap_or("")
     );
 
-    let report = json!({
-        "edge_url": edge_url, "nats_url": nats.url(), "home": home, "token_file": token_file,
-        "components": components.iter().map(|c| json!({"name": c.name, "pid": c.child.id()})).collect::<Vec<_>>(),
-        "nats_pid": nats.pid(), "smoke_run": run["id"], "ready_after_ms": started.elapsed().as_millis(),
-    });
-    std::fs::create_dir_all(home.join("reports"))?;
-    let report_file = home.join("reports").join(format!(
-        "up-{}.json",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
-    ));
-    std::fs::write(&report_file, serde_json::to_vec_pretty(&report)?)?;
+    let mut state = State {
+        edge_url: edge_url.clone(),
+        nats_url: nats.url().to_owned(),
+        token_file: token_file.clone(),
+        home: home.to_owned(),
+        up_pid: std::process::id(),
+        nats_pid: nats.pid(),
+        components: Vec::new(),
+    };
+    save_state(&mut state, &components)?;
+    let report_file = write_report(home, &state, &run, started)?;
 
     println!(
         "\nAgentOS is up in {:.1}s.",
@@ -206,24 +260,111 @@ async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
         "  token:  export TOKEN=$(cat {})   # tenant dev, 24h",
         token_file.display()
     );
-    println!("  logs:   {}", home.join("logs").display());
+    println!("  logs:   agentos logs --home {}", home.display());
     println!("  report: {}", report_file.display());
     if a.smoke_only {
         println!("\n--smoke-only: stopping.");
     } else {
         println!(
-            "\nCtrl-C stops everything (data stays in {}).",
+            "\nCtrl-C (or `agentos down`) stops everything; data stays in {}.",
             home.display()
         );
-        tokio::signal::ctrl_c().await?;
+        supervise(&launcher, &mut components, &mut state, &shutdown).await?;
         println!("stopping…");
     }
-    for c in components.iter_mut() {
+    for c in components.iter_mut().rev() {
         c.stop();
     }
     drop(nats);
     println!("stopped.");
     Ok(())
+}
+
+fn save_state(state: &mut State, components: &[Component]) -> Result<()> {
+    state.components = components
+        .iter()
+        .map(|c| ComponentPid {
+            name: c.name.clone(),
+            pid: c.child.id(),
+        })
+        .collect();
+    state.save()
+}
+
+fn write_report(home: &Path, state: &State, run: &Value, started: Instant) -> Result<PathBuf> {
+    let report = json!({
+        "state": state, "smoke_run": run["id"], "smoke_output": run["output"],
+        "ready_after_ms": started.elapsed().as_millis(),
+    });
+    std::fs::create_dir_all(home.join("reports"))?;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let json_file = home.join("reports").join(format!("up-{ms}.json"));
+    std::fs::write(&json_file, serde_json::to_vec_pretty(&report)?)?;
+    let md = format!(
+        "# agentos up\n\n- edge: {}\n- nats: {}\n- ready after: {} ms\n- smoke run: {} → {}\n\n| component | pid |\n|---|---|\n{}",
+        state.edge_url,
+        state.nats_url,
+        started.elapsed().as_millis(),
+        run["id"].as_str().unwrap_or("?"),
+        run["output"].as_str().unwrap_or(""),
+        state
+            .components
+            .iter()
+            .map(|c| format!("| {} | {} |\n", c.name, c.pid))
+            .collect::<String>()
+    );
+    std::fs::write(json_file.with_extension("md"), md)?;
+    Ok(json_file)
+}
+
+/// Restarts components that die, with exponential backoff, until shutdown.
+async fn supervise(
+    launcher: &Launcher,
+    components: &mut [Component],
+    state: &mut State,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let mut changed = false;
+        for c in components.iter_mut() {
+            match (c.restart_at, c.child.try_wait()) {
+                (None, Ok(Some(status))) => {
+                    let delay = (Duration::from_millis(500) * 2u32.saturating_pow(c.restarts))
+                        .min(MAX_BACKOFF);
+                    println!(
+                        "{} exited ({status}); restarting in {:.1}s",
+                        c.name,
+                        delay.as_secs_f64()
+                    );
+                    c.restart_at = Some(Instant::now() + delay);
+                }
+                (Some(at), _) if Instant::now() >= at => match launcher.spawn(&c.name, &c.args) {
+                    Ok(child) => {
+                        c.child = child;
+                        c.restarts += 1;
+                        c.restart_at = None;
+                        changed = true;
+                        println!("{} restarted (restart #{})", c.name, c.restarts);
+                    }
+                    Err(e) => {
+                        println!("{} could not be restarted: {e:#}", c.name);
+                        c.restart_at = Some(Instant::now() + MAX_BACKOFF);
+                    }
+                },
+                _ => {}
+            }
+        }
+        if changed {
+            save_state(state, components)?;
+        }
+    }
 }
 
 async fn wait_ready(
@@ -239,14 +380,13 @@ async fn wait_ready(
     loop {
         for c in components.iter_mut() {
             if let Ok(Some(status)) = c.child.try_wait() {
-                let log: PathBuf = home.join("logs").join(format!("{}.log", c.name));
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let last = tail.lines().last().unwrap_or("").to_owned();
+                let log = home.join("logs").join(format!("{}.log", c.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = text.lines().last().unwrap_or("").to_owned();
                 bail!(
-                    "{} exited with {status} while starting: {last}\n  hint: see {} (is {} in use?)",
+                    "{} exited with {status} while starting: {last}\n  hint: see {}",
                     c.name,
-                    log.display(),
-                    a.listen
+                    log.display()
                 );
             }
         }
@@ -315,4 +455,66 @@ async fn smoke_run(http: &reqwest::Client, edge: &str, token: &str) -> Result<Va
         bail!("smoke run ended {}: {}", done["status"], done["error"]);
     }
     Ok(done)
+}
+
+/// Starts `agentos up` (without `--detach`) in the background and waits until it is ready.
+async fn detach(a: &UpArgs) -> Result<()> {
+    std::fs::create_dir_all(a.home.join("logs"))
+        .with_context(|| format!("cannot create {}", a.home.display()))?;
+    let home = a.home.canonicalize()?;
+    if let Some(s) = State::load(&home)? {
+        bail!(
+            "AgentOS is already running from {} (pid {}); hint: `agentos down` first",
+            home.display(),
+            s.up_pid
+        );
+    }
+    let log_path = home.join("logs").join("up.log");
+    let log = std::fs::File::create(&log_path)?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: a Ctrl-C in this terminal does not reach it.
+        cmd.process_group(0);
+    }
+    let mut child = cmd
+        .spawn()
+        .context("starting agentos up in the background")?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(s) = State::load(&home)?
+            && s.up_pid == child.id()
+        {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            print!("{text}");
+            println!(
+                "\nDetached (pid {}). State: {}",
+                s.up_pid,
+                state::path(&home).display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            print!("{text}");
+            bail!(
+                "agentos up exited ({status}) before it was ready; see {}",
+                log_path.display()
+            );
+        }
+        if Instant::now() > deadline {
+            state::terminate(child.id());
+            bail!("not ready within 180 s; see {}", log_path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,71 @@
+//! `<home>/state.json`: what a running platform looks like from outside — URLs, the token file
+//! and every pid. Written once the platform is ready, updated on restarts, removed on stop.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    pub edge_url: String,
+    pub nats_url: String,
+    pub token_file: PathBuf,
+    pub home: PathBuf,
+    /// The `agentos up` process that supervises everything.
+    pub up_pid: u32,
+    pub nats_pid: u32,
+    pub components: Vec<ComponentPid>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ComponentPid {
+    pub name: String,
+    pub pid: u32,
+}
+
+pub fn path(home: &Path) -> PathBuf {
+    home.join("state.json")
+}
+
+/// Whether a process with this pid exists.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl State {
+    /// The state of a platform that is still running from `home`, if any.
+    pub fn load(home: &Path) -> Result<Option<Self>> {
+        let p = path(home);
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        };
+        let state: Self =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid", p.display()))?;
+        Ok(alive(state.up_pid).then_some(state))
+    }
+
+    /// Writes atomically (temp file, then rename).
+    pub fn save(&self) -> Result<()> {
+        let p = path(&self.home);
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+    }
+
+    pub fn token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("reading {}", self.token_file.display()))?
+            .trim()
+            .to_owned())
+    }
+}
+
+/// Sends SIGTERM (graceful stop) to a process.
+pub fn terminate(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
