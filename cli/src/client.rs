@@ -184,6 +184,14 @@ fn describe(event: &str, data: &Value) -> String {
         ),
         "run.completed" => format!("{:?}", d["output"].as_str().unwrap_or("")),
         "step.started" => format!("step {}", d["step"]),
+        "run.created" => format!("{:?}", d["input"].as_str().unwrap_or("")),
+        "model.completed" => match d["message"]["tool_calls"].as_array() {
+            Some(calls) if !calls.is_empty() => {
+                let names: Vec<&str> = calls.iter().filter_map(|c| c["name"].as_str()).collect();
+                format!("calls {}", names.join(", "))
+            }
+            _ => format!("{:?}", d["message"]["content"].as_str().unwrap_or("")),
+        },
         _ => String::new(),
     }
 }
