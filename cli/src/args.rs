@@ -21,6 +21,9 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Configuration file (default: ./agentos.toml when present).
+    #[arg(long, global = true, env = "AGENTOS_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,6 +47,8 @@ pub enum Command {
     Provision(NatsArgs),
     /// Start NATS, provision, start the edge and the workers, and complete a smoke run.
     Up(UpArgs),
+    /// Check configuration, NATS, JetStream, stream/bucket drift, auth and TLS files.
+    Validate(ValidateArgs),
     /// Stop a detached platform; its data stays.
     Down(HomeArgs),
     /// Stop the platform and delete its streams, buckets and home folder.
@@ -201,6 +206,17 @@ pub struct UpArgs {
     /// Return once the platform is ready; it keeps running in the background (`agentos down`).
     #[arg(long)]
     pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// The edge's HS256 secret, to check it is set and long enough.
+    #[arg(long, env = "AGENTOS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]

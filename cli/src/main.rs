@@ -6,15 +6,35 @@
 
 mod args;
 mod client;
+mod config;
 mod ops;
 mod run;
 mod state;
 mod up;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
-    let cli = args::Cli::parse();
+    let matches = args::Cli::command().get_matches();
+    let cli = match args::Cli::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut cli| {
+            // `validate` reports a broken file as one of its checks instead of failing here.
+            let validating = matches!(cli.command, args::Command::Validate(_));
+            if let Some(path) = config::locate(cli.config.as_deref()) {
+                match config::load(&path).and_then(|c| config::apply(&mut cli, &matches, &c)) {
+                    Err(_) if validating => {}
+                    other => other?,
+                }
+            }
+            Ok(cli)
+        }) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     run::init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

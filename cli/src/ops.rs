@@ -165,6 +165,98 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// `agentos validate`: one line per check; true when all pass.
+pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Path>) -> bool {
+    let mut ok = true;
+    let mut line = |pass: bool, check: &str, detail: String| {
+        ok &= pass;
+        println!(
+            "{} {check:<10} {detail}",
+            if pass { "ok  " } else { "FAIL" }
+        );
+    };
+    match crate::config::locate(explicit_config) {
+        None => line(
+            true,
+            "config",
+            "no agentos.toml; defaults, environment and flags".into(),
+        ),
+        Some(p) => match crate::config::load(&p) {
+            Ok(_) => line(true, "config", p.display().to_string()),
+            Err(e) => line(false, "config", format!("{e:#}")),
+        },
+    }
+    // A running local platform is what to check; otherwise the configured NATS.
+    let running = State::load(&a.home.home).ok().flatten();
+    let url = running
+        .as_ref()
+        .map_or_else(|| a.nats.url.clone(), |s| s.nats_url.clone());
+    let mut opts = a.nats.connect_options("agentos-validate");
+    opts.url = url.clone();
+    opts.request_timeout = Some(Duration::from_secs(3));
+    for (what, file) in [
+        ("tls ca", &a.nats.tls_ca),
+        ("tls cert", &a.nats.tls_cert),
+        ("tls key", &a.nats.tls_key),
+        ("creds", &a.nats.creds),
+    ] {
+        if let Some(f) = file {
+            match std::fs::File::open(f) {
+                Ok(_) => line(true, "files", format!("{what} {} readable", f.display())),
+                Err(e) => line(false, "files", format!("{what} {}: {e}", f.display())),
+            }
+        }
+    }
+    match Bus::connect(&opts).await {
+        Err(e) => line(false, "nats", format!("{e}")),
+        Ok(bus) => {
+            line(true, "nats", format!("{url} (v{})", bus.server_version()));
+            match bus.jetstream_ok().await {
+                Err(e) => line(false, "jetstream", e.to_string()),
+                Ok(()) => {
+                    line(true, "jetstream", "enabled".into());
+                    match bus.check(&Settings::default()).await {
+                        Err(e) => line(false, "streams", e.to_string()),
+                        Ok(r) if r.is_clean() => line(
+                            true,
+                            "streams",
+                            format!("{} streams and buckets match", r.items.len()),
+                        ),
+                        Ok(r) => {
+                            for item in r.drifted() {
+                                line(
+                                    false,
+                                    "streams",
+                                    format!("{} {}: {:?}", item.kind, item.name, item.outcome),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let secret = match (&running, &a.jwt_secret) {
+        (_, Some(s)) => Some(s.clone()),
+        (Some(_), None) => std::fs::read_to_string(a.home.home.join("jwt-secret")).ok(),
+        (None, None) => None,
+    };
+    match secret.map(|s| s.trim().len()) {
+        Some(n) if n >= 32 => line(true, "auth", format!("HS256 secret set ({n} bytes)")),
+        Some(n) => line(
+            false,
+            "auth",
+            format!("HS256 secret is only {n} bytes; use at least 32"),
+        ),
+        None => line(
+            false,
+            "auth",
+            "no HS256 secret (AGENTOS_JWT_SECRET or [edge] jwt-secret-file)".into(),
+        ),
+    }
+    ok
+}
+
 /// Renders one log line: JSON lines become `ts level component message k=v` on a terminal.
 fn render(component: &str, line: &str, terminal: bool) -> Option<String> {
     let v: Value = serde_json::from_str(line).ok()?;

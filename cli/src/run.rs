@@ -150,6 +150,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Up(a) => crate::up::up(a).await?,
+        Command::Validate(a) => {
+            return Ok(if crate::ops::validate(&a, cli.config.as_deref()).await {
+                0
+            } else {
+                1
+            });
+        }
         Command::Down(a) => crate::ops::down(&a)?,
         Command::Nuke(a) => crate::ops::nuke(&a).await?,
         Command::Status(a) => return Ok(if crate::ops::status(&a).await? { 0 } else { 1 }),

@@ -109,6 +109,10 @@ async fn up_status_follow_restart_down_up_nuke() {
     }
     snapshot("status", &status, &home);
 
+    let out = agentos(&home, &["validate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    snapshot("validate", &String::from_utf8_lossy(&out.stdout), &home);
+
     let out = agentos(
         &home,
         &[
@@ -248,6 +252,37 @@ fn failures_are_one_clear_line_and_leave_nothing_running() {
     let out = agentos(&home, &["down"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing is running"));
+
+    // A broken agentos.toml: the key and its line, before anything starts.
+    std::fs::write(
+        dir.path().join("agentos.toml"),
+        "[up]\nnats-port = 4222\norchestrator = 2\n",
+    )
+    .expect("write");
+    let out = Command::new(agentos_bin().expect("binary"))
+        .current_dir(dir.path())
+        .args(["up", "--home"])
+        .arg(&home)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agentos.toml") && err.contains("line 3") && err.contains("orchestrator"),
+        "{err}"
+    );
+    let out = Command::new(agentos_bin().expect("binary"))
+        .current_dir(dir.path())
+        .args(["validate", "--home"])
+        .arg(&home)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("FAIL config"))
+    );
 
     // nuke without confirmation does nothing.
     std::fs::create_dir_all(&home).expect("home");
