@@ -36,8 +36,31 @@ fn check_token(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// One to four dot-separated tokens: maps onto subject levels, fenced by `….<tenant>.>`.
+fn check_dotted(s: &str) -> Result<(), &'static str> {
+    if s.split('.').count() > MAX_TOOL_SEGMENTS {
+        return Err("may have at most four dot-separated parts");
+    }
+    s.split('.').try_for_each(check_token)
+}
+
+/// A tool call id as models mint them (`call_1`, `call_AbC123`): `[A-Za-z0-9_-]{1,64}`. Never
+/// part of a subject; part of KV keys, which allow these characters.
+fn check_call_id(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err("may contain only A-Z, a-z, 0-9, '_' and '-'");
+    }
+    Ok(())
+}
+
 macro_rules! token_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        token_id!($(#[$doc])* $name, $kind, check_token);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $check:path) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -48,7 +71,7 @@ macro_rules! token_id {
 
             pub fn parse(s: impl Into<String>) -> Result<Self> {
                 let s = s.into();
-                match check_token(&s) {
+                match $check(&s) {
                     Ok(()) => Ok(Self(s)),
                     Err(reason) => Err(Error::InvalidId { kind: $kind, value: s, reason }),
                 }
@@ -104,9 +127,10 @@ token_id!(
     "agent id"
 );
 token_id!(
-    /// A public model name (`scripted`, `gpt-4o-mini`, …).
+    /// A public model name (`scripted`, `gpt-4o-mini`, `gpt-4.1`): one to four dotted tokens.
     ModelName,
-    "model name"
+    "model name",
+    check_dotted
 );
 token_id!(
     /// A memory namespace.
@@ -116,63 +140,15 @@ token_id!(
 token_id!(
     /// A tool call's id within one model turn, as the model named it.
     CallId,
-    "call id"
+    "call id",
+    check_call_id
 );
-
-/// A tool name: one to four dot-separated tokens, e.g. `echo` or `math.eval`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ToolName(String);
-
-impl ToolName {
-    pub const KIND: &'static str = "tool name";
-
-    pub fn parse(s: impl Into<String>) -> Result<Self> {
-        let s = s.into();
-        let invalid = |reason| Error::InvalidId {
-            kind: Self::KIND,
-            value: s.clone(),
-            reason,
-        };
-        if s.split('.').count() > MAX_TOOL_SEGMENTS {
-            return Err(invalid("may have at most four dot-separated parts"));
-        }
-        for segment in s.split('.') {
-            check_token(segment).map_err(invalid)?;
-        }
-        Ok(Self(s))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for ToolName {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        Self::parse(s)
-    }
-}
-
-impl From<ToolName> for String {
-    fn from(v: ToolName) -> String {
-        v.0
-    }
-}
-
-impl FromStr for ToolName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for ToolName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+token_id!(
+    /// A tool name: one to four dot-separated tokens, e.g. `echo` or `math.eval`.
+    ToolName,
+    "tool name",
+    check_dotted
+);
 
 /// A run id: a UUIDv7 (time-ordered, so key order is submission order), rendered hyphenated
 /// lowercase, which is also a valid token.

@@ -69,7 +69,7 @@ impl DlqKind {
 pub mod filter {
     pub const RUNS_SUBMIT: &str = "agentos.runs.*.submit";
     pub const EVENTS: &str = "agentos.events.*.*";
-    pub const MODEL: &str = "agentos.model.*.*";
+    pub const MODEL: &str = "agentos.model.*.>";
     pub const TOOL: &str = "agentos.tool.*.>";
     pub const CANCEL: &str = "agentos.ctl.*.*.cancel";
     pub const AUDIT: &str = "agentos.audit.*";

@@ -59,11 +59,12 @@ pub enum EventData {
         name: ToolName,
         output: serde_json::Value,
     },
+    /// `name` is what the model asked for, which may not be a valid tool name at all.
     #[serde(rename = "tool.failed")]
     ToolFailed {
         step: u32,
         call_id: CallId,
-        name: ToolName,
+        name: String,
         error: ErrorBody,
     },
     #[serde(rename = "run.requires_action")]

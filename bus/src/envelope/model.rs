@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Envelope, ErrorBody};
-use crate::id::{CallId, RunId, ToolName};
+use crate::id::{CallId, RunId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,11 +37,12 @@ impl ChatMessage {
     }
 }
 
-/// A tool call the model asked for.
+/// A tool call the model asked for. `name` is the model's word: for an agent it must be one of
+/// the agent's tools (a [`crate::id::ToolName`]); through the chat API it is any function name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolCallSpec {
     pub id: CallId,
-    pub name: ToolName,
+    pub name: String,
     #[serde(default)]
     pub arguments: serde_json::Value,
 }
@@ -49,7 +50,7 @@ pub struct ToolCallSpec {
 /// A tool the model may call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolDef {
-    pub name: ToolName,
+    pub name: String,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
@@ -92,6 +93,10 @@ pub struct ModelRequest {
     /// Backend-specific settings from the agent definition.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// OpenAI request parameters passed through to the backend: `temperature`, `top_p`,
+    /// `max_tokens`, `stop`, `seed`, `response_format`, `tool_choice`, … (validated at the edge).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub stream: bool,
 }
@@ -105,6 +110,17 @@ impl Envelope for ModelRequest {
 pub enum ModelReply {
     Delta {
         text: String,
+    },
+    /// A fragment of a streamed tool call (OpenAI's `delta.tool_calls[i]`): the first fragment
+    /// of call `index` carries `id` and `name`, later ones more `arguments` text.
+    ToolCallDelta {
+        index: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default)]
+        arguments: String,
     },
     Final {
         message: ChatMessage,

@@ -148,7 +148,7 @@ impl Scripted {
                     };
                     calls.push(ToolCallSpec {
                         id,
-                        name: c.name,
+                        name: c.name.to_string(),
                         arguments: c.arguments,
                     });
                 }

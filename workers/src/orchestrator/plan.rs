@@ -170,7 +170,7 @@ mod tests {
     fn call(id: &str) -> ToolCallSpec {
         ToolCallSpec {
             id: CallId::parse(id).expect("id"),
-            name: ToolName::parse("echo").expect("tool"),
+            name: "echo".into(),
             arguments: json!({}),
         }
     }
@@ -236,7 +236,7 @@ mod tests {
         data.push(EventData::ToolFailed {
             step: 1,
             call_id: CallId::parse("c2").expect("id"),
-            name: ToolName::parse("echo").expect("tool"),
+            name: "echo".into(),
             error: ErrorBody::new("x", "y"),
         });
         assert_eq!(next(&journal(data.clone()), 1), Next::TooManySteps(1));

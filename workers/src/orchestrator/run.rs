@@ -9,7 +9,7 @@ use agentos_bus::envelope::{
     AgentSpec, Envelope, ErrorBody, Event, EventData, ModelReply, ModelRequest, RunRecord,
     RunRequest, RunStatus, SubmitMessage, ToolCallSpec, ToolDef, ToolReply, ToolRequest, now,
 };
-use agentos_bus::id::CallId;
+use agentos_bus::id::{CallId, ToolName};
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{CallMeta, Delivery, Error as BusError, PendingAppend, Versioned};
 use tokio_util::sync::CancellationToken;
@@ -306,11 +306,14 @@ impl Driver<'_> {
                 }
             },
             Next::StartTool(step, call) => {
-                if agent.tools.contains(&call.name) {
+                let allowed = ToolName::parse(call.name.clone())
+                    .ok()
+                    .filter(|n| agent.tools.contains(n));
+                if let Some(name) = allowed {
                     self.append(EventData::ToolStarted {
                         step,
                         call_id: call.id.clone(),
-                        name: call.name,
+                        name,
                         arguments: call.arguments,
                     })
                     .await?;
@@ -471,13 +474,14 @@ impl Driver<'_> {
                 .tools
                 .iter()
                 .map(|name| ToolDef {
-                    name: name.clone(),
+                    name: name.to_string(),
                     description: String::new(),
                     parameters: serde_json::Value::Null,
                 })
                 .collect(),
             config: agent.model_config.clone(),
             stream: true,
+            params: Default::default(),
         };
         let subject = subject::model(&self.req.tenant, &agent.model);
         let mut replies = self
@@ -513,6 +517,8 @@ impl Driver<'_> {
                     pending.push(self.ctx.bus.append_pipelined(&event).await?);
                     self.journal.push(event);
                 }
+                // Tool calls are journaled whole, from the final reply.
+                Ok(ModelReply::ToolCallDelta { .. }) => {}
                 Ok(ModelReply::Final { message, usage, .. }) => break Some(Ok((message, usage))),
                 Ok(ModelReply::Error { error }) => break Some(Err(error)),
                 Err(e) => break Some(Err(ErrorBody::new("invalid_model_reply", e.to_string()))),
@@ -540,10 +546,20 @@ impl Driver<'_> {
     /// Invokes a journaled tool call with its idempotency key; the reply becomes
     /// `tool.completed` or `tool.failed`.
     async fn call_tool(&mut self, step: u32, call: &ToolCallSpec) -> Result<EventData, Stop> {
+        let failed = |error| EventData::ToolFailed {
+            step,
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            error,
+        };
+        // `tool.started` is only journaled for a valid, allowed name.
+        let Ok(name) = ToolName::parse(call.name.clone()) else {
+            return Ok(failed(ErrorBody::new("tool_not_allowed", format!("{:?} is not a tool name", call.name))));
+        };
         let key = ToolRequest::key_for(&self.req.run_id, step, &call.id);
         let timeout = self.ctx.opts.tool_timeout;
         let request = ToolRequest {
-            tool: call.name.clone(),
+            tool: name.clone(),
             arguments: call.arguments.clone(),
             run_id: Some(self.req.run_id),
             step,
@@ -556,14 +572,8 @@ impl Driver<'_> {
             idempotency_key: Some(key),
             ..self.meta.clone()
         };
-        let subject = subject::tool(&self.req.tenant, &call.name);
+        let subject = subject::tool(&self.req.tenant, &name);
         let mut replies = self.ctx.bus.call(subject, &meta, request.encode()).await?;
-        let failed = |error| EventData::ToolFailed {
-            step,
-            call_id: call.id.clone(),
-            name: call.name.clone(),
-            error,
-        };
         // The worker answers within `timeout`; allow a little for the trip.
         let reply = tokio::select! {
             r = replies.next(timeout + Duration::from_secs(2)) => r,
@@ -574,7 +584,7 @@ impl Driver<'_> {
                 Ok(ToolReply::Ok { output }) => EventData::ToolCompleted {
                     step,
                     call_id: call.id.clone(),
-                    name: call.name.clone(),
+                    name,
                     output,
                 },
                 Ok(ToolReply::Error { error, .. }) => failed(error),
