@@ -50,7 +50,10 @@ fn check_call_id(s: &str) -> Result<(), &'static str> {
     if s.is_empty() || s.len() > 64 {
         return Err("must be 1 to 64 characters");
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err("may contain only A-Z, a-z, 0-9, '_' and '-'");
     }
     Ok(())

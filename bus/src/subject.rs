@@ -20,6 +20,11 @@ pub fn model(tenant: &Tenant, model: &ModelName) -> String {
     format!("{PREFIX}.model.{tenant}.{model}")
 }
 
+/// `agentos.models.<tenant>.list`: which models the model workers serve (core request/reply).
+pub fn models_list(tenant: &Tenant) -> String {
+    format!("{PREFIX}.models.{tenant}.list")
+}
+
 /// `agentos.tool.<tenant>.<tool…>`: tool invocations (core request/reply, queue group).
 pub fn tool(tenant: &Tenant, tool: &ToolName) -> String {
     format!("{PREFIX}.tool.{tenant}.{tool}")
@@ -70,6 +75,7 @@ pub mod filter {
     pub const RUNS_SUBMIT: &str = "agentos.runs.*.submit";
     pub const EVENTS: &str = "agentos.events.*.*";
     pub const MODEL: &str = "agentos.model.*.>";
+    pub const MODELS_LIST: &str = "agentos.models.*.list";
     pub const TOOL: &str = "agentos.tool.*.>";
     pub const CANCEL: &str = "agentos.ctl.*.*.cancel";
     pub const AUDIT: &str = "agentos.audit.*";
@@ -101,6 +107,14 @@ pub fn parse_tool(subject: &str) -> Option<(Tenant, ToolName)> {
     let rest = subject.strip_prefix("agentos.tool.")?;
     let (tenant, tool) = rest.split_once('.')?;
     Some((Tenant::parse(tenant).ok()?, ToolName::parse(tool).ok()?))
+}
+
+/// The tenant of `agentos.models.<tenant>.list`.
+pub fn parse_models_list(subject: &str) -> Option<Tenant> {
+    let rest = subject
+        .strip_prefix("agentos.models.")?
+        .strip_suffix(".list")?;
+    Tenant::parse(rest).ok()
 }
 
 /// Splits `agentos.model.<tenant>.<model>`.

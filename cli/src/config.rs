@@ -26,7 +26,7 @@ pub struct Config {
     #[serde(default)]
     pub orchestrator: OrchestratorConfig,
     #[serde(default)]
-    pub model: PoolConfig,
+    pub model: ModelConfig,
     #[serde(default)]
     pub tool: ToolConfig,
     #[serde(default)]
@@ -69,8 +69,90 @@ pub struct OrchestratorConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PoolConfig {
+pub struct ModelConfig {
     pub concurrency: Option<usize>,
+    /// Public model name → route. Reloaded by running model workers when the file changes.
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, RouteConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteConfig {
+    /// `scripted` or `openai`.
+    pub backend: String,
+    /// For `openai`: e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// The name the upstream knows the model by (default: the public name).
+    pub upstream_model: Option<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// File holding the API key.
+    pub api_key_file: Option<PathBuf>,
+    /// Longest wait for the upstream's response headers (per attempt).
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    /// Longest wait between two streamed chunks.
+    #[serde(default, deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Retries of a refused attempt (connection error, 429, 5xx) before the first token.
+    pub max_retries: Option<usize>,
+    /// Most completion tokens one call may ask for.
+    pub max_tokens: Option<u64>,
+    /// Backend settings used when a request brings none (for `scripted`: a fixed script).
+    pub model_config: Option<serde_json::Value>,
+}
+
+/// Builds the model route table: the built-in `scripted` route plus the configured ones.
+pub fn routes(c: &ModelConfig) -> Result<agentos_workers::model::RouteTable> {
+    use agentos_workers::model::{Backend, OpenAi, OpenAiOptions, Route, Secret, default_routes};
+    let mut table = default_routes();
+    for (name, r) in &c.routes {
+        let public = agentos_bus::id::ModelName::parse(name.clone())
+            .with_context(|| format!("[model.routes.{name}]"))?;
+        let backend = match r.backend.as_str() {
+            "scripted" => Backend::Scripted(agentos_workers::model::Scripted),
+            "openai" => {
+                let base_url = r
+                    .base_url
+                    .clone()
+                    .with_context(|| format!("[model.routes.{name}] needs base-url"))?;
+                let api_key = match (&r.api_key_env, &r.api_key_file) {
+                    (Some(var), _) => Some(Secret::new(std::env::var(var).with_context(|| {
+                        format!("[model.routes.{name}] api-key-env: {var} is not set")
+                    })?)),
+                    (None, Some(f)) => Some(Secret::new(
+                        std::fs::read_to_string(f)
+                            .with_context(|| {
+                                format!("[model.routes.{name}] api-key-file {}", f.display())
+                            })?
+                            .trim(),
+                    )),
+                    (None, None) => None,
+                };
+                Backend::OpenAi(OpenAi::new(OpenAiOptions {
+                    base_url,
+                    api_key,
+                    request_timeout: r.timeout.unwrap_or(Duration::from_secs(60)),
+                    idle_timeout: r.idle_timeout.unwrap_or(Duration::from_secs(60)),
+                    max_retries: r.max_retries.unwrap_or(2),
+                })?)
+            }
+            other => anyhow::bail!(
+                "[model.routes.{name}] backend {other:?} is not one of scripted, openai"
+            ),
+        };
+        table.insert(
+            public,
+            Route {
+                backend,
+                upstream_model: r.upstream_model.clone(),
+                config: r.model_config.clone().unwrap_or_default(),
+                max_tokens: r.max_tokens,
+            },
+        );
+    }
+    Ok(table)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +178,37 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     crate::args::parse_duration(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// Reloads the model routes whenever the file changes (checked every 2 s); a file that no
+/// longer parses is reported and the running table kept.
+pub async fn watch_routes(
+    path: PathBuf,
+    routes: tokio::sync::watch::Sender<std::sync::Arc<agentos_workers::model::RouteTable>>,
+) -> std::convert::Infallible {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load(&path).and_then(|c| routes_of(&c)) {
+            Ok(table) => {
+                tracing::info!(models = ?table.keys().map(ToString::to_string).collect::<Vec<_>>(), "model routes reloaded");
+                routes.send_replace(std::sync::Arc::new(table));
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), file = %path.display(), "model routes not reloaded; keeping the running table")
+            }
+        }
+    }
+}
+
+fn routes_of(c: &Config) -> Result<agentos_workers::model::RouteTable> {
+    routes(&c.model)
 }
 
 /// Reads `path`; the error names the file, the line and the offending key.

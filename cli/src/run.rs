@@ -116,13 +116,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             WorkerKind::Model(a) => {
                 let bus = connect(&a.nats, "agentos-model").await?;
-                let opts = ModelWorkerOptions {
-                    concurrency: a.concurrency,
-                    ..Default::default()
+                let file = crate::config::locate(cli.config.as_deref());
+                let table = match &file {
+                    Some(f) => crate::config::routes(&crate::config::load(f)?.model)?,
+                    None => agentos_workers::model::default_routes(),
                 };
-                ModelWorker::new(bus, opts)
-                    .run(shutdown_on_signal())
-                    .await?;
+                let (mut opts, routes) = ModelWorkerOptions::new(table);
+                opts.concurrency = a.concurrency;
+                let shutdown = shutdown_on_signal();
+                let worker = ModelWorker::new(bus, opts).run(shutdown.clone());
+                match file {
+                    None => worker.await?,
+                    Some(f) => {
+                        tokio::select! {
+                            r = worker => r?,
+                            never = crate::config::watch_routes(f, routes) => match never {},
+                        }
+                    }
+                }
             }
             WorkerKind::Tool(a) => {
                 let bus = connect(&a.nats, "agentos-tool").await?;

@@ -5,6 +5,7 @@
 
 mod agents;
 mod auth;
+mod chat;
 mod error;
 mod events;
 mod extract;
@@ -62,6 +63,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(agents::routes())
         .merge(runs::routes())
         .merge(events::routes())
+        .merge(chat::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))

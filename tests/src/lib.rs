@@ -86,10 +86,14 @@ pub struct Platform {
     pub http: reqwest::Client,
     pub procs: Vec<Proc>,
     worker_env: Vec<(String, String)>,
+    /// The agentos.toml every process reads, kept alive as long as they run.
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// `agentos.toml` contents for every process (model routes, …).
+    pub config: Option<String>,
     pub orchestrators: usize,
     pub ack_wait: &'static str,
     pub http_allow: Vec<String>,
@@ -99,6 +103,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            config: None,
             orchestrators: 1,
             ack_wait: "30s",
             http_allow: Vec::new(),
@@ -115,14 +120,27 @@ impl Platform {
         let port = free_port()?;
         let edge_url = format!("http://127.0.0.1:{port}");
         let token = mint(opts.tenant)?;
+        let config = match &opts.config {
+            None => None,
+            Some(text) => {
+                let mut f = tempfile::Builder::new().suffix(".toml").tempfile()?;
+                std::io::Write::write_all(&mut f, text.as_bytes())?;
+                Some(f)
+            }
+        };
+        let mut worker_env = vec![
+            ("AGENTOS_NATS_URL".into(), nats.url().to_owned()),
+            ("AGENTOS_ACK_WAIT".into(), opts.ack_wait.to_owned()),
+            ("AGENTOS_HTTP_ALLOW".into(), opts.http_allow.join(",")),
+            ("AGENTOS_JWT_SECRET".into(), SECRET.into()),
+            ("AGENTOS_LOG".into(), "info,async_nats=warn".into()),
+        ];
+        if let Some(f) = &config {
+            worker_env.push(("AGENTOS_CONFIG".into(), f.path().display().to_string()));
+        }
         let mut p = Self {
-            worker_env: vec![
-                ("AGENTOS_NATS_URL".into(), nats.url().to_owned()),
-                ("AGENTOS_ACK_WAIT".into(), opts.ack_wait.to_owned()),
-                ("AGENTOS_HTTP_ALLOW".into(), opts.http_allow.join(",")),
-                ("AGENTOS_JWT_SECRET".into(), SECRET.into()),
-                ("AGENTOS_LOG".into(), "info,async_nats=warn".into()),
-            ],
+            worker_env,
+            _config: config,
             nats,
             bus,
             edge_url,

@@ -1,69 +1,162 @@
-//! The model worker: a NATS micro service on `agentos.model.*.*` (queue group), routing each
-//! call by public model name to a backend and streaming `delta` replies before the `final` one.
+//! The model worker: a NATS micro service on `agentos.model.*.>` (queue group), routing each
+//! call by public model name through its route table to a backend, with policy hooks around the
+//! call, streaming `delta` replies before the `final` one. It also answers
+//! `agentos.models.<tenant>.list`. The route table can be swapped while running.
 
+mod openai;
+pub mod policy;
 mod scripted;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use agentos_bus::envelope::{Envelope, ErrorBody, ModelReply, ModelRequest};
 use agentos_bus::id::ModelName;
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{Bus, Incoming, ServiceSpec};
+use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use openai::{OpenAi, OpenAiOptions, Secret, arguments_string};
+pub use policy::{CallContext, Hook, TokenCap, UsageLog};
 pub use scripted::Scripted;
 
 /// A model backend. A closed set: adding one is adding a variant.
 #[derive(Clone, Debug)]
 pub enum Backend {
     Scripted(Scripted),
+    OpenAi(OpenAi),
 }
 
 impl Backend {
-    /// Answers one call, streaming deltas through `sink` as they come; returns the `final` or
-    /// `error` reply.
-    async fn complete(&self, req: &ModelRequest, sink: &mut DeltaSink<'_>) -> ModelReply {
+    pub fn kind(&self) -> &'static str {
         match self {
-            Self::Scripted(s) => s.complete(req, sink).await,
+            Self::Scripted(_) => "scripted",
+            Self::OpenAi(_) => "openai",
         }
     }
 }
 
-/// Where a backend streams text deltas: chunk messages on the caller's reply inbox.
+/// One public model: which backend serves it, as which upstream model, within which limits.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub backend: Backend,
+    /// The model name the upstream knows (defaults to the public name).
+    pub upstream_model: Option<String>,
+    /// Backend settings used when the request brings none (for `scripted`: a fixed script).
+    pub config: Value,
+    /// Most completion tokens one call may ask for.
+    pub max_tokens: Option<u64>,
+}
+
+impl Route {
+    pub fn scripted() -> Self {
+        Self {
+            backend: Backend::Scripted(Scripted),
+            upstream_model: None,
+            config: Value::Null,
+            max_tokens: None,
+        }
+    }
+
+    /// Answers one call, streaming deltas through `sink` as they come; returns the `final` or
+    /// `error` reply.
+    async fn complete(
+        &self,
+        model: &ModelName,
+        req: &ModelRequest,
+        sink: &mut DeltaSink<'_>,
+    ) -> ModelReply {
+        match &self.backend {
+            Backend::Scripted(s) => {
+                if req.config.is_null() && !self.config.is_null() {
+                    let req = ModelRequest {
+                        config: self.config.clone(),
+                        ..req.clone()
+                    };
+                    return s.complete(&req, sink).await;
+                }
+                s.complete(req, sink).await
+            }
+            Backend::OpenAi(o) => {
+                o.complete(
+                    self.upstream_model.as_deref().unwrap_or(model.as_str()),
+                    req,
+                    sink,
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Public model name → route. Sorted, so listings are stable.
+pub type RouteTable = BTreeMap<ModelName, Route>;
+
+/// The default table: the deterministic `scripted` model only.
+pub fn default_routes() -> RouteTable {
+    let mut t = RouteTable::new();
+    if let Ok(name) = ModelName::parse("scripted") {
+        t.insert(name, Route::scripted());
+    }
+    t
+}
+
+/// Where a backend streams: chunk messages on the caller's reply inbox.
 pub struct DeltaSink<'a> {
     bus: &'a Bus,
     req: &'a Incoming,
 }
 
 impl DeltaSink<'_> {
-    pub async fn send(&mut self, text: String) {
-        let payload = ModelReply::Delta { text }.encode();
-        if let Err(e) = self.req.chunk(self.bus, payload).await {
-            tracing::warn!(error = %e, "could not send model delta");
+    async fn emit(&mut self, reply: ModelReply) {
+        if let Err(e) = self.req.chunk(self.bus, reply.encode()).await {
+            tracing::warn!(error = %e, "could not send a model reply chunk");
         }
+    }
+
+    pub async fn send(&mut self, text: String) {
+        self.emit(ModelReply::Delta { text }).await;
+    }
+
+    pub async fn tool_call(
+        &mut self,
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    ) {
+        self.emit(ModelReply::ToolCallDelta {
+            index,
+            id,
+            name,
+            arguments,
+        })
+        .await;
     }
 }
 
-#[derive(Clone, Debug)]
 pub struct ModelWorkerOptions {
-    /// Public model name → backend.
-    pub routes: HashMap<ModelName, Backend>,
+    /// The live route table; send a new one to reconfigure without a restart.
+    pub routes: watch::Receiver<Arc<RouteTable>>,
     /// Calls handled at once by this instance.
     pub concurrency: usize,
+    /// Run around every call, in order.
+    pub hooks: Vec<Arc<dyn Hook>>,
 }
 
-impl Default for ModelWorkerOptions {
-    fn default() -> Self {
-        let mut routes = HashMap::new();
-        if let Ok(name) = ModelName::parse("scripted") {
-            routes.insert(name, Backend::Scripted(Scripted));
-        }
-        Self {
-            routes,
+impl ModelWorkerOptions {
+    /// Options over a fixed table, with the default hooks; keep the sender to swap tables.
+    pub fn new(routes: RouteTable) -> (Self, watch::Sender<Arc<RouteTable>>) {
+        let (tx, rx) = watch::channel(Arc::new(routes));
+        let opts = Self {
+            routes: rx,
             concurrency: 256,
-        }
+            hooks: vec![Arc::new(TokenCap), Arc::new(UsageLog)],
+        };
+        (opts, tx)
     }
 }
 
@@ -87,11 +180,21 @@ impl ModelWorker {
                 name: "agentos-model".into(),
                 version: crate::VERSION.into(),
                 description: "AgentOS model worker".into(),
-                endpoints: vec![subject::filter::MODEL.into()],
+                endpoints: vec![
+                    subject::filter::MODEL.into(),
+                    subject::filter::MODELS_LIST.into(),
+                ],
                 metadata: HashMap::new(),
             })
             .await?;
-        tracing::info!(models = ?self.opts.routes.keys().collect::<Vec<_>>(), "model worker serving");
+        let models: Vec<String> = self
+            .opts
+            .routes
+            .borrow()
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(?models, "model worker serving");
         let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
@@ -102,7 +205,9 @@ impl ModelWorker {
                 req = service.next(), if tasks.len() < self.opts.concurrency => {
                     let Some(req) = req else { break };
                     let (bus, opts) = (self.bus.clone(), self.opts.clone());
-                    tasks.spawn(async move { handle(&bus, &opts, req).await });
+                    // Each call sees the table as it was when the call arrived.
+                    let routes = opts.routes.borrow().clone();
+                    tasks.spawn(async move { handle(&bus, &opts, &routes, req).await });
                 }
             }
         }
@@ -113,19 +218,51 @@ impl ModelWorker {
     }
 }
 
-async fn handle(bus: &Bus, opts: &ModelWorkerOptions, req: Incoming) {
+async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: Incoming) {
+    if subject::parse_models_list(req.subject()).is_some() {
+        let data: Vec<Value> = routes
+            .iter()
+            .map(|(name, r)| json!({"id": name, "object": "model", "created": 0, "owned_by": format!("agentos:{}", r.backend.kind())}))
+            .collect();
+        let body = json!({"object": "list", "data": data});
+        if let Err(e) = req.respond(body.to_string().into()).await {
+            tracing::warn!(error = %e, "could not answer a model list request");
+        }
+        return;
+    }
     let reply = match decode(bus, &req).await {
         Err(error) => ModelReply::Error { error },
-        Ok((model, call)) => match opts.routes.get(&model) {
+        Ok((tenant, model, mut call)) => match routes.get(&model) {
             None => ModelReply::Error {
                 error: ErrorBody::new(
                     "model_not_found",
                     format!("no backend serves model {model}"),
                 ),
             },
-            Some(backend) => {
-                let mut sink = DeltaSink { bus, req: &req };
-                backend.complete(&call, &mut sink).await
+            Some(route) => {
+                let ctx = CallContext {
+                    tenant: &tenant,
+                    model: &model,
+                    route,
+                };
+                let mut refused = None;
+                for hook in &opts.hooks {
+                    if let Err(e) = hook.before(&ctx, &mut call).await {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+                let reply = match refused {
+                    Some(error) => ModelReply::Error { error },
+                    None => {
+                        let mut sink = DeltaSink { bus, req: &req };
+                        route.complete(&model, &call, &mut sink).await
+                    }
+                };
+                for hook in &opts.hooks {
+                    hook.after(&ctx, &reply).await;
+                }
+                reply
             }
         },
     };
@@ -135,11 +272,14 @@ async fn handle(bus: &Bus, opts: &ModelWorkerOptions, req: Incoming) {
 }
 
 /// Validates the subject and body; malformed requests are dead-lettered and answered.
-async fn decode(bus: &Bus, req: &Incoming) -> Result<(ModelName, ModelRequest), ErrorBody> {
+async fn decode(
+    bus: &Bus,
+    req: &Incoming,
+) -> Result<(agentos_bus::id::Tenant, ModelName, ModelRequest), ErrorBody> {
     let parsed = subject::parse_model(req.subject());
     let decoded = ModelRequest::decode(req.schema(), req.payload());
     match (parsed, decoded) {
-        (Some((_, model)), Ok(call)) => Ok((model, call)),
+        (Some((tenant, model)), Ok(call)) => Ok((tenant, model, call)),
         (_, decoded) => {
             let err = match decoded {
                 Err(e) => e,

@@ -60,6 +60,16 @@ fn deltas(text: &str) -> Vec<String> {
     out
 }
 
+fn turn_index(req: &ModelRequest) -> usize {
+    if req.step > 0 {
+        return req.step as usize - 1;
+    }
+    req.messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .count()
+}
+
 impl Scripted {
     pub(super) async fn complete(
         &self,
@@ -96,7 +106,8 @@ impl Scripted {
                     .unwrap_or_default();
                 Turn::Text { text: last_user }
             }
-            Some(script) => match script.get(req.step.saturating_sub(1) as usize) {
+            // An agent run names its step; a chat call is at step "assistant turns so far + 1".
+            Some(script) => match script.get(turn_index(req)) {
                 Some(Turn::Text { text }) => Turn::Text { text: text.clone() },
                 Some(Turn::ToolCalls { tool_calls }) => Turn::ToolCalls {
                     tool_calls: tool_calls

@@ -554,7 +554,10 @@ impl Driver<'_> {
         };
         // `tool.started` is only journaled for a valid, allowed name.
         let Ok(name) = ToolName::parse(call.name.clone()) else {
-            return Ok(failed(ErrorBody::new("tool_not_allowed", format!("{:?} is not a tool name", call.name))));
+            return Ok(failed(ErrorBody::new(
+                "tool_not_allowed",
+                format!("{:?} is not a tool name", call.name),
+            )));
         };
         let key = ToolRequest::key_for(&self.req.run_id, step, &call.id);
         let timeout = self.ctx.opts.tool_timeout;

@@ -1,0 +1,313 @@
+//! The OpenAI-compatible API: the `openai` backend against a real HTTP upstream started here
+//! (streaming passthrough, retry before the first token, timeouts, a stream cut short), agent
+//! runs on an upstream model, and the official `openai` Python SDK against the edge.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agentos_e2e::{Options, Platform, parse_sse};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// An OpenAI-shaped upstream whose behaviour is chosen by the requested model name.
+#[derive(Default)]
+struct Upstream {
+    hits: AtomicUsize,
+    flaky: AtomicUsize,
+    auth: std::sync::Mutex<Vec<String>>,
+}
+
+fn sse(chunks: Vec<Value>, done: bool) -> Response {
+    let mut events: Vec<Result<Bytes, std::io::Error>> = chunks
+        .into_iter()
+        .map(|c| Ok(Bytes::from(format!("data: {c}\n\n"))))
+        .collect();
+    if done {
+        events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+    }
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(futures::stream::iter(events)),
+    )
+        .into_response()
+}
+
+fn chunk(delta: Value, finish: Option<&str>) -> Value {
+    json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "x",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+}
+
+fn usage() -> Value {
+    json!({"id": "up-1", "object": "chat.completion.chunk", "choices": [],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+}
+
+async fn chat(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: String) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        up.auth.lock().expect("lock").push(a.to_owned());
+    }
+    let body: Value = serde_json::from_str(&body).unwrap_or_default();
+    let text = || {
+        sse(
+            vec![
+                chunk(json!({"role": "assistant", "content": ""}), None),
+                chunk(json!({"content": "Hello"}), None),
+                chunk(json!({"content": " from"}), None),
+                chunk(json!({"content": " upstream"}), None),
+                chunk(json!({}), Some("stop")),
+                usage(),
+            ],
+            true,
+        )
+    };
+    match body["model"].as_str().unwrap_or("") {
+        "flaky" if up.flaky.fetch_add(1, Ordering::SeqCst) == 0 => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
+        }
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            text()
+        }
+        "cut" => sse(vec![chunk(json!({"content": "Hel"}), None)], false),
+        "tools" => sse(
+            vec![
+                chunk(
+                    json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_Up1", "type": "function",
+                    "function": {"name": "math_eval", "arguments": ""}}]}),
+                    None,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"expr\": "}}]}),
+                    None,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"6*7\"}"}}]}),
+                    None,
+                ),
+                chunk(json!({}), Some("tool_calls")),
+                usage(),
+            ],
+            true,
+        ),
+        _ => text(),
+    }
+}
+
+async fn start_upstream() -> (
+    std::net::SocketAddr,
+    Arc<Upstream>,
+    tokio::task::JoinHandle<()>,
+) {
+    let up = Arc::new(Upstream::default());
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .with_state(up.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, up, task)
+}
+
+fn routes(addr: std::net::SocketAddr, key_file: &std::path::Path) -> String {
+    let mut out = String::new();
+    for (name, upstream, extra) in [
+        ("up-ok", "ok", ""),
+        ("up-flaky", "flaky", ""),
+        ("up-hang", "hang", "timeout = \"1s\"\nmax-retries = 0\n"),
+        ("up-cut", "cut", ""),
+        ("up-tools", "tools", ""),
+    ] {
+        out.push_str(&format!(
+            "[model.routes.{name}]\nbackend = \"openai\"\nbase-url = \"http://{addr}/v1\"\nupstream-model = \"{upstream}\"\napi-key-file = \"{}\"\n{extra}\n",
+            key_file.display()
+        ));
+    }
+    out
+}
+
+async fn complete(p: &Platform, body: Value) -> (u16, String) {
+    let r = p
+        .req(reqwest::Method::POST, "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    let text = tokio::time::timeout(Duration::from_secs(30), r.text())
+        .await
+        .expect("no hang")
+        .expect("body");
+    (status, text)
+}
+
+fn streamed_text(sse_body: &str) -> (String, Vec<Value>, bool) {
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    let mut done = false;
+    for line in sse_body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).expect("json chunk");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        chunks.push(v);
+    }
+    (text, chunks, done)
+}
+
+#[tokio::test]
+async fn the_openai_backend_streams_retries_times_out_and_reports_cut_streams() {
+    let (addr, up, _server) = start_upstream().await;
+    let key = tempfile::NamedTempFile::new().expect("key file");
+    std::fs::write(key.path(), "sk-test-key\n").expect("write key");
+    let p = Platform::start(Options {
+        config: Some(routes(addr, key.path())),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let user = json!([{"role": "user", "content": "hi"}]);
+
+    // Streaming passthrough, usage included, [DONE] at the end.
+    let (status, body) = complete(&p, json!({"model": "up-ok", "messages": user, "stream": true, "stream_options": {"include_usage": true}})).await;
+    assert_eq!(status, 200, "{body}");
+    let (text, chunks, done) = streamed_text(&body);
+    assert_eq!(text, "Hello from upstream");
+    assert!(done);
+    assert_eq!(
+        chunks.last().expect("usage chunk")["usage"]["total_tokens"],
+        10
+    );
+    assert!(
+        up.auth
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|a| a == "Bearer sk-test-key")
+    );
+
+    // An upstream 500 is retried before the first token.
+    let before = up.hits.load(Ordering::SeqCst);
+    let (status, body) = complete(&p, json!({"model": "up-flaky", "messages": user})).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from upstream");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst) - before,
+        2,
+        "one failure, one retry"
+    );
+
+    // A hanging upstream times out with a clear error.
+    let (status, body) = complete(&p, json!({"model": "up-hang", "messages": user})).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("upstream_timeout"), "{body}");
+
+    // A stream cut short: an error, no hang — as an HTTP error before output, in-band after.
+    let (status, body) = complete(&p, json!({"model": "up-cut", "messages": user})).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_stream_interrupted"), "{body}");
+    let (status, body) = complete(
+        &p,
+        json!({"model": "up-cut", "messages": user, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (text, chunks, done) = streamed_text(&body);
+    assert_eq!(text, "Hel");
+    assert!(!done);
+    assert_eq!(
+        chunks.last().expect("error event")["error"]["code"],
+        "upstream_stream_interrupted"
+    );
+
+    // Streamed tool-call deltas pass through; the plain answer assembles them.
+    let (status, body) = complete(
+        &p,
+        json!({"model": "up-tools", "messages": user, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, chunks, _) = streamed_text(&body);
+    let args: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, "{\"expr\": \"6*7\"}");
+    let (_, body) = complete(&p, json!({"model": "up-tools", "messages": user})).await;
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(
+        (call["id"].as_str(), call["function"]["name"].as_str()),
+        (Some("call_Up1"), Some("math_eval"))
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+
+    // An agent run on an upstream model, through the same model path.
+    p.create_agent(json!({"id": "relay", "model": "up-ok"}))
+        .await
+        .expect("agent");
+    let run = p.start_run("relay", "hi").await.expect("run");
+    let done = p
+        .wait_terminal(&run, Duration::from_secs(60))
+        .await
+        .expect("terminal");
+    assert_eq!(
+        (done["status"].as_str(), done["output"].as_str()),
+        (Some("completed"), Some("Hello from upstream")),
+        "{done}"
+    );
+    let events = p.events(&run, None).await.expect("events");
+    assert!(events.iter().filter(|e| e.event == "model.delta").count() >= 3);
+    let _ = parse_sse;
+}
+
+#[tokio::test]
+async fn the_official_openai_python_sdk_works_against_the_edge() {
+    let config = r#"
+[model.routes.scripted-tools]
+backend = "scripted"
+max-tokens = 512
+model-config = { script = [
+    { tool_calls = [{ name = "get_weather", arguments = { city = "Paris" } }] },
+    { text = "It is sunny in Paris." },
+] }
+"#;
+    let p = Platform::start(Options {
+        config: Some(config.into()),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_sdk.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("AGENTOS_BASE_URL", p.url("/v1"))
+        .env("AGENTOS_TOKEN", &p.token)
+        .output()
+        .await
+        .expect("python3 with the openai package (tests/requirements.txt)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all openai SDK checks passed"), "{text}");
+}

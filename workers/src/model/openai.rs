@@ -1,0 +1,418 @@
+//! The `openai` backend: any OpenAI-compatible HTTP upstream (OpenAI, vLLM, llama.cpp server,
+//! Ollama). The upstream is always asked to stream; deltas pass straight through to the caller.
+//! Connections are pooled by one `reqwest::Client` per route. A refused attempt (connection
+//! error, 429 or 5xx) is retried with exponential backoff — only before the first token, never
+//! after. The API key comes from an environment variable or a file and is never logged.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use agentos_bus::envelope::{
+    ChatMessage, ErrorBody, ModelReply, ModelRequest, Role, ToolCallSpec, Usage,
+};
+use agentos_bus::id::CallId;
+use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+
+use super::DeltaSink;
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenAi {
+    http: reqwest::Client,
+    /// e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
+    base_url: String,
+    api_key: Option<Secret>,
+    /// Longest wait for the response headers of one attempt.
+    request_timeout: Duration,
+    /// Longest wait between two streamed chunks.
+    idle_timeout: Duration,
+    max_retries: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenAiOptions {
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_retries: usize,
+}
+
+/// Why an attempt failed, and whether another attempt may help.
+struct Failure {
+    error: ErrorBody,
+    retryable: bool,
+}
+
+impl OpenAi {
+    pub fn new(o: OpenAiOptions) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(o.request_timeout)
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: o.base_url.trim_end_matches('/').to_owned(),
+            api_key: o.api_key,
+            request_timeout: o.request_timeout,
+            idle_timeout: o.idle_timeout,
+            max_retries: o.max_retries,
+        })
+    }
+
+    pub(super) async fn complete(
+        &self,
+        upstream_model: &str,
+        req: &ModelRequest,
+        sink: &mut DeltaSink<'_>,
+    ) -> ModelReply {
+        let names = Aliases::new(req);
+        let body = request_body(upstream_model, req, &names);
+        let url = format!("{}/chat/completions", self.base_url);
+        let send = || async {
+            let mut r = self.http.post(&url).json(&body);
+            if let Some(key) = &self.api_key {
+                r = r.bearer_auth(&key.0);
+            }
+            let resp = tokio::time::timeout(self.request_timeout, r.send())
+                .await
+                .map_err(|_| Failure {
+                    error: ErrorBody::new(
+                        "upstream_timeout",
+                        format!(
+                            "no response from the upstream within {:?}",
+                            self.request_timeout
+                        ),
+                    ),
+                    retryable: true,
+                })?
+                .map_err(|e| Failure {
+                    error: ErrorBody::new(
+                        "upstream_unavailable",
+                        format!("cannot reach the upstream: {}", without_url(&e)),
+                    ),
+                    retryable: true,
+                })?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            let (code, retryable) = match status.as_u16() {
+                429 => ("upstream_rate_limited", true),
+                s if s >= 500 => ("upstream_error", true),
+                404 => ("model_not_found", false),
+                401 | 403 => ("upstream_auth", false),
+                _ => ("upstream_bad_request", false),
+            };
+            Err(Failure {
+                error: ErrorBody::new(code, format!("upstream answered {status}: {message}")),
+                retryable,
+            })
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(self.max_retries);
+        let resp = match send
+            .retry(backoff)
+            .when(|f: &Failure| f.retryable)
+            .notify(|f: &Failure, after| tracing::warn!(code = %f.error.code, ?after, "upstream attempt failed; retrying"))
+            .await
+        {
+            Ok(r) => r,
+            Err(f) => return ModelReply::Error { error: f.error },
+        };
+        self.stream(resp, &names, sink).await
+    }
+
+    /// Reads the upstream's SSE stream, passing deltas through; builds the final reply.
+    async fn stream(
+        &self,
+        resp: reqwest::Response,
+        names: &Aliases,
+        sink: &mut DeltaSink<'_>,
+    ) -> ModelReply {
+        let mut body = resp.bytes_stream();
+        let mut buf = Vec::new();
+        let mut content = String::new();
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        let mut finish_reason = String::from("stop");
+        let mut usage = Usage::default();
+        loop {
+            let chunk = match tokio::time::timeout(self.idle_timeout, body.next()).await {
+                Err(_) => {
+                    return error(
+                        "upstream_timeout",
+                        format!("the upstream sent nothing for {:?}", self.idle_timeout),
+                    );
+                }
+                Ok(None) => {
+                    return error(
+                        "upstream_stream_interrupted",
+                        "the upstream closed the stream before it finished",
+                    );
+                }
+                Ok(Some(Err(e))) => {
+                    return error(
+                        "upstream_stream_interrupted",
+                        format!("the upstream stream broke: {}", without_url(&e)),
+                    );
+                }
+                Ok(Some(Ok(bytes))) => bytes,
+            };
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = find_event_end(&buf) {
+                let event: Vec<u8> = buf.drain(..end).collect();
+                for line in String::from_utf8_lossy(&event).lines() {
+                    let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                        continue;
+                    };
+                    if data == "[DONE]" {
+                        return final_reply(content, calls, finish_reason, usage);
+                    }
+                    let Ok(v) = serde_json::from_str::<Value>(data) else {
+                        return error(
+                            "invalid_upstream_reply",
+                            "the upstream sent a chunk that is not JSON",
+                        );
+                    };
+                    if let Some(e) = v.get("error") {
+                        return error(
+                            "upstream_error",
+                            e["message"]
+                                .as_str()
+                                .unwrap_or("error in stream")
+                                .to_owned(),
+                        );
+                    }
+                    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                        usage = Usage::new(
+                            u["prompt_tokens"].as_u64().unwrap_or(0),
+                            u["completion_tokens"].as_u64().unwrap_or(0),
+                        );
+                    }
+                    let Some(choice) = v["choices"].get(0) else {
+                        continue;
+                    };
+                    if let Some(r) = choice["finish_reason"].as_str() {
+                        finish_reason = r.to_owned();
+                    }
+                    let delta = &choice["delta"];
+                    if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+                        content.push_str(text);
+                        sink.send(text.to_owned()).await;
+                    }
+                    for tc in delta["tool_calls"].as_array().into_iter().flatten() {
+                        let index = tc["index"].as_u64().unwrap_or(0) as usize;
+                        if calls.len() <= index {
+                            calls.resize(index + 1, Default::default());
+                        }
+                        let id = tc["id"].as_str().map(str::to_owned);
+                        let name = tc["function"]["name"].as_str().map(|n| names.original(n));
+                        let args = tc["function"]["arguments"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        if let Some(id) = &id {
+                            calls[index].0.clone_from(id);
+                        }
+                        if let Some(name) = &name {
+                            calls[index].1.push_str(name);
+                        }
+                        calls[index].2.push_str(&args);
+                        sink.tool_call(index as u32, id, name, args).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn error(code: &str, message: impl Into<String>) -> ModelReply {
+    ModelReply::Error {
+        error: ErrorBody::new(code, message),
+    }
+}
+
+/// reqwest errors print the URL, which may carry credentials or internal hosts.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<upstream>");
+    }
+    s
+}
+
+fn find_event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn final_reply(
+    content: String,
+    calls: Vec<(String, String, String)>,
+    finish_reason: String,
+    usage: Usage,
+) -> ModelReply {
+    let mut tool_calls = Vec::with_capacity(calls.len());
+    for (i, (id, name, args)) in calls.into_iter().enumerate() {
+        let id = CallId::parse(if id.is_empty() {
+            format!("call_{i}")
+        } else {
+            id
+        });
+        let Ok(id) = id else {
+            return error(
+                "invalid_upstream_reply",
+                "the upstream sent a tool call id that is not [A-Za-z0-9_-]{1,64}",
+            );
+        };
+        let arguments = serde_json::from_str(&args).unwrap_or(Value::String(args));
+        tool_calls.push(ToolCallSpec {
+            id,
+            name,
+            arguments,
+        });
+    }
+    ModelReply::Final {
+        message: ChatMessage {
+            role: Role::Assistant,
+            content: (!content.is_empty() || tool_calls.is_empty()).then_some(content),
+            tool_calls,
+            tool_call_id: None,
+        },
+        usage,
+        finish_reason,
+    }
+}
+
+/// OpenAI function names are `[a-zA-Z0-9_-]{1,64}`; AgentOS tool names may be dotted
+/// (`math.eval`). Dotted names travel upstream as aliases and come back translated.
+struct Aliases {
+    to_upstream: HashMap<String, String>,
+    to_original: HashMap<String, String>,
+}
+
+impl Aliases {
+    fn new(req: &ModelRequest) -> Self {
+        let mut to_upstream = HashMap::new();
+        let mut to_original = HashMap::new();
+        let mut taken: std::collections::HashSet<String> =
+            req.tools.iter().map(|t| t.name.clone()).collect();
+        for t in req.tools.iter().filter(|t| t.name.contains('.')) {
+            let mut alias = t.name.replace('.', "_");
+            while taken.contains(&alias) {
+                alias.push('_');
+            }
+            taken.insert(alias.clone());
+            to_upstream.insert(t.name.clone(), alias.clone());
+            to_original.insert(alias, t.name.clone());
+        }
+        Self {
+            to_upstream,
+            to_original,
+        }
+    }
+
+    fn upstream<'a>(&'a self, name: &'a str) -> &'a str {
+        self.to_upstream.get(name).map_or(name, String::as_str)
+    }
+
+    fn original(&self, name: &str) -> String {
+        self.to_original
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.to_owned())
+    }
+}
+
+fn request_body(model: &str, req: &ModelRequest, names: &Aliases) -> Value {
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .map(|m| {
+            let mut v = json!({"role": role(m.role), "content": m.content});
+            if !m.tool_calls.is_empty() {
+                v["tool_calls"] = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        json!({"id": c.id, "type": "function", "function": {
+                            "name": names.upstream(&c.name), "arguments": arguments_string(&c.arguments)}})
+                    })
+                    .collect();
+            }
+            if let Some(id) = &m.tool_call_id {
+                v["tool_call_id"] = json!(id);
+            }
+            v
+        })
+        .collect();
+    let mut body = Map::new();
+    // Caller parameters first; what must hold for streaming passthrough wins.
+    body.extend(req.params.clone());
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    body.insert("stream".into(), json!(true));
+    body.insert("stream_options".into(), json!({"include_usage": true}));
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut f = json!({"name": names.upstream(&t.name), "description": t.description});
+                if !t.parameters.is_null() {
+                    f["parameters"] = t.parameters.clone();
+                }
+                json!({"type": "function", "function": f})
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    Value::Object(body)
+}
+
+/// OpenAI carries arguments as a JSON string.
+pub fn arguments_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "{}".into(),
+        v => v.to_string(),
+    }
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
