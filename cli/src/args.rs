@@ -49,7 +49,7 @@ pub enum Command {
     Up(UpArgs),
     /// Check configuration, NATS, JetStream, stream/bucket drift, auth and TLS files.
     Validate(ValidateArgs),
-    /// Stop a detached platform; its data stays.
+    /// Stop the platform running from a home folder (detached or not); its data stays.
     Down(HomeArgs),
     /// Stop the platform and delete its streams, buckets and home folder.
     Nuke(NukeArgs),
@@ -236,8 +236,9 @@ pub struct NukeArgs {
     /// Also delete from a NATS server that is not the one `agentos up` started.
     #[arg(long)]
     pub force: bool,
-    /// NATS to delete from when no platform of this home is known.
-    #[arg(long = "nats-url", env = "AGENTOS_NATS_URL")]
+    /// NATS to delete from when no platform of this home is known (never taken from the
+    /// environment: deleting from a remote NATS must be asked for explicitly).
+    #[arg(long = "nats-url")]
     pub nats_url: Option<String>,
 }
 

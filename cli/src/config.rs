@@ -372,6 +372,13 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches, c: &Config) -> Result<()> {
                 u.tool_workers.as_ref(),
             );
         }
+        Command::Down(h)
+        | Command::Status(crate::args::StatusArgs { home: h, .. })
+        | Command::Logs(crate::args::LogsArgs { home: h, .. }) => {
+            if let Some((_, m)) = m.subcommand() {
+                set(m, "home", &mut h.home, c.up.home.as_ref());
+            }
+        }
         Command::Provision(a) | Command::Validate(crate::args::ValidateArgs { nats: a, .. }) => {
             if let Some((_, m)) = m.subcommand() {
                 nats(m, a, &c.nats);

@@ -160,7 +160,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 bail!("drift found; nothing was changed");
             }
         }
-        Command::Up(a) => crate::up::up(a).await?,
+        Command::Up(a) => crate::up::up(a, crate::config::locate(cli.config.as_deref())).await?,
         Command::Validate(a) => {
             return Ok(if crate::ops::validate(&a, cli.config.as_deref()).await {
                 0

@@ -60,6 +60,7 @@ struct Launcher {
     home: PathBuf,
     nats_url: String,
     secret: String,
+    config: Option<PathBuf>,
 }
 
 impl Launcher {
@@ -73,6 +74,7 @@ impl Launcher {
             .env("AGENTOS_NATS_URL", &self.nats_url)
             .env("AGENTOS_JWT_SECRET", &self.secret)
             .env("AGENTOS_LOG_FORMAT", "json")
+            .envs(self.config.iter().map(|c| ("AGENTOS_CONFIG", c)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -106,7 +108,8 @@ fn secret(home: &Path) -> Result<String> {
     Ok(s)
 }
 
-pub async fn up(a: UpArgs) -> Result<()> {
+/// `config`: the configuration file in effect, handed to every component.
+pub async fn up(a: UpArgs, config: Option<PathBuf>) -> Result<()> {
     if a.detach {
         return detach(&a).await;
     }
@@ -134,13 +137,14 @@ pub async fn up(a: UpArgs) -> Result<()> {
         );
     }
     std::fs::write(&lock, std::process::id().to_string())?;
-    let result = run(&a, &home, started).await;
+    let config = config.map(|c| c.canonicalize().unwrap_or(c));
+    let result = run(&a, &home, config, started).await;
     let _ = std::fs::remove_file(home.join("state.json"));
     let _ = std::fs::remove_file(&lock);
     result
 }
 
-async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
+async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant) -> Result<()> {
     let shutdown = crate::run::shutdown_on_signal();
     phase(2, "nats-server");
     let tools = home.join("tools").join("nats");
@@ -200,6 +204,7 @@ async fn run(a: &UpArgs, home: &Path, started: Instant) -> Result<()> {
         home: home.to_owned(),
         nats_url: nats.url().to_owned(),
         secret: secret(home)?,
+        config,
     };
     let mut components = vec![launcher.component(
         "edge".into(),

@@ -26,8 +26,11 @@ use crate::AppState;
         crate::runs::cancel,
         crate::events::events,
         crate::events::wait,
+        crate::chat::completions,
+        crate::chat::models,
     ),
     components(schemas(
+        crate::chat::ChatRequest,
         crate::agents::CreateAgent,
         crate::agents::UpdateAgent,
         crate::runs::CreateRun,

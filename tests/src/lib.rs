@@ -211,6 +211,11 @@ impl Platform {
         .await
     }
 
+    /// The `agentos.toml` every process reads, when the platform was started with one.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self._config.as_ref().map(tempfile::NamedTempFile::path)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.edge_url)
     }

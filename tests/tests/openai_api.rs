@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agentos_e2e::{Options, Platform, parse_sse};
+use agentos_e2e::{Options, Platform, eventually};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -275,7 +275,6 @@ async fn the_openai_backend_streams_retries_times_out_and_reports_cut_streams() 
     );
     let events = p.events(&run, None).await.expect("events");
     assert!(events.iter().filter(|e| e.event == "model.delta").count() >= 3);
-    let _ = parse_sse;
 }
 
 #[tokio::test]
@@ -310,4 +309,38 @@ model-config = { script = [
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("all openai SDK checks passed"), "{text}");
+}
+
+#[tokio::test]
+async fn the_model_route_table_reloads_without_a_restart() {
+    let p = Platform::start(Options {
+        config: Some("[model.routes.alpha]\nbackend = \"scripted\"\n".into()),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let ids = |v: &Value| {
+        v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let (_, models) = p.get("/v1/models").await.expect("models");
+    assert_eq!(ids(&models), vec!["alpha", "scripted"]);
+    let path = p.config_path().expect("config file").to_owned();
+    std::fs::write(&path, "[model.routes.alpha]\nbackend = \"scripted\"\n[model.routes.beta]\nbackend = \"scripted\"\n").expect("rewrite");
+    eventually("beta to be served", Duration::from_secs(30), || async {
+        let (_, models) = p.get("/v1/models").await.ok()?;
+        ids(&models).contains(&"beta".to_owned()).then_some(())
+    })
+    .await
+    .expect("reloaded");
+    let (status, body) = complete(
+        &p,
+        json!({"model": "beta", "messages": [{"role": "user", "content": "still here"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
