@@ -1,6 +1,8 @@
 //! The end-to-end harness: a real nats-server on a random port and the real `agentos` binary
 //! as separate processes, all killed on drop. Waits are on conditions, never fixed sleeps.
 
+pub mod upstream;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
