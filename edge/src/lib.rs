@@ -90,6 +90,13 @@ pub async fn serve(
         .clone()
         .run(state.bus.clone(), shutdown.clone());
     let http = async {
+        // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
+        // delayed ACKs hold chunks back for ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, router(state, opts.body_limit))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

@@ -80,6 +80,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+const LITELLM_KEY: &str = "sk-bench-master-key-0123456789abcdef";
+
 async fn start_litellm(
     upstream: std::net::SocketAddr,
 ) -> Result<Option<(std::process::Child, Target)>> {
@@ -106,8 +108,11 @@ async fn start_litellm(
             "127.0.0.1",
         ])
         .env("OPENAI_API_KEY", "sk-bench")
+        .env("LITELLM_MASTER_KEY", LITELLM_KEY)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(
+            std::env::temp_dir().join("agentos-bench-litellm.log"),
+        )?)
         .spawn()
         .context("starting litellm")?;
     let http = reqwest::Client::new();
@@ -126,7 +131,7 @@ async fn start_litellm(
         Target {
             name: "litellm proxy",
             url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
-            token: None,
+            token: Some(LITELLM_KEY.into()),
             model: "openai/ok",
         },
     )))
@@ -169,7 +174,7 @@ async fn main() -> Result<()> {
         targets.push(Target {
             name: t.name,
             url: t.url.clone(),
-            token: None,
+            token: t.token.clone(),
             model: t.model,
         });
     } else {
