@@ -274,7 +274,7 @@ fn to_model_request(r: ChatRequest) -> ApiResult<(ModelName, ModelRequest, bool,
         if !function_name_ok(&t.function.name) {
             return Err(bad(
                 &format!("tools[{i}].function.name"),
-                "function names are [a-zA-Z0-9_-]{1,64}",
+                "function names are [a-zA-Z0-9_.-]{1,64}",
             ));
         }
         tools.push(ToolDef {
@@ -344,6 +344,7 @@ fn model_error(e: ErrorBody) -> ApiError {
         "script_exhausted" => "script_exhausted",
         "upstream_rate_limited" => "upstream_rate_limited",
         "upstream_timeout" => "upstream_timeout",
+        "model_timeout" => "model_timeout",
         "upstream_auth" => "upstream_auth",
         "upstream_unavailable" => "upstream_unavailable",
         "upstream_stream_interrupted" => "upstream_stream_interrupted",

@@ -1,5 +1,5 @@
 //! Model calls on `agentos.model.<tenant>.<model>`: one request, then a stream of replies on the
-//! reply inbox — zero or more `delta`, then exactly one `final` or `error`.
+//! reply inbox — zero or more `delta` and `tool_call_delta`, then exactly one `final` or `error`.
 
 use serde::{Deserialize, Serialize};
 

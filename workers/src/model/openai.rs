@@ -378,6 +378,15 @@ fn request_body(model: &str, req: &ModelRequest, names: &Aliases) -> Value {
     let mut body = Map::new();
     // Caller parameters first; what must hold for streaming passthrough wins.
     body.extend(req.params.clone());
+    // A tool_choice naming a dotted tool names its alias.
+    if let Some(name) = body
+        .get_mut("tool_choice")
+        .and_then(|c| c.get_mut("function"))
+        .and_then(|f| f.get_mut("name"))
+        && let Some(n) = name.as_str()
+    {
+        *name = json!(names.upstream(n));
+    }
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), Value::Array(messages));
     body.insert("stream".into(), json!(true));
@@ -414,5 +423,77 @@ fn role(r: Role) -> &'static str {
         Role::User => "user",
         Role::Assistant => "assistant",
         Role::Tool => "tool",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentos_bus::envelope::{ChatMessage, ModelRequest, Role, ToolCallSpec, ToolDef};
+    use serde_json::json;
+
+    use super::{Aliases, request_body};
+
+    #[test]
+    fn dotted_tool_names_travel_as_aliases_and_params_pass_through() {
+        let mut params = serde_json::Map::new();
+        params.insert("temperature".into(), json!(0.2));
+        params.insert("stream".into(), json!(false));
+        params.insert(
+            "tool_choice".into(),
+            json!({"type": "function", "function": {"name": "math.eval"}}),
+        );
+        let req = ModelRequest {
+            run_id: None,
+            step: 0,
+            messages: vec![ChatMessage {
+                role: Role::Assistant,
+                content: None,
+                tool_calls: vec![ToolCallSpec {
+                    id: "call_1".parse().expect("id"),
+                    name: "math.eval".into(),
+                    arguments: json!({"expr": "1"}),
+                }],
+                tool_call_id: None,
+            }],
+            tools: vec![
+                ToolDef {
+                    name: "math.eval".into(),
+                    description: String::new(),
+                    parameters: json!(null),
+                },
+                ToolDef {
+                    name: "math_eval".into(),
+                    description: String::new(),
+                    parameters: json!(null),
+                },
+            ],
+            config: json!(null),
+            stream: false,
+            params,
+        };
+        let names = Aliases::new(&req);
+        let body = request_body("up-model", &req, &names);
+        assert_eq!(body["model"], "up-model");
+        assert_eq!(
+            body["stream"], true,
+            "the upstream is always asked to stream"
+        );
+        assert_eq!(body["temperature"], 0.2);
+        let alias = body["tools"][0]["function"]["name"]
+            .as_str()
+            .expect("alias")
+            .to_owned();
+        assert_ne!(alias, "math_eval", "aliases do not collide with real names");
+        assert_eq!(body["tools"][1]["function"]["name"], "math_eval");
+        assert_eq!(body["tool_choice"]["function"]["name"], alias.as_str());
+        assert_eq!(
+            body["messages"][0]["tool_calls"][0]["function"]["name"],
+            alias.as_str()
+        );
+        assert_eq!(
+            body["messages"][0]["tool_calls"][0]["function"]["arguments"],
+            "{\"expr\":\"1\"}"
+        );
+        assert_eq!(names.original(&alias), "math.eval");
     }
 }
