@@ -10,20 +10,11 @@
 use std::time::{Duration, Instant};
 
 use agentos_bus::{Bucket, Error};
-use agentos_e2e::{Options, Platform};
+use agentos_e2e::{Options, Platform, millis, percentile};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 async fn nats_limits(p: &Platform, n: usize) -> Result<()> {
     let payload = Bytes::from(vec![b'x'; 1024]);
@@ -129,8 +120,8 @@ async fn main() -> Result<()> {
     lat.sort();
     println!(
         "latency at concurrency 1 (HTTP submit → wait returns completed, 200 runs): p50 {:.2} ms, p99 {:.2} ms",
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99))
+        millis(percentile(&lat, 0.5)),
+        millis(percentile(&lat, 0.99))
     );
 
     let before = cpu_report(&p);
@@ -147,8 +138,8 @@ async fn main() -> Result<()> {
     println!(
         "throughput at concurrency {c} ({n} runs): {:.0} runs/s; latency p50 {:.1} ms, p99 {:.1} ms",
         n as f64 / secs,
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99))
+        millis(percentile(&lat, 0.5)),
+        millis(percentile(&lat, 0.99))
     );
     println!("CPU during the throughput phase (seconds, over {secs:.1} s wall):");
     for ((name, after), (_, before)) in cpu_report(&p).into_iter().zip(before) {

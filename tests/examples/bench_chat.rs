@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use agentos_e2e::upstream::start_upstream;
-use agentos_e2e::{Options, Platform, eventually};
+use agentos_e2e::{Options, Platform, eventually, millis, percentile};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde_json::json;
@@ -21,11 +21,6 @@ struct Target {
     url: String,
     token: Option<String>,
     model: &'static str,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
 }
 
 async fn one(http: &reqwest::Client, t: &Target, stream: bool) -> Result<Duration> {
@@ -73,11 +68,11 @@ async fn measure(
         .collect::<Result<_>>()?;
     let secs = started.elapsed().as_secs_f64();
     lat.sort();
-    Ok((n as f64 / secs, pct(&lat, 0.5), pct(&lat, 0.99)))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+    Ok((
+        n as f64 / secs,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+    ))
 }
 
 const LITELLM_KEY: &str = "sk-bench-master-key-0123456789abcdef";
@@ -207,8 +202,8 @@ async fn main() -> Result<()> {
                     stream,
                     conc,
                     r.0,
-                    ms(r.1),
-                    ms(r.2)
+                    millis(r.1),
+                    millis(r.2)
                 );
                 results.push((t.name.to_owned(), stream, conc, r));
             }
@@ -225,8 +220,8 @@ async fn main() -> Result<()> {
             if let (Some(d), Some(e)) = (get("upstream direct"), get("agentos edge")) {
                 println!(
                     "added by agentos (stream {stream}, concurrency {conc}): p50 +{:.2} ms, p99 +{:.2} ms",
-                    ms(e.1.saturating_sub(d.1)),
-                    ms(e.2.saturating_sub(d.2))
+                    millis(e.1.saturating_sub(d.1)),
+                    millis(e.2.saturating_sub(d.2))
                 );
             }
         }

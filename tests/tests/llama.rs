@@ -7,17 +7,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agentos_e2e::{Options, Platform, eventually};
+use agentos_e2e::{Options, Platform, Proc, eventually};
 use serde_json::{Value, json};
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
@@ -51,7 +42,8 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let _server = Killed(
+    let _server = Proc::new(
+        "python3",
         Command::new("python3")
             .args([
                 "-m",

@@ -6,17 +6,8 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{Envelope, ToolReply, ToolRequest};
 use agentos_bus::{CallMeta, Error};
-use agentos_e2e::{Options, Platform, eventually};
+use agentos_e2e::{Options, Platform, Proc, eventually};
 use serde_json::json;
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn a_python_tool_worker_serves_an_agent_run() {
@@ -25,7 +16,8 @@ async fn a_python_tool_worker_serves_an_agent_run() {
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/python-tool/worker.py"
     );
-    let _worker = Killed(
+    let _worker = Proc::new(
+        "python3",
         Command::new("python3")
             .arg(script)
             .env("AGENTOS_NATS_URL", p.nats.url())
