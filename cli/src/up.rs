@@ -183,6 +183,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     let version = server::version_of(&binary).map_or("?".into(), |(x, y)| format!("v{x}.{y}"));
     println!("      {} ({version}) at {}", binary.display(), nats.url());
 
+    interrupted(&shutdown)?;
     phase(3, "streams and KV buckets");
     let bus = Bus::connect(&ConnectOptions::new(nats.url()).with_name("agentos-up")).await?;
     let report = bus.provision(&Settings::default()).await?;
@@ -194,6 +195,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     }
     println!("      {} resources ready", report.items.len());
 
+    interrupted(&shutdown)?;
     phase(4, "edge and workers");
     if std::net::TcpListener::bind(a.listen).is_err() {
         bail!(
@@ -232,11 +234,13 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             .join(", ")
     );
 
+    interrupted(&shutdown)?;
     phase(5, "readiness");
     let edge_url = format!("http://{}", a.listen);
     let http = reqwest::Client::new();
     wait_ready(&http, &edge_url, &bus, a, &mut components, home).await?;
 
+    interrupted(&shutdown)?;
     phase(6, "smoke run");
     let token = agentos_edge::mint(
         launcher.secret.as_bytes(),
@@ -298,6 +302,14 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     }
     drop(nats);
     println!("stopped.");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM while starting: stop here; what was started is stopped on the way out.
+fn interrupted(shutdown: &tokio_util::sync::CancellationToken) -> Result<()> {
+    if shutdown.is_cancelled() {
+        bail!("interrupted while starting; everything started so far was stopped");
+    }
     Ok(())
 }
 
