@@ -148,6 +148,28 @@ pub struct EdgeArgs {
     /// Accept every request as this tenant, without tokens. Loopback listeners only.
     #[arg(long, env = "AGENTOS_DEV_NO_AUTH_TENANT")]
     pub dev_no_auth_tenant: Option<String>,
+    /// RS256/ES256 tokens checked against the JWKS at this URL.
+    #[arg(long, env = "AGENTOS_JWKS_URL", conflicts_with_all = ["jwks_file", "oidc_issuer"])]
+    pub jwks_url: Option<String>,
+    /// RS256/ES256 tokens checked against a JWKS file.
+    #[arg(long, env = "AGENTOS_JWKS_FILE", conflicts_with = "oidc_issuer")]
+    pub jwks_file: Option<PathBuf>,
+    /// RS256/ES256 tokens from this OIDC issuer (its discovery document names the JWKS); also
+    /// the required `iss` unless --jwt-issuer says otherwise.
+    #[arg(long, env = "AGENTOS_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "AGENTOS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "AGENTOS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The claim holding the tenant.
+    #[arg(long, env = "AGENTOS_TENANT_CLAIM", default_value = "tenant")]
+    pub tenant_claim: String,
+    /// The claim holding the roles (an array, or a space-separated string).
+    #[arg(long, env = "AGENTOS_ROLES_CLAIM", default_value = "roles")]
+    pub roles_claim: String,
 }
 
 #[derive(Debug, Args)]

@@ -65,31 +65,60 @@ async fn connect(nats: &NatsArgs, name: &str) -> anyhow::Result<Bus> {
     Ok(bus)
 }
 
+/// The edge's authentication from its flags: a JWKS (file, URL or OIDC issuer), an HS256
+/// secret, or — on loopback only — none.
+async fn edge_auth(a: &crate::args::EdgeArgs) -> anyhow::Result<Auth> {
+    use agentos_edge::{Jwks, JwksSource, JwtRules};
+    let source = match (&a.jwks_url, &a.jwks_file, &a.oidc_issuer) {
+        (Some(u), _, _) => Some(JwksSource::Url(u.clone())),
+        (None, Some(f), _) => Some(JwksSource::File(f.clone())),
+        (None, None, Some(i)) => Some(JwksSource::Oidc(i.clone())),
+        (None, None, None) => None,
+    };
+    if let Some(source) = source {
+        if a.dev_no_auth_tenant.is_some() {
+            bail!(
+                "give either a JWKS (--jwks-url, --jwks-file, --oidc-issuer) or --dev-no-auth-tenant, not both"
+            );
+        }
+        let rules = JwtRules {
+            issuer: a.jwt_issuer.clone().or_else(|| a.oidc_issuer.clone()),
+            audience: a.jwt_audience.clone(),
+            tenant_claim: a.tenant_claim.clone(),
+            roles_claim: a.roles_claim.clone(),
+            ..JwtRules::default()
+        };
+        let jwks = Jwks::load(source, rules)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the JWKS: {e}"))?;
+        return Ok(Auth::Jwks(std::sync::Arc::new(jwks)));
+    }
+    Ok(match (&a.jwt_secret, &a.dev_no_auth_tenant) {
+        (Some(secret), None) => Auth::hs256(secret.as_bytes()).context("HS256 secret")?,
+        (None, Some(tenant)) => {
+            if !a.listen.ip().is_loopback() {
+                bail!(
+                    "--dev-no-auth-tenant is only allowed on a loopback listener, not {}",
+                    a.listen
+                );
+            }
+            tracing::warn!(%tenant, "AUTHENTICATION IS OFF: every request acts as tenant {tenant} (development only)");
+            Auth::Disabled {
+                tenant: tenant.parse().context("--dev-no-auth-tenant")?,
+            }
+        }
+        (Some(_), Some(_)) => bail!("give either --jwt-secret or --dev-no-auth-tenant, not both"),
+        (None, None) => bail!(
+            "the edge needs --jwt-secret (or AGENTOS_JWT_SECRET), a JWKS (--jwks-url, --jwks-file, --oidc-issuer); for local development only, --dev-no-auth-tenant"
+        ),
+    })
+}
+
 /// Runs the command; the result is the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Edge(a) => {
-            let auth = match (&a.jwt_secret, &a.dev_no_auth_tenant) {
-                (Some(secret), None) => Auth::hs256(secret.as_bytes()).context("HS256 secret")?,
-                (None, Some(tenant)) => {
-                    if !a.listen.ip().is_loopback() {
-                        bail!(
-                            "--dev-no-auth-tenant is only allowed on a loopback listener, not {}",
-                            a.listen
-                        );
-                    }
-                    tracing::warn!(%tenant, "AUTHENTICATION IS OFF: every request acts as tenant {tenant} (development only)");
-                    Auth::Disabled {
-                        tenant: tenant.parse().context("--dev-no-auth-tenant")?,
-                    }
-                }
-                (Some(_), Some(_)) => {
-                    bail!("give either --jwt-secret or --dev-no-auth-tenant, not both")
-                }
-                (None, None) => bail!(
-                    "the edge needs --jwt-secret (or AGENTOS_JWT_SECRET); for local development only, --dev-no-auth-tenant"
-                ),
-            };
+            let auth = edge_auth(&a).await?;
             let bus = connect(&a.nats, "agentos-edge").await?;
             let opts = EdgeOptions {
                 listen: a.listen,

@@ -46,6 +46,8 @@ pub enum Auth {
         key: Arc<DecodingKey>,
         validation: Arc<Validation>,
     },
+    /// RS256/ES256 against a JWKS (file, URL or OIDC discovery).
+    Jwks(Arc<crate::jwks::Jwks>),
     /// No authentication: every caller is this tenant. Only for loopback development.
     Disabled { tenant: Tenant },
 }
@@ -55,6 +57,7 @@ impl std::fmt::Debug for Auth {
         match self {
             Self::Hs256 { .. } => f.write_str("Auth::Hs256"),
             Self::Disabled { tenant } => write!(f, "Auth::Disabled({tenant})"),
+            Self::Jwks(j) => write!(f, "Auth::Jwks({j:?})"),
         }
     }
 }
@@ -72,7 +75,8 @@ impl Auth {
         })
     }
 
-    fn verify(&self, bearer: Option<&str>) -> Result<AuthContext, ApiError> {
+    /// Who is calling, from the `Authorization: Bearer` token (`None` when absent).
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<AuthContext, ApiError> {
         let (key, validation) = match self {
             Self::Disabled { tenant } => {
                 return Ok(AuthContext {
@@ -83,33 +87,10 @@ impl Auth {
                 });
             }
             Self::Hs256 { key, validation } => (key, validation),
+            Self::Jwks(jwks) => return jwks.verify(bearer.ok_or_else(missing_token)?).await,
         };
-        let token = bearer.ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_token",
-                "an Authorization: Bearer token is required",
-            )
-        })?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => {
-                    ApiError::unauthorized("token_expired", "the token has expired")
-                }
-                K::ImmatureSignature => {
-                    ApiError::unauthorized("token_not_yet_valid", "the token is not valid yet")
-                }
-                K::InvalidSignature => ApiError::unauthorized(
-                    "invalid_signature",
-                    "the token signature does not verify",
-                ),
-                K::InvalidAlgorithm => ApiError::unauthorized(
-                    "invalid_algorithm",
-                    "the token algorithm is not accepted",
-                ),
-                _ => ApiError::unauthorized("invalid_token", format!("the token is invalid: {e}")),
-            }
-        })?;
+        let token = bearer.ok_or_else(missing_token)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(token_error)?;
         let tenant = Tenant::parse(data.claims.tenant)
             .map_err(|e| ApiError::unauthorized("invalid_token", format!("tenant claim: {e}")))?;
         Ok(AuthContext {
@@ -119,6 +100,43 @@ impl Auth {
             token: Some(token.to_owned()),
         })
     }
+}
+
+fn missing_token() -> ApiError {
+    ApiError::unauthorized(
+        "missing_token",
+        "an Authorization: Bearer token is required",
+    )
+}
+
+/// One error code per way a token fails verification.
+pub(crate) fn token_error(e: jsonwebtoken::errors::Error) -> ApiError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    let (code, message) = match e.kind() {
+        K::ExpiredSignature => ("token_expired", "the token has expired".to_owned()),
+        K::ImmatureSignature => (
+            "token_not_yet_valid",
+            "the token is not valid yet".to_owned(),
+        ),
+        K::InvalidSignature => (
+            "invalid_signature",
+            "the token signature does not verify".to_owned(),
+        ),
+        K::InvalidAlgorithm => (
+            "invalid_algorithm",
+            "the token algorithm is not accepted".to_owned(),
+        ),
+        K::InvalidAudience => (
+            "invalid_audience",
+            "the token is for another audience".to_owned(),
+        ),
+        K::InvalidIssuer => (
+            "invalid_issuer",
+            "the token is from another issuer".to_owned(),
+        ),
+        _ => ("invalid_token", format!("the token is invalid: {e}")),
+    };
+    ApiError::unauthorized(code, message)
 }
 
 /// Mints a development HS256 token.
@@ -166,6 +184,6 @@ impl FromRequestParts<AppState> for AuthContext {
                 })?)
             }
         };
-        state.auth.verify(bearer)
+        state.auth.authenticate(bearer).await
     }
 }

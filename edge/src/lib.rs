@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod extract;
 mod health;
+mod jwks;
 mod openapi;
 mod runs;
 mod watch;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{Auth, AuthContext, Claims, mint};
 pub use error::ApiError;
+pub use jwks::{Jwks, JwksSource, JwtRules};
 
 /// Largest accepted request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;

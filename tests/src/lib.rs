@@ -114,6 +114,8 @@ pub struct Platform {
 pub struct Options {
     /// `agentos.toml` contents for every process (model routes, …).
     pub config: Option<String>,
+    /// More environment for every process (e.g. `AGENTOS_JWKS_FILE` for the edge).
+    pub env: Vec<(String, String)>,
     pub orchestrators: usize,
     pub ack_wait: &'static str,
     pub http_allow: Vec<String>,
@@ -124,6 +126,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             config: None,
+            env: Vec::new(),
             orchestrators: 1,
             ack_wait: "30s",
             http_allow: Vec::new(),
@@ -158,6 +161,7 @@ impl Platform {
         if let Some(f) = &config {
             worker_env.push(("AGENTOS_CONFIG".into(), f.path().display().to_string()));
         }
+        worker_env.extend(opts.env.iter().cloned());
         let mut p = Self {
             worker_env,
             _config: config,
