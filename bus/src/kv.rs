@@ -154,7 +154,16 @@ impl Kv {
     /// Every live key starting with `prefix.` (e.g. a tenant), in no particular order. Reads
     /// headers only, through a short-lived ordered consumer filtered to the prefix.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let op = || self.op("list", prefix);
+        self.keys_matching(&format!("{prefix}.>")).await
+    }
+
+    /// Every live key of the bucket.
+    pub async fn all_keys(&self) -> Result<Vec<String>> {
+        self.keys_matching(">").await
+    }
+
+    async fn keys_matching(&self, pattern: &str) -> Result<Vec<String>> {
+        let op = || self.op("list", pattern);
         let stream_name = format!("KV_{}", self.bucket.name());
         let subject_prefix = format!("$KV.{}.", self.bucket.name());
         let stream = self
@@ -164,7 +173,7 @@ impl Kv {
             .map_err(|e| Error::nats(op(), e))?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{subject_prefix}{prefix}.>"),
+                filter_subject: format!("{subject_prefix}{pattern}"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                 headers_only: true,
                 ..Default::default()

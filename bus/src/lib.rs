@@ -4,6 +4,7 @@
 //! Invariant: this is the only crate that imports `async_nats`. Other crates speak in
 //! [`Bus`] methods and envelope types.
 
+mod audit;
 mod connect;
 pub mod envelope;
 mod error;

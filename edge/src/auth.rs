@@ -184,6 +184,15 @@ impl FromRequestParts<AppState> for AuthContext {
                 })?)
             }
         };
-        state.auth.authenticate(bearer).await
+        let ctx = state.auth.authenticate(bearer).await?;
+        // Platform admins keep access to a disabled tenant (to enable it again).
+        if !ctx.roles.iter().any(|r| r == "admin") && !state.tenant_enabled(&ctx.tenant).await? {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "tenant_disabled",
+                format!("tenant {} is disabled", ctx.tenant),
+            ));
+        }
+        Ok(ctx)
     }
 }

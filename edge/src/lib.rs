@@ -3,6 +3,7 @@
 //! Invariant: this is the only crate that knows HTTP serving; it talks to NATS only through
 //! `agentos-bus`.
 
+mod admin;
 mod agents;
 mod auth;
 mod chat;
@@ -44,6 +45,54 @@ pub struct AppState {
     agents: Kv,
     auth: Auth,
     waiters: watch::Waiters,
+    tenants: Kv,
+    /// Whether a tenant may use the platform, cached briefly: a disable takes effect within
+    /// [`TENANT_CACHE_TTL`] on every edge, at once on the edge that made it.
+    tenant_status: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<agentos_bus::id::Tenant, (std::time::Instant, bool)>,
+        >,
+    >,
+}
+
+/// How long an edge trusts what it last read about a tenant's status.
+pub const TENANT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl AppState {
+    /// Whether the tenant is enabled (a tenant without a record is).
+    pub(crate) async fn tenant_enabled(
+        &self,
+        tenant: &agentos_bus::id::Tenant,
+    ) -> agentos_bus::Result<bool> {
+        if let Some((at, enabled)) = self.status_cache().get(tenant).copied()
+            && at.elapsed() < TENANT_CACHE_TTL
+        {
+            return Ok(enabled);
+        }
+        let enabled = self
+            .tenants
+            .get_as::<agentos_bus::envelope::TenantRecord>(tenant.as_str())
+            .await?
+            .is_none_or(|t| t.value.enabled);
+        self.status_cache()
+            .insert(tenant.clone(), (std::time::Instant::now(), enabled));
+        Ok(enabled)
+    }
+
+    pub(crate) fn forget_tenant(&self, tenant: &agentos_bus::id::Tenant) {
+        self.status_cache().remove(tenant);
+    }
+
+    fn status_cache(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<agentos_bus::id::Tenant, (std::time::Instant, bool)>,
+    > {
+        self.tenant_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl AppState {
@@ -51,9 +100,11 @@ impl AppState {
         Ok(Self {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
+            tenants: bus.kv(Bucket::Tenants).await?,
             bus,
             auth,
             waiters: watch::Waiters::default(),
+            tenant_status: Default::default(),
         })
     }
 }
@@ -66,6 +117,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(runs::routes())
         .merge(events::routes())
         .merge(chat::routes())
+        .merge(admin::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -230,6 +230,18 @@ pub async fn create(
         .submit(&SubmitMessage::Run(Box::new(req)), request_id.as_deref())
         .await?;
     tracing::info!(run = %run_id, tenant = %auth.tenant, "run submitted");
+    if status == StatusCode::CREATED {
+        let details = serde_json::json!({"agent_id": record.agent_id});
+        crate::admin::record(
+            &state,
+            &auth,
+            &auth.tenant,
+            "run.create",
+            &run_id.to_string(),
+            details,
+        )
+        .await?;
+    }
     if body.stream {
         return events::sse(&state, &auth, run_id, 0).await;
     }
@@ -396,6 +408,15 @@ pub async fn cancel(
                     state.bus.publish_cancel(&auth.tenant, &id).await?;
                 }
                 tracing::info!(run = %id, status = rec.status.as_str(), "cancel requested");
+                crate::admin::record(
+                    &state,
+                    &auth,
+                    &auth.tenant,
+                    "run.cancel",
+                    &id.to_string(),
+                    Value::Null,
+                )
+                .await?;
                 return Ok((StatusCode::ACCEPTED, Json(rec.into())));
             }
             Err(BusError::WrongRevision { .. }) => continue,

@@ -352,8 +352,15 @@ pub fn parse_sse(text: &str) -> Vec<SseEvent> {
 
 /// A development token for `tenant`, minted by the real binary.
 pub fn mint(tenant: &str) -> Result<String> {
+    mint_with_roles(tenant, "member")
+}
+
+/// A development token with comma-separated `roles`.
+pub fn mint_with_roles(tenant: &str, roles: &str) -> Result<String> {
     let out = Command::new(agentos_bin()?)
-        .args(["token", "mint", "--secret", SECRET, "--tenant", tenant])
+        .args([
+            "token", "mint", "--secret", SECRET, "--tenant", tenant, "--roles", roles,
+        ])
         .output()?;
     if !out.status.success() {
         bail!(

@@ -118,3 +118,147 @@ async fn one_tenant_cannot_see_or_touch_another_tenants_agents_and_runs() {
         .expect("json");
     assert_eq!(agents["data"].as_array().map(Vec::len), Some(0));
 }
+
+#[tokio::test]
+async fn admins_manage_tenants_disabled_tenants_are_refused_and_everything_is_audited() {
+    let p = Platform::start(Options::default()).await.expect("platform");
+    let admin = agentos_e2e::mint_with_roles("ops", "admin").expect("admin token");
+    let member = mint("globex").expect("member token");
+    let post = |token: &str, path: &str, body: serde_json::Value| {
+        p.http
+            .post(p.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+
+    // Admin routes need the admin role.
+    for path in ["/v1/admin/tenants", "/v1/admin/audit"] {
+        let r = p
+            .http
+            .get(p.url(path))
+            .bearer_auth(&p.token)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    let r = post(&p.token, "/v1/admin/tenants", json!({"id": "globex"}))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+
+    let r = post(
+        &admin,
+        "/v1/admin/tenants",
+        json!({"id": "globex", "name": "Globex", "quotas": {"concurrent_runs": 5}}),
+    )
+    .await
+    .expect("send");
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        post(&admin, "/v1/admin/tenants", json!({"id": "globex"}))
+            .await
+            .expect("send")
+            .status(),
+        409
+    );
+    assert_eq!(
+        p.http
+            .get(p.url("/v1/agents"))
+            .bearer_auth(&member)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+
+    let r = post(&admin, "/v1/admin/tenants/globex/disable", json!({}))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let r = p
+        .http
+        .get(p.url("/v1/agents"))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "tenant_disabled");
+    assert_eq!(
+        post(&admin, "/v1/admin/tenants/globex/enable", json!({}))
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+    assert_eq!(
+        p.http
+            .get(p.url("/v1/agents"))
+            .bearer_auth(&member)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+
+    p.create_agent(json!({"id": "a", "model": "scripted"}))
+        .await
+        .expect("agent");
+    let run = p.start_run("a", "hi").await.expect("run");
+
+    let log: serde_json::Value = p
+        .http
+        .get(p.url("/v1/admin/audit"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let actions: Vec<&str> = log["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["record"]["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "tenant.create",
+            "tenant.disable",
+            "tenant.enable",
+            "run.create"
+        ],
+        "{log}"
+    );
+    let runs: serde_json::Value = p
+        .http
+        .get(p.url("/v1/admin/audit?tenant=acme&action=run.create"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(runs["data"][0]["record"]["target"], run.as_str());
+    assert_eq!(runs["data"][0]["record"]["actor_tenant"], "acme");
+    let cursor = log["next_cursor"].as_u64().expect("cursor");
+    let rest: serde_json::Value = p
+        .http
+        .get(p.url(&format!("/v1/admin/audit?after={cursor}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(rest["data"].as_array().map(Vec::len), Some(0));
+}

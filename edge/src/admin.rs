@@ -1,0 +1,343 @@
+//! Tenant administration (`/v1/admin/tenants…`) and the audit log (`/v1/admin/audit`): admin role
+//! only. Every change is audited. A tenant without a record is allowed (tenants are implicit
+//! until administered); a disabled one gets `403 tenant_disabled` on every request.
+
+use agentos_bus::Error as BusError;
+use agentos_bus::envelope::{AuditRecord, Entitlements, TenantRecord, now};
+use agentos_bus::id::Tenant;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, ApiResult, REQUEST_ID};
+use crate::extract::ApiJson;
+use crate::{AppState, AuthContext};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/tenants", get(list).post(create))
+        .route(
+            "/v1/admin/tenants/{id}",
+            get(read).patch(update).delete(remove),
+        )
+        .route("/v1/admin/tenants/{id}/enable", post(enable))
+        .route("/v1/admin/tenants/{id}/disable", post(disable))
+        .route("/v1/admin/audit", get(audit_log))
+}
+
+fn require_admin(auth: &AuthContext) -> ApiResult<()> {
+    if auth.roles.iter().any(|r| r == "admin") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "this route needs the admin role",
+        ))
+    }
+}
+
+fn parse_tenant(id: &str) -> ApiResult<Tenant> {
+    Tenant::parse(id)
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("id"))
+}
+
+/// Appends an audit record for an action by `auth`.
+pub(crate) async fn record(
+    state: &AppState,
+    auth: &AuthContext,
+    tenant: &Tenant,
+    action: &str,
+    target: &str,
+    details: Value,
+) -> ApiResult<()> {
+    let rec = AuditRecord {
+        ts: now(),
+        tenant: tenant.clone(),
+        actor: auth.subject.clone(),
+        actor_tenant: auth.tenant.clone(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        details,
+    };
+    state.bus.audit(&rec).await?;
+    Ok(())
+}
+
+async fn load(state: &AppState, id: &Tenant) -> ApiResult<agentos_bus::Versioned<TenantRecord>> {
+    state
+        .tenants
+        .get_as::<TenantRecord>(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant_not_found", format!("no tenant {id}")))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub entitlements: Entitlements,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub quotas: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    pub enabled: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    pub entitlements: Option<Entitlements>,
+    #[schema(value_type = Option<Object>)]
+    pub quotas: Option<Map<String, Value>>,
+}
+
+/// Create a tenant (admin).
+#[utoipa::path(post, path = "/v1/admin/tenants", request_body = CreateTenant, responses((status = 201, description = "created"), (status = 403, description = "not an admin")))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<TenantRecord>)> {
+    require_admin(&auth)?;
+    let id = parse_tenant(&body.id)?;
+    let ts = now();
+    let rec = TenantRecord {
+        id: id.clone(),
+        name: body.name,
+        enabled: body.enabled.unwrap_or(true),
+        entitlements: body.entitlements,
+        quotas: body.quotas,
+        created_at: ts,
+        updated_at: ts,
+    };
+    match state.tenants.create_as(id.as_str(), &rec).await {
+        Ok(_) => {}
+        Err(BusError::AlreadyExists { .. }) => {
+            return Err(ApiError::conflict(
+                "tenant_exists",
+                format!("tenant {id} already exists"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    record(
+        &state,
+        &auth,
+        &id,
+        "tenant.create",
+        id.as_str(),
+        json!({"enabled": rec.enabled}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// List tenants (admin).
+#[utoipa::path(get, path = "/v1/admin/tenants", responses((status = 200, description = "the tenants")))]
+pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
+    require_admin(&auth)?;
+    let mut ids = state.tenants.all_keys().await?;
+    ids.sort();
+    let mut data = Vec::new();
+    for id in ids {
+        if let Some(t) = state.tenants.get_as::<TenantRecord>(&id).await? {
+            data.push(t.value);
+        }
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// Read a tenant (admin).
+#[utoipa::path(get, path = "/v1/admin/tenants/{id}", params(("id" = String, Path)), responses((status = 200, description = "the tenant")))]
+pub async fn read(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TenantRecord>> {
+    require_admin(&auth)?;
+    Ok(Json(load(&state, &parse_tenant(&id)?).await?.value))
+}
+
+async fn change(
+    state: &AppState,
+    auth: &AuthContext,
+    id: &str,
+    action: &str,
+    edit: impl Fn(&mut TenantRecord),
+) -> ApiResult<TenantRecord> {
+    require_admin(auth)?;
+    let id = parse_tenant(id)?;
+    for _ in 0..5 {
+        let current = load(state, &id).await?;
+        let mut rec = current.value;
+        edit(&mut rec);
+        rec.updated_at = now();
+        match state
+            .tenants
+            .update_as(id.as_str(), &rec, current.revision)
+            .await
+        {
+            Ok(_) => {
+                state.forget_tenant(&id);
+                record(
+                    state,
+                    auth,
+                    &id,
+                    action,
+                    id.as_str(),
+                    json!({"enabled": rec.enabled}),
+                )
+                .await?;
+                return Ok(rec);
+            }
+            Err(BusError::WrongRevision { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        "concurrent_update",
+        "the tenant kept changing; retry",
+    ))
+}
+
+/// Update a tenant's name, entitlements, quotas or status (admin).
+#[utoipa::path(patch, path = "/v1/admin/tenants/{id}", params(("id" = String, Path)), request_body = UpdateTenant, responses((status = 200, description = "updated")))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateTenant>,
+) -> ApiResult<Json<TenantRecord>> {
+    let rec = change(&state, &auth, &id, "tenant.update", |t| {
+        if let Some(n) = &body.name {
+            t.name.clone_from(n);
+        }
+        if let Some(e) = body.enabled {
+            t.enabled = e;
+        }
+        if let Some(e) = &body.entitlements {
+            t.entitlements = e.clone();
+        }
+        if let Some(q) = &body.quotas {
+            t.quotas = q.clone();
+        }
+    })
+    .await?;
+    Ok(Json(rec))
+}
+
+/// Enable a tenant (admin).
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/enable", params(("id" = String, Path)), responses((status = 200, description = "enabled")))]
+pub async fn enable(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TenantRecord>> {
+    Ok(Json(
+        change(&state, &auth, &id, "tenant.enable", |t| t.enabled = true).await?,
+    ))
+}
+
+/// Disable a tenant: its requests get `403 tenant_disabled` (admin).
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/disable", params(("id" = String, Path)), responses((status = 200, description = "disabled")))]
+pub async fn disable(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TenantRecord>> {
+    Ok(Json(
+        change(&state, &auth, &id, "tenant.disable", |t| t.enabled = false).await?,
+    ))
+}
+
+/// Delete a tenant's record (admin). Its agents and runs stay.
+#[utoipa::path(delete, path = "/v1/admin/tenants/{id}", params(("id" = String, Path)), responses((status = 200, description = "deleted")))]
+pub async fn remove(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&auth)?;
+    let id = parse_tenant(&id)?;
+    load(&state, &id).await?;
+    state.tenants.delete(id.as_str()).await?;
+    state.forget_tenant(&id);
+    record(
+        &state,
+        &auth,
+        &id,
+        "tenant.delete",
+        id.as_str(),
+        Value::Null,
+    )
+    .await?;
+    Ok(Json(
+        json!({"id": id, "object": "tenant.deleted", "deleted": true}),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this tenant's records.
+    pub tenant: Option<String>,
+    /// Only this action (`tenant.disable`, `run.create`, …).
+    pub action: Option<String>,
+    /// Cursor: the `next_cursor` of the previous page.
+    pub after: Option<u64>,
+    /// Page size, 1..=500 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// The audit log, oldest first, with cursor pagination (admin).
+#[utoipa::path(get, path = "/v1/admin/audit", params(AuditQuery), responses((status = 200, description = "a page of audit records")))]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&auth)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let tenant = q.tenant.as_deref().map(parse_tenant).transpose()?;
+    let limit = match q.limit.unwrap_or(100) {
+        n @ 1..=500 => n,
+        _ => {
+            return Err(
+                ApiError::bad_request("invalid_limit", "limit must be 1..=500").with_param("limit"),
+            );
+        }
+    };
+    let mut after = q.after.unwrap_or(0);
+    let mut data = Vec::new();
+    // Filtering by action happens after reading: keep reading pages until this one is full.
+    loop {
+        let page = state.bus.read_audit(tenant.as_ref(), after, limit).await?;
+        let exhausted = page.len() < limit;
+        for (seq, rec) in page {
+            after = seq;
+            if q.action.as_deref().is_none_or(|a| a == rec.action) {
+                data.push(json!({"seq": seq, "record": rec}));
+                if data.len() == limit {
+                    break;
+                }
+            }
+        }
+        if exhausted || data.len() == limit {
+            break;
+        }
+    }
+    Ok(Json(
+        json!({"object": "list", "data": data, "next_cursor": after}),
+    ))
+}
