@@ -17,6 +17,14 @@ pub enum Error {
     /// A message body could not be decoded into its envelope.
     #[error("malformed {what}: {reason}")]
     Decode { what: &'static str, reason: String },
+    /// A message claims a tenant other than the one its subject names. The subject is what NATS
+    /// permissions vouch for, so the message is refused, never re-attributed.
+    #[error("{what} claims tenant {claimed:?} but arrived on {subject}")]
+    TenantMismatch {
+        what: &'static str,
+        claimed: String,
+        subject: String,
+    },
     /// A message carries a schema version this build does not understand.
     #[error("unsupported schema version {found:?} for {what} (this build speaks {supported})")]
     SchemaVersion {
@@ -77,6 +85,7 @@ impl Error {
         match self {
             Self::InvalidId { .. } => "invalid_id",
             Self::Decode { .. } => "malformed_message",
+            Self::TenantMismatch { .. } => "tenant_mismatch",
             Self::SchemaVersion { .. } => "unsupported_schema_version",
             Self::AlreadyExists { .. } => "already_exists",
             Self::WrongRevision { .. } => "wrong_revision",

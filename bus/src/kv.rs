@@ -206,3 +206,20 @@ impl Kv {
         Ok(keys)
     }
 }
+
+impl Bus {
+    /// Whether this connection can read `tenant`'s run records with a direct get: the check a
+    /// tenant's own NATS user passes once the server has wired its account's imports. Any
+    /// answer (a missing key answers 404) is a yes; "no responders" is a no.
+    pub async fn can_read_run_records(&self, tenant: &crate::id::Tenant) -> Result<bool> {
+        let subject = format!(
+            "$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{tenant}._probe",
+            bucket = Bucket::Runs.name()
+        );
+        match self.client.request(subject.clone(), Bytes::new()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(false),
+            Err(e) => Err(Error::nats(format!("request {subject}"), e)),
+        }
+    }
+}

@@ -17,6 +17,7 @@ mod rpc;
 pub mod server;
 mod status;
 pub mod subject;
+mod tenants;
 mod work;
 
 pub use connect::ConnectOptions;
@@ -26,7 +27,8 @@ pub use kv::{Kv, Versioned};
 pub use provision::{Bucket, Settings};
 pub use rpc::{CallMeta, Incoming, Replies, Reply, Service, ServiceInstance, ServiceSpec};
 pub use status::{ConsumerStatus, StreamStatus};
-pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions};
+pub use tenants::{TENANT_CACHE_TTL, Tenants};
+pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};
 
 /// A cheap, cloneable handle on one NATS connection and its JetStream context.
 #[derive(Clone)]

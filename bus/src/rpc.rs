@@ -18,6 +18,8 @@ use crate::{Bus, Error, Result, headers, subject};
 pub struct CallMeta {
     pub tenant: Tenant,
     pub request_id: Option<String>,
+    /// The authenticated caller behind the call, when there is one.
+    pub principal: Option<String>,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
 }
@@ -27,6 +29,7 @@ impl CallMeta {
         Self {
             tenant,
             request_id: None,
+            principal: None,
             idempotency_key: None,
             traceparent: None,
         }
@@ -41,6 +44,9 @@ impl CallMeta {
         h.insert(headers::TENANT, self.tenant.as_str());
         if let Some(v) = &self.request_id {
             h.insert(headers::REQUEST_ID, v.as_str());
+        }
+        if let Some(v) = &self.principal {
+            h.insert(headers::PRINCIPAL, v.as_str());
         }
         if let Some(v) = &self.idempotency_key {
             h.insert(headers::IDEMPOTENCY_KEY, v.as_str());
@@ -278,6 +284,30 @@ impl Incoming {
 
     pub fn schema(&self) -> Option<&str> {
         self.header(headers::SCHEMA)
+    }
+
+    /// The tenant the call is for: the subject's third token, which NATS permissions vouch
+    /// for. A call whose `AgentOS-Tenant` header names another tenant is refused.
+    pub fn tenant(&self) -> Result<Tenant> {
+        let tenant = subject::tenant_of(self.subject()).ok_or_else(|| {
+            Error::decode(
+                "request subject",
+                format!("{} names no tenant", self.subject()),
+            )
+        })?;
+        match self.header(headers::TENANT) {
+            Some(claimed) if claimed != tenant.as_str() => Err(Error::TenantMismatch {
+                what: "request",
+                claimed: claimed.to_owned(),
+                subject: self.subject().to_owned(),
+            }),
+            _ => Ok(tenant),
+        }
+    }
+
+    /// The authenticated caller named by the edge, if any.
+    pub fn principal(&self) -> Option<&str> {
+        self.header(headers::PRINCIPAL)
     }
 
     /// Dead-letters this request (payload untouched, reason in headers) under the subject's

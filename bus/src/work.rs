@@ -34,6 +34,14 @@ impl Default for QueueOptions {
     }
 }
 
+/// Who is behind a submission, carried in headers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SubmitMeta<'a> {
+    pub request_id: Option<&'a str>,
+    /// The authenticated caller (`sub`).
+    pub principal: Option<&'a str>,
+}
+
 /// One delivery from the run queue. Ack only after the work is done.
 pub struct Delivery {
     msg: jetstream::Message,
@@ -65,19 +73,28 @@ impl Delivery {
         self.msg.info().map(|i| i.delivered).unwrap_or(1)
     }
 
-    /// Decodes the submission and checks that its tenant is the subject's.
+    /// Who submitted it (the edge's `AgentOS-Principal`); absent for direct publishers.
+    pub fn principal(&self) -> Option<&str> {
+        self.header(headers::PRINCIPAL)
+    }
+
+    /// Decodes the submission and checks that the tenant it claims, in its body and in its
+    /// `AgentOS-Tenant` header, is the subject's: NATS permissions fence subjects, not bodies.
     pub fn decode(&self) -> Result<SubmitMessage> {
         let msg = SubmitMessage::decode(self.header(headers::SCHEMA), &self.msg.payload)?;
-        match subject::tenant_of(self.subject()) {
-            Some(t) if &t == msg.tenant() => Ok(msg),
-            _ => Err(Error::decode(
-                "submit message",
-                format!(
-                    "tenant {} does not match subject {}",
-                    msg.tenant(),
-                    self.subject()
-                ),
-            )),
+        let subject_tenant = subject::tenant_of(self.subject());
+        let claimed = [Some(msg.tenant().as_str()), self.header(headers::TENANT)]
+            .into_iter()
+            .flatten()
+            .find(|c| subject_tenant.as_ref().is_none_or(|t| t.as_str() != *c))
+            .map(str::to_owned);
+        match claimed {
+            None => Ok(msg),
+            Some(claimed) => Err(Error::TenantMismatch {
+                what: "submit message",
+                claimed,
+                subject: self.subject().to_owned(),
+            }),
         }
     }
 
@@ -107,7 +124,7 @@ impl Delivery {
 impl Bus {
     /// Publishes a submission with `Nats-Msg-Id = run_id`, retrying a timed-out publish with the
     /// same id (a publish can time out and still be stored). Returns true if it was a duplicate.
-    pub async fn submit(&self, msg: &SubmitMessage, request_id: Option<&str>) -> Result<bool> {
+    pub async fn submit(&self, msg: &SubmitMessage, meta: &SubmitMeta<'_>) -> Result<bool> {
         let subject = subject::runs_submit(msg.tenant());
         let msg_id = match msg {
             SubmitMessage::Run(r) => r.run_id.to_string(),
@@ -124,8 +141,11 @@ impl Bus {
         );
         h.insert(headers::TENANT, msg.tenant().as_str());
         h.insert(headers::MSG_ID, msg_id.as_str());
-        if let Some(rid) = request_id {
+        if let Some(rid) = meta.request_id {
             h.insert(headers::REQUEST_ID, rid);
+        }
+        if let Some(p) = meta.principal {
+            h.insert(headers::PRINCIPAL, p);
         }
         let payload = msg.encode();
         let mut attempt = 0;

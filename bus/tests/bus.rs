@@ -129,8 +129,8 @@ async fn two_submits_with_one_msg_id_store_one_message() {
         metadata: Default::default(),
         submitted_at: now(),
     }));
-    assert!(!bus.submit(&req, None).await.expect("first"));
-    assert!(bus.submit(&req, None).await.expect("second"));
+    assert!(!bus.submit(&req, &Default::default()).await.expect("first"));
+    assert!(bus.submit(&req, &Default::default()).await.expect("second"));
     assert_eq!(
         bus.stream_status(STREAM_RUNS)
             .await

@@ -4,7 +4,7 @@
 
 use agentos_bus::Error as BusError;
 use agentos_bus::envelope::{AuditRecord, Entitlements, TenantRecord, now};
-use agentos_bus::id::Tenant;
+use agentos_bus::id::{AgentId, ModelName, Tenant, ToolName};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -71,6 +71,7 @@ pub(crate) async fn record(
 async fn load(state: &AppState, id: &Tenant) -> ApiResult<agentos_bus::Versioned<TenantRecord>> {
     state
         .tenants
+        .kv()
         .get_as::<TenantRecord>(id.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("tenant_not_found", format!("no tenant {id}")))
@@ -84,8 +85,7 @@ pub struct CreateTenant {
     pub name: String,
     pub enabled: Option<bool>,
     #[serde(default)]
-    #[schema(value_type = Object)]
-    pub entitlements: Entitlements,
+    pub entitlements: EntitlementsInput,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub quotas: Map<String, Value>,
@@ -96,10 +96,46 @@ pub struct CreateTenant {
 pub struct UpdateTenant {
     pub name: Option<String>,
     pub enabled: Option<bool>,
-    #[schema(value_type = Option<Object>)]
-    pub entitlements: Option<Entitlements>,
+    pub entitlements: Option<EntitlementsInput>,
     #[schema(value_type = Option<Object>)]
     pub quotas: Option<Map<String, Value>>,
+}
+
+/// What a tenant may use; an empty (or absent) list allows everything of its kind.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementsInput {
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub agents: Vec<String>,
+}
+
+impl EntitlementsInput {
+    /// Every name must be a valid model, tool or agent name: a typo would otherwise lock a
+    /// tenant out of everything but nothing.
+    fn validate(self) -> ApiResult<Entitlements> {
+        let bad = |param: &str, e: agentos_bus::Error| {
+            ApiError::bad_request("invalid_entitlements", e.to_string())
+                .with_param(format!("entitlements.{param}"))
+        };
+        for m in &self.models {
+            ModelName::parse(m.clone()).map_err(|e| bad("models", e))?;
+        }
+        for t in &self.tools {
+            ToolName::parse(t.clone()).map_err(|e| bad("tools", e))?;
+        }
+        for a in &self.agents {
+            AgentId::parse(a.clone()).map_err(|e| bad("agents", e))?;
+        }
+        Ok(Entitlements {
+            models: self.models,
+            tools: self.tools,
+            agents: self.agents,
+        })
+    }
 }
 
 /// Create a tenant (admin).
@@ -111,18 +147,19 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<TenantRecord>)> {
     require_admin(&auth)?;
     let id = parse_tenant(&body.id)?;
+    let entitlements = body.entitlements.validate()?;
     let ts = now();
     let rec = TenantRecord {
         id: id.clone(),
         name: body.name,
         enabled: body.enabled.unwrap_or(true),
-        entitlements: body.entitlements,
+        entitlements,
         quotas: body.quotas,
         created_at: ts,
         updated_at: ts,
     };
-    match state.tenants.create_as(id.as_str(), &rec).await {
-        Ok(_) => {}
+    match state.tenants.kv().create_as(id.as_str(), &rec).await {
+        Ok(_) => state.tenants.forget(&id),
         Err(BusError::AlreadyExists { .. }) => {
             return Err(ApiError::conflict(
                 "tenant_exists",
@@ -147,11 +184,11 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/admin/tenants", responses((status = 200, description = "the tenants")))]
 pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
     require_admin(&auth)?;
-    let mut ids = state.tenants.all_keys().await?;
+    let mut ids = state.tenants.kv().all_keys().await?;
     ids.sort();
     let mut data = Vec::new();
     for id in ids {
-        if let Some(t) = state.tenants.get_as::<TenantRecord>(&id).await? {
+        if let Some(t) = state.tenants.kv().get_as::<TenantRecord>(&id).await? {
             data.push(t.value);
         }
     }
@@ -185,11 +222,12 @@ async fn change(
         rec.updated_at = now();
         match state
             .tenants
+            .kv()
             .update_as(id.as_str(), &rec, current.revision)
             .await
         {
             Ok(_) => {
-                state.forget_tenant(&id);
+                state.tenants.forget(&id);
                 record(
                     state,
                     auth,
@@ -219,6 +257,10 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> ApiResult<Json<TenantRecord>> {
+    let entitlements = body
+        .entitlements
+        .map(EntitlementsInput::validate)
+        .transpose()?;
     let rec = change(&state, &auth, &id, "tenant.update", |t| {
         if let Some(n) = &body.name {
             t.name.clone_from(n);
@@ -226,7 +268,7 @@ pub async fn update(
         if let Some(e) = body.enabled {
             t.enabled = e;
         }
-        if let Some(e) = &body.entitlements {
+        if let Some(e) = &entitlements {
             t.entitlements = e.clone();
         }
         if let Some(q) = &body.quotas {
@@ -271,8 +313,8 @@ pub async fn remove(
     require_admin(&auth)?;
     let id = parse_tenant(&id)?;
     load(&state, &id).await?;
-    state.tenants.delete(id.as_str()).await?;
-    state.forget_tenant(&id);
+    state.tenants.kv().delete(id.as_str()).await?;
+    state.tenants.forget(&id);
     record(
         &state,
         &auth,

@@ -186,7 +186,7 @@ impl FromRequestParts<AppState> for AuthContext {
         };
         let ctx = state.auth.authenticate(bearer).await?;
         // Platform admins keep access to a disabled tenant (to enable it again).
-        if !ctx.roles.iter().any(|r| r == "admin") && !state.tenant_enabled(&ctx.tenant).await? {
+        if !ctx.roles.iter().any(|r| r == "admin") && !state.tenants.enabled(&ctx.tenant).await? {
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "tenant_disabled",

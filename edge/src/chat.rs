@@ -414,8 +414,12 @@ pub async fn completions(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let (model, req, stream, include_usage) = to_model_request(body)?;
+    state
+        .entitled(&auth.tenant, |e| e.check_model(model.as_str()))
+        .await?;
     let meta = CallMeta {
         request_id: crate::error::REQUEST_ID.try_with(Clone::clone).ok(),
+        principal: Some(auth.subject.clone()),
         ..CallMeta::new(auth.tenant.clone())
     };
     let mut replies = state

@@ -18,6 +18,7 @@ mod watch;
 
 use std::net::SocketAddr;
 
+pub use agentos_bus::TENANT_CACHE_TTL;
 use agentos_bus::{Bucket, Bus, Kv};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -45,53 +46,36 @@ pub struct AppState {
     agents: Kv,
     auth: Auth,
     waiters: watch::Waiters,
-    tenants: Kv,
-    /// Whether a tenant may use the platform, cached briefly: a disable takes effect within
-    /// [`TENANT_CACHE_TTL`] on every edge, at once on the edge that made it.
-    tenant_status: std::sync::Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<agentos_bus::id::Tenant, (std::time::Instant, bool)>,
-        >,
-    >,
+    tenants: agentos_bus::Tenants,
 }
 
-/// How long an edge trusts what it last read about a tenant's status.
-pub const TENANT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
-
 impl AppState {
-    /// Whether the tenant is enabled (a tenant without a record is).
-    pub(crate) async fn tenant_enabled(
+    /// The caller's tenant record (`None`: an implicit tenant, enabled and entitled to all).
+    pub(crate) async fn tenant(
         &self,
         tenant: &agentos_bus::id::Tenant,
-    ) -> agentos_bus::Result<bool> {
-        if let Some((at, enabled)) = self.status_cache().get(tenant).copied()
-            && at.elapsed() < TENANT_CACHE_TTL
-        {
-            return Ok(enabled);
-        }
-        let enabled = self
-            .tenants
-            .get_as::<agentos_bus::envelope::TenantRecord>(tenant.as_str())
-            .await?
-            .is_none_or(|t| t.value.enabled);
-        self.status_cache()
-            .insert(tenant.clone(), (std::time::Instant::now(), enabled));
-        Ok(enabled)
+    ) -> agentos_bus::Result<Option<std::sync::Arc<agentos_bus::envelope::TenantRecord>>> {
+        self.tenants.get(tenant).await
     }
 
-    pub(crate) fn forget_tenant(&self, tenant: &agentos_bus::id::Tenant) {
-        self.status_cache().remove(tenant);
-    }
-
-    fn status_cache(
+    /// Refuses with `403 not_entitled` what the tenant's entitlements do not cover.
+    pub(crate) async fn entitled(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<agentos_bus::id::Tenant, (std::time::Instant, bool)>,
-    > {
-        self.tenant_status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        tenant: &agentos_bus::id::Tenant,
+        check: impl FnOnce(
+            &agentos_bus::envelope::Entitlements,
+        ) -> Result<(), agentos_bus::envelope::NotEntitled>,
+    ) -> Result<(), ApiError> {
+        match self.tenant(tenant).await? {
+            Some(t) => check(&t.entitlements).map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "not_entitled",
+                    e.to_string(),
+                )
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -100,11 +84,10 @@ impl AppState {
         Ok(Self {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
-            tenants: bus.kv(Bucket::Tenants).await?,
+            tenants: bus.tenants().await?,
             bus,
             auth,
             waiters: watch::Waiters::default(),
-            tenant_status: Default::default(),
         })
     }
 }

@@ -6,7 +6,7 @@ use agentos_bus::envelope::{
     now,
 };
 use agentos_bus::id::{AgentId, RunId};
-use agentos_bus::{Error as BusError, Versioned};
+use agentos_bus::{Error as BusError, SubmitMeta, Versioned};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -185,6 +185,9 @@ pub async fn create(
         },
     };
     let agent = agents::load(&state, &auth, &agent_id).await?.value;
+    state
+        .entitled(&auth.tenant, |e| e.check_agent(&agent))
+        .await?;
     let run_id = match &idempotency_key {
         Some(k) => idempotent_run_id(&state, &auth, k).await?,
         None => RunId::new(),
@@ -227,7 +230,13 @@ pub async fn create(
     // this completes it; otherwise Nats-Msg-Id dedups it.
     state
         .bus
-        .submit(&SubmitMessage::Run(Box::new(req)), request_id.as_deref())
+        .submit(
+            &SubmitMessage::Run(Box::new(req)),
+            &SubmitMeta {
+                request_id: request_id.as_deref(),
+                principal: Some(&auth.subject),
+            },
+        )
         .await?;
     tracing::info!(run = %run_id, tenant = %auth.tenant, "run submitted");
     if status == StatusCode::CREATED {

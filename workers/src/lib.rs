@@ -14,3 +14,13 @@ pub use tokio_util::sync::CancellationToken;
 
 /// The version every worker announces to the NATS service API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The error answered for a request that was refused before any work (and dead-lettered):
+/// `tenant_mismatch` when it claimed another tenant than its subject's, else `invalid_request`.
+pub(crate) fn refusal(err: &agentos_bus::Error) -> agentos_bus::envelope::ErrorBody {
+    let code = match err {
+        agentos_bus::Error::TenantMismatch { .. } => "tenant_mismatch",
+        _ => "invalid_request",
+    };
+    agentos_bus::envelope::ErrorBody::new(code, err.to_string())
+}

@@ -16,7 +16,7 @@ pub use agent::AgentSpec;
 pub use event::{Event, EventData};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
 pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
-pub use tenant::{AuditRecord, Entitlements, TenantRecord};
+pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};
 pub use tool::{ToolReply, ToolRequest};
 
 use bytes::Bytes;

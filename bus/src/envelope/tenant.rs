@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::Envelope;
+use super::{AgentSpec, Envelope};
 use crate::id::Tenant;
 
 /// A tenant: whether it may use the platform, what it is entitled to, and its quota settings.
@@ -33,6 +33,46 @@ pub struct Entitlements {
     pub tools: Vec<String>,
     #[serde(default)]
     pub agents: Vec<String>,
+}
+
+/// A use the tenant's entitlements do not cover: `kind` is `model`, `tool` or `agent`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("tenant is not entitled to use {kind} {name}")]
+pub struct NotEntitled {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl Entitlements {
+    pub fn check_model(&self, model: &str) -> Result<(), NotEntitled> {
+        check("model", &self.models, model)
+    }
+
+    pub fn check_tool(&self, tool: &str) -> Result<(), NotEntitled> {
+        check("tool", &self.tools, tool)
+    }
+
+    /// The agent itself, its model and every tool it may call.
+    pub fn check_agent(&self, agent: &AgentSpec) -> Result<(), NotEntitled> {
+        check("agent", &self.agents, agent.id.as_str())?;
+        self.check_model(agent.model.as_str())?;
+        agent
+            .tools
+            .iter()
+            .try_for_each(|t| self.check_tool(t.as_str()))
+    }
+}
+
+/// An empty list allows everything; otherwise the name must be listed.
+fn check(kind: &'static str, allowed: &[String], name: &str) -> Result<(), NotEntitled> {
+    if allowed.is_empty() || allowed.iter().any(|a| a == name) {
+        Ok(())
+    } else {
+        Err(NotEntitled {
+            kind,
+            name: name.to_owned(),
+        })
+    }
 }
 
 impl Envelope for TenantRecord {

@@ -60,6 +60,43 @@ fn tool_reply_round_trips() {
     assert_eq!(ToolReply::decode(None, &r.encode()).expect("decode"), r);
 }
 
+#[test]
+fn entitlements_cover_agent_model_and_tools() {
+    let agent = AgentSpec {
+        id: AgentId::parse("helper").expect("agent"),
+        tenant: Tenant::parse("acme").expect("tenant"),
+        model: ModelName::parse("scripted").expect("model"),
+        instructions: String::new(),
+        tools: vec![
+            ToolName::parse("echo").expect("tool"),
+            ToolName::parse("http.get").expect("tool"),
+        ],
+        max_steps: 4,
+        model_config: serde_json::Value::Null,
+        metadata: Default::default(),
+        created_at: now(),
+        updated_at: now(),
+    };
+    // Empty lists allow everything.
+    assert_eq!(Entitlements::default().check_agent(&agent), Ok(()));
+    let only = |models: &[&str], tools: &[&str], agents: &[&str]| Entitlements {
+        models: models.iter().map(|s| s.to_string()).collect(),
+        tools: tools.iter().map(|s| s.to_string()).collect(),
+        agents: agents.iter().map(|s| s.to_string()).collect(),
+    };
+    let e = only(&["scripted"], &["echo", "http.get"], &["helper"]);
+    assert_eq!(e.check_agent(&agent), Ok(()));
+    let denied = only(&["scripted"], &["echo"], &[]).check_agent(&agent);
+    assert_eq!(
+        denied.expect_err("http.get is not listed").to_string(),
+        "tenant is not entitled to use tool http.get"
+    );
+    let denied = only(&["gpt-4o"], &[], &[]).check_agent(&agent);
+    assert_eq!(denied.expect_err("model").kind, "model");
+    let denied = only(&[], &[], &["other"]).check_agent(&agent);
+    assert_eq!(denied.expect_err("agent").kind, "agent");
+}
+
 proptest! {
     // Truncations and arbitrary bytes decode to a typed error, never a panic.
     #[test]

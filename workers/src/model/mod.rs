@@ -278,19 +278,20 @@ async fn decode(
 ) -> Result<(agentos_bus::id::Tenant, ModelName, ModelRequest), ErrorBody> {
     let parsed = subject::parse_model(req.subject());
     let decoded = ModelRequest::decode(req.schema(), req.payload());
-    match (parsed, decoded) {
-        (Some((tenant, model)), Ok(call)) => Ok((tenant, model, call)),
-        (_, decoded) => {
-            let err = match decoded {
-                Err(e) => e,
-                Ok(_) => agentos_bus::Error::InvalidId {
-                    kind: "model subject",
-                    value: req.subject().to_owned(),
-                    reason: "must be agentos.model.<tenant>.<model>",
-                },
-            };
+    let result = match (parsed, decoded) {
+        (Some((tenant, model)), Ok(call)) => req.tenant().map(|_| (tenant, model, call)),
+        (None, _) => Err(agentos_bus::Error::InvalidId {
+            kind: "model subject",
+            value: req.subject().to_owned(),
+            reason: "must be agentos.model.<tenant>.<model>",
+        }),
+        (_, Err(e)) => Err(e),
+    };
+    match result {
+        Ok(ok) => Ok(ok),
+        Err(err) => {
             req.dead_letter(bus, DlqKind::Model, &err).await;
-            Err(ErrorBody::new("invalid_request", err.to_string()))
+            Err(crate::refusal(&err))
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentos_bus::id::RunId;
-use agentos_bus::{Bucket, Bus, Kv, QueueOptions, ServiceSpec};
+use agentos_bus::{Bucket, Bus, Kv, QueueOptions, ServiceSpec, Tenants};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,7 @@ struct Ctx {
     bus: Bus,
     runs: Kv,
     agents: Kv,
+    tenants: Tenants,
     opts: OrchestratorOptions,
 }
 
@@ -70,11 +71,13 @@ impl Orchestrator {
     pub async fn new(bus: Bus, opts: OrchestratorOptions) -> agentos_bus::Result<Self> {
         let runs = bus.kv(Bucket::Runs).await?;
         let agents = bus.kv(Bucket::Agents).await?;
+        let tenants = bus.tenants().await?;
         Ok(Self {
             ctx: Arc::new(Ctx {
                 bus,
                 runs,
                 agents,
+                tenants,
                 opts,
             }),
         })

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use agentos_bus::envelope::{
-    AgentSpec, Envelope, ErrorBody, Event, EventData, ModelReply, ModelRequest, RunRecord,
-    RunRequest, RunStatus, SubmitMessage, ToolCallSpec, ToolDef, ToolReply, ToolRequest, now,
+    AgentSpec, AuditRecord, Envelope, ErrorBody, Event, EventData, ModelReply, ModelRequest,
+    RunRecord, RunRequest, RunStatus, SubmitMessage, ToolCallSpec, ToolDef, ToolReply, ToolRequest,
+    now,
 };
 use agentos_bus::id::{CallId, ToolName};
 use agentos_bus::subject::{self, DlqKind};
@@ -150,6 +151,7 @@ async fn drive(
         fresh_call: None,
         meta: CallMeta {
             request_id: delivery.request_id().map(str::to_owned),
+            principal: delivery.principal().map(str::to_owned),
             ..CallMeta::new(req.tenant.clone())
         },
     };
@@ -263,6 +265,9 @@ impl Driver<'_> {
 
     /// Performs the next action; `Ok(true)` once the run has ended.
     async fn advance(&mut self) -> Result<bool, Stop> {
+        if self.journal.is_empty() {
+            self.audit_direct_submission().await?;
+        }
         let agent = match self.agent().await? {
             Ok(agent) => agent,
             Err(error) => {
@@ -272,6 +277,13 @@ impl Driver<'_> {
             }
         };
         let next = plan::next(&self.journal, agent.max_steps);
+        if matches!(next, Next::Create | Next::Start)
+            && let Err(error) = self.admit(&agent).await?
+        {
+            self.ensure_created().await?;
+            self.finish(EventData::RunFailed { error }).await?;
+            return Ok(true);
+        }
         if self.cancel.is_cancelled() && !matches!(next, Next::Finished | Next::Create) {
             self.finish(EventData::RunCancelled {
                 reason: "cancelled by request".into(),
@@ -373,6 +385,66 @@ impl Driver<'_> {
                 format!("no agent {}", self.req.agent_id),
             )),
         })
+    }
+
+    /// Whether the tenant may start the run now: it is enabled, and entitled to the agent, its
+    /// model and its tools. Checked here, not only at the edge, because direct NATS publishers
+    /// never pass the edge; checked once, before the run starts.
+    async fn admit(&self, agent: &AgentSpec) -> Result<Result<(), ErrorBody>, Stop> {
+        let refusal = self.refusal(agent).await?;
+        if refusal.is_none() {
+            return Ok(Ok(()));
+        }
+        // Failing a run cannot be undone, so a refusal is confirmed against a fresh read (the
+        // tenant may have just been enabled or entitled).
+        self.ctx.tenants.forget(&self.req.tenant);
+        Ok(self.refusal(agent).await?.map_or(Ok(()), Err))
+    }
+
+    async fn refusal(&self, agent: &AgentSpec) -> Result<Option<ErrorBody>, Stop> {
+        let Some(tenant) = self.ctx.tenants.get(&self.req.tenant).await? else {
+            return Ok(None);
+        };
+        if !tenant.enabled {
+            return Ok(Some(ErrorBody::new(
+                "tenant_disabled",
+                format!("tenant {} is disabled", tenant.id),
+            )));
+        }
+        Ok(tenant
+            .entitlements
+            .check_agent(agent)
+            .err()
+            .map(|e| ErrorBody::new("not_entitled", e.to_string())))
+    }
+
+    /// A run without a record was published straight onto the bus (the edge writes the record
+    /// first): the edge did not audit it, so the orchestrator does. The record read here is
+    /// kept for the `run.started` projection, so this costs no extra round trip.
+    async fn audit_direct_submission(&mut self) -> Result<(), Stop> {
+        if self.record.is_none() {
+            self.record = self
+                .ctx
+                .runs
+                .get_as::<RunRecord>(&self.record_key())
+                .await?;
+        }
+        if self.record.is_some() {
+            return Ok(());
+        }
+        let actor = self.meta.principal.clone();
+        let record = AuditRecord {
+            ts: now(),
+            tenant: self.req.tenant.clone(),
+            actor: actor.unwrap_or_else(|| format!("nats:{}", self.req.tenant)),
+            actor_tenant: self.req.tenant.clone(),
+            action: "run.create".into(),
+            target: self.req.run_id.to_string(),
+            request_id: self.meta.request_id.clone(),
+            details: serde_json::json!({"agent_id": self.req.agent_id, "via": "nats"}),
+        };
+        self.ctx.bus.audit(&record).await?;
+        Ok(())
     }
 
     async fn ensure_created(&mut self) -> Result<(), Stop> {

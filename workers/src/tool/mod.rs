@@ -122,7 +122,9 @@ impl ToolWorker {
     async fn decode(&self, req: &Incoming) -> Result<(Tenant, ToolRequest), ErrorBody> {
         let parsed = subject::parse_tool(req.subject());
         let result = match (&parsed, ToolRequest::decode(req.schema(), req.payload())) {
-            (Some((tenant, tool)), Ok(call)) if &call.tool == tool => Ok((tenant.clone(), call)),
+            (Some((tenant, tool)), Ok(call)) if &call.tool == tool => {
+                req.tenant().map(|_| (tenant.clone(), call))
+            }
             (Some((_, tool)), Ok(call)) => Err(BusError::Decode {
                 what: "tool request",
                 reason: format!("body names tool {} but the subject names {tool}", call.tool),
@@ -138,7 +140,7 @@ impl ToolWorker {
             Ok(ok) => Ok(ok),
             Err(err) => {
                 req.dead_letter(&self.bus, DlqKind::Tool, &err).await;
-                Err(ErrorBody::new("invalid_request", err.to_string()))
+                Err(crate::refusal(&err))
             }
         }
     }
