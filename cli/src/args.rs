@@ -67,6 +67,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+    /// Tenants' own NATS credentials on the local platform.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -262,6 +267,26 @@ pub struct NukeArgs {
     /// environment: deleting from a remote NATS must be asked for explicitly).
     #[arg(long = "nats-url")]
     pub nats_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Print what a tenant needs to connect to NATS directly (URL, user, password, subjects);
+    /// creates its NATS account on first use and reloads nats-server.
+    Credentials(TenantArgs),
+    /// Remove a tenant's NATS account; its connections are closed.
+    Revoke(TenantArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    /// The tenant id.
+    pub tenant: String,
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

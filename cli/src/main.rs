@@ -4,12 +4,14 @@
 // Printing to stdout is the interface of a CLI; libraries log through `tracing` instead.
 #![allow(clippy::print_stdout)]
 
+mod accounts;
 mod args;
 mod client;
 mod config;
 mod ops;
 mod run;
 mod state;
+mod tenant;
 mod up;
 
 use clap::{CommandFactory, FromArgMatches};

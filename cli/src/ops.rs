@@ -96,8 +96,7 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
         }
         return Ok(false);
     };
-    let bus =
-        Bus::connect(&ConnectOptions::new(s.nats_url.clone()).with_name("agentos-status")).await?;
+    let bus = Bus::connect(&s.connect_options("agentos-status")?).await?;
     let mut streams = Vec::new();
     for item in bus
         .check(&Settings::default())
@@ -191,7 +190,10 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
     let url = running
         .as_ref()
         .map_or_else(|| a.nats.url.clone(), |s| s.nats_url.clone());
-    let mut opts = a.nats.connect_options("agentos-validate");
+    let mut opts = running
+        .as_ref()
+        .and_then(|s| s.connect_options("agentos-validate").ok())
+        .unwrap_or_else(|| a.nats.connect_options("agentos-validate"));
     opts.url = url.clone();
     opts.request_timeout = Some(Duration::from_secs(3));
     for (what, file) in [

@@ -55,6 +55,11 @@ impl State {
         std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
     }
 
+    /// How operator commands connect to this platform's NATS: as the platform user.
+    pub fn connect_options(&self, name: &str) -> Result<agentos_bus::ConnectOptions> {
+        Ok(crate::accounts::NatsAuth::load_or_create(&self.home)?.platform(&self.nats_url, name))
+    }
+
     pub fn token(&self) -> Result<String> {
         Ok(std::fs::read_to_string(&self.token_file)
             .with_context(|| format!("reading {}", self.token_file.display()))?

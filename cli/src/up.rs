@@ -8,10 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentos_bus::server::{self, NatsServer};
-use agentos_bus::{Bus, ConnectOptions, Settings};
+use agentos_bus::{Bus, Settings};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
+use crate::accounts::{self, NatsAuth};
 use crate::args::UpArgs;
 use crate::state::{self, ComponentPid, State};
 
@@ -60,6 +61,7 @@ struct Launcher {
     exe: PathBuf,
     home: PathBuf,
     nats_url: String,
+    nats_env: [(&'static str, String); 2],
     secret: String,
     config: Option<PathBuf>,
 }
@@ -73,6 +75,7 @@ impl Launcher {
         Command::new(&self.exe)
             .args(args)
             .env("AGENTOS_NATS_URL", &self.nats_url)
+            .envs(self.nats_env.iter().map(|(k, v)| (k, v)))
             .env("AGENTOS_JWT_SECRET", &self.secret)
             .env("AGENTOS_LOG_FORMAT", "json")
             .envs(self.config.iter().map(|c| ("AGENTOS_CONFIG", c)))
@@ -172,11 +175,19 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         );
     }
     let nats_log = home.join("logs").join("nats.log");
+    // One NATS account for the platform, one per tenant (`agentos tenant credentials`).
+    let auth = NatsAuth::load_or_create(home)?;
+    auth.save(home)?;
     let nats = NatsServer::spawn(
         &binary,
         &home.join("nats"),
         Some(a.nats_port),
-        &["-l".into(), nats_log.display().to_string()],
+        &[
+            "-l".into(),
+            nats_log.display().to_string(),
+            "-c".into(),
+            accounts::config_path(home).display().to_string(),
+        ],
     )
     .await
     .map_err(|e| anyhow!("{e}\n  hint: see {}", nats_log.display()))?;
@@ -185,7 +196,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
 
     interrupted(&shutdown)?;
     phase(3, "streams and KV buckets");
-    let bus = Bus::connect(&ConnectOptions::new(nats.url()).with_name("agentos-up")).await?;
+    let bus = Bus::connect(&auth.platform(nats.url(), "agentos-up")).await?;
     let report = bus.provision(&Settings::default()).await?;
     for item in report.drifted() {
         println!(
@@ -207,6 +218,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         exe: std::env::current_exe()?,
         home: home.to_owned(),
         nats_url: nats.url().to_owned(),
+        nats_env: auth.platform_env(),
         secret: secret(home)?,
         config,
     };

@@ -32,7 +32,8 @@ pub fn agentos_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn free_port() -> Result<u16> {
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

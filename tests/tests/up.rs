@@ -6,10 +6,7 @@ use std::process::Command;
 use agentos_e2e::agentos_bin;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    agentos_e2e::free_port().expect("free port")
 }
 
 #[test]

@@ -1,0 +1,124 @@
+//! `agentos tenant credentials|revoke`: a tenant's own NATS account on the local platform.
+//! Adding or removing one rewrites the accounts file and reloads nats-server (SIGHUP) without
+//! dropping anyone else's connection.
+
+use std::time::Duration;
+
+use agentos_bus::id::Tenant;
+use agentos_bus::{Bus, ConnectOptions};
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::accounts::{NatsAuth, tenant_credentials};
+use crate::args::{TenantArgs, TenantCommand};
+use crate::state::State;
+
+pub async fn tenant(cmd: TenantCommand) -> Result<()> {
+    match cmd {
+        TenantCommand::Credentials(a) => credentials(&a).await,
+        TenantCommand::Revoke(a) => revoke(&a).await,
+    }
+}
+
+fn running(a: &TenantArgs) -> Result<(Tenant, State)> {
+    let tenant = Tenant::parse(a.tenant.clone()).map_err(|e| anyhow!("{e}"))?;
+    let state = State::load(&a.home.home)?.ok_or_else(|| {
+        anyhow!(
+            "no platform is running from {}\n  hint: start it with `agentos up`; for your own NATS cluster see docs/operations.md (Tenants on NATS)",
+            a.home.home.display()
+        )
+    })?;
+    Ok((tenant, state))
+}
+
+async fn credentials(a: &TenantArgs) -> Result<()> {
+    let (tenant, state) = running(a)?;
+    let mut auth = NatsAuth::load_or_create(&state.home)?;
+    let (password, new) = auth.tenant(&tenant);
+    if new {
+        auth.save(&state.home)?;
+    }
+    // Also when not new: a reload that failed earlier is completed now.
+    let opts = ConnectOptions {
+        user: Some(tenant.to_string()),
+        password: Some(password.clone()),
+        request_timeout: Some(Duration::from_secs(2)),
+        ..ConnectOptions::new(&state.nats_url).with_name("agentos-tenant-probe")
+    };
+    wait_until_wired(&state, &tenant, &opts).await?;
+    let creds = tenant_credentials(&state.nats_url, &tenant, &password);
+    if a.json {
+        println!("{creds}");
+        return Ok(());
+    }
+    let s = &creds["subjects"];
+    println!("tenant {tenant} connects to NATS with:");
+    println!("  url       {}", state.nats_url);
+    println!("  user      {tenant}");
+    println!("  password  {password}");
+    println!("and may, for itself only:");
+    println!(
+        "  submit runs     JetStream publish  {}",
+        s["submit"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  follow events   subscribe          {}",
+        s["events"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  read a run      request            {}",
+        s["run_record"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  its last event  request            {}",
+        s["last_event"].as_str().unwrap_or_default()
+    );
+    println!("Anything of another tenant is refused (no responders / permissions violation).");
+    Ok(())
+}
+
+/// Reloads nats-server until the tenant's account answers. nats-server 2.15 wires a *new*
+/// account's service imports only on the reload after the one that created it, so one SIGHUP
+/// is not enough; the probe (a direct get of a missing run record) says when it is.
+async fn wait_until_wired(state: &State, tenant: &Tenant, opts: &ConnectOptions) -> Result<()> {
+    for _ in 0..20 {
+        if let Ok(bus) = Bus::connect(opts).await
+            && bus.can_read_run_records(tenant).await.unwrap_or(false)
+        {
+            return Ok(());
+        }
+        reload(state)?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!(
+        "nats-server did not take up tenant {tenant}'s account\n  hint: see {}",
+        state.home.join("logs").join("nats.log").display()
+    )
+}
+
+fn reload(state: &State) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &state.nats_pid.to_string()])
+        .status()
+        .context("signalling nats-server")?;
+    if !status.success() {
+        bail!("could not signal nats-server (pid {})", state.nats_pid);
+    }
+    Ok(())
+}
+
+async fn revoke(a: &TenantArgs) -> Result<()> {
+    let (tenant, state) = running(a)?;
+    let mut auth = NatsAuth::load_or_create(&state.home)?;
+    if auth.tenants.remove(&tenant).is_none() {
+        println!("tenant {tenant} has no NATS account; nothing to revoke");
+        return Ok(());
+    }
+    auth.save(&state.home)?;
+    reload(&state)?;
+    if a.json {
+        println!("{}", serde_json::json!({"tenant": tenant, "revoked": true}));
+    } else {
+        println!("revoked tenant {tenant}'s NATS account; its connections are closed");
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Tenants on NATS: `agentos up` runs nats-server with one account for the platform and one per
+//! tenant. With the credentials `agentos tenant credentials` prints, a tenant's own nats-py
+//! client submits a run and reads its events and record — and is refused, at once and clearly,
+//! for another tenant. Revoking the account closes the door; the platform keeps working.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use agentos_bus::{Bus, ConnectOptions};
+use agentos_e2e::agentos_bin;
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    agentos_e2e::free_port().expect("free port")
+}
+
+fn agentos(home: &Path, args: &[&str]) -> Output {
+    let out = Command::new(agentos_bin().expect("binary"))
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .env_remove("AGENTOS_NATS_URL")
+        .output()
+        .expect("run agentos");
+    assert!(
+        out.status.success(),
+        "agentos {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Stops the detached platform however the test ends.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(agentos_bin().expect("binary"))
+            .args(["down", "--home"])
+            .arg(self.0)
+            .output();
+    }
+}
+
+fn credentials(home: &Path, tenant: &str) -> Value {
+    let out = agentos(home, &["tenant", "credentials", tenant, "--json"]);
+    serde_json::from_slice(&out.stdout).expect("credentials json")
+}
+
+#[tokio::test]
+async fn a_tenants_nats_credentials_reach_its_own_runs_only() {
+    let dir = tempfile::tempdir().expect("temp");
+    let home = dir.path().join("home");
+    let edge = format!("127.0.0.1:{}", free_port());
+    agentos(
+        &home,
+        &[
+            "up",
+            "--detach",
+            "--nats-port",
+            &free_port().to_string(),
+            "--listen",
+            &edge,
+        ],
+    );
+    let _down = Down(&home);
+
+    // Tenant t1 defines an agent through the edge.
+    let secret = std::fs::read_to_string(home.join("jwt-secret")).expect("secret");
+    let mint = Command::new(agentos_bin().expect("binary"))
+        .args(["token", "mint", "--tenant", "t1", "--secret", secret.trim()])
+        .output()
+        .expect("mint");
+    let token = String::from_utf8(mint.stdout).expect("utf8");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{edge}/v1/agents"))
+        .bearer_auth(token.trim())
+        .json(&json!({"id": "helper", "model": "scripted"}))
+        .send()
+        .await
+        .expect("create agent");
+    assert_eq!(r.status(), 201);
+
+    let t1 = credentials(&home, "t1");
+    let t2 = credentials(&home, "t2");
+    assert_eq!(t1["user"], "t1");
+    assert_eq!(
+        credentials(&home, "t1")["password"],
+        t1["password"],
+        "asking again returns the same credentials"
+    );
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/tenant_nats.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(t1.to_string())
+        .arg(t2.to_string())
+        .arg("helper")
+        .output()
+        .expect("python3 (see tests/requirements.txt for nats-py)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("summary json");
+    assert_eq!(summary["submit_stream"], "AGENTOS_RUNS", "{summary}");
+    assert_eq!(
+        (summary["status"].as_str(), summary["output"].as_str()),
+        (Some("completed"), Some("hello from nats-py")),
+        "{summary}"
+    );
+    assert_eq!(summary["event_subjects_mine"], true, "{summary}");
+    assert_eq!(summary["last_event"], "run.completed", "{summary}");
+    assert!(
+        summary["live_events"]
+            .as_array()
+            .is_some_and(|e| e.last() == Some(&json!("run.completed"))),
+        "{summary}"
+    );
+    let refusals = &summary["refusals"];
+    assert_eq!(refusals["submit"], "NoStreamResponseError", "{summary}");
+    assert_eq!(refusals["read_record"], "NoRespondersError", "{summary}");
+    assert!(
+        refusals["subscribe_events"]
+            .as_str()
+            .is_some_and(|e| e.contains("permissions violation")),
+        "{summary}"
+    );
+
+    // The run t1 submitted on the bus is audited as a direct submission.
+    let admin = Command::new(agentos_bin().expect("binary"))
+        .args(["token", "mint", "--tenant", "ops", "--roles", "admin"])
+        .args(["--secret", secret.trim()])
+        .output()
+        .expect("mint");
+    let admin = String::from_utf8(admin.stdout).expect("utf8");
+    let audit: Value = http
+        .get(format!(
+            "http://{edge}/v1/admin/audit?tenant=t1&action=run.create"
+        ))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(audit["data"][0]["record"]["actor"], "nats:t1", "{audit}");
+
+    // Revoked: the account is gone, the platform still serves t2 and the edge.
+    agentos(&home, &["tenant", "revoke", "t1"]);
+    let connect = |c: &Value| ConnectOptions {
+        user: c["user"].as_str().map(str::to_owned),
+        password: c["password"].as_str().map(str::to_owned),
+        ..ConnectOptions::new(c["url"].as_str().expect("url"))
+    };
+    assert!(Bus::connect(&connect(&t1)).await.is_err(), "t1 is revoked");
+    let bus = Bus::connect(&connect(&t2))
+        .await
+        .expect("t2 still connects");
+    assert!(
+        bus.can_read_run_records(&"t2".parse().expect("tenant"))
+            .await
+            .expect("probe")
+    );
+    let run: Value = http
+        .post(format!("http://{edge}/v1/runs"))
+        .bearer_auth(token.trim())
+        .json(&json!({"agent_id": "helper", "input": "still served"}))
+        .send()
+        .await
+        .expect("run through the edge")
+        .json()
+        .await
+        .expect("json");
+    let id = run["id"].as_str().expect("run id");
+    let done: Value = http
+        .get(format!("http://{edge}/v1/runs/{id}/wait?timeout_s=30"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .expect("wait")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(done["status"], "completed", "{done}");
+}
