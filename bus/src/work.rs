@@ -34,12 +34,11 @@ impl Default for QueueOptions {
     }
 }
 
-/// Who is behind a submission, carried in headers.
+/// Context carried in a submission's headers. Who created the run is not among them: a direct
+/// publisher could claim anyone, so it lives in the run record, which only the platform writes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SubmitMeta<'a> {
     pub request_id: Option<&'a str>,
-    /// The authenticated caller (`sub`).
-    pub principal: Option<&'a str>,
 }
 
 /// One delivery from the run queue. Ack only after the work is done.
@@ -71,11 +70,6 @@ impl Delivery {
     /// How many times this message has been delivered (1 on first delivery).
     pub fn delivered(&self) -> i64 {
         self.msg.info().map(|i| i.delivered).unwrap_or(1)
-    }
-
-    /// Who submitted it (the edge's `AgentOS-Principal`); absent for direct publishers.
-    pub fn principal(&self) -> Option<&str> {
-        self.header(headers::PRINCIPAL)
     }
 
     /// Decodes the submission and checks that the tenant it claims, in its body and in its
@@ -143,9 +137,6 @@ impl Bus {
         h.insert(headers::MSG_ID, msg_id.as_str());
         if let Some(rid) = meta.request_id {
             h.insert(headers::REQUEST_ID, rid);
-        }
-        if let Some(p) = meta.principal {
-            h.insert(headers::PRINCIPAL, p);
         }
         let payload = msg.encode();
         let mut attempt = 0;

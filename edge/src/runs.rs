@@ -62,6 +62,9 @@ pub struct RunView {
     pub thread_id: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    /// Who created the run: the token's `sub`, or `nats:<tenant>` for a run published
+    /// straight onto the bus.
+    pub created_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub created_at: OffsetDateTime,
@@ -87,6 +90,7 @@ impl From<RunRecord> for RunView {
             steps: r.steps,
             thread_id: r.thread_id,
             metadata: r.metadata,
+            created_by: r.created_by,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -208,6 +212,7 @@ pub async fn create(
     };
     let mut record = RunRecord::queued(&req);
     record.request_hash = idempotency_key.as_ref().map(|_| body_hash(&body));
+    record.created_by = Some(auth.subject.clone());
     let (status, record) = match state
         .runs
         .create_as(&run_key(&auth, &run_id), &record)
@@ -234,7 +239,6 @@ pub async fn create(
             &SubmitMessage::Run(Box::new(req)),
             &SubmitMeta {
                 request_id: request_id.as_deref(),
-                principal: Some(&auth.subject),
             },
         )
         .await?;

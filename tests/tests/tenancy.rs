@@ -151,6 +151,7 @@ async fn entitlements_are_enforced_by_the_edge_and_again_by_the_orchestrator() {
     let run = p.start_run("ok", "fine").await.expect("run");
     let done = p.wait_terminal(&run, LONG).await.expect("terminal");
     assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["created_by"], "developer", "the token's sub");
 
     // Straight onto the bus, past the edge: the orchestrator refuses it, and audits it.
     let direct = submit_direct(&p, "web").await;
@@ -160,6 +161,7 @@ async fn entitlements_are_enforced_by_the_edge_and_again_by_the_orchestrator() {
         rec.error.as_ref().map(|e| e.code.as_str()),
         Some("not_entitled")
     );
+    assert_eq!(rec.created_by.as_deref(), Some("nats:acme"));
     let journal = p
         .bus
         .read_journal(&tenant("acme"), &direct)

@@ -120,6 +120,10 @@ pub struct RunRecord {
     pub thread_id: Option<String>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Who created the run: the caller's `sub` for runs created through the edge,
+    /// `nats:<tenant>` for runs published straight onto the bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     /// Hash of the submitted body when an `Idempotency-Key` was used, to spot a reused key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
@@ -155,6 +159,7 @@ impl RunRecord {
             steps: 0,
             thread_id: req.thread_id.clone(),
             metadata: req.metadata.clone(),
+            created_by: None,
             request_hash: None,
             last_seq: 0,
             created_at: req.submitted_at,

@@ -242,6 +242,7 @@ async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: 
             Some(route) => {
                 let ctx = CallContext {
                     tenant: &tenant,
+                    principal: req.principal(),
                     model: &model,
                     route,
                 };

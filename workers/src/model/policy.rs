@@ -12,6 +12,8 @@ use super::Route;
 /// What a hook knows about a call.
 pub struct CallContext<'a> {
     pub tenant: &'a Tenant,
+    /// Who the call is for, as the platform component that made it says (`AgentOS-Principal`).
+    pub principal: Option<&'a str>,
     pub model: &'a ModelName,
     pub route: &'a Route,
 }
@@ -72,12 +74,12 @@ impl Hook for UsageLog {
         Box::pin(async move {
             match reply {
                 ModelReply::Final { usage, .. } => tracing::info!(
-                    tenant = %ctx.tenant, model = %ctx.model,
+                    tenant = %ctx.tenant, principal = ctx.principal, model = %ctx.model,
                     prompt_tokens = usage.prompt_tokens, completion_tokens = usage.completion_tokens,
                     "model call"
                 ),
                 ModelReply::Error { error } => {
-                    tracing::info!(tenant = %ctx.tenant, model = %ctx.model, code = %error.code, "model call failed")
+                    tracing::info!(tenant = %ctx.tenant, principal = ctx.principal, model = %ctx.model, code = %error.code, "model call failed")
                 }
                 _ => {}
             }

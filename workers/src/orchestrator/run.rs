@@ -151,7 +151,6 @@ async fn drive(
         fresh_call: None,
         meta: CallMeta {
             request_id: delivery.request_id().map(str::to_owned),
-            principal: delivery.principal().map(str::to_owned),
             ..CallMeta::new(req.tenant.clone())
         },
     };
@@ -233,11 +232,12 @@ impl Driver<'_> {
         self.fresh_call = None;
         self.record = None;
         self.journal = stored.into_iter().map(|s| s.event).collect();
-        // A cancel that arrived while no orchestrator held the run is in the record.
-        if let Ok(Some(rec)) = self.ctx.runs.get_as::<RunRecord>(&self.record_key()).await
-            && rec.value.status == RunStatus::Cancelling
-        {
-            self.cancel.cancel();
+        if let Ok(Some(rec)) = self.ctx.runs.get_as::<RunRecord>(&self.record_key()).await {
+            self.meta.principal = Some(self.creator(Some(&rec.value)));
+            // A cancel that arrived while no orchestrator held the run is in the record.
+            if rec.value.status == RunStatus::Cancelling {
+                self.cancel.cancel();
+            }
         }
         Ok(())
     }
@@ -418,6 +418,14 @@ impl Driver<'_> {
             .map(|e| ErrorBody::new("not_entitled", e.to_string())))
     }
 
+    /// Who created the run, as the record says; a run without a record was published straight
+    /// onto the bus by the tenant's own NATS user.
+    fn creator(&self, record: Option<&RunRecord>) -> String {
+        record
+            .and_then(|r| r.created_by.clone())
+            .unwrap_or_else(|| format!("nats:{}", self.req.tenant))
+    }
+
     /// A run without a record was published straight onto the bus (the edge writes the record
     /// first): the edge did not audit it, so the orchestrator does. The record read here is
     /// kept for the `run.started` projection, so this costs no extra round trip.
@@ -429,14 +437,15 @@ impl Driver<'_> {
                 .get_as::<RunRecord>(&self.record_key())
                 .await?;
         }
-        if self.record.is_some() {
+        let record = self.record.as_ref().map(|r| &r.value);
+        self.meta.principal = Some(self.creator(record));
+        if record.is_some() {
             return Ok(());
         }
-        let actor = self.meta.principal.clone();
         let record = AuditRecord {
             ts: now(),
             tenant: self.req.tenant.clone(),
-            actor: actor.unwrap_or_else(|| format!("nats:{}", self.req.tenant)),
+            actor: self.creator(None),
             actor_tenant: self.req.tenant.clone(),
             action: "run.create".into(),
             target: self.req.run_id.to_string(),
@@ -507,7 +516,13 @@ impl Driver<'_> {
             };
             let (mut rec, revision) = match current {
                 Some(c) => (c.value, Some(c.revision)),
-                None => (RunRecord::queued(self.req), None),
+                None => (
+                    RunRecord {
+                        created_by: Some(self.creator(None)),
+                        ..RunRecord::queued(self.req)
+                    },
+                    None,
+                ),
             };
             change(&mut rec);
             rec.updated_at = now();
