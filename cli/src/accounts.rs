@@ -205,4 +205,22 @@ mod tests {
         assert!(conf.contains(&format!(r#"user: "acme", password: "{pw}""#)));
         assert_eq!(conf.matches("account_token_position").count(), 4);
     }
+
+    #[test]
+    fn the_documented_example_is_what_render_writes() {
+        let example = include_str!("../../nats/tenants.conf.example");
+        let auth = NatsAuth {
+            platform_password: "CHANGE-ME-platform".into(),
+            tenants: ["acme", "globex"]
+                .into_iter()
+                .map(|t| (t.parse().expect("tenant"), format!("CHANGE-ME-{t}")))
+                .collect(),
+        };
+        let rendered = auth.render();
+        let body = rendered.split_once('\n').map_or("", |(_, rest)| rest);
+        assert!(
+            example.ends_with(body),
+            "nats/tenants.conf.example is stale; it should end with:\n{body}"
+        );
+    }
 }

@@ -67,6 +67,9 @@ pub enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+    /// Shell exports (`AGENTOS_NATS_URL`, `_USER`, `_PASSWORD`, `AGENTOS_EDGE_URL`) for running
+    /// more workers by hand against the local platform: `eval "$(agentos env)"`.
+    Env(HomeArgs),
     /// Tenants' own NATS credentials on the local platform.
     Tenant {
         #[command(subcommand)]

@@ -209,6 +209,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 1
             });
         }
+        Command::Env(a) => crate::tenant::env(&a)?,
         Command::Tenant { command } => crate::tenant::tenant(command).await?,
         Command::Token {
             command:

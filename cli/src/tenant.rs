@@ -1,4 +1,5 @@
-//! `agentos tenant credentials|revoke`: a tenant's own NATS account on the local platform.
+//! `agentos tenant credentials|revoke`: a tenant's own NATS account on the local platform; and
+//! `agentos env`: the platform's own account, for workers started by hand.
 //! Adding or removing one rewrites the accounts file and reloads nats-server (SIGHUP) without
 //! dropping anyone else's connection.
 
@@ -9,7 +10,7 @@ use agentos_bus::{Bus, ConnectOptions};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::accounts::{NatsAuth, tenant_credentials};
-use crate::args::{TenantArgs, TenantCommand};
+use crate::args::{HomeArgs, TenantArgs, TenantCommand};
 use crate::state::State;
 
 pub async fn tenant(cmd: TenantCommand) -> Result<()> {
@@ -19,19 +20,34 @@ pub async fn tenant(cmd: TenantCommand) -> Result<()> {
     }
 }
 
-fn running(a: &TenantArgs) -> Result<(Tenant, State)> {
-    let tenant = Tenant::parse(a.tenant.clone()).map_err(|e| anyhow!("{e}"))?;
-    let state = State::load(&a.home.home)?.ok_or_else(|| {
+fn running(home: &HomeArgs) -> Result<State> {
+    State::load(&home.home)?.ok_or_else(|| {
         anyhow!(
             "no platform is running from {}\n  hint: start it with `agentos up`; for your own NATS cluster see docs/operations.md (Tenants on NATS)",
-            a.home.home.display()
+            home.home.display()
         )
-    })?;
-    Ok((tenant, state))
+    })
+}
+
+fn tenant_of(a: &TenantArgs) -> Result<(Tenant, State)> {
+    let tenant = Tenant::parse(a.tenant.clone()).map_err(|e| anyhow!("{e}"))?;
+    Ok((tenant, running(&a.home)?))
+}
+
+/// Prints `export …` lines for the platform's NATS user and the edge.
+pub fn env(home: &HomeArgs) -> Result<()> {
+    let state = running(home)?;
+    let auth = NatsAuth::load_or_create(&state.home)?;
+    println!("export AGENTOS_NATS_URL={}", state.nats_url);
+    for (k, v) in auth.platform_env() {
+        println!("export {k}={v}");
+    }
+    println!("export AGENTOS_EDGE_URL={}", state.edge_url);
+    Ok(())
 }
 
 async fn credentials(a: &TenantArgs) -> Result<()> {
-    let (tenant, state) = running(a)?;
+    let (tenant, state) = tenant_of(a)?;
     let mut auth = NatsAuth::load_or_create(&state.home)?;
     let (password, new) = auth.tenant(&tenant);
     if new {
@@ -107,7 +123,7 @@ fn reload(state: &State) -> Result<()> {
 }
 
 async fn revoke(a: &TenantArgs) -> Result<()> {
-    let (tenant, state) = running(a)?;
+    let (tenant, state) = tenant_of(a)?;
     let mut auth = NatsAuth::load_or_create(&state.home)?;
     if auth.tenants.remove(&tenant).is_none() {
         println!("tenant {tenant} has no NATS account; nothing to revoke");

@@ -29,7 +29,12 @@ def upper(arguments):
 
 
 async def main():
-    nc = await nats.connect(os.environ.get("AGENTOS_NATS_URL", "nats://127.0.0.1:4222"))
+    # A local `agentos up` requires the platform's NATS user: `eval "$(agentos env)"` sets these.
+    nc = await nats.connect(
+        os.environ.get("AGENTOS_NATS_URL", "nats://127.0.0.1:4222"),
+        user=os.environ.get("AGENTOS_NATS_USER"),
+        password=os.environ.get("AGENTOS_NATS_PASSWORD"),
+    )
     recorded = {}
 
     async def handle(msg):

@@ -151,6 +151,22 @@ async fn a_tenants_nats_credentials_reach_its_own_runs_only() {
         .expect("json");
     assert_eq!(audit["data"][0]["record"]["actor"], "nats:t1", "{audit}");
 
+    // `agentos env`: the platform's own user, for workers started by hand.
+    let env = String::from_utf8(agentos(&home, &["env"]).stdout).expect("utf8");
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .map(str::to_owned)
+    };
+    let platform = Bus::connect(&ConnectOptions {
+        user: var("AGENTOS_NATS_USER"),
+        password: var("AGENTOS_NATS_PASSWORD"),
+        ..ConnectOptions::new(var("AGENTOS_NATS_URL").expect("url"))
+    })
+    .await
+    .expect("platform user connects");
+    platform.jetstream_ok().await.expect("with JetStream");
+
     // Revoked: the account is gone, the platform still serves t2 and the edge.
     agentos(&home, &["tenant", "revoke", "t1"]);
     let connect = |c: &Value| ConnectOptions {
