@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::auth::ROLE_TENANT_ADMIN;
 use crate::error::{ApiError, ApiResult, REQUEST_ID};
 use crate::extract::ApiJson;
 use crate::{AppState, AuthContext};
@@ -29,13 +30,27 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn require_admin(auth: &AuthContext) -> ApiResult<()> {
-    if auth.roles.iter().any(|r| r == "admin") {
+    if auth.is_admin() {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            "this route needs the admin role",
+        Err(denied("this route needs the admin role"))
+    }
+}
+
+fn denied(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message)
+}
+
+/// Which tenant's administrative data (record, audit log) the caller may read: any for a
+/// platform admin (`None`), its own for a tenant admin, none for anyone else.
+fn readable_tenant(auth: &AuthContext) -> ApiResult<Option<&Tenant>> {
+    if auth.is_admin() {
+        Ok(None)
+    } else if auth.has_role(ROLE_TENANT_ADMIN) {
+        Ok(Some(&auth.tenant))
+    } else {
+        Err(denied(
+            "this route needs the admin role (or tenant-admin, for your own tenant)",
         ))
     }
 }
@@ -195,15 +210,22 @@ pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
-/// Read a tenant (admin).
+/// Read a tenant (admin; a tenant-admin reads its own).
 #[utoipa::path(get, path = "/v1/admin/tenants/{id}", params(("id" = String, Path)), responses((status = 200, description = "the tenant")))]
 pub async fn read(
     State(state): State<AppState>,
     auth: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TenantRecord>> {
-    require_admin(&auth)?;
-    Ok(Json(load(&state, &parse_tenant(&id)?).await?.value))
+    let id = parse_tenant(&id)?;
+    // A tenant admin asking for another tenant learns nothing: 404, as for any other resource.
+    if readable_tenant(&auth)?.is_some_and(|own| *own != id) {
+        return Err(ApiError::not_found(
+            "tenant_not_found",
+            format!("no tenant {id}"),
+        ));
+    }
+    Ok(Json(load(&state, &id).await?.value))
 }
 
 async fn change(
@@ -342,16 +364,23 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
-/// The audit log, oldest first, with cursor pagination (admin).
+/// The audit log, oldest first, with cursor pagination (admin; a tenant-admin reads its own tenant's).
 #[utoipa::path(get, path = "/v1/admin/audit", params(AuditQuery), responses((status = 200, description = "a page of audit records")))]
 pub async fn audit_log(
     State(state): State<AppState>,
     auth: AuthContext,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&auth)?;
+    let own = readable_tenant(&auth)?.cloned();
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let tenant = q.tenant.as_deref().map(parse_tenant).transpose()?;
+    let tenant = match (q.tenant.as_deref().map(parse_tenant).transpose()?, own) {
+        (Some(asked), Some(own)) if asked != own => {
+            return Err(denied(
+                "tenant admins read their own tenant's audit log only",
+            ));
+        }
+        (asked, own) => own.or(asked),
+    };
     let limit = match q.limit.unwrap_or(100) {
         n @ 1..=500 => n,
         _ => {

@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// The platform administrator: every tenant, every admin route.
+pub const ROLE_ADMIN: &str = "admin";
+/// A tenant's administrator: reads its own tenant's record and audit log.
+pub const ROLE_TENANT_ADMIN: &str = "tenant-admin";
+/// A tenant's user: agents, runs and the chat API of its own tenant (every authenticated caller).
+pub const ROLE_MEMBER: &str = "member";
+
 /// Who is calling, for which tenant.
 #[derive(Clone, Debug)]
 pub struct AuthContext {
@@ -23,6 +30,16 @@ pub struct AuthContext {
     pub roles: Vec<String>,
     /// The bearer token, forwarded on the bus for federation re-verification.
     pub token: Option<String>,
+}
+
+impl AuthContext {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_role(ROLE_ADMIN)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,7 +99,7 @@ impl Auth {
                 return Ok(AuthContext {
                     subject: "dev".into(),
                     tenant: tenant.clone(),
-                    roles: vec!["admin".into()],
+                    roles: vec![ROLE_ADMIN.into()],
                     token: None,
                 });
             }
@@ -186,7 +203,7 @@ impl FromRequestParts<AppState> for AuthContext {
         };
         let ctx = state.auth.authenticate(bearer).await?;
         // Platform admins keep access to a disabled tenant (to enable it again).
-        if !ctx.roles.iter().any(|r| r == "admin") && !state.tenants.enabled(&ctx.tenant).await? {
+        if !ctx.is_admin() && !state.tenants.enabled(&ctx.tenant).await? {
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "tenant_disabled",

@@ -24,7 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{Auth, AuthContext, Claims, mint};
+pub use auth::{Auth, AuthContext, Claims, ROLE_ADMIN, ROLE_MEMBER, ROLE_TENANT_ADMIN, mint};
 pub use error::ApiError;
 pub use jwks::{Jwks, JwksSource, JwtRules};
 

@@ -261,4 +261,39 @@ async fn admins_manage_tenants_disabled_tenants_are_refused_and_everything_is_au
         .await
         .expect("json");
     assert_eq!(rest["data"].as_array().map(Vec::len), Some(0));
+
+    // A tenant admin reads its own tenant's record and audit log, and nothing else.
+    let globex_admin = agentos_e2e::mint_with_roles("globex", "tenant-admin").expect("token");
+    let get = |token: &str, path: &str| p.http.get(p.url(path)).bearer_auth(token).send();
+    for (token, path, want) in [
+        (&globex_admin, "/v1/admin/tenants/globex", 200),
+        (&globex_admin, "/v1/admin/tenants/acme", 404),
+        (&globex_admin, "/v1/admin/tenants", 403),
+        (&globex_admin, "/v1/admin/audit?tenant=acme", 403),
+        (&member, "/v1/admin/tenants/globex", 403),
+        (&member, "/v1/admin/audit", 403),
+    ] {
+        let r = get(token, path).await.expect("send");
+        assert_eq!(r.status(), want, "{path}");
+    }
+    let r = post(&globex_admin, "/v1/admin/tenants/globex/disable", json!({}))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403, "enable/disable stays with platform admins");
+    let own: serde_json::Value = get(&globex_admin, "/v1/admin/audit")
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let tenants: Vec<&str> = own["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["record"]["tenant"].as_str())
+        .collect();
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|t| *t == "globex"),
+        "{own}"
+    );
 }
