@@ -276,10 +276,30 @@ async fn admins_manage_tenants_disabled_tenants_are_refused_and_everything_is_au
         let r = get(token, path).await.expect("send");
         assert_eq!(r.status(), want, "{path}");
     }
-    let r = post(&globex_admin, "/v1/admin/tenants/globex/disable", json!({}))
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 403, "enable/disable stays with platform admins");
+    // Every route that changes a tenant is the platform admin's alone.
+    for token in [&member, &globex_admin] {
+        for (method, path) in [
+            (reqwest::Method::POST, "/v1/admin/tenants"),
+            (reqwest::Method::PATCH, "/v1/admin/tenants/globex"),
+            (reqwest::Method::DELETE, "/v1/admin/tenants/globex"),
+            (reqwest::Method::POST, "/v1/admin/tenants/globex/enable"),
+            (reqwest::Method::POST, "/v1/admin/tenants/globex/disable"),
+        ] {
+            let r = p
+                .http
+                .request(method.clone(), p.url(path))
+                .bearer_auth(token)
+                .json(&if path == "/v1/admin/tenants" {
+                    json!({"id": "globex"})
+                } else {
+                    json!({})
+                })
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 403, "{method} {path}");
+        }
+    }
     let own: serde_json::Value = get(&globex_admin, "/v1/admin/audit")
         .await
         .expect("send")
