@@ -204,6 +204,11 @@ impl NatsServer {
         self.child.id()
     }
 
+    /// How the server ended, once it has (reaped, so its pid is never signalled again).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn store_dir(&self) -> &Path {
         &self.store
     }
@@ -218,6 +223,10 @@ fn parse_ports_file(text: &str) -> Option<u16> {
 impl Drop for NatsServer {
     /// SIGTERM first, so JetStream flushes its stores; SIGKILL after 5 s.
     fn drop(&mut self) {
+        // Already gone (and reaped): its pid may belong to someone else by now.
+        if self.exited().is_some() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -178,19 +178,21 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     // One NATS account for the platform, one per tenant (`agentos tenant credentials`).
     let auth = NatsAuth::load_or_create(home)?;
     auth.save(home)?;
-    let nats = NatsServer::spawn(
-        &binary,
-        &home.join("nats"),
-        Some(a.nats_port),
-        &[
+    let nats_launcher = NatsLauncher {
+        binary: binary.clone(),
+        dir: home.join("nats"),
+        port: a.nats_port,
+        args: vec![
             "-l".into(),
             nats_log.display().to_string(),
             "-c".into(),
             accounts::config_path(home).display().to_string(),
         ],
-    )
-    .await
-    .map_err(|e| anyhow!("{e}\n  hint: see {}", nats_log.display()))?;
+    };
+    let mut nats = nats_launcher
+        .spawn()
+        .await
+        .map_err(|e| anyhow!("{e}\n  hint: see {}", nats_log.display()))?;
     let version = server::version_of(&binary).map_or("?".into(), |(x, y)| format!("v{x}.{y}"));
     println!("      {} ({version}) at {}", binary.display(), nats.url());
 
@@ -306,7 +308,16 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             "\nCtrl-C (or `agentos down`) stops everything; data stays in {}.",
             home.display()
         );
-        supervise(&launcher, &mut components, &mut state, &shutdown).await?;
+        let mut nats = Supervised::new(&mut nats);
+        supervise(
+            &launcher,
+            &nats_launcher,
+            &mut nats,
+            &mut components,
+            &mut state,
+            &shutdown,
+        )
+        .await?;
         println!("stopping…");
     }
     for c in components.iter_mut().rev() {
@@ -364,9 +375,88 @@ fn write_report(home: &Path, state: &State, run: &Value, started: Instant) -> Re
     Ok(json_file)
 }
 
-/// Restarts components that die, with exponential backoff, until shutdown.
+/// How nats-server is started, and started again after it died: the same binary, port, store
+/// and accounts, so the workers' reconnect loops find it where it was.
+struct NatsLauncher {
+    binary: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl NatsLauncher {
+    async fn spawn(&self) -> agentos_bus::Result<NatsServer> {
+        NatsServer::spawn(&self.binary, &self.dir, Some(self.port), &self.args).await
+    }
+}
+
+/// The running nats-server and its restart bookkeeping.
+struct Supervised<'a> {
+    server: &'a mut NatsServer,
+    restarts: u32,
+    restart_at: Option<Instant>,
+    started_at: Instant,
+}
+
+impl<'a> Supervised<'a> {
+    fn new(server: &'a mut NatsServer) -> Self {
+        Self {
+            server,
+            restarts: 0,
+            restart_at: None,
+            started_at: Instant::now(),
+        }
+    }
+}
+
+/// The next restart delay: 0.5 s doubling to [`MAX_BACKOFF`]; a process that ran a minute since
+/// its last start earns a fresh backoff.
+fn backoff(restarts: &mut u32, started_at: Instant) -> Duration {
+    if started_at.elapsed() > Duration::from_secs(60) {
+        *restarts = 0;
+    }
+    (Duration::from_millis(500) * 2u32.saturating_pow(*restarts)).min(MAX_BACKOFF)
+}
+
+/// Restarts nats-server when it dies (same port and store; the components reconnect on their
+/// own). Returns whether the pid changed.
+async fn supervise_nats(launcher: &NatsLauncher, nats: &mut Supervised<'_>) -> bool {
+    match nats.restart_at {
+        None => {
+            if let Some(status) = nats.server.exited() {
+                let delay = backoff(&mut nats.restarts, nats.started_at);
+                println!(
+                    "nats-server exited ({status}); restarting in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                nats.restart_at = Some(Instant::now() + delay);
+            }
+            false
+        }
+        Some(at) if Instant::now() >= at => match launcher.spawn().await {
+            Ok(server) => {
+                *nats.server = server;
+                nats.restarts += 1;
+                nats.started_at = Instant::now();
+                nats.restart_at = None;
+                println!("nats-server restarted (restart #{})", nats.restarts);
+                true
+            }
+            Err(e) => {
+                println!("nats-server could not be restarted: {e}");
+                nats.restart_at = Some(Instant::now() + MAX_BACKOFF);
+                false
+            }
+        },
+        Some(_) => false,
+    }
+}
+
+/// Restarts nats-server and components that die, with exponential backoff, until shutdown.
 async fn supervise(
     launcher: &Launcher,
+    nats_launcher: &NatsLauncher,
+    nats: &mut Supervised<'_>,
     components: &mut [Component],
     state: &mut State,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -377,16 +467,12 @@ async fn supervise(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let mut changed = false;
+        let mut changed = supervise_nats(nats_launcher, nats).await;
+        state.nats_pid = nats.server.pid();
         for c in components.iter_mut() {
             match (c.restart_at, c.child.try_wait()) {
                 (None, Ok(Some(status))) => {
-                    // A component that ran a minute since its last start earns a fresh backoff.
-                    if c.started_at.elapsed() > Duration::from_secs(60) {
-                        c.restarts = 0;
-                    }
-                    let delay = (Duration::from_millis(500) * 2u32.saturating_pow(c.restarts))
-                        .min(MAX_BACKOFF);
+                    let delay = backoff(&mut c.restarts, c.started_at);
                     println!(
                         "{} exited ({status}); restarting in {:.1}s",
                         c.name,

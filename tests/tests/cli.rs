@@ -22,6 +22,16 @@ fn agentos(home: &Path, args: &[&str]) -> Output {
         .expect("run agentos")
 }
 
+/// `agentos run create --agent smoke --input <input> --follow`.
+fn follow_run(home: &Path, input: &str) -> Output {
+    agentos(
+        home,
+        &[
+            "run", "create", "--agent", "smoke", "--input", input, "--follow",
+        ],
+    )
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -110,18 +120,7 @@ async fn up_status_follow_restart_down_up_nuke() {
     assert!(out.status.success(), "{}", text(&out));
     snapshot("validate", &String::from_utf8_lossy(&out.stdout), &home);
 
-    let out = agentos(
-        &home,
-        &[
-            "run",
-            "create",
-            "--agent",
-            "smoke",
-            "--input",
-            "what is 6*7?",
-            "--follow",
-        ],
-    );
+    let out = follow_run(&home, "what is 6*7?");
     assert!(out.status.success(), "{}", text(&out));
     snapshot("run_follow", &String::from_utf8_lossy(&out.stdout), &home);
 
@@ -152,13 +151,33 @@ async fn up_status_follow_restart_down_up_nuke() {
     )
     .await
     .expect("restarted");
-    let out = agentos(
-        &home,
-        &[
-            "run", "create", "--agent", "smoke", "--input", "again", "--follow",
-        ],
-    );
+    let out = follow_run(&home, "again");
     assert!(out.status.success(), "after restart: {}", text(&out));
+
+    // kill -9 of nats-server itself: restarted on the same port and store; the components
+    // reconnect and the platform serves runs again.
+    let nats_pid = state(&home)["nats_pid"].as_u64().expect("nats pid") as u32;
+    Command::new("kill")
+        .args(["-9", &nats_pid.to_string()])
+        .status()
+        .expect("kill");
+    eventually("nats-server restarted", Duration::from_secs(30), || async {
+        let pid = state(&home)["nats_pid"].as_u64()? as u32;
+        (pid != nats_pid && alive(pid)).then_some(())
+    })
+    .await
+    .expect("restarted");
+    let out = eventually(
+        "a run after the NATS restart",
+        Duration::from_secs(60),
+        || async {
+            let out = follow_run(&home, "after nats");
+            out.status.success().then_some(out)
+        },
+    )
+    .await
+    .expect("the platform serves runs after a NATS restart");
+    assert!(text(&out).contains("completed"), "{}", text(&out));
 
     let running = pids(&home);
     let out = agentos(&home, &["down"]);
@@ -174,8 +193,8 @@ async fn up_status_follow_restart_down_up_nuke() {
         .filter(|l| l.contains("completed"))
         .count();
     assert!(
-        listed >= 4,
-        "runs survive down/up (2 smoke + 2 ours):\n{}",
+        listed >= 5,
+        "runs survive down/up (2 smoke + 3 ours):\n{}",
         text(&out)
     );
 
