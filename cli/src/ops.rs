@@ -181,7 +181,15 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
             "no agentos.toml; defaults, environment and flags".into(),
         ),
         Some(p) => match crate::config::load(&p) {
-            Ok(_) => line(true, "config", p.display().to_string()),
+            Ok(c) => {
+                line(true, "config", p.display().to_string());
+                // Building the route table resolves API keys (variables, files) as the model
+                // worker will, so a missing one fails here and not at the worker's start.
+                match crate::config::routes(&c.model) {
+                    Ok(t) => line(true, "models", format!("{} routes", t.len())),
+                    Err(e) => line(false, "models", format!("{e:#}")),
+                }
+            }
             Err(e) => line(false, "config", format!("{e:#}")),
         },
     }

@@ -300,6 +300,28 @@ fn failures_are_one_clear_line_and_leave_nothing_running() {
             .any(|l| l.starts_with("FAIL config"))
     );
 
+    // A model route whose API key variable is not set fails validation, naming the variable.
+    std::fs::write(
+        dir.path().join("agentos.toml"),
+        "[model.routes.gpt]\nbackend = \"openai\"\nbase-url = \"http://127.0.0.1:9/v1\"\napi-key-env = \"AGENTOS_TEST_UNSET_KEY\"\n",
+    )
+    .expect("write");
+    let out = Command::new(agentos_bin().expect("binary"))
+        .current_dir(dir.path())
+        .args(["validate", "--home"])
+        .arg(&home)
+        .env_remove("AGENTOS_TEST_UNSET_KEY")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL models") && l.contains("AGENTOS_TEST_UNSET_KEY")),
+        "{stdout}"
+    );
+
     // nuke without confirmation does nothing.
     std::fs::create_dir_all(&home).expect("home");
     let out = agentos(&home, &["nuke"]);
