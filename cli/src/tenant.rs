@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use agentos_bus::envelope::{AuditRecord, now};
 use agentos_bus::id::Tenant;
 use agentos_bus::{Bus, ConnectOptions};
 use anyhow::{Context, Result, anyhow, bail};
@@ -61,6 +62,9 @@ async fn credentials(a: &TenantArgs) -> Result<()> {
         ..ConnectOptions::new(&state.nats_url).with_name("agentos-tenant-probe")
     };
     wait_until_wired(&state, &tenant, &opts).await?;
+    if new {
+        audit(&state, &auth, &tenant, "tenant.nats_credentials").await?;
+    }
     let creds = tenant_credentials(&state.nats_url, &tenant, &password);
     if a.json {
         println!("{creds}");
@@ -111,6 +115,25 @@ async fn wait_until_wired(state: &State, tenant: &Tenant, opts: &ConnectOptions)
     )
 }
 
+/// Records the change in the audit log, as the local operator (`cli:$USER`).
+async fn audit(state: &State, auth: &NatsAuth, tenant: &Tenant, action: &str) -> Result<()> {
+    let bus = Bus::connect(&auth.platform(&state.nats_url, "agentos-tenant")).await?;
+    let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let record = AuditRecord {
+        ts: now(),
+        tenant: tenant.clone(),
+        actor: format!("cli:{operator}"),
+        actor_tenant: None,
+        action: action.into(),
+        target: tenant.to_string(),
+        request_id: None,
+        details: serde_json::json!({"nats_user": tenant}),
+    };
+    bus.audit(&record).await?;
+    bus.close().await?;
+    Ok(())
+}
+
 fn reload(state: &State) -> Result<()> {
     let status = std::process::Command::new("kill")
         .args(["-HUP", &state.nats_pid.to_string()])
@@ -131,6 +154,7 @@ async fn revoke(a: &TenantArgs) -> Result<()> {
     }
     auth.save(&state.home)?;
     reload(&state)?;
+    audit(&state, &auth, &tenant, "tenant.nats_revoke").await?;
     if a.json {
         println!("{}", serde_json::json!({"tenant": tenant, "revoked": true}));
     } else {

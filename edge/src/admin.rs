@@ -73,7 +73,7 @@ pub(crate) async fn record(
         ts: now(),
         tenant: tenant.clone(),
         actor: auth.subject.clone(),
-        actor_tenant: auth.tenant.clone(),
+        actor_tenant: Some(auth.tenant.clone()),
         action: action.to_owned(),
         target: target.to_owned(),
         request_id: REQUEST_ID.try_with(Clone::clone).ok(),

@@ -175,6 +175,36 @@ async fn a_tenants_nats_credentials_reach_its_own_runs_only() {
         ..ConnectOptions::new(c["url"].as_str().expect("url"))
     };
     assert!(Bus::connect(&connect(&t1)).await.is_err(), "t1 is revoked");
+    let audit: Value = http
+        .get(format!("http://{edge}/v1/admin/audit?tenant=t1"))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let actions: Vec<(&str, &str)> = audit["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["record"]["action"].as_str()?,
+                r["record"]["actor"].as_str()?,
+            ))
+        })
+        .filter(|(action, _)| action.starts_with("tenant."))
+        .collect();
+    assert_eq!(
+        actions.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        vec!["tenant.nats_credentials", "tenant.nats_revoke"],
+        "{audit}"
+    );
+    assert!(
+        actions.iter().all(|(_, actor)| actor.starts_with("cli:")),
+        "{audit}"
+    );
     let bus = Bus::connect(&connect(&t2))
         .await
         .expect("t2 still connects");

@@ -88,8 +88,9 @@ pub struct AuditRecord {
     pub tenant: Tenant,
     /// The caller's subject (`sub`).
     pub actor: String,
-    /// The caller's tenant.
-    pub actor_tenant: Tenant,
+    /// The caller's tenant; `None` for the platform's own operators (the local CLI).
+    #[serde(default)]
+    pub actor_tenant: Option<Tenant>,
     /// e.g. `tenant.create`, `tenant.disable`, `run.create`, `run.cancel`.
     pub action: String,
     /// What was acted upon (a tenant id, a run id, …).

@@ -446,7 +446,7 @@ impl Driver<'_> {
             ts: now(),
             tenant: self.req.tenant.clone(),
             actor: self.creator(None),
-            actor_tenant: self.req.tenant.clone(),
+            actor_tenant: Some(self.req.tenant.clone()),
             action: "run.create".into(),
             target: self.req.run_id.to_string(),
             request_id: self.meta.request_id.clone(),
