@@ -43,6 +43,17 @@ impl Drop for Down<'_> {
     }
 }
 
+async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json")
+}
+
 fn credentials(home: &Path, tenant: &str) -> Value {
     let out = agentos(home, &["tenant", "credentials", tenant, "--json"]);
     serde_json::from_slice(&out.stdout).expect("credentials json")
@@ -138,17 +149,12 @@ async fn a_tenants_nats_credentials_reach_its_own_runs_only() {
         .output()
         .expect("mint");
     let admin = String::from_utf8(admin.stdout).expect("utf8");
-    let audit: Value = http
-        .get(format!(
-            "http://{edge}/v1/admin/audit?tenant=t1&action=run.create"
-        ))
-        .bearer_auth(admin.trim())
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let audit = get_json(
+        &http,
+        &format!("http://{edge}/v1/admin/audit?tenant=t1&action=run.create"),
+        admin.trim(),
+    )
+    .await;
     assert_eq!(audit["data"][0]["record"]["actor"], "nats:t1", "{audit}");
 
     // `agentos env`: the platform's own user, for workers started by hand.
@@ -175,15 +181,12 @@ async fn a_tenants_nats_credentials_reach_its_own_runs_only() {
         ..ConnectOptions::new(c["url"].as_str().expect("url"))
     };
     assert!(Bus::connect(&connect(&t1)).await.is_err(), "t1 is revoked");
-    let audit: Value = http
-        .get(format!("http://{edge}/v1/admin/audit?tenant=t1"))
-        .bearer_auth(admin.trim())
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let audit = get_json(
+        &http,
+        &format!("http://{edge}/v1/admin/audit?tenant=t1"),
+        admin.trim(),
+    )
+    .await;
     let actions: Vec<(&str, &str)> = audit["data"]
         .as_array()
         .into_iter()
