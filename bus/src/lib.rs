@@ -27,7 +27,7 @@ pub use kv::{Kv, Versioned};
 pub use provision::{Bucket, Settings};
 pub use rpc::{CallMeta, Incoming, Replies, Reply, Service, ServiceInstance, ServiceSpec};
 pub use status::{ConsumerStatus, StreamStatus};
-pub use tenants::{TENANT_CACHE_TTL, Tenants};
+pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};
 pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};
 
 /// A cheap, cloneable handle on one NATS connection and its JetStream context.

@@ -14,21 +14,59 @@ use crate::{Bucket, Bus, Kv, Result};
 /// How long a cached tenant record is trusted.
 pub const TENANT_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// Which tenants may use the platform.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// Any tenant a valid token names; a record only adds restrictions (development, and
+    /// deployments whose identity provider is the only gate).
+    #[default]
+    Implicit,
+    /// Only tenants an administrator created (`POST /v1/admin/tenants`).
+    Registered,
+}
+
+impl std::str::FromStr for Admission {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "implicit" => Ok(Self::Implicit),
+            "registered" => Ok(Self::Registered),
+            other => Err(format!(
+                "unknown tenant admission {other:?} (implicit or registered)"
+            )),
+        }
+    }
+}
+
+/// Where a tenant stands.
+#[derive(Clone, Debug)]
+pub enum Standing {
+    /// May use the platform; `None` for an implicit tenant without a record.
+    Active(Option<Arc<TenantRecord>>),
+    Disabled,
+    /// No record, and the admission is [`Admission::Registered`].
+    Unregistered,
+}
+
 type Cache = HashMap<Tenant, (Instant, Option<Arc<TenantRecord>>)>;
 
 /// Cheap to clone; clones share the cache.
 #[derive(Clone)]
 pub struct Tenants {
     kv: Kv,
+    admission: Admission,
     ttl: Duration,
     cache: Arc<Mutex<Cache>>,
 }
 
 impl Bus {
     /// The tenant directory, with the default TTL.
-    pub async fn tenants(&self) -> Result<Tenants> {
+    pub async fn tenants(&self, admission: Admission) -> Result<Tenants> {
         Ok(Tenants {
             kv: self.kv(Bucket::Tenants).await?,
+            admission,
             ttl: TENANT_CACHE_TTL,
             cache: Arc::default(),
         })
@@ -41,8 +79,7 @@ impl Tenants {
         &self.kv
     }
 
-    /// The tenant's record, `None` for a tenant without one (tenants are implicit until an
-    /// administrator creates a record: enabled, entitled to everything).
+    /// The tenant's record, `None` for a tenant without one.
     pub async fn get(&self, tenant: &Tenant) -> Result<Option<Arc<TenantRecord>>> {
         if let Some((at, rec)) = self.lock().get(tenant)
             && at.elapsed() < self.ttl
@@ -59,9 +96,14 @@ impl Tenants {
         Ok(rec)
     }
 
-    /// Whether the tenant may use the platform at all.
-    pub async fn enabled(&self, tenant: &Tenant) -> Result<bool> {
-        Ok(self.get(tenant).await?.is_none_or(|t| t.enabled))
+    /// Whether the tenant may use the platform at all, and with which record.
+    pub async fn standing(&self, tenant: &Tenant) -> Result<Standing> {
+        Ok(match self.get(tenant).await? {
+            Some(rec) if !rec.enabled => Standing::Disabled,
+            Some(rec) => Standing::Active(Some(rec)),
+            None if self.admission == Admission::Registered => Standing::Unregistered,
+            None => Standing::Active(None),
+        })
     }
 
     /// Drops the cached record (after a change made here).

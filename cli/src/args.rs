@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agentos_bus::Admission;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -150,6 +151,8 @@ pub struct EdgeArgs {
     pub nats: NatsArgs,
     #[arg(long, env = "AGENTOS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub tenants: TenantsArg,
     /// HS256 secret for bearer tokens.
     #[arg(long, env = "AGENTOS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -194,6 +197,21 @@ pub struct OrchestratorArgs {
     pub model_timeout: Duration,
     #[arg(long, env = "AGENTOS_TOOL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub tool_timeout: Duration,
+    #[command(flatten)]
+    pub tenants: TenantsArg,
+}
+
+/// Which tenants may use the platform; the edge and the orchestrators must agree.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct TenantsArg {
+    /// `implicit`: any tenant a valid token names; `registered`: only tenants an admin created.
+    #[arg(
+        long = "tenants",
+        env = "AGENTOS_TENANTS",
+        default_value = "implicit",
+        value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Admission>())
+    )]
+    pub admission: Admission,
 }
 
 #[derive(Debug, Args)]

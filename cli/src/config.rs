@@ -31,6 +31,15 @@ pub struct Config {
     pub tool: ToolConfig,
     #[serde(default)]
     pub up: UpConfig,
+    #[serde(default)]
+    pub tenants: TenantsConfig,
+}
+
+/// `[tenants]`: read by the edge and the orchestrators alike, so they cannot disagree.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantsConfig {
+    pub admission: Option<agentos_bus::Admission>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,6 +282,12 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches, c: &Config) -> Result<()> {
             };
             nats(m, &mut a.nats, &c.nats);
             set(m, "listen", &mut a.listen, c.edge.listen.as_ref());
+            set(
+                m,
+                "admission",
+                &mut a.tenants.admission,
+                c.tenants.admission.as_ref(),
+            );
             set_opt(
                 m,
                 "dev_no_auth_tenant",
@@ -299,6 +314,12 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches, c: &Config) -> Result<()> {
                     let o = &c.orchestrator;
                     nats(m, &mut a.nats, &c.nats);
                     set(m, "concurrency", &mut a.concurrency, o.concurrency.as_ref());
+                    set(
+                        m,
+                        "admission",
+                        &mut a.tenants.admission,
+                        c.tenants.admission.as_ref(),
+                    );
                     set(m, "ack_wait", &mut a.ack_wait, o.ack_wait.as_ref());
                     set(
                         m,
@@ -398,6 +419,13 @@ mod tests {
         let c = parse(include_str!("../../agentos.example.toml")).expect("example parses");
         assert_eq!(c.orchestrator.ack_wait, Some(Duration::from_secs(30)));
         assert_eq!(c.up.orchestrators, Some(1));
+        assert_eq!(c.tenants.admission, Some(agentos_bus::Admission::Implicit));
+        let c = parse("[tenants]\nadmission = \"registered\"\n").expect("registered");
+        assert_eq!(
+            c.tenants.admission,
+            Some(agentos_bus::Admission::Registered)
+        );
+        assert!(parse("[tenants]\nadmission = \"closed\"\n").is_err());
     }
 
     #[test]

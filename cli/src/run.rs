@@ -124,6 +124,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 listen: a.listen,
                 auth,
                 body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
+                admission: a.tenants.admission,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
@@ -134,6 +135,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     concurrency: a.concurrency,
                     model_timeout: a.model_timeout,
                     tool_timeout: a.tool_timeout,
+                    admission: a.tenants.admission,
                     ..Default::default()
                 };
                 opts.queue.ack_wait = a.ack_wait;

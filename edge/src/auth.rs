@@ -203,12 +203,8 @@ impl FromRequestParts<AppState> for AuthContext {
         };
         let ctx = state.auth.authenticate(bearer).await?;
         // Platform admins keep access to a disabled tenant (to enable it again).
-        if !ctx.is_admin() && !state.tenants.enabled(&ctx.tenant).await? {
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "tenant_disabled",
-                format!("tenant {} is disabled", ctx.tenant),
-            ));
+        if !ctx.is_admin() {
+            state.admit(&ctx.tenant).await?;
         }
         Ok(ctx)
     }

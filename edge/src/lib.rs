@@ -36,6 +36,8 @@ pub struct EdgeOptions {
     pub listen: SocketAddr,
     pub auth: Auth,
     pub body_limit: usize,
+    /// Which tenants may call: any a token names, or only registered ones.
+    pub admission: agentos_bus::Admission,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -50,12 +52,27 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The caller's tenant record (`None`: an implicit tenant, enabled and entitled to all).
-    pub(crate) async fn tenant(
+    /// Refuses a tenant that may not use the platform: `403 tenant_disabled`, or
+    /// `403 tenant_not_registered` when only registered tenants are admitted.
+    pub(crate) async fn admit(
         &self,
         tenant: &agentos_bus::id::Tenant,
-    ) -> agentos_bus::Result<Option<std::sync::Arc<agentos_bus::envelope::TenantRecord>>> {
-        self.tenants.get(tenant).await
+    ) -> Result<Option<std::sync::Arc<agentos_bus::envelope::TenantRecord>>, ApiError> {
+        let forbidden = |code, what| {
+            ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                code,
+                format!("tenant {tenant} {what}"),
+            )
+        };
+        match self.tenants.standing(tenant).await? {
+            agentos_bus::Standing::Active(rec) => Ok(rec),
+            agentos_bus::Standing::Disabled => Err(forbidden("tenant_disabled", "is disabled")),
+            agentos_bus::Standing::Unregistered => Err(forbidden(
+                "tenant_not_registered",
+                "is not registered on this platform",
+            )),
+        }
     }
 
     /// Refuses with `403 not_entitled` what the tenant's entitlements do not cover.
@@ -66,7 +83,7 @@ impl AppState {
             &agentos_bus::envelope::Entitlements,
         ) -> Result<(), agentos_bus::envelope::NotEntitled>,
     ) -> Result<(), ApiError> {
-        match self.tenant(tenant).await? {
+        match self.tenants.get(tenant).await? {
             Some(t) => check(&t.entitlements).map_err(|e| {
                 ApiError::new(
                     axum::http::StatusCode::FORBIDDEN,
@@ -80,11 +97,15 @@ impl AppState {
 }
 
 impl AppState {
-    pub async fn new(bus: Bus, auth: Auth) -> agentos_bus::Result<Self> {
+    pub async fn new(
+        bus: Bus,
+        auth: Auth,
+        admission: agentos_bus::Admission,
+    ) -> agentos_bus::Result<Self> {
         Ok(Self {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
-            tenants: bus.tenants().await?,
+            tenants: bus.tenants(admission).await?,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -114,7 +135,7 @@ pub async fn serve(
     opts: EdgeOptions,
     shutdown: CancellationToken,
 ) -> agentos_bus::Result<()> {
-    let state = AppState::new(bus, opts.auth.clone()).await?;
+    let state = AppState::new(bus, opts.auth.clone(), opts.admission).await?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| agentos_bus::Error::Server(format!("bind {}: {e}", opts.listen)))?;

@@ -316,3 +316,52 @@ async fn messages_claiming_another_tenant_than_their_subject_are_refused() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn with_registered_admission_only_tenants_an_admin_created_get_in() {
+    let p = Platform::start(Options {
+        env: vec![("AGENTOS_TENANTS".into(), "registered".into())],
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let admin = mint_with_roles("ops", "admin").expect("admin token");
+
+    // acme has no record yet: refused at the edge, and a run published on the bus never starts.
+    let (status, body) = send(
+        &p,
+        &p.token,
+        reqwest::Method::GET,
+        "/v1/agents",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tenant_not_registered")),
+        "{body}"
+    );
+    let direct = submit_direct(&p, "a").await;
+    let rec = stored_terminal(&p, &direct).await;
+    assert_eq!(
+        rec.error.as_ref().map(|e| e.code.as_str()),
+        Some("tenant_not_registered")
+    );
+
+    // Registered by an admin (whose own tenant needs no record): in.
+    let (status, _) = send(
+        &p,
+        &admin,
+        reqwest::Method::POST,
+        "/v1/admin/tenants",
+        json!({"id": "acme"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    p.create_agent(json!({"id": "a", "model": "scripted"}))
+        .await
+        .expect("agent");
+    let run = p.start_run("a", "registered").await.expect("run");
+    let done = p.wait_terminal(&run, LONG).await.expect("terminal");
+    assert_eq!(done["status"], "completed", "{done}");
+}

@@ -31,6 +31,8 @@ pub struct OrchestratorOptions {
     pub max_attempts: i64,
     /// How long shutdown waits for in-flight runs before handing them back.
     pub drain_grace: Duration,
+    /// Which tenants' runs may start.
+    pub admission: agentos_bus::Admission,
 }
 
 impl Default for OrchestratorOptions {
@@ -44,6 +46,7 @@ impl Default for OrchestratorOptions {
             tool_timeout: Duration::from_secs(60),
             max_attempts: 5,
             drain_grace: Duration::from_secs(10),
+            admission: agentos_bus::Admission::default(),
         }
     }
 }
@@ -71,7 +74,7 @@ impl Orchestrator {
     pub async fn new(bus: Bus, opts: OrchestratorOptions) -> agentos_bus::Result<Self> {
         let runs = bus.kv(Bucket::Runs).await?;
         let agents = bus.kv(Bucket::Agents).await?;
-        let tenants = bus.tenants().await?;
+        let tenants = bus.tenants(opts.admission).await?;
         Ok(Self {
             ctx: Arc::new(Ctx {
                 bus,

@@ -12,7 +12,7 @@ use agentos_bus::envelope::{
 };
 use agentos_bus::id::{CallId, ToolName};
 use agentos_bus::subject::{self, DlqKind};
-use agentos_bus::{CallMeta, Delivery, Error as BusError, PendingAppend, Versioned};
+use agentos_bus::{CallMeta, Delivery, Error as BusError, PendingAppend, Standing, Versioned};
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Next};
@@ -268,22 +268,41 @@ impl Driver<'_> {
         if self.journal.is_empty() {
             self.audit_direct_submission().await?;
         }
-        let agent = match self.agent().await? {
-            Ok(agent) => agent,
-            Err(error) => {
-                self.ensure_created().await?;
-                self.finish(EventData::RunFailed { error }).await?;
-                return Ok(true);
-            }
+        let agent = self.agent().await?;
+        // Before the run starts: the tenant first (an unregistered or disabled tenant learns
+        // nothing about agents), then the agent, then its entitlements.
+        let before_start = matches!(
+            plan::next(&self.journal, agent.as_ref().map_or(1, |a| a.max_steps)),
+            Next::Create | Next::Start
+        );
+        let refusal = match &agent {
+            _ if !before_start => None,
+            Ok(agent) => self.admit(Some(agent)).await?.err(),
+            Err(error) => Some(
+                self.admit(None)
+                    .await?
+                    .err()
+                    .unwrap_or_else(|| error.clone()),
+            ),
         };
-        let next = plan::next(&self.journal, agent.max_steps);
-        if matches!(next, Next::Create | Next::Start)
-            && let Err(error) = self.admit(&agent).await?
-        {
+        if let Some(error) = refusal {
             self.ensure_created().await?;
             self.finish(EventData::RunFailed { error }).await?;
             return Ok(true);
         }
+        let agent = match agent {
+            Ok(agent) => agent,
+            // Only reached once the run started: a redelivery of a run whose agent is gone.
+            Err(error) => {
+                if self.journal.last().is_some_and(|e| e.data.is_terminal()) {
+                    self.project_terminal().await?;
+                } else {
+                    self.finish(EventData::RunFailed { error }).await?;
+                }
+                return Ok(true);
+            }
+        };
+        let next = plan::next(&self.journal, agent.max_steps);
         if self.cancel.is_cancelled() && !matches!(next, Next::Finished | Next::Create) {
             self.finish(EventData::RunCancelled {
                 reason: "cancelled by request".into(),
@@ -387,10 +406,11 @@ impl Driver<'_> {
         })
     }
 
-    /// Whether the tenant may start the run now: it is enabled, and entitled to the agent, its
-    /// model and its tools. Checked here, not only at the edge, because direct NATS publishers
-    /// never pass the edge; checked once, before the run starts.
-    async fn admit(&self, agent: &AgentSpec) -> Result<Result<(), ErrorBody>, Stop> {
+    /// Whether the tenant may start the run now: it is admitted (registered, if that is
+    /// required) and enabled, and entitled to the agent (when known), its model and its tools.
+    /// Checked here, not only at the edge, because direct NATS publishers never pass the edge;
+    /// checked once, before the run starts.
+    async fn admit(&self, agent: Option<&AgentSpec>) -> Result<Result<(), ErrorBody>, Stop> {
         let refusal = self.refusal(agent).await?;
         if refusal.is_none() {
             return Ok(Ok(()));
@@ -401,20 +421,28 @@ impl Driver<'_> {
         Ok(self.refusal(agent).await?.map_or(Ok(()), Err))
     }
 
-    async fn refusal(&self, agent: &AgentSpec) -> Result<Option<ErrorBody>, Stop> {
-        let Some(tenant) = self.ctx.tenants.get(&self.req.tenant).await? else {
-            return Ok(None);
+    async fn refusal(&self, agent: Option<&AgentSpec>) -> Result<Option<ErrorBody>, Stop> {
+        let tenant = match self.ctx.tenants.standing(&self.req.tenant).await? {
+            Standing::Active(None) => return Ok(None),
+            Standing::Active(Some(rec)) => rec,
+            Standing::Disabled => {
+                return Ok(Some(ErrorBody::new(
+                    "tenant_disabled",
+                    format!("tenant {} is disabled", self.req.tenant),
+                )));
+            }
+            Standing::Unregistered => {
+                return Ok(Some(ErrorBody::new(
+                    "tenant_not_registered",
+                    format!(
+                        "tenant {} is not registered on this platform",
+                        self.req.tenant
+                    ),
+                )));
+            }
         };
-        if !tenant.enabled {
-            return Ok(Some(ErrorBody::new(
-                "tenant_disabled",
-                format!("tenant {} is disabled", tenant.id),
-            )));
-        }
-        Ok(tenant
-            .entitlements
-            .check_agent(agent)
-            .err()
+        Ok(agent
+            .and_then(|a| tenant.entitlements.check_agent(a).err())
             .map(|e| ErrorBody::new("not_entitled", e.to_string())))
     }
 
