@@ -37,6 +37,23 @@ fn require_admin(auth: &AuthContext) -> ApiResult<()> {
     }
 }
 
+/// The caller, who must be a platform admin. Extracted before the body, so a caller without
+/// the role gets `403` and learns nothing from validation errors.
+pub struct Admin(pub AuthContext);
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let auth = AuthContext::from_request_parts(parts, state).await?;
+        require_admin(&auth)?;
+        Ok(Self(auth))
+    }
+}
+
 fn denied(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message)
 }
@@ -157,10 +174,9 @@ impl EntitlementsInput {
 #[utoipa::path(post, path = "/v1/admin/tenants", request_body = CreateTenant, responses((status = 201, description = "created"), (status = 403, description = "not an admin")))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: AuthContext,
+    Admin(auth): Admin,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<TenantRecord>)> {
-    require_admin(&auth)?;
     let id = parse_tenant(&body.id)?;
     let entitlements = body.entitlements.validate()?;
     let ts = now();
@@ -197,8 +213,7 @@ pub async fn create(
 
 /// List tenants (admin).
 #[utoipa::path(get, path = "/v1/admin/tenants", responses((status = 200, description = "the tenants")))]
-pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
-    require_admin(&auth)?;
+pub async fn list(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
     let mut ids = state.tenants.kv().all_keys().await?;
     ids.sort();
     let mut data = Vec::new();
@@ -235,7 +250,6 @@ async fn change(
     action: &str,
     edit: impl Fn(&mut TenantRecord),
 ) -> ApiResult<TenantRecord> {
-    require_admin(auth)?;
     let id = parse_tenant(id)?;
     for _ in 0..5 {
         let current = load(state, &id).await?;
@@ -275,7 +289,7 @@ async fn change(
 #[utoipa::path(patch, path = "/v1/admin/tenants/{id}", params(("id" = String, Path)), request_body = UpdateTenant, responses((status = 200, description = "updated")))]
 pub async fn update(
     State(state): State<AppState>,
-    auth: AuthContext,
+    Admin(auth): Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> ApiResult<Json<TenantRecord>> {
@@ -305,7 +319,7 @@ pub async fn update(
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/enable", params(("id" = String, Path)), responses((status = 200, description = "enabled")))]
 pub async fn enable(
     State(state): State<AppState>,
-    auth: AuthContext,
+    Admin(auth): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TenantRecord>> {
     Ok(Json(
@@ -317,7 +331,7 @@ pub async fn enable(
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/disable", params(("id" = String, Path)), responses((status = 200, description = "disabled")))]
 pub async fn disable(
     State(state): State<AppState>,
-    auth: AuthContext,
+    Admin(auth): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TenantRecord>> {
     Ok(Json(
@@ -329,10 +343,9 @@ pub async fn disable(
 #[utoipa::path(delete, path = "/v1/admin/tenants/{id}", params(("id" = String, Path)), responses((status = 200, description = "deleted")))]
 pub async fn remove(
     State(state): State<AppState>,
-    auth: AuthContext,
+    Admin(auth): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&auth)?;
     let id = parse_tenant(&id)?;
     load(&state, &id).await?;
     state.tenants.kv().delete(id.as_str()).await?;
