@@ -4,6 +4,8 @@ pub const TENANT: &str = "AgentOS-Tenant";
 pub const REQUEST_ID: &str = "AgentOS-Request-Id";
 /// Who the caller is (the token's `sub`), as vouched for by the edge.
 pub const PRINCIPAL: &str = "AgentOS-Principal";
+/// The principal's roles, comma-separated.
+pub const ROLES: &str = "AgentOS-Roles";
 /// The caller's bearer token, forwarded for federation re-verification.
 pub const AUTH: &str = "AgentOS-Auth";
 /// Schema version of the envelope in the payload.

@@ -20,6 +20,8 @@ pub struct CallMeta {
     pub request_id: Option<String>,
     /// The authenticated caller behind the call, when there is one.
     pub principal: Option<String>,
+    /// The caller's roles (only names of `[A-Za-z0-9_.:-]` travel; others are dropped).
+    pub roles: Vec<String>,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
 }
@@ -30,6 +32,7 @@ impl CallMeta {
             tenant,
             request_id: None,
             principal: None,
+            roles: Vec::new(),
             idempotency_key: None,
             traceparent: None,
         }
@@ -47,6 +50,19 @@ impl CallMeta {
         }
         if let Some(v) = &self.principal {
             h.insert(headers::PRINCIPAL, v.as_str());
+        }
+        let roles: Vec<&str> = self
+            .roles
+            .iter()
+            .map(String::as_str)
+            .filter(|r| {
+                !r.is_empty()
+                    && r.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+            })
+            .collect();
+        if !roles.is_empty() {
+            h.insert(headers::ROLES, roles.join(",").as_str());
         }
         if let Some(v) = &self.idempotency_key {
             h.insert(headers::IDEMPOTENCY_KEY, v.as_str());
@@ -308,6 +324,13 @@ impl Incoming {
     /// The authenticated caller named by the edge, if any.
     pub fn principal(&self) -> Option<&str> {
         self.header(headers::PRINCIPAL)
+    }
+
+    /// The caller's roles, as the edge or the orchestrator vouched for them.
+    pub fn roles(&self) -> Vec<&str> {
+        self.header(headers::ROLES)
+            .map(|r| r.split(',').filter(|r| !r.is_empty()).collect())
+            .unwrap_or_default()
     }
 
     /// Dead-letters this request (payload untouched, reason in headers) under the subject's

@@ -234,3 +234,50 @@ async fn connecting_to_nothing_is_a_clear_error() {
     let err = Bus::connect(&opts).await.expect_err("refused");
     assert_eq!(err.code(), "connect_failed");
 }
+
+#[tokio::test]
+async fn the_auth_context_travels_in_headers_and_a_foreign_tenant_is_refused() {
+    let (_server, bus) = setup().await;
+    let mut service = bus
+        .serve(&agentos_bus::ServiceSpec {
+            name: "probe".into(),
+            version: "0.0.1".into(),
+            description: "test".into(),
+            endpoints: vec!["agentos.tool.*.probe".into()],
+            metadata: Default::default(),
+        })
+        .await
+        .expect("serve");
+    let meta = CallMeta {
+        principal: Some("alice".into()),
+        roles: vec![
+            "member".into(),
+            "tenant-admin".into(),
+            "bad role\r\n".into(),
+        ],
+        request_id: Some("req-1".into()),
+        ..CallMeta::new(tenant())
+    };
+    let _replies = bus
+        .call("agentos.tool.acme.probe".into(), &meta, Bytes::new())
+        .await
+        .expect("call");
+    let req = service.next().await.expect("a request");
+    assert_eq!(req.tenant().expect("tenant").as_str(), "acme");
+    assert_eq!(req.principal(), Some("alice"));
+    assert_eq!(
+        req.roles(),
+        vec!["member", "tenant-admin"],
+        "unsafe names are dropped"
+    );
+    assert_eq!(req.header(agentos_bus::headers::REQUEST_ID), Some("req-1"));
+
+    let globex = CallMeta::new(Tenant::parse("globex").expect("tenant"));
+    let _replies = bus
+        .call("agentos.tool.acme.probe".into(), &globex, Bytes::new())
+        .await
+        .expect("call");
+    let req = service.next().await.expect("a request");
+    let err = req.tenant().expect_err("the header claims another tenant");
+    assert_eq!(err.code(), "tenant_mismatch", "{err}");
+}

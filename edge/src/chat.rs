@@ -420,6 +420,7 @@ pub async fn completions(
     let meta = CallMeta {
         request_id: crate::error::REQUEST_ID.try_with(Clone::clone).ok(),
         principal: Some(auth.subject.clone()),
+        roles: auth.roles.clone(),
         ..CallMeta::new(auth.tenant.clone())
     };
     let mut replies = state

@@ -213,6 +213,7 @@ pub async fn create(
     let mut record = RunRecord::queued(&req);
     record.request_hash = idempotency_key.as_ref().map(|_| body_hash(&body));
     record.created_by = Some(auth.subject.clone());
+    record.created_by_roles.clone_from(&auth.roles);
     let (status, record) = match state
         .runs
         .create_as(&run_key(&auth, &run_id), &record)

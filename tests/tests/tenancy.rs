@@ -152,6 +152,8 @@ async fn entitlements_are_enforced_by_the_edge_and_again_by_the_orchestrator() {
     let done = p.wait_terminal(&run, LONG).await.expect("terminal");
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["created_by"], "developer", "the token's sub");
+    let stored = stored_terminal(&p, &run.parse().expect("run id")).await;
+    assert_eq!(stored.created_by_roles, vec!["member".to_owned()]);
 
     // Straight onto the bus, past the edge: the orchestrator refuses it, and audits it.
     let direct = submit_direct(&p, "web").await;

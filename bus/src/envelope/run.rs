@@ -124,6 +124,9 @@ pub struct RunRecord {
     /// `nats:<tenant>` for runs published straight onto the bus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The creator's roles when the run was created (none for direct NATS publishers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_by_roles: Vec<String>,
     /// Hash of the submitted body when an `Idempotency-Key` was used, to spot a reused key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
@@ -160,6 +163,7 @@ impl RunRecord {
             thread_id: req.thread_id.clone(),
             metadata: req.metadata.clone(),
             created_by: None,
+            created_by_roles: Vec::new(),
             request_hash: None,
             last_seq: 0,
             created_at: req.submitted_at,

@@ -243,6 +243,7 @@ async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: 
                 let ctx = CallContext {
                     tenant: &tenant,
                     principal: req.principal(),
+                    roles: req.roles(),
                     model: &model,
                     route,
                 };

@@ -14,6 +14,8 @@ pub struct CallContext<'a> {
     pub tenant: &'a Tenant,
     /// Who the call is for, as the platform component that made it says (`AgentOS-Principal`).
     pub principal: Option<&'a str>,
+    /// The principal's roles (`AgentOS-Roles`), for policies that depend on them.
+    pub roles: Vec<&'a str>,
     pub model: &'a ModelName,
     pub route: &'a Route,
 }

@@ -234,6 +234,7 @@ impl Driver<'_> {
         self.journal = stored.into_iter().map(|s| s.event).collect();
         if let Ok(Some(rec)) = self.ctx.runs.get_as::<RunRecord>(&self.record_key()).await {
             self.meta.principal = Some(self.creator(Some(&rec.value)));
+            self.meta.roles.clone_from(&rec.value.created_by_roles);
             // A cancel that arrived while no orchestrator held the run is in the record.
             if rec.value.status == RunStatus::Cancelling {
                 self.cancel.cancel();
@@ -467,6 +468,9 @@ impl Driver<'_> {
         }
         let record = self.record.as_ref().map(|r| &r.value);
         self.meta.principal = Some(self.creator(record));
+        self.meta.roles = record
+            .map(|r| r.created_by_roles.clone())
+            .unwrap_or_default();
         if record.is_some() {
             return Ok(());
         }
