@@ -568,11 +568,22 @@ pub async fn models(State(state): State<AppState>, auth: AuthContext) -> ApiResu
             Default::default(),
         )
         .await?;
-    match replies.next(Duration::from_secs(5)).await {
-        Ok(r) => serde_json::from_slice(&r.payload)
-            .map(Json)
-            .map_err(|e| ApiError::internal("model list", e)),
-        Err(BusError::NoResponders { .. }) => Ok(Json(json!({"object": "list", "data": []}))),
-        Err(e) => Err(e.into()),
+    let mut list: Value = match replies.next(Duration::from_secs(5)).await {
+        Ok(r) => {
+            serde_json::from_slice(&r.payload).map_err(|e| ApiError::internal("model list", e))?
+        }
+        Err(BusError::NoResponders { .. }) => json!({"object": "list", "data": []}),
+        Err(e) => return Err(e.into()),
+    };
+    // Only the models the tenant's entitlements cover.
+    if let Some(tenant) = state.tenants.get(&auth.tenant).await?
+        && let Some(data) = list["data"].as_array_mut()
+    {
+        data.retain(|m| {
+            m["id"]
+                .as_str()
+                .is_some_and(|id| tenant.entitlements.check_model(id).is_ok())
+        });
     }
+    Ok(Json(list))
 }

@@ -71,7 +71,24 @@ async fn send(
 
 #[tokio::test]
 async fn entitlements_are_enforced_by_the_edge_and_again_by_the_orchestrator() {
-    let p = Platform::start(Options::default()).await.expect("platform");
+    let p = Platform::start(Options {
+        config: Some("[model.routes.other]\nbackend = \"scripted\"\n".into()),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let model_ids = || async {
+        let (_, list) = p.get("/v1/models").await.expect("models");
+        let mut ids: Vec<String> = list["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(model_ids().await, vec!["other", "scripted"]);
     let admin = mint_with_roles("ops", "admin").expect("admin token");
     p.create_agent(json!({"id": "ok", "model": "scripted", "tools": ["echo"]}))
         .await
@@ -112,6 +129,9 @@ async fn entitlements_are_enforced_by_the_edge_and_again_by_the_orchestrator() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
+
+    // /v1/models lists only the entitled models.
+    assert_eq!(model_ids().await, vec!["scripted"]);
 
     // At the edge: the agent's tool is not covered → 403, nothing queued.
     let (status, body) = send(
