@@ -25,7 +25,9 @@ pub use error::{Error, Result};
 pub use journal::{PendingAppend, Stored};
 pub use kv::{Kv, Versioned};
 pub use provision::{Bucket, Settings};
-pub use rpc::{CallMeta, Incoming, Replies, Reply, Service, ServiceInstance, ServiceSpec};
+pub use rpc::{
+    CallMeta, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance, ServiceSpec,
+};
 pub use status::{ConsumerStatus, StreamStatus};
 pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};
 pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};

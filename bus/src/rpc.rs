@@ -178,9 +178,10 @@ impl Bus {
             .await
             .map_err(|e| Error::nats(op(), e))?;
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
-        for subject in &spec.endpoints {
-            // Endpoint names allow only [A-Za-z0-9_-].
-            let name: String = subject
+        let mut names = std::collections::HashSet::new();
+        for (i, subject) in spec.endpoints.iter().enumerate() {
+            // Endpoint names allow only [A-Za-z0-9_-], and must be unique (`a.b`, `a_b`).
+            let mut name: String = subject
                 .chars()
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || c == '-' {
@@ -190,6 +191,9 @@ impl Bus {
                     }
                 })
                 .collect();
+            if !names.insert(name.clone()) {
+                name = format!("{name}-{i}");
+            }
             endpoints.push(
                 svc.endpoint_builder()
                     .name(name)
@@ -206,6 +210,28 @@ impl Bus {
 
     /// Every running AgentOS service instance, found with `$SRV.INFO` (waits `wait` for replies).
     pub async fn discover(&self, wait: Duration) -> Result<Vec<ServiceInstance>> {
+        self.discover_at("$SRV.INFO", wait, wait).await
+    }
+
+    /// The running instances of one service: waits up to `first` for a first answer, then
+    /// until `idle` passes without another (instances answer within a round trip of each
+    /// other, so a short `idle` finds them all without a long fixed wait).
+    pub async fn discover_service(
+        &self,
+        name: &str,
+        first: Duration,
+        idle: Duration,
+    ) -> Result<Vec<ServiceInstance>> {
+        self.discover_at(&format!("$SRV.INFO.{name}"), first, idle)
+            .await
+    }
+
+    async fn discover_at(
+        &self,
+        subject: &str,
+        first: Duration,
+        idle: Duration,
+    ) -> Result<Vec<ServiceInstance>> {
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client
@@ -213,18 +239,28 @@ impl Bus {
             .await
             .map_err(|e| Error::nats("subscribe discovery", e))?;
         self.client
-            .publish_with_reply("$SRV.INFO", inbox, Bytes::new())
+            .publish_with_reply(subject.to_owned(), inbox, Bytes::new())
             .await
             .map_err(|e| Error::nats("discover services", e))?;
         let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        let start = tokio::time::Instant::now();
+        loop {
+            // Never past `first` overall when it is the longer wait (plain `discover`).
+            let deadline = if out.is_empty() || idle >= first {
+                start + first
+            } else {
+                tokio::time::Instant::now() + idle
+            };
+            let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+                break;
+            };
             if let Ok(info) = serde_json::from_slice::<service::Info>(&msg.payload) {
                 out.push(ServiceInstance {
                     name: info.name,
                     id: info.id,
                     version: info.version,
                     endpoints: info.endpoints.into_iter().map(|e| e.subject).collect(),
+                    metadata: info.metadata,
                 });
             }
         }
@@ -232,6 +268,9 @@ impl Bus {
         Ok(out)
     }
 }
+
+/// The micro service name every model worker registers under, in any language.
+pub const MODEL_SERVICE: &str = "agentos-model";
 
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
@@ -249,6 +288,7 @@ pub struct ServiceInstance {
     pub id: String,
     pub version: String,
     pub endpoints: Vec<String>,
+    pub metadata: std::collections::HashMap<String, String>,
 }
 
 /// A running service; `next` yields its requests.

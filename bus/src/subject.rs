@@ -20,9 +20,14 @@ pub fn model(tenant: &Tenant, model: &ModelName) -> String {
     format!("{PREFIX}.model.{tenant}.{model}")
 }
 
-/// `agentos.models.<tenant>.list`: which models the model workers serve (core request/reply).
-pub fn models_list(tenant: &Tenant) -> String {
-    format!("{PREFIX}.models.{tenant}.list")
+/// `agentos.model.*.<model>`: what a model worker serving `model` subscribes to.
+pub fn model_filter(model: &ModelName) -> String {
+    format!("{PREFIX}.model.*.{model}")
+}
+
+/// The model a model worker's endpoint subject (`agentos.model.*.<model>`) serves.
+pub fn model_of_filter(subject: &str) -> Option<ModelName> {
+    ModelName::parse(subject.strip_prefix("agentos.model.*.")?).ok()
 }
 
 /// `agentos.tool.<tenant>.<tool…>`: tool invocations (core request/reply, queue group).
@@ -75,7 +80,6 @@ pub mod filter {
     pub const RUNS_SUBMIT: &str = "agentos.runs.*.submit";
     pub const EVENTS: &str = "agentos.events.*.*";
     pub const MODEL: &str = "agentos.model.*.>";
-    pub const MODELS_LIST: &str = "agentos.models.*.list";
     pub const TOOL: &str = "agentos.tool.*.>";
     pub const CANCEL: &str = "agentos.ctl.*.*.cancel";
     pub const AUDIT: &str = "agentos.audit.*";
@@ -109,14 +113,6 @@ pub fn parse_tool(subject: &str) -> Option<(Tenant, ToolName)> {
     Some((Tenant::parse(tenant).ok()?, ToolName::parse(tool).ok()?))
 }
 
-/// The tenant of `agentos.models.<tenant>.list`.
-pub fn parse_models_list(subject: &str) -> Option<Tenant> {
-    let rest = subject
-        .strip_prefix("agentos.models.")?
-        .strip_suffix(".list")?;
-    Tenant::parse(rest).ok()
-}
-
 /// Splits `agentos.model.<tenant>.<model>`.
 pub fn parse_model(subject: &str) -> Option<(Tenant, ModelName)> {
     let rest = subject.strip_prefix("agentos.model.")?;
@@ -142,7 +138,9 @@ mod tests {
             Some((t.clone(), tool_name))
         );
         let m = ModelName::parse("scripted").expect("model");
-        assert_eq!(parse_model(&model(&t, &m)), Some((t.clone(), m)));
+        assert_eq!(parse_model(&model(&t, &m)), Some((t.clone(), m.clone())));
+        assert_eq!(model_filter(&m), "agentos.model.*.scripted");
+        assert_eq!(model_of_filter(&model_filter(&m)), Some(m));
         assert_eq!(tenant_of("agentos.runs.acme.submit"), Some(t.clone()));
         assert_eq!(tenant_of("agentos.runs.ACME.submit"), None);
         assert_eq!(dlq(None, DlqKind::Runs), "agentos.dlq._invalid.runs");

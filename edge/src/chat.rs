@@ -9,7 +9,7 @@ use agentos_bus::envelope::{
     ChatMessage, Envelope, ErrorBody, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage,
 };
 use agentos_bus::id::{CallId, ModelName};
-use agentos_bus::{CallMeta, Error as BusError, Replies, subject};
+use agentos_bus::{CallMeta, Error as BusError, MODEL_SERVICE, Replies, subject};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -353,8 +353,33 @@ fn model_error(e: ErrorBody) -> ApiError {
     ApiError::new(status, code, e.message)
 }
 
+/// Nobody answered a call for `model`: `404 model_not_found` when model workers run but none
+/// serves it, `503 model_unavailable` when no model worker runs at all.
+async fn no_responders(state: &AppState, model: &ModelName) -> ApiError {
+    match state
+        .bus
+        .discover_service(MODEL_SERVICE, DISCOVERY_FIRST, Duration::ZERO)
+        .await
+    {
+        Ok(workers) if !workers.is_empty() => ApiError::not_found(
+            "model_not_found",
+            format!("no model worker serves model {model}"),
+        )
+        .with_param("model"),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "model_unavailable",
+            "no model worker is running",
+        ),
+    }
+}
+
 async fn next_reply(replies: &mut Replies) -> ApiResult<ModelReply> {
-    let r = replies.next(REPLY_TIMEOUT).await.map_err(|e| match e {
+    decode_reply(replies.next(REPLY_TIMEOUT).await)
+}
+
+fn decode_reply(reply: agentos_bus::Result<agentos_bus::Reply>) -> ApiResult<ModelReply> {
+    let r = reply.map_err(|e| match e {
         BusError::NoResponders { .. } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "model_unavailable",
@@ -430,7 +455,10 @@ pub async fn completions(
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now_secs();
     // The first reply decides the HTTP status: errors before any output are plain HTTP errors.
-    let first = next_reply(&mut replies).await?;
+    let first = match replies.next(REPLY_TIMEOUT).await {
+        Err(BusError::NoResponders { .. }) => return Err(no_responders(&state, &model).await),
+        other => decode_reply(other)?,
+    };
     if let ModelReply::Error { error } = first {
         return Err(model_error(error));
     }
@@ -557,33 +585,46 @@ pub async fn completions(
     Ok(Sse::new(events).into_response())
 }
 
+/// How long `GET /v1/models` waits for the first model worker to answer, and then for the
+/// others (they answer within a round trip of each other).
+const DISCOVERY_FIRST: Duration = Duration::from_millis(500);
+const DISCOVERY_IDLE: Duration = Duration::from_millis(25);
+
 /// The models this caller may use (OpenAI-compatible).
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "a list of models")))]
 pub async fn models(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
-    let mut replies = state
+    // Every model worker instance, in any language, names its models in its endpoints'
+    // subjects (`agentos.model.*.<model>`) and their backends in `model.<name>` metadata.
+    let workers = state
         .bus
-        .call(
-            subject::models_list(&auth.tenant),
-            &CallMeta::new(auth.tenant.clone()),
-            Default::default(),
-        )
+        .discover_service(MODEL_SERVICE, DISCOVERY_FIRST, DISCOVERY_IDLE)
         .await?;
-    let mut list: Value = match replies.next(Duration::from_secs(5)).await {
-        Ok(r) => {
-            serde_json::from_slice(&r.payload).map_err(|e| ApiError::internal("model list", e))?
+    let mut models = std::collections::BTreeMap::new();
+    for w in &workers {
+        for model in w
+            .endpoints
+            .iter()
+            .filter_map(|e| subject::model_of_filter(e))
+        {
+            let backend = w
+                .metadata
+                .get(&format!("model.{model}"))
+                .map_or("worker", String::as_str);
+            models
+                .entry(model.to_string())
+                .or_insert_with(|| format!("agentos:{backend}"));
         }
-        Err(BusError::NoResponders { .. }) => json!({"object": "list", "data": []}),
-        Err(e) => return Err(e.into()),
-    };
-    // Only the models the tenant's entitlements cover.
-    if let Some(tenant) = state.tenants.get(&auth.tenant).await?
-        && let Some(data) = list["data"].as_array_mut()
-    {
-        data.retain(|m| {
-            m["id"]
-                .as_str()
-                .is_some_and(|id| tenant.entitlements.check_model(id).is_ok())
-        });
     }
-    Ok(Json(list))
+    // Only the models the tenant's entitlements cover.
+    let tenant = state.tenants.get(&auth.tenant).await?;
+    let data: Vec<Value> = models
+        .into_iter()
+        .filter(|(id, _)| {
+            tenant
+                .as_ref()
+                .is_none_or(|t| t.entitlements.check_model(id).is_ok())
+        })
+        .map(|(id, owned_by)| json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }

@@ -184,6 +184,17 @@ impl Platform {
     }
 
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> Result<&mut Proc> {
+        self.spawn_with_env(name, args, &[])
+    }
+
+    /// Like [`Platform::spawn`], with `env` on top of every process's environment (a model
+    /// worker with its own `AGENTOS_CONFIG`, say).
+    pub fn spawn_with_env(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<&mut Proc> {
         let child = Command::new(agentos_bin()?)
             .args(args)
             .envs(
@@ -191,6 +202,7 @@ impl Platform {
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("AGENTOS_E2E_LOGS").is_some() {

@@ -236,3 +236,73 @@ async fn the_model_route_table_reloads_without_a_restart() {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn model_workers_with_different_route_tables_serve_side_by_side() {
+    let mut p = Platform::start(Options {
+        config: Some("[model.routes.alpha]\nbackend = \"scripted\"\n".into()),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    // A second model pool with a table of its own (think: a GPU box serving a local model).
+    let mut beta = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("config");
+    std::io::Write::write_all(&mut beta, b"[model.routes.beta]\nbackend = \"scripted\"\n")
+        .expect("write");
+    let beta_path = beta.path().display().to_string();
+    p.spawn_with_env(
+        "model-beta",
+        &["worker", "model"],
+        &[("AGENTOS_CONFIG", &beta_path)],
+    )
+    .expect("second model worker");
+    eventually("both tables listed", Duration::from_secs(30), || async {
+        let (_, models) = p.get("/v1/models").await.ok()?;
+        let ids: Vec<&str> = models["data"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["id"].as_str())
+            .collect();
+        (ids == ["alpha", "beta", "scripted"]).then_some(())
+    })
+    .await
+    .expect("/v1/models merges every worker's models");
+
+    // Every call reaches a worker that serves its model: none is answered model_not_found by
+    // the other pool.
+    for i in 0..20 {
+        for model in ["alpha", "beta"] {
+            let (status, body) = complete(
+                &p,
+                json!({"model": model, "messages": [{"role": "user", "content": format!("call {i}")}]}),
+            )
+            .await;
+            assert_eq!(status, 200, "{model} call {i}: {body}");
+        }
+    }
+    let (status, body) = complete(
+        &p,
+        json!({"model": "gamma", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("model_not_found"), "{body}");
+
+    // No model worker at all: 503 model_unavailable.
+    for proc in p.procs.iter_mut().filter(|p| p.name.starts_with("model")) {
+        proc.kill();
+    }
+    eventually("model_unavailable", Duration::from_secs(30), || async {
+        let (status, body) = complete(
+            &p,
+            json!({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        (status == 503 && body.contains("model_unavailable")).then_some(())
+    })
+    .await
+    .expect("503 without model workers");
+}

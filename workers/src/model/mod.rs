@@ -1,20 +1,20 @@
-//! The model worker: a NATS micro service on `agentos.model.*.>` (queue group), routing each
-//! call by public model name through its route table to a backend, with policy hooks around the
-//! call, streaming `delta` replies before the `final` one. It also answers
-//! `agentos.models.<tenant>.list`. The route table can be swapped while running.
+//! The model worker: a NATS micro service (`agentos-model`) with one endpoint per model it
+//! serves, `agentos.model.*.<model>` (queue group), routing each call through its route table to
+//! a backend, with policy hooks around the call, streaming `delta` replies before the `final`
+//! one. The route table can be swapped while running; the endpoints follow it.
 
 mod openai;
 pub mod policy;
 mod scripted;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agentos_bus::envelope::{Envelope, ErrorBody, ModelReply, ModelRequest};
 use agentos_bus::id::ModelName;
 use agentos_bus::subject::{self, DlqKind};
-use agentos_bus::{Bus, Incoming, ServiceSpec};
-use serde_json::{Value, json};
+use agentos_bus::{Bus, Incoming, MODEL_SERVICE, ServiceSpec};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -174,33 +174,31 @@ impl ModelWorker {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
-        let mut service = self
-            .bus
-            .serve(&ServiceSpec {
-                name: "agentos-model".into(),
-                version: crate::VERSION.into(),
-                description: "AgentOS model worker".into(),
-                endpoints: vec![
-                    subject::filter::MODEL.into(),
-                    subject::filter::MODELS_LIST.into(),
-                ],
-                metadata: HashMap::new(),
-            })
-            .await?;
-        let models: Vec<String> = self
-            .opts
-            .routes
-            .borrow()
-            .keys()
-            .map(ToString::to_string)
-            .collect();
-        tracing::info!(?models, "model worker serving");
+        let mut routes = self.opts.routes.clone();
+        let mut serving = routes.borrow_and_update().clone();
+        let mut service = self.bus.serve(&service_spec(&serving)).await?;
+        tracing::info!(models = ?serving.keys().collect::<Vec<_>>(), "model worker serving");
         let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done { tracing::error!(error = %e, "model call task panicked"); }
+                }
+                changed = routes.changed() => {
+                    if changed.is_err() {
+                        // The table's sender is gone: keep serving the last table.
+                        std::future::pending::<()>().await;
+                    }
+                    let table = routes.borrow_and_update().clone();
+                    if served(&table) != served(&serving) {
+                        // The new endpoints first, then the old ones go: no gap in service.
+                        let next = self.bus.serve(&service_spec(&table)).await?;
+                        let old = std::mem::replace(&mut service, next);
+                        let _ = old.stop().await;
+                        tracing::info!(models = ?table.keys().collect::<Vec<_>>(), "model worker now serving");
+                    }
+                    serving = table;
                 }
                 req = service.next(), if tasks.len() < self.opts.concurrency => {
                     let Some(req) = req else { break };
@@ -218,18 +216,29 @@ impl ModelWorker {
     }
 }
 
-async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: Incoming) {
-    if subject::parse_models_list(req.subject()).is_some() {
-        let data: Vec<Value> = routes
+/// What a table serves, as other processes see it: model names and their backends.
+fn served(table: &RouteTable) -> Vec<(&ModelName, &'static str)> {
+    table.iter().map(|(m, r)| (m, r.backend.kind())).collect()
+}
+
+/// One endpoint per model, `agentos.model.*.<model>`, in the pool's queue group: a request
+/// reaches only workers that serve its model, so pools with different tables (and model
+/// workers in other languages) can run side by side. The metadata `model.<name>` names each
+/// model's backend, for `GET /v1/models`.
+fn service_spec(table: &RouteTable) -> ServiceSpec {
+    ServiceSpec {
+        name: MODEL_SERVICE.into(),
+        version: crate::VERSION.into(),
+        description: "AgentOS model worker".into(),
+        endpoints: table.keys().map(subject::model_filter).collect(),
+        metadata: table
             .iter()
-            .map(|(name, r)| json!({"id": name, "object": "model", "created": 0, "owned_by": format!("agentos:{}", r.backend.kind())}))
-            .collect();
-        let body = json!({"object": "list", "data": data});
-        if let Err(e) = req.respond(body.to_string().into()).await {
-            tracing::warn!(error = %e, "could not answer a model list request");
-        }
-        return;
+            .map(|(m, r)| (format!("model.{m}"), r.backend.kind().to_owned()))
+            .collect(),
     }
+}
+
+async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: Incoming) {
     let reply = match decode(bus, &req).await {
         Err(error) => ModelReply::Error { error },
         Ok((tenant, model, mut call)) => match routes.get(&model) {
