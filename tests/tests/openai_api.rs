@@ -306,3 +306,71 @@ async fn model_workers_with_different_route_tables_serve_side_by_side() {
     .await
     .expect("503 without model workers");
 }
+
+#[tokio::test]
+async fn a_model_worker_in_python_serves_beside_the_rust_one() {
+    let p = Platform::start(Options::default()).await.expect("platform");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python-model/worker.py"
+    );
+    let _worker = agentos_e2e::Proc::new(
+        "python-model",
+        std::process::Command::new("python3")
+            .arg(script)
+            .env("AGENTOS_NATS_URL", p.nats.url())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (see tests/requirements.txt for nats-py)"),
+    );
+    let models = eventually("py.reverse listed", Duration::from_secs(60), || async {
+        let (_, models) = p.get("/v1/models").await.ok()?;
+        let listed = models["data"]
+            .as_array()?
+            .iter()
+            .any(|m| m["id"] == "py.reverse");
+        listed.then_some(models)
+    })
+    .await
+    .expect("the python worker registers");
+    let owned_by: Vec<(&str, &str)> = models["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["id"].as_str()?, m["owned_by"].as_str()?)))
+        .collect();
+    assert_eq!(
+        owned_by,
+        vec![
+            ("py.reverse", "agentos:python"),
+            ("scripted", "agentos:scripted")
+        ]
+    );
+    for (model, want) in [("py.reverse", "olleh"), ("scripted", "hello")] {
+        let (status, body) = complete(
+            &p,
+            json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            v["choices"][0]["message"]["content"], want,
+            "{model}: {body}"
+        );
+    }
+    // An agent run on the Python model, streamed through the journal.
+    p.create_agent(json!({"id": "rev", "model": "py.reverse"}))
+        .await
+        .expect("agent");
+    let run = p.start_run("rev", "abc def").await.expect("run");
+    let done = p
+        .wait_terminal(&run, Duration::from_secs(30))
+        .await
+        .expect("terminal");
+    assert_eq!(
+        (done["status"].as_str(), done["output"].as_str()),
+        (Some("completed"), Some("fed cba")),
+        "{done}"
+    );
+}
