@@ -265,17 +265,28 @@ impl Platform {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let r = self
-            .req(reqwest::Method::POST, path)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+        self.send_as(&self.token, reqwest::Method::POST, path, Some(body))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        let r = self.req(reqwest::Method::GET, path).send().await?;
+        self.send_as(&self.token, reqwest::Method::GET, path, None)
+            .await
+    }
+
+    /// A request as the holder of `token`: the status and the JSON body (`Null` if none).
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let r = req.send().await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }

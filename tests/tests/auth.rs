@@ -121,106 +121,81 @@ async fn one_tenant_cannot_see_or_touch_another_tenants_agents_and_runs() {
 
 #[tokio::test]
 async fn admins_manage_tenants_disabled_tenants_are_refused_and_everything_is_audited() {
+    use reqwest::Method;
     let p = Platform::start(Options::default()).await.expect("platform");
     let admin = agentos_e2e::mint_with_roles("ops", "admin").expect("admin token");
     let member = mint("globex").expect("member token");
-    let post = |token: &str, path: &str, body: serde_json::Value| {
-        p.http
-            .post(p.url(path))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
+    let call = |token: &str, method: Method, path: &str, body: Option<serde_json::Value>| {
+        let (token, path) = (token.to_owned(), path.to_owned());
+        let p = &p;
+        async move {
+            p.send_as(&token, method, &path, body.as_ref())
+                .await
+                .expect("send")
+        }
+    };
+    let status = |token: &str, method: Method, path: &str, body: Option<serde_json::Value>| {
+        let fut = call(token, method, path, body);
+        async move { fut.await.0 }
     };
 
     // Admin routes need the admin role.
     for path in ["/v1/admin/tenants", "/v1/admin/audit"] {
-        let r = p
-            .http
-            .get(p.url(path))
-            .bearer_auth(&p.token)
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(
+            status(&p.token, Method::GET, path, None).await,
+            403,
+            "{path}"
+        );
     }
-    let r = post(&p.token, "/v1/admin/tenants", json!({"id": "globex"}))
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 403);
-
-    let r = post(
-        &admin,
-        "/v1/admin/tenants",
-        json!({"id": "globex", "name": "Globex", "quotas": {"concurrent_runs": 5}}),
-    )
-    .await
-    .expect("send");
-    assert_eq!(r.status(), 201);
+    let globex = json!({"id": "globex"});
     assert_eq!(
-        post(&admin, "/v1/admin/tenants", json!({"id": "globex"}))
-            .await
-            .expect("send")
-            .status(),
+        status(
+            &p.token,
+            Method::POST,
+            "/v1/admin/tenants",
+            Some(globex.clone())
+        )
+        .await,
+        403
+    );
+    let created = json!({"id": "globex", "name": "Globex", "quotas": {"concurrent_runs": 5}});
+    assert_eq!(
+        status(&admin, Method::POST, "/v1/admin/tenants", Some(created)).await,
+        201
+    );
+    assert_eq!(
+        status(
+            &admin,
+            Method::POST,
+            "/v1/admin/tenants",
+            Some(globex.clone())
+        )
+        .await,
         409
     );
-    assert_eq!(
-        p.http
-            .get(p.url("/v1/agents"))
-            .bearer_auth(&member)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(status(&member, Method::GET, "/v1/agents", None).await, 200);
 
-    let r = post(&admin, "/v1/admin/tenants/globex/disable", json!({}))
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
-    let r = p
-        .http
-        .get(p.url("/v1/agents"))
-        .bearer_auth(&member)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 403);
-    let body: serde_json::Value = r.json().await.expect("json");
+    let disable = "/v1/admin/tenants/globex/disable";
+    assert_eq!(
+        status(&admin, Method::POST, disable, Some(json!({}))).await,
+        200
+    );
+    let (code, body) = call(&member, Method::GET, "/v1/agents", None).await;
+    assert_eq!(code, 403);
     assert_eq!(body["error"]["code"], "tenant_disabled");
+    let enable = "/v1/admin/tenants/globex/enable";
     assert_eq!(
-        post(&admin, "/v1/admin/tenants/globex/enable", json!({}))
-            .await
-            .expect("send")
-            .status(),
+        status(&admin, Method::POST, enable, Some(json!({}))).await,
         200
     );
-    assert_eq!(
-        p.http
-            .get(p.url("/v1/agents"))
-            .bearer_auth(&member)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(status(&member, Method::GET, "/v1/agents", None).await, 200);
 
     p.create_agent(json!({"id": "a", "model": "scripted"}))
         .await
         .expect("agent");
     let run = p.start_run("a", "hi").await.expect("run");
 
-    let log: serde_json::Value = p
-        .http
-        .get(p.url("/v1/admin/audit"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let (_, log) = call(&admin, Method::GET, "/v1/admin/audit", None).await;
     let actions: Vec<&str> = log["data"]
         .as_array()
         .into_iter()
@@ -237,34 +212,17 @@ async fn admins_manage_tenants_disabled_tenants_are_refused_and_everything_is_au
         ],
         "{log}"
     );
-    let runs: serde_json::Value = p
-        .http
-        .get(p.url("/v1/admin/audit?tenant=acme&action=run.create"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let runs_path = "/v1/admin/audit?tenant=acme&action=run.create";
+    let (_, runs) = call(&admin, Method::GET, runs_path, None).await;
     assert_eq!(runs["data"][0]["record"]["target"], run.as_str());
     assert_eq!(runs["data"][0]["record"]["actor_tenant"], "acme");
     let cursor = log["next_cursor"].as_u64().expect("cursor");
-    let rest: serde_json::Value = p
-        .http
-        .get(p.url(&format!("/v1/admin/audit?after={cursor}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let after = format!("/v1/admin/audit?after={cursor}");
+    let (_, rest) = call(&admin, Method::GET, &after, None).await;
     assert_eq!(rest["data"].as_array().map(Vec::len), Some(0));
 
     // A tenant admin reads its own tenant's record and audit log, and nothing else.
     let globex_admin = agentos_e2e::mint_with_roles("globex", "tenant-admin").expect("token");
-    let get = |token: &str, path: &str| p.http.get(p.url(path)).bearer_auth(token).send();
     for (token, path, want) in [
         (&globex_admin, "/v1/admin/tenants/globex", 200),
         (&globex_admin, "/v1/admin/tenants/acme", 404),
@@ -273,36 +231,23 @@ async fn admins_manage_tenants_disabled_tenants_are_refused_and_everything_is_au
         (&member, "/v1/admin/tenants/globex", 403),
         (&member, "/v1/admin/audit", 403),
     ] {
-        let r = get(token, path).await.expect("send");
-        assert_eq!(r.status(), want, "{path}");
+        assert_eq!(status(token, Method::GET, path, None).await, want, "{path}");
     }
     // Every route that changes a tenant is the platform admin's alone, whatever the body.
     for token in [&member, &globex_admin] {
         for (method, path) in [
-            (reqwest::Method::POST, "/v1/admin/tenants"),
-            (reqwest::Method::PATCH, "/v1/admin/tenants/globex"),
-            (reqwest::Method::DELETE, "/v1/admin/tenants/globex"),
-            (reqwest::Method::POST, "/v1/admin/tenants/globex/enable"),
-            (reqwest::Method::POST, "/v1/admin/tenants/globex/disable"),
+            (Method::POST, "/v1/admin/tenants"),
+            (Method::PATCH, "/v1/admin/tenants/globex"),
+            (Method::DELETE, "/v1/admin/tenants/globex"),
+            (Method::POST, enable),
+            (Method::POST, disable),
         ] {
-            let r = p
-                .http
-                .request(method.clone(), p.url(path))
-                .bearer_auth(token)
-                // Not a valid PATCH body: the role is checked before the body.
-                .json(&json!({"id": "globex"}))
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(r.status(), 403, "{method} {path}");
+            // Not a valid PATCH body: the role is checked before the body.
+            let got = status(token, method.clone(), path, Some(globex.clone())).await;
+            assert_eq!(got, 403, "{method} {path}");
         }
     }
-    let own: serde_json::Value = get(&globex_admin, "/v1/admin/audit")
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let (_, own) = call(&globex_admin, Method::GET, "/v1/admin/audit", None).await;
     let tenants: Vec<&str> = own["data"]
         .as_array()
         .into_iter()

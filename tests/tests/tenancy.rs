@@ -57,16 +57,10 @@ async fn send(
     path: &str,
     body: Value,
 ) -> (u16, Value) {
-    let r = p
-        .http
-        .request(method, p.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
+    let body = (!body.is_null()).then_some(body);
+    p.send_as(token, method, path, body.as_ref())
         .await
-        .expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+        .expect("send")
 }
 
 #[tokio::test]
