@@ -61,6 +61,11 @@ async fn credentials(a: &TenantArgs) -> Result<()> {
         request_timeout: Some(Duration::from_secs(2)),
         ..ConnectOptions::new(&state.nats_url).with_name("agentos-tenant-probe")
     };
+    if new {
+        // Before the first probe: the account must exist before its user can connect.
+        reload(&state)?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     wait_until_wired(&state, &tenant, &opts).await?;
     if new {
         audit(&state, &auth, &tenant, "tenant.nats_credentials").await?;
