@@ -27,6 +27,7 @@ pub use kv::{Kv, Versioned};
 pub use provision::{Bucket, Settings};
 pub use rpc::{
     CallMeta, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance, ServiceSpec,
+    model_backend_key,
 };
 pub use status::{ConsumerStatus, StreamStatus};
 pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};

@@ -272,6 +272,11 @@ impl Bus {
 /// The micro service name every model worker registers under, in any language.
 pub const MODEL_SERVICE: &str = "agentos-model";
 
+/// The model worker's service metadata key naming `model`'s backend (`model.<name>`).
+pub fn model_backend_key(model: &crate::id::ModelName) -> String {
+    format!("model.{model}")
+}
+
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
     pub name: String,

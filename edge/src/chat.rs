@@ -608,7 +608,7 @@ pub async fn models(State(state): State<AppState>, auth: AuthContext) -> ApiResu
         {
             let backend = w
                 .metadata
-                .get(&format!("model.{model}"))
+                .get(&agentos_bus::model_backend_key(&model))
                 .map_or("worker", String::as_str);
             models
                 .entry(model.to_string())

@@ -87,12 +87,7 @@ async fn one_run(p: &Platform) -> Result<Duration> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let n = args.first().copied().unwrap_or(2000);
-    let c = args.get(1).copied().unwrap_or(64);
+    let (n, c) = agentos_e2e::bench_args(2000);
     let p = Platform::start(Options {
         orchestrators: 2,
         ..Options::default()

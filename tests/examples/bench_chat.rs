@@ -134,12 +134,7 @@ async fn start_litellm(
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let n = args.first().copied().unwrap_or(3000);
-    let c = args.get(1).copied().unwrap_or(64);
+    let (n, c) = agentos_e2e::bench_args(3000);
     let (addr, _up, _server) = start_upstream().await;
     let config = format!(
         "[model.routes.bench]\nbackend = \"openai\"\nbase-url = \"http://{addr}/v1\"\nupstream-model = \"ok\"\n"

@@ -32,6 +32,18 @@ pub fn agentos_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A benchmark's `[runs] [concurrency]` arguments, with defaults.
+pub fn bench_args(default_runs: usize) -> (usize, usize) {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    (
+        args.first().copied().unwrap_or(default_runs),
+        args.get(1).copied().unwrap_or(64),
+    )
+}
+
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -233,7 +233,12 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
         endpoints: table.keys().map(subject::model_filter).collect(),
         metadata: table
             .iter()
-            .map(|(m, r)| (format!("model.{m}"), r.backend.kind().to_owned()))
+            .map(|(m, r)| {
+                (
+                    agentos_bus::model_backend_key(m),
+                    r.backend.kind().to_owned(),
+                )
+            })
             .collect(),
     }
 }
