@@ -31,8 +31,10 @@ impl Bus {
             .map_err(|e| Error::nats(op(), e))?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: tenant
-                    .map_or_else(|| subject::filter::AUDIT.to_owned(), subject::audit),
+                filter_subject: tenant.map_or_else(
+                    || subject::filter::AUDIT.to_owned(),
+                    |t| subject::audit(t).into(),
+                ),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },

@@ -85,7 +85,7 @@ impl Bus {
     /// Appends `event` only if the run's last stored event is at `expected_last` (0: the journal
     /// is empty). Returns the new stream sequence.
     pub async fn append(&self, event: &Event, expected_last: u64) -> Result<u64> {
-        let subject = subject::events(&event.tenant, &event.run_id);
+        let subject = String::from(subject::events(&event.tenant, &event.run_id));
         let publish = jetstream::message::PublishMessage::build()
             .headers(event_headers(event, false))
             .payload(event.encode())
@@ -104,7 +104,7 @@ impl Bus {
     /// caller awaits [`PendingAppend::stored`] before the next guarded [`Bus::append`]. The
     /// per-event `Nats-Msg-Id` makes a retried append a no-op.
     pub async fn append_pipelined(&self, event: &Event) -> Result<PendingAppend> {
-        let subject = subject::events(&event.tenant, &event.run_id);
+        let subject = String::from(subject::events(&event.tenant, &event.run_id));
         let publish = jetstream::message::PublishMessage::build()
             .headers(event_headers(event, true))
             .payload(event.encode());
@@ -150,7 +150,7 @@ impl Bus {
 
     /// The last event of a run, if any: one direct get.
     pub async fn last_event(&self, tenant: &Tenant, run: &RunId) -> Result<Option<Stored>> {
-        let subject = subject::events(tenant, run);
+        let subject = String::from(subject::events(tenant, run));
         let stream = self
             .js
             .get_stream_no_info(STREAM_EVENTS)
@@ -174,7 +174,7 @@ impl Bus {
         tenant: &Tenant,
         run: &RunId,
     ) -> Result<consumer::Consumer<consumer::pull::OrderedConfig>> {
-        let subject = subject::events(tenant, run);
+        let subject = String::from(subject::events(tenant, run));
         let stream = self
             .js
             .get_stream_no_info(STREAM_EVENTS)

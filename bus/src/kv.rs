@@ -6,6 +6,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::envelope::Envelope;
+use crate::id::Tenant;
+use crate::key::Key;
 use crate::provision::Bucket;
 use crate::{Bus, Error, Result};
 
@@ -68,15 +70,15 @@ impl Kv {
         self.bucket
     }
 
-    fn op(&self, what: &str, key: &str) -> String {
+    fn op(&self, what: &str, key: impl std::fmt::Display) -> String {
         format!("kv {what} {}/{key}", self.bucket.name())
     }
 
     /// The current value, or `None` when absent or deleted.
-    pub async fn get(&self, key: &str) -> Result<Option<Versioned<Bytes>>> {
+    pub async fn get(&self, key: &Key) -> Result<Option<Versioned<Bytes>>> {
         let entry = self
             .store
-            .entry(key)
+            .entry(key.as_str())
             .await
             .map_err(|e| Error::nats(self.op("get", key), e))?;
         Ok(entry
@@ -88,26 +90,26 @@ impl Kv {
     }
 
     /// Creates the key; fails with [`Error::AlreadyExists`] if it holds a value.
-    pub async fn create(&self, key: &str, value: Bytes) -> Result<u64> {
+    pub async fn create(&self, key: &Key, value: Bytes) -> Result<u64> {
         self.store
-            .create(key, value)
+            .create(key.as_str(), value)
             .await
             .map_err(|e| match e.kind() {
                 kv::CreateErrorKind::AlreadyExists => Error::AlreadyExists {
-                    key: key.to_owned(),
+                    key: key.to_string(),
                 },
                 _ => Error::nats(self.op("create", key), e),
             })
     }
 
     /// Compare-and-set; fails with [`Error::WrongRevision`] on a stale revision.
-    pub async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64> {
+    pub async fn update(&self, key: &Key, value: Bytes, revision: u64) -> Result<u64> {
         self.store
-            .update(key, value, revision)
+            .update(key.as_str(), value, revision)
             .await
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => Error::WrongRevision {
-                    key: key.to_owned(),
+                    key: key.to_string(),
                     expected: revision,
                 },
                 _ => Error::nats(self.op("update", key), e),
@@ -115,21 +117,21 @@ impl Kv {
     }
 
     /// Unconditional write.
-    pub async fn put(&self, key: &str, value: Bytes) -> Result<u64> {
+    pub async fn put(&self, key: &Key, value: Bytes) -> Result<u64> {
         self.store
-            .put(key, value)
+            .put(key.as_str(), value)
             .await
             .map_err(|e| Error::nats(self.op("put", key), e))
     }
 
-    pub async fn delete(&self, key: &str) -> Result<()> {
+    pub async fn delete(&self, key: &Key) -> Result<()> {
         self.store
-            .delete(key)
+            .delete(key.as_str())
             .await
             .map_err(|e| Error::nats(self.op("delete", key), e))
     }
 
-    pub async fn get_as<T: Envelope>(&self, key: &str) -> Result<Option<Versioned<T>>> {
+    pub async fn get_as<T: Envelope>(&self, key: &Key) -> Result<Option<Versioned<T>>> {
         match self.get(key).await? {
             None => Ok(None),
             Some(v) => Ok(Some(Versioned {
@@ -139,30 +141,30 @@ impl Kv {
         }
     }
 
-    pub async fn create_as<T: Envelope>(&self, key: &str, value: &T) -> Result<u64> {
+    pub async fn create_as<T: Envelope>(&self, key: &Key, value: &T) -> Result<u64> {
         self.create(key, value.encode()).await
     }
 
-    pub async fn update_as<T: Envelope>(&self, key: &str, value: &T, revision: u64) -> Result<u64> {
+    pub async fn update_as<T: Envelope>(&self, key: &Key, value: &T, revision: u64) -> Result<u64> {
         self.update(key, value.encode(), revision).await
     }
 
-    pub async fn put_as<T: Envelope>(&self, key: &str, value: &T) -> Result<u64> {
+    pub async fn put_as<T: Envelope>(&self, key: &Key, value: &T) -> Result<u64> {
         self.put(key, value.encode()).await
     }
 
-    /// Every live key starting with `prefix.` (e.g. a tenant), in no particular order. Reads
-    /// headers only, through a short-lived ordered consumer filtered to the prefix.
-    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        self.keys_matching(&format!("{prefix}.>")).await
+    /// Every live key of `tenant` (`<tenant>.…`), in no particular order. Reads headers only,
+    /// through a short-lived ordered consumer filtered to the tenant.
+    pub async fn keys(&self, tenant: &Tenant) -> Result<Vec<Key>> {
+        self.keys_matching(&format!("{tenant}.>")).await
     }
 
     /// Every live key of the bucket.
-    pub async fn all_keys(&self) -> Result<Vec<String>> {
+    pub async fn all_keys(&self) -> Result<Vec<Key>> {
         self.keys_matching(">").await
     }
 
-    async fn keys_matching(&self, pattern: &str) -> Result<Vec<String>> {
+    async fn keys_matching(&self, pattern: &str) -> Result<Vec<Key>> {
         let op = || self.op("list", pattern);
         let stream_name = format!("KV_{}", self.bucket.name());
         let subject_prefix = format!("$KV.{}.", self.bucket.name());
@@ -196,8 +198,11 @@ impl Kv {
                 .as_ref()
                 .and_then(|h| h.get("KV-Operation"))
                 .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if !deleted && let Some(key) = msg.subject.strip_prefix(subject_prefix.as_str()) {
-                keys.push(key.to_owned());
+            if !deleted
+                && let Some(key) = msg.subject.strip_prefix(subject_prefix.as_str())
+                && let Ok(key) = Key::parse(key)
+            {
+                keys.push(key);
             }
             if pending == 0 {
                 break;

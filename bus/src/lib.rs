@@ -11,6 +11,7 @@ mod error;
 pub mod headers;
 pub mod id;
 mod journal;
+pub mod key;
 mod kv;
 pub mod provision;
 mod rpc;
@@ -23,6 +24,7 @@ mod work;
 pub use connect::ConnectOptions;
 pub use error::{Error, Result};
 pub use journal::{PendingAppend, Stored};
+pub use key::Key;
 pub use kv::{Kv, Versioned};
 pub use provision::{Bucket, Settings};
 pub use rpc::{

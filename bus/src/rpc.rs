@@ -11,7 +11,8 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::id::{RunId, Tenant};
-use crate::{Bus, Error, Result, headers, subject};
+use crate::subject::{self, Subject};
+use crate::{Bus, Error, Result, headers};
 
 /// Context that travels with a call in headers.
 #[derive(Clone, Debug)]
@@ -120,7 +121,8 @@ impl Replies {
 
 impl Bus {
     /// Sends a request and returns its reply stream. Dropping [`Replies`] unsubscribes.
-    pub async fn call(&self, subject: String, meta: &CallMeta, payload: Bytes) -> Result<Replies> {
+    pub async fn call(&self, subject: Subject, meta: &CallMeta, payload: Bytes) -> Result<Replies> {
+        let subject = String::from(subject);
         let inbox = self.client.new_inbox();
         let sub = self
             .client
@@ -136,7 +138,7 @@ impl Bus {
 
     /// Broadcasts a cancel for a run to every orchestrator and tool worker.
     pub async fn publish_cancel(&self, tenant: &Tenant, run: &RunId) -> Result<()> {
-        let subject = subject::cancel(tenant, run);
+        let subject = String::from(subject::cancel(tenant, run));
         self.client
             .publish(subject.clone(), Bytes::new())
             .await
@@ -182,6 +184,7 @@ impl Bus {
         for (i, subject) in spec.endpoints.iter().enumerate() {
             // Endpoint names allow only [A-Za-z0-9_-], and must be unique (`a.b`, `a_b`).
             let mut name: String = subject
+                .as_str()
                 .chars()
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || c == '-' {
@@ -197,7 +200,7 @@ impl Bus {
             endpoints.push(
                 svc.endpoint_builder()
                     .name(name)
-                    .add(subject.clone())
+                    .add(subject.as_str().to_owned())
                     .await
                     .map_err(|e| Error::nats(op(), e))?,
             );
@@ -210,7 +213,8 @@ impl Bus {
 
     /// Every running AgentOS service instance, found with `$SRV.INFO` (waits `wait` for replies).
     pub async fn discover(&self, wait: Duration) -> Result<Vec<ServiceInstance>> {
-        self.discover_at("$SRV.INFO", wait, wait).await
+        self.discover_at(subject::service_info(None), wait, wait)
+            .await
     }
 
     /// The running instances of one service: waits up to `first` for a first answer, then
@@ -222,13 +226,13 @@ impl Bus {
         first: Duration,
         idle: Duration,
     ) -> Result<Vec<ServiceInstance>> {
-        self.discover_at(&format!("$SRV.INFO.{name}"), first, idle)
+        self.discover_at(subject::service_info(Some(name)), first, idle)
             .await
     }
 
     async fn discover_at(
         &self,
-        subject: &str,
+        subject: Subject,
         first: Duration,
         idle: Duration,
     ) -> Result<Vec<ServiceInstance>> {
@@ -239,7 +243,7 @@ impl Bus {
             .await
             .map_err(|e| Error::nats("subscribe discovery", e))?;
         self.client
-            .publish_with_reply(subject.to_owned(), inbox, Bytes::new())
+            .publish_with_reply(String::from(subject), inbox, Bytes::new())
             .await
             .map_err(|e| Error::nats("discover services", e))?;
         let mut out = Vec::new();
@@ -283,7 +287,7 @@ pub struct ServiceSpec {
     pub version: String,
     pub description: String,
     /// Subjects to serve (wildcards allowed); empty for a discoverable process with no API.
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Subject>,
     pub metadata: std::collections::HashMap<String, String>,
 }
 

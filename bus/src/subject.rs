@@ -1,28 +1,93 @@
 //! Subject builders. The tenant is always the third token (`agentos.<kind>.<tenant>.…`), so one
 //! wildcard permission fences a tenant. Every builder takes validated ids only.
 
+use std::fmt;
+
 use crate::id::{ModelName, RunId, Tenant, ToolName};
+use crate::{Error, Result};
 
 pub const PREFIX: &str = "agentos";
 
+/// A NATS subject built from validated ids (or checked by [`Subject::parse`]): what
+/// [`crate::Bus::call`] and the publishing methods take, so no caller formats one by hand.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Subject(String);
+
+impl Subject {
+    /// A subject from text (operator tools, tests): non-empty dot-separated tokens without
+    /// whitespace; `*` and `>` wildcards are allowed.
+    pub fn parse(s: impl Into<String>) -> Result<Self> {
+        let s = s.into();
+        let valid = !s.is_empty()
+            && s.split('.').all(|t| !t.is_empty())
+            && !s.chars().any(char::is_whitespace);
+        if valid {
+            Ok(Self(s))
+        } else {
+            Err(Error::InvalidId {
+                kind: "subject",
+                value: s,
+                reason: "must be non-empty dot-separated tokens without whitespace",
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Read-only: a subject is text once built.
+impl std::ops::Deref for Subject {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for Subject {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Subject {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl From<Subject> for String {
+    fn from(s: Subject) -> Self {
+        s.0
+    }
+}
+
 /// `agentos.runs.<tenant>.submit`: run requests and continuations (stream `AGENTOS_RUNS`).
-pub fn runs_submit(tenant: &Tenant) -> String {
-    format!("{PREFIX}.runs.{tenant}.submit")
+pub fn runs_submit(tenant: &Tenant) -> Subject {
+    Subject(format!("{PREFIX}.runs.{tenant}.submit"))
 }
 
 /// `agentos.events.<tenant>.<run_id>`: a run's journal (stream `AGENTOS_EVENTS`).
-pub fn events(tenant: &Tenant, run: &RunId) -> String {
-    format!("{PREFIX}.events.{tenant}.{run}")
+pub fn events(tenant: &Tenant, run: &RunId) -> Subject {
+    Subject(format!("{PREFIX}.events.{tenant}.{run}"))
 }
 
 /// `agentos.model.<tenant>.<model>`: model calls (core request/reply, queue group).
-pub fn model(tenant: &Tenant, model: &ModelName) -> String {
-    format!("{PREFIX}.model.{tenant}.{model}")
+pub fn model(tenant: &Tenant, model: &ModelName) -> Subject {
+    Subject(format!("{PREFIX}.model.{tenant}.{model}"))
 }
 
 /// `agentos.model.*.<model>`: what a model worker serving `model` subscribes to.
-pub fn model_filter(model: &ModelName) -> String {
-    format!("{PREFIX}.model.*.{model}")
+pub fn model_filter(model: &ModelName) -> Subject {
+    Subject(format!("{PREFIX}.model.*.{model}"))
 }
 
 /// The model a model worker's endpoint subject (`agentos.model.*.<model>`) serves.
@@ -31,18 +96,28 @@ pub fn model_of_filter(subject: &str) -> Option<ModelName> {
 }
 
 /// `agentos.tool.<tenant>.<tool…>`: tool invocations (core request/reply, queue group).
-pub fn tool(tenant: &Tenant, tool: &ToolName) -> String {
-    format!("{PREFIX}.tool.{tenant}.{tool}")
+pub fn tool(tenant: &Tenant, tool: &ToolName) -> Subject {
+    Subject(format!("{PREFIX}.tool.{tenant}.{tool}"))
+}
+
+/// `agentos.tool.*.<tool…>`: what a worker serving `tool` subscribes to.
+pub fn tool_filter(tool: &ToolName) -> Subject {
+    Subject(format!("{PREFIX}.tool.*.{tool}"))
+}
+
+/// `$SRV.INFO[.<service>]`: NATS micro service discovery, of every service or of one.
+pub fn service_info(service: Option<&str>) -> Subject {
+    Subject(service.map_or_else(|| "$SRV.INFO".to_owned(), |s| format!("$SRV.INFO.{s}")))
 }
 
 /// `agentos.ctl.<tenant>.<run_id>.cancel`: cancel reaches in-flight work at once.
-pub fn cancel(tenant: &Tenant, run: &RunId) -> String {
-    format!("{PREFIX}.ctl.{tenant}.{run}.cancel")
+pub fn cancel(tenant: &Tenant, run: &RunId) -> Subject {
+    Subject(format!("{PREFIX}.ctl.{tenant}.{run}.cancel"))
 }
 
 /// `agentos.audit.<tenant>` (stream `AGENTOS_AUDIT`).
-pub fn audit(tenant: &Tenant) -> String {
-    format!("{PREFIX}.audit.{tenant}")
+pub fn audit(tenant: &Tenant) -> Subject {
+    Subject(format!("{PREFIX}.audit.{tenant}"))
 }
 
 /// The tenant token used in a dead letter whose own subject named no valid tenant.
@@ -50,9 +125,9 @@ pub const UNKNOWN_TENANT: &str = "_invalid";
 
 /// `agentos.dlq.<tenant>.<kind>` (stream `AGENTOS_DLQ`). `tenant` is `None` when the message
 /// could not be attributed to a valid tenant.
-pub fn dlq(tenant: Option<&Tenant>, kind: DlqKind) -> String {
+pub fn dlq(tenant: Option<&Tenant>, kind: DlqKind) -> Subject {
     let tenant = tenant.map_or(UNKNOWN_TENANT, Tenant::as_str);
-    format!("{PREFIX}.dlq.{tenant}.{}", kind.as_str())
+    Subject(format!("{PREFIX}.dlq.{tenant}.{}", kind.as_str()))
 }
 
 /// Which traffic a dead letter came from.
@@ -84,6 +159,70 @@ pub mod filter {
     pub const CANCEL: &str = "agentos.ctl.*.*.cancel";
     pub const AUDIT: &str = "agentos.audit.*";
     pub const DLQ: &str = "agentos.dlq.*.*";
+}
+
+/// What a tenant's own NATS account may use of the platform account, one entry per export:
+/// the subject with `tenant` in place of the tenant token (`"*"` for the platform's export,
+/// a tenant's name for its import) and the export's `account_token_position`.
+pub mod tenant_exports {
+    use super::PREFIX;
+    use crate::provision::{Bucket, STREAM_EVENTS};
+
+    /// Whether an export is a service (request/reply) or a stream (messages flow to the tenant).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        Service,
+        Stream,
+    }
+
+    /// One export: what it is for, its kind, its subject for `tenant`, and the position of the
+    /// tenant token (for `account_token_position`).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Export {
+        pub name: &'static str,
+        pub kind: Kind,
+        pub subject: String,
+        pub token_position: u8,
+    }
+
+    /// The four exports, in a fixed order: submit, live events, the run record (direct get),
+    /// the last event (direct get). `run` stands for the run-id token (`>` in permissions).
+    pub fn all(tenant: &str, run: &str) -> [Export; 4] {
+        let runs_kv = Bucket::Runs.name();
+        [
+            Export {
+                name: "submit",
+                kind: Kind::Service,
+                subject: format!("{PREFIX}.runs.{tenant}.submit"),
+                token_position: 3,
+            },
+            Export {
+                name: "events",
+                kind: Kind::Stream,
+                subject: format!("{PREFIX}.events.{tenant}.{run}"),
+                token_position: 3,
+            },
+            Export {
+                name: "run_record",
+                kind: Kind::Service,
+                subject: format!("$JS.API.DIRECT.GET.KV_{runs_kv}.$KV.{runs_kv}.{tenant}.{run}"),
+                token_position: 8,
+            },
+            Export {
+                name: "last_event",
+                kind: Kind::Service,
+                subject: format!(
+                    "$JS.API.DIRECT.GET.{STREAM_EVENTS}.{PREFIX}.events.{tenant}.{run}"
+                ),
+                token_position: 8,
+            },
+        ]
+    }
+
+    /// Subjects a tenant's user may subscribe to: its live events and its inboxes.
+    pub fn subscribe_allow(tenant: &str) -> [String; 2] {
+        [format!("{PREFIX}.events.{tenant}.>"), "_INBOX.>".to_owned()]
+    }
 }
 
 /// The tenant token of any `agentos.<kind>.<tenant>.…` subject, validated.

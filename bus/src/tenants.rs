@@ -88,7 +88,7 @@ impl Tenants {
         }
         let rec = self
             .kv
-            .get_as::<TenantRecord>(tenant.as_str())
+            .get_as::<TenantRecord>(&crate::key::tenant(tenant))
             .await?
             .map(|v| Arc::new(v.value));
         self.lock()

@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use crate::envelope::{Envelope, SubmitMessage};
 use crate::id::Tenant;
 use crate::provision::STREAM_RUNS;
-use crate::subject::{self, DlqKind};
+use crate::subject::{self, DlqKind, Subject};
 use crate::{Bus, Error, Result, headers};
 
 /// The pool's durable consumer name.
@@ -119,7 +119,7 @@ impl Bus {
     /// Publishes a submission with `Nats-Msg-Id = run_id`, retrying a timed-out publish with the
     /// same id (a publish can time out and still be stored). Returns true if it was a duplicate.
     pub async fn submit(&self, msg: &SubmitMessage, meta: &SubmitMeta<'_>) -> Result<bool> {
-        let subject = subject::runs_submit(msg.tenant());
+        let subject = String::from(subject::runs_submit(msg.tenant()));
         let msg_id = match msg {
             SubmitMessage::Run(r) => r.run_id.to_string(),
             SubmitMessage::Continuation(c) => format!(
@@ -211,9 +211,9 @@ impl Bus {
 
     /// Publishes raw bytes to a JetStream subject and waits for the ack (operator tools and
     /// tests: e.g. proving that garbage on a runs subject is dead-lettered).
-    pub async fn publish_raw(&self, subject: &str, payload: Bytes) -> Result<u64> {
+    pub async fn publish_raw(&self, subject: &Subject, payload: Bytes) -> Result<u64> {
         self.js
-            .publish(subject.to_owned(), payload)
+            .publish(String::from(subject.clone()), payload)
             .await
             .map_err(|e| Error::nats(format!("publish to {subject}"), e))?
             .await
@@ -231,7 +231,7 @@ impl Bus {
         error: &Error,
         payload: Bytes,
     ) -> Result<()> {
-        let subject = subject::dlq(tenant, kind);
+        let subject = String::from(subject::dlq(tenant, kind));
         let mut h = HeaderMap::new();
         h.insert(headers::DLQ_SUBJECT, original_subject);
         h.insert(headers::DLQ_CODE, error.code());

@@ -83,37 +83,39 @@ async fn kv_create_and_update_fail_with_typed_errors() {
     let (_server, bus) = setup().await;
     let kv = bus.kv(Bucket::Runs).await.expect("bucket");
     let rev = kv
-        .create("acme.k", Bytes::from_static(b"1"))
+        .create(&k("acme.k"), Bytes::from_static(b"1"))
         .await
         .expect("create");
     let err = kv
-        .create("acme.k", Bytes::from_static(b"2"))
+        .create(&k("acme.k"), Bytes::from_static(b"2"))
         .await
         .expect_err("exists");
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
     let rev2 = kv
-        .update("acme.k", Bytes::from_static(b"2"), rev)
+        .update(&k("acme.k"), Bytes::from_static(b"2"), rev)
         .await
         .expect("update");
     let err = kv
-        .update("acme.k", Bytes::from_static(b"3"), rev)
+        .update(&k("acme.k"), Bytes::from_static(b"3"), rev)
         .await
         .expect_err("stale");
     assert!(matches!(err, Error::WrongRevision { .. }), "{err}");
-    let got = kv.get("acme.k").await.expect("get").expect("present");
+    let got = kv.get(&k("acme.k")).await.expect("get").expect("present");
     assert_eq!((got.value.as_ref(), got.revision), (&b"2"[..], rev2));
-    kv.create("acme.j", Bytes::from_static(b"x"))
+    kv.create(&k("acme.j"), Bytes::from_static(b"x"))
         .await
         .expect("create j");
-    kv.create("other.k", Bytes::from_static(b"x"))
+    kv.create(&k("other.k"), Bytes::from_static(b"x"))
         .await
         .expect("create other");
-    kv.delete("acme.j").await.expect("delete");
-    assert_eq!(
-        kv.keys("acme").await.expect("keys"),
-        vec!["acme.k".to_owned()]
+    kv.delete(&k("acme.j")).await.expect("delete");
+    assert_eq!(kv.keys(&tenant()).await.expect("keys"), vec![k("acme.k")]);
+    assert!(
+        kv.keys(&Tenant::parse("nobody").expect("tenant"))
+            .await
+            .expect("keys")
+            .is_empty()
     );
-    assert!(kv.keys("nobody").await.expect("keys").is_empty());
 }
 
 #[tokio::test]
@@ -212,7 +214,7 @@ async fn a_call_nobody_serves_fails_fast_with_no_responders() {
     let (_server, bus) = setup().await;
     let mut replies = bus
         .call(
-            "agentos.tool.acme.nothing".into(),
+            s("agentos.tool.acme.nothing"),
             &CallMeta::new(tenant()),
             Bytes::new(),
         )
@@ -243,7 +245,7 @@ async fn the_auth_context_travels_in_headers_and_a_foreign_tenant_is_refused() {
             name: "probe".into(),
             version: "0.0.1".into(),
             description: "test".into(),
-            endpoints: vec!["agentos.tool.*.probe".into()],
+            endpoints: vec![s("agentos.tool.*.probe")],
             metadata: Default::default(),
         })
         .await
@@ -259,7 +261,7 @@ async fn the_auth_context_travels_in_headers_and_a_foreign_tenant_is_refused() {
         ..CallMeta::new(tenant())
     };
     let _replies = bus
-        .call("agentos.tool.acme.probe".into(), &meta, Bytes::new())
+        .call(s("agentos.tool.acme.probe"), &meta, Bytes::new())
         .await
         .expect("call");
     let req = service.next().await.expect("a request");
@@ -274,10 +276,18 @@ async fn the_auth_context_travels_in_headers_and_a_foreign_tenant_is_refused() {
 
     let globex = CallMeta::new(Tenant::parse("globex").expect("tenant"));
     let _replies = bus
-        .call("agentos.tool.acme.probe".into(), &globex, Bytes::new())
+        .call(s("agentos.tool.acme.probe"), &globex, Bytes::new())
         .await
         .expect("call");
     let req = service.next().await.expect("a request");
     let err = req.tenant().expect_err("the header claims another tenant");
     assert_eq!(err.code(), "tenant_mismatch", "{err}");
+}
+
+fn k(key: &str) -> agentos_bus::Key {
+    agentos_bus::Key::parse(key).expect("key")
+}
+
+fn s(subject: &str) -> agentos_bus::subject::Subject {
+    agentos_bus::subject::Subject::parse(subject).expect("subject")
 }

@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use agentos_bus::ConnectOptions;
 use agentos_bus::id::Tenant;
-use agentos_bus::provision::STREAM_EVENTS;
-use agentos_bus::{Bucket, ConnectOptions};
+use agentos_bus::subject::tenant_exports::{self, Export, Kind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -122,7 +122,23 @@ impl NatsAuth {
 
     /// The nats-server `accounts` configuration.
     pub fn render(&self) -> String {
-        let runs_kv = Bucket::Runs.name();
+        let line = |e: &Export, body: String| {
+            let kind = match e.kind {
+                Kind::Service => "service",
+                Kind::Stream => "stream",
+            };
+            format!("      {{ {kind}: {body} }}\n")
+        };
+        let exports: String = tenant_exports::all("*", ">")
+            .iter()
+            .map(|e| {
+                let body = format!(
+                    "\"{}\", account_token_position: {}",
+                    e.subject, e.token_position
+                );
+                line(e, body)
+            })
+            .collect();
         let mut out = format!(
             r#"# Written by `agentos up` / `agentos tenant` from auth.json; edits are overwritten.
 system_account: SYS
@@ -132,26 +148,31 @@ accounts {{
     jetstream: enabled
     users: [ {{ user: "{PLATFORM_USER}", password: "{pw}" }} ]
     exports: [
-      {{ service: "agentos.runs.*.submit", account_token_position: 3 }}
-      {{ stream: "agentos.events.*.>", account_token_position: 3 }}
-      {{ service: "$JS.API.DIRECT.GET.KV_{runs_kv}.$KV.{runs_kv}.*.>", account_token_position: 8 }}
-      {{ service: "$JS.API.DIRECT.GET.{STREAM_EVENTS}.agentos.events.*.>", account_token_position: 8 }}
-    ]
+{exports}    ]
   }}
 "#,
             pw = self.platform_password
         );
         for (t, pw) in &self.tenants {
+            let imports: String = tenant_exports::all(t.as_str(), ">")
+                .iter()
+                .map(|e| {
+                    let body = format!(
+                        "{{ account: {PLATFORM_ACCOUNT}, subject: \"{}\" }}",
+                        e.subject
+                    );
+                    line(e, body)
+                })
+                .collect();
+            let allow = tenant_exports::subscribe_allow(t.as_str())
+                .map(|s| format!("\"{s}\""))
+                .join(", ");
             out.push_str(&format!(
                 r#"  {t} {{
     users: [ {{ user: "{t}", password: "{pw}",
-      permissions: {{ subscribe: {{ allow: [ "agentos.events.{t}.>", "_INBOX.>" ] }} }} }} ]
+      permissions: {{ subscribe: {{ allow: [ {allow} ] }} }} }} ]
     imports: [
-      {{ service: {{ account: {PLATFORM_ACCOUNT}, subject: "agentos.runs.{t}.submit" }} }}
-      {{ stream: {{ account: {PLATFORM_ACCOUNT}, subject: "agentos.events.{t}.>" }} }}
-      {{ service: {{ account: {PLATFORM_ACCOUNT}, subject: "$JS.API.DIRECT.GET.KV_{runs_kv}.$KV.{runs_kv}.{t}.>" }} }}
-      {{ service: {{ account: {PLATFORM_ACCOUNT}, subject: "$JS.API.DIRECT.GET.{STREAM_EVENTS}.agentos.events.{t}.>" }} }}
-    ]
+{imports}    ]
   }}
 "#
             ));
@@ -163,18 +184,24 @@ accounts {{
 
 /// What a tenant needs to connect, and what it may do there.
 pub fn tenant_credentials(url: &str, tenant: &Tenant, password: &str) -> serde_json::Value {
-    let runs_kv = Bucket::Runs.name();
+    let subjects: serde_json::Map<String, serde_json::Value> =
+        tenant_exports::all(tenant.as_str(), "<run_id>")
+            .into_iter()
+            .map(|e| {
+                // The live-events subscription covers every run of the tenant.
+                let subject = match e.kind {
+                    Kind::Stream => tenant_exports::all(tenant.as_str(), ">")[1].subject.clone(),
+                    Kind::Service => e.subject,
+                };
+                (e.name.to_owned(), subject.into())
+            })
+            .collect();
     serde_json::json!({
         "tenant": tenant,
         "url": url,
         "user": tenant,
         "password": password,
-        "subjects": {
-            "submit": format!("agentos.runs.{tenant}.submit"),
-            "events": format!("agentos.events.{tenant}.>"),
-            "run_record": format!("$JS.API.DIRECT.GET.KV_{runs_kv}.$KV.{runs_kv}.{tenant}.<run_id>"),
-            "last_event": format!("$JS.API.DIRECT.GET.{STREAM_EVENTS}.agentos.events.{tenant}.<run_id>"),
-        },
+        "subjects": subjects,
     })
 }
 

@@ -5,6 +5,7 @@
 use agentos_bus::Error as BusError;
 use agentos_bus::envelope::{AuditRecord, Entitlements, TenantRecord, now};
 use agentos_bus::id::{AgentId, ModelName, Tenant, ToolName};
+use agentos_bus::key;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -104,7 +105,7 @@ async fn load(state: &AppState, id: &Tenant) -> ApiResult<agentos_bus::Versioned
     state
         .tenants
         .kv()
-        .get_as::<TenantRecord>(id.as_str())
+        .get_as::<TenantRecord>(&key::tenant(id))
         .await?
         .ok_or_else(|| ApiError::not_found("tenant_not_found", format!("no tenant {id}")))
 }
@@ -189,7 +190,7 @@ pub async fn create(
         created_at: ts,
         updated_at: ts,
     };
-    match state.tenants.kv().create_as(id.as_str(), &rec).await {
+    match state.tenants.kv().create_as(&key::tenant(&id), &rec).await {
         Ok(_) => state.tenants.forget(&id),
         Err(BusError::AlreadyExists { .. }) => {
             return Err(ApiError::conflict(
@@ -259,7 +260,7 @@ async fn change(
         match state
             .tenants
             .kv()
-            .update_as(id.as_str(), &rec, current.revision)
+            .update_as(&key::tenant(&id), &rec, current.revision)
             .await
         {
             Ok(_) => {
@@ -348,7 +349,7 @@ pub async fn remove(
 ) -> ApiResult<Json<Value>> {
     let id = parse_tenant(&id)?;
     load(&state, &id).await?;
-    state.tenants.kv().delete(id.as_str()).await?;
+    state.tenants.kv().delete(&key::tenant(&id)).await?;
     state.tenants.forget(&id);
     record(
         &state,

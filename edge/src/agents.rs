@@ -3,6 +3,7 @@
 use agentos_bus::Error as BusError;
 use agentos_bus::envelope::{AgentSpec, now};
 use agentos_bus::id::{AgentId, ModelName, ToolName};
+use agentos_bus::key::{self, Key};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -75,8 +76,8 @@ fn max_steps(n: Option<u32>) -> ApiResult<u32> {
     }
 }
 
-pub(crate) fn agent_key(auth: &AuthContext, id: &AgentId) -> String {
-    format!("{}.{}", auth.tenant, id)
+pub(crate) fn agent_key(auth: &AuthContext, id: &AgentId) -> Key {
+    key::agent(&auth.tenant, id)
 }
 
 pub(crate) async fn load(
@@ -143,7 +144,7 @@ pub async fn create(
 /// List the caller's agents.
 #[utoipa::path(get, path = "/v1/agents", responses((status = 200, description = "the agents", body = Object)))]
 pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
-    let mut keys = state.agents.keys(auth.tenant.as_str()).await?;
+    let mut keys = state.agents.keys(&auth.tenant).await?;
     keys.sort();
     let mut data = Vec::with_capacity(keys.len());
     for key in keys {

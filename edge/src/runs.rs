@@ -6,6 +6,7 @@ use agentos_bus::envelope::{
     now,
 };
 use agentos_bus::id::{AgentId, RunId};
+use agentos_bus::key::{self, Key};
 use agentos_bus::{Error as BusError, SubmitMeta, Versioned};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -98,8 +99,8 @@ impl From<RunRecord> for RunView {
     }
 }
 
-pub(crate) fn run_key(auth: &AuthContext, id: &RunId) -> String {
-    format!("{}.{}", auth.tenant, id)
+pub(crate) fn run_key(auth: &AuthContext, id: &RunId) -> Key {
+    key::run(&auth.tenant, id)
 }
 
 pub(crate) fn parse_run_id(id: &str) -> ApiResult<RunId> {
@@ -133,12 +134,7 @@ fn body_hash(body: &CreateRun) -> String {
 /// bucket, created once (KV `create`), holding a fresh time-ordered run id. Run ids stay UUIDv7,
 /// so lists stay in submission order.
 async fn idempotent_run_id(state: &AppState, auth: &AuthContext, key: &str) -> ApiResult<RunId> {
-    let name = format!("{}\u{0}{key}", auth.tenant);
-    let index = format!(
-        "{}.idem-{}",
-        auth.tenant,
-        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).simple()
-    );
+    let index = key::idempotency(&auth.tenant, key);
     let fresh = RunId::new();
     match state.runs.create(&index, fresh.to_string().into()).await {
         Ok(_) => Ok(fresh),
@@ -316,10 +312,10 @@ pub async fn list(
     let after = q.after.as_deref().map(parse_run_id).transpose()?;
     let mut ids: Vec<RunId> = state
         .runs
-        .keys(auth.tenant.as_str())
+        .keys(&auth.tenant)
         .await?
         .iter()
-        .filter_map(|k| k.split_once('.').and_then(|(_, id)| RunId::parse(id).ok()))
+        .filter_map(|k| RunId::parse(k.tail()).ok())
         .collect();
     // UUIDv7: descending id order is newest first.
     ids.sort_unstable_by(|a, b| b.cmp(a));

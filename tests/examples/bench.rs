@@ -21,7 +21,10 @@ async fn nats_limits(p: &Platform, n: usize) -> Result<()> {
     let t = Instant::now();
     for _ in 0..n {
         p.bus
-            .publish_raw("agentos.audit.bench", payload.clone())
+            .publish_raw(
+                &agentos_e2e::subject("agentos.audit.bench"),
+                payload.clone(),
+            )
             .await?;
     }
     println!(
@@ -31,8 +34,11 @@ async fn nats_limits(p: &Platform, n: usize) -> Result<()> {
     let kv = p.bus.kv(Bucket::Usage).await?;
     let t = Instant::now();
     for i in 0..n {
-        kv.put(&format!("bench.k{}", i % 100), payload.clone())
-            .await?;
+        kv.put(
+            &agentos_e2e::key(&format!("bench.k{}", i % 100)),
+            payload.clone(),
+        )
+        .await?;
     }
     println!(
         "kv put (sequential, 1 KiB):       {:>8.0} ops/s",
@@ -42,7 +48,10 @@ async fn nats_limits(p: &Platform, n: usize) -> Result<()> {
     futures::stream::iter(0..n)
         .map(|i| {
             let (kv, payload) = (kv.clone(), payload.clone());
-            async move { kv.put(&format!("bench.c{}", i % 100), payload).await }
+            async move {
+                kv.put(&agentos_e2e::key(&format!("bench.c{}", i % 100)), payload)
+                    .await
+            }
         })
         .buffer_unordered(32)
         .collect::<Vec<Result<u64, Error>>>()

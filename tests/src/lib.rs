@@ -459,3 +459,13 @@ impl Drop for CountingServer {
         self.task.abort();
     }
 }
+
+/// A subject from text, for tests that publish or call by hand (malformed traffic included).
+pub fn subject(s: &str) -> agentos_bus::subject::Subject {
+    agentos_bus::subject::Subject::parse(s).expect("subject")
+}
+
+/// A KV key from text, for tests and benchmarks that read or write buckets by hand.
+pub fn key(k: &str) -> agentos_bus::Key {
+    agentos_bus::Key::parse(k).expect("key")
+}

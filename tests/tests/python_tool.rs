@@ -43,7 +43,7 @@ async fn a_python_tool_worker_serves_an_agent_run() {
             let mut replies = p
                 .bus
                 .call(
-                    "agentos.tool.acme.py.upper".into(),
+                    agentos_e2e::subject("agentos.tool.acme.py.upper"),
                     &CallMeta::new(tenant.clone()),
                     request.encode(),
                 )

@@ -308,14 +308,14 @@ async fn bad_input_gets_documented_errors_and_garbage_on_the_bus_is_dead_lettere
     // Garbage straight onto the runs subject: dead-lettered with a reason, workers keep serving.
     p.bus
         .publish_raw(
-            "agentos.runs.acme.submit",
+            &agentos_e2e::subject("agentos.runs.acme.submit"),
             Bytes::from_static(b"\x00garbage"),
         )
         .await
         .expect("publish");
     p.bus
         .publish_raw(
-            "agentos.runs.acme.submit",
+            &agentos_e2e::subject("agentos.runs.acme.submit"),
             Bytes::from_static(br#"{"type":"run","run_id":"x"}"#),
         )
         .await
@@ -326,7 +326,7 @@ async fn bad_input_gets_documented_errors_and_garbage_on_the_bus_is_dead_lettere
         let mut replies = p
             .bus
             .call(
-                subject.into(),
+                agentos_e2e::subject(subject),
                 &agentos_bus::CallMeta::new(tenant.clone()),
                 Bytes::from_static(b"[1,2"),
             )
@@ -487,7 +487,7 @@ async fn a_repeated_idempotency_key_returns_the_recorded_result_without_running_
         let mut r = p
             .bus
             .call(
-                "agentos.tool.acme.http.get".into(),
+                agentos_e2e::subject("agentos.tool.acme.http.get"),
                 &agentos_bus::CallMeta::new(tenant.clone()),
                 request(first_attempt).encode(),
             )

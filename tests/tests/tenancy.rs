@@ -41,7 +41,7 @@ async fn submit_direct(p: &Platform, agent: &str) -> RunId {
 /// The run record as stored, read on the bus (the edge would refuse a disabled tenant).
 async fn stored_terminal(p: &Platform, run: &RunId) -> RunRecord {
     let runs = p.bus.kv(Bucket::Runs).await.expect("runs bucket");
-    let key = format!("acme.{run}");
+    let key = agentos_e2e::key(&format!("acme.{run}"));
     eventually("a terminal run record", LONG, || async {
         let rec = runs.get_as::<RunRecord>(&key).await.ok()??.value;
         rec.status.is_terminal().then_some(rec)
@@ -289,7 +289,10 @@ async fn messages_claiming_another_tenant_than_their_subject_are_refused() {
         submitted_at: now(),
     }));
     p.bus
-        .publish_raw("agentos.runs.acme.submit", spoof.encode())
+        .publish_raw(
+            &agentos_e2e::subject("agentos.runs.acme.submit"),
+            spoof.encode(),
+        )
         .await
         .expect("publish");
 
@@ -307,7 +310,11 @@ async fn messages_claiming_another_tenant_than_their_subject_are_refused() {
     ] {
         let mut replies = p
             .bus
-            .call(subject.into(), &globex, Bytes::from(body.to_string()))
+            .call(
+                agentos_e2e::subject(subject),
+                &globex,
+                Bytes::from(body.to_string()),
+            )
             .await
             .expect("call");
         let reply = replies.next(LONG).await.expect("an error reply");
@@ -322,7 +329,13 @@ async fn messages_claiming_another_tenant_than_their_subject_are_refused() {
     .expect("dead-lettered");
     let runs = p.bus.kv(Bucket::Runs).await.expect("runs bucket");
     for key in [format!("acme.{run}"), format!("globex.{run}")] {
-        assert!(runs.get(&key).await.expect("get").is_none(), "{key}");
+        assert!(
+            runs.get(&agentos_e2e::key(&key))
+                .await
+                .expect("get")
+                .is_none(),
+            "{key}"
+        );
     }
     assert!(
         p.bus

@@ -11,6 +11,7 @@ use agentos_bus::envelope::{
     now,
 };
 use agentos_bus::id::{CallId, ToolName};
+use agentos_bus::key::{self, Key};
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{CallMeta, Delivery, Error as BusError, PendingAppend, Standing, Versioned};
 use tokio_util::sync::CancellationToken;
@@ -243,8 +244,8 @@ impl Driver<'_> {
         Ok(())
     }
 
-    fn record_key(&self) -> String {
-        format!("{}.{}", self.req.tenant, self.req.run_id)
+    fn record_key(&self) -> Key {
+        key::run(&self.req.tenant, &self.req.run_id)
     }
 
     fn event(&self, data: EventData) -> Event {
@@ -397,7 +398,7 @@ impl Driver<'_> {
         if let Some(agent) = &self.req.agent {
             return Ok(Ok(agent.clone()));
         }
-        let key = format!("{}.{}", self.req.tenant, self.req.agent_id);
+        let key = key::agent(&self.req.tenant, &self.req.agent_id);
         Ok(match self.ctx.agents.get_as::<AgentSpec>(&key).await? {
             Some(a) => Ok(a.value),
             None => Err(ErrorBody::new(
@@ -574,7 +575,10 @@ impl Driver<'_> {
                 Err(e) => return Err(Stop::Bus(e)),
             }
         }
-        Err(Stop::Bus(BusError::WrongRevision { key, expected: 0 }))
+        Err(Stop::Bus(BusError::WrongRevision {
+            key: key.to_string(),
+            expected: 0,
+        }))
     }
 
     /// Calls the model for `step`; deltas are journaled as they stream (pipelined, then all

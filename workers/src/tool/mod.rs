@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentos_bus::envelope::{Envelope, ErrorBody, ToolReply, ToolRequest};
-use agentos_bus::id::{RunId, Tenant};
+use agentos_bus::id::{RunId, Tenant, ToolName};
+use agentos_bus::key::{self, Key};
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{Bucket, Bus, Error as BusError, Incoming, Kv, ServiceSpec};
 use futures::StreamExt;
@@ -66,7 +67,8 @@ impl ToolWorker {
             .opts
             .tools
             .iter()
-            .map(|t| format!("{}.tool.*.{}", subject::PREFIX, t.name()))
+            .filter_map(|t| ToolName::parse(t.name()).ok())
+            .map(|t| subject::tool_filter(&t))
             .collect();
         let mut service = self
             .bus
@@ -224,7 +226,7 @@ fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationTo
 }
 
 /// `<run_id>:<step>:<call_id>` → KV key `<tenant>.<run_id>.<step>.<call_id>`, validated.
-fn record_key(tenant: &Tenant, key: &str) -> Option<String> {
+fn record_key(tenant: &Tenant, key: &str) -> Option<Key> {
     let mut parts = key.split(':');
     let (run, step, call) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -233,5 +235,5 @@ fn record_key(tenant: &Tenant, key: &str) -> Option<String> {
     let run = RunId::parse(run).ok()?;
     let step: u32 = step.parse().ok()?;
     let call = agentos_bus::id::CallId::parse(call).ok()?;
-    Some(format!("{tenant}.{run}.{step}.{call}"))
+    Some(key::tool_result(tenant, &run, step, &call))
 }

@@ -1,0 +1,119 @@
+//! KV keys, built from validated ids only. Outside this crate a [`Key`] cannot be made from a
+//! string except through [`Key::parse`], which checks the KV key grammar; every key the platform
+//! uses has a builder here, so the layout of each bucket is written down in one place.
+
+use std::fmt;
+
+use crate::id::{AgentId, CallId, RunId, Tenant};
+use crate::{Error, Result};
+
+/// One key of a KV bucket: `[-/_=.a-zA-Z0-9]+`, no leading or trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// A key from text (operator tools, tests); the builders below are the usual way.
+    pub fn parse(s: impl Into<String>) -> Result<Self> {
+        let s = s.into();
+        let reason = if s.is_empty() {
+            Some("must not be empty")
+        } else if s.starts_with('.') || s.ends_with('.') || s.contains("..") {
+            Some("must not start or end with '.' or have empty tokens")
+        } else if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+        {
+            Some("may contain only A-Z, a-z, 0-9 and - / _ = .")
+        } else {
+            None
+        };
+        match reason {
+            None => Ok(Self(s)),
+            Some(reason) => Err(Error::InvalidId {
+                kind: "kv key",
+                value: s,
+                reason,
+            }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What follows the first token (for `<tenant>.<id>` keys: the id).
+    pub fn tail(&self) -> &str {
+        self.0.split_once('.').map_or("", |(_, rest)| rest)
+    }
+
+    fn joined(parts: &[&str]) -> Self {
+        Self(parts.join("."))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `agentos-runs`: `<tenant>.<run_id>` holds the run record.
+pub fn run(tenant: &Tenant, run: &RunId) -> Key {
+    Key::joined(&[tenant.as_str(), &run.to_string()])
+}
+
+/// `agentos-runs`: `<tenant>.idem-<digest>` maps an `Idempotency-Key` to the run it created.
+/// The digest (a UUIDv5 of tenant and key) keeps any client string out of the key.
+pub fn idempotency(tenant: &Tenant, client_key: &str) -> Key {
+    let name = format!("{tenant}\u{0}{client_key}");
+    let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+    Key::joined(&[tenant.as_str(), &format!("idem-{}", digest.simple())])
+}
+
+/// `agentos-agents`: `<tenant>.<agent_id>`.
+pub fn agent(tenant: &Tenant, agent: &AgentId) -> Key {
+    Key::joined(&[tenant.as_str(), agent.as_str()])
+}
+
+/// `agentos-tenants`: `<tenant>`.
+pub fn tenant(tenant: &Tenant) -> Key {
+    Key(tenant.as_str().to_owned())
+}
+
+/// `agentos-tool-results`: `<tenant>.<run_id>.<step>.<call_id>`, one tool call's recorded reply.
+pub fn tool_result(tenant: &Tenant, run: &RunId, step: u32, call: &CallId) -> Key {
+    Key::joined(&[
+        tenant.as_str(),
+        &run.to_string(),
+        &step.to_string(),
+        call.as_str(),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_each_buckets_layout_and_parse_checks_the_grammar() {
+        let t = Tenant::parse("acme").expect("tenant");
+        let r = RunId::new();
+        assert_eq!(run(&t, &r).as_str(), format!("acme.{r}"));
+        assert_eq!(run(&t, &r).tail(), r.to_string());
+        let a = AgentId::parse("helper").expect("agent");
+        assert_eq!(agent(&t, &a).as_str(), "acme.helper");
+        assert_eq!(tenant(&t).as_str(), "acme");
+        let c = CallId::parse("call_1").expect("call");
+        assert_eq!(
+            tool_result(&t, &r, 2, &c).as_str(),
+            format!("acme.{r}.2.call_1")
+        );
+        let idem = idempotency(&t, "any string at all / with spaces");
+        assert!(idem.as_str().starts_with("acme.idem-"));
+        assert_eq!(idem, idempotency(&t, "any string at all / with spaces"));
+        assert!(Key::parse(idem.as_str()).is_ok());
+        for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>"] {
+            assert!(Key::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
