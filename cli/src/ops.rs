@@ -270,7 +270,7 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
 /// The `nats`, `jetstream` and `streams` lines of `validate`.
 async fn nats_checks(opts: &ConnectOptions, url: &str, line: &mut impl FnMut(bool, &str, String)) {
     match Bus::connect(opts).await {
-        Err(e) => line(false, "nats", format!("{url}: {e}")),
+        Err(e) => line(false, "nats", e.to_string()),
         Ok(bus) => {
             line(true, "nats", format!("{url} (v{})", bus.server_version()));
             match bus.jetstream_ok().await {
