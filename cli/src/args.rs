@@ -1,11 +1,12 @@
-//! Command-line arguments. Every flag can also come from an `AGENTOS_*` environment variable.
+//! Command-line arguments. The components' settings are the sections of `config` (each flag also
+//! a key of `agentos.toml` and, where named, an `AGENTOS_*` variable); the rest is here.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentos_bus::Admission;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,14 +39,14 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP edge.
-    Edge(EdgeArgs),
+    Edge(Box<EdgeArgs>),
     /// Run a worker pool member.
     Worker {
         #[command(subcommand)]
         kind: WorkerKind,
     },
     /// Create the streams and KV buckets (idempotent; reports drift).
-    Provision(NatsArgs),
+    Provision(config::Nats),
     /// Start NATS, provision, start the edge and the workers, and complete a smoke run.
     Up(UpArgs),
     /// Check configuration, NATS, JetStream, stream/bucket drift, auth and TLS files.
@@ -112,142 +113,51 @@ pub enum TokenCommand {
     },
 }
 
-#[derive(Clone, Debug, Args)]
-pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(
-        long = "nats-url",
-        env = "AGENTOS_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub url: String,
-    #[arg(long = "nats-user", env = "AGENTOS_NATS_USER")]
-    pub user: Option<String>,
-    #[arg(
-        long = "nats-password",
-        env = "AGENTOS_NATS_PASSWORD",
-        hide_env_values = true
-    )]
-    pub password: Option<String>,
-    #[arg(long = "nats-creds", env = "AGENTOS_NATS_CREDS")]
-    pub creds: Option<PathBuf>,
-    #[arg(
-        long = "nats-nkey-seed",
-        env = "AGENTOS_NATS_NKEY_SEED",
-        hide_env_values = true
-    )]
-    pub nkey_seed: Option<String>,
-    #[arg(long = "nats-tls-ca", env = "AGENTOS_NATS_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    #[arg(long = "nats-tls-cert", env = "AGENTOS_NATS_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long = "nats-tls-key", env = "AGENTOS_NATS_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-}
-
+/// `agentos edge`.
 #[derive(Debug, Args)]
 pub struct EdgeArgs {
     #[command(flatten)]
-    pub nats: NatsArgs,
-    #[arg(long, env = "AGENTOS_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub nats: config::Nats,
     #[command(flatten)]
-    pub tenants: TenantsArg,
-    /// HS256 secret for bearer tokens.
-    #[arg(long, env = "AGENTOS_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// Accept every request as this tenant, without tokens. Loopback listeners only.
-    #[arg(long, env = "AGENTOS_DEV_NO_AUTH_TENANT")]
-    pub dev_no_auth_tenant: Option<String>,
-    /// RS256/ES256 tokens checked against the JWKS at this URL.
-    #[arg(long, env = "AGENTOS_JWKS_URL", conflicts_with_all = ["jwks_file", "oidc_issuer"])]
-    pub jwks_url: Option<String>,
-    /// RS256/ES256 tokens checked against a JWKS file.
-    #[arg(long, env = "AGENTOS_JWKS_FILE", conflicts_with = "oidc_issuer")]
-    pub jwks_file: Option<PathBuf>,
-    /// RS256/ES256 tokens from this OIDC issuer (its discovery document names the JWKS); also
-    /// the required `iss` unless --jwt-issuer says otherwise.
-    #[arg(long, env = "AGENTOS_OIDC_ISSUER")]
-    pub oidc_issuer: Option<String>,
-    /// Required `iss` claim.
-    #[arg(long, env = "AGENTOS_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim.
-    #[arg(long, env = "AGENTOS_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// The claim holding the tenant.
-    #[arg(long, env = "AGENTOS_TENANT_CLAIM", default_value = "tenant")]
-    pub tenant_claim: String,
-    /// The claim holding the roles (an array, or a space-separated string).
-    #[arg(long, env = "AGENTOS_ROLES_CLAIM", default_value = "roles")]
-    pub roles_claim: String,
+    pub edge: config::Edge,
+    #[command(flatten)]
+    pub tenants: config::Tenants,
 }
 
+/// `agentos worker orchestrator`.
 #[derive(Debug, Args)]
 pub struct OrchestratorArgs {
     #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Runs driven at once.
-    #[arg(long, env = "AGENTOS_CONCURRENCY", default_value_t = 256)]
-    pub concurrency: usize,
-    /// Redelivery delay of a run whose orchestrator went silent.
-    #[arg(long, env = "AGENTOS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
-    pub ack_wait: Duration,
-    #[arg(long, env = "AGENTOS_MODEL_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
-    pub model_timeout: Duration,
-    #[arg(long, env = "AGENTOS_TOOL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub tool_timeout: Duration,
+    pub nats: config::Nats,
     #[command(flatten)]
-    pub tenants: TenantsArg,
+    pub orchestrator: config::Orchestrator,
+    #[command(flatten)]
+    pub tenants: config::Tenants,
 }
 
-/// Which tenants may use the platform; the edge and the orchestrators must agree.
-#[derive(Clone, Copy, Debug, Args)]
-pub struct TenantsArg {
-    /// `implicit`: any tenant a valid token names; `registered`: only tenants an admin created.
-    #[arg(
-        long = "tenants",
-        env = "AGENTOS_TENANTS",
-        default_value = "implicit",
-        value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Admission>())
-    )]
-    pub admission: Admission,
-}
-
+/// `agentos worker model`.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     #[command(flatten)]
-    pub nats: NatsArgs,
-    #[arg(long, env = "AGENTOS_CONCURRENCY", default_value_t = 256)]
-    pub concurrency: usize,
+    pub nats: config::Nats,
+    #[command(flatten)]
+    pub model: config::Model,
 }
 
+/// `agentos worker tool`.
 #[derive(Debug, Args)]
 pub struct ToolArgs {
     #[command(flatten)]
-    pub nats: NatsArgs,
-    #[arg(long, env = "AGENTOS_CONCURRENCY", default_value_t = 256)]
-    pub concurrency: usize,
-    /// Hosts (`host` or `host:port`) the `http.get` tool may fetch, comma-separated.
-    #[arg(long, env = "AGENTOS_HTTP_ALLOW", value_delimiter = ',')]
-    pub http_allow: Vec<String>,
+    pub nats: config::Nats,
+    #[command(flatten)]
+    pub tool: config::Tool,
 }
 
+/// `agentos up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Where NATS data, logs, the token and reports live.
-    #[arg(long, env = "AGENTOS_HOME", default_value = ".agentos")]
-    pub home: PathBuf,
-    #[arg(long, default_value_t = 4222)]
-    pub nats_port: u16,
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    #[arg(long, default_value_t = 1)]
-    pub orchestrators: usize,
-    #[arg(long, default_value_t = 1)]
-    pub model_workers: usize,
-    #[arg(long, default_value_t = 1)]
-    pub tool_workers: usize,
+    #[command(flatten)]
+    pub up: config::Up,
     /// Start, run the smoke test, stop everything and exit (for CI and first checks).
     #[arg(long, conflicts_with = "detach")]
     pub smoke_only: bool,
@@ -259,7 +169,7 @@ pub struct UpArgs {
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     #[command(flatten)]
-    pub nats: NatsArgs,
+    pub nats: config::Nats,
     #[command(flatten)]
     pub home: HomeArgs,
     /// The edge's HS256 secret, to check it is set and long enough.
@@ -267,11 +177,20 @@ pub struct ValidateArgs {
     pub jwt_secret: Option<String>,
 }
 
+/// `--home` of every command but `up`, whose own is `[up] home`; the file's `[up] home` applies
+/// here too (see `config::layer`).
 #[derive(Clone, Debug, Args)]
 pub struct HomeArgs {
-    /// The platform's home folder.
-    #[arg(long, env = "AGENTOS_HOME", default_value = ".agentos")]
-    pub home: PathBuf,
+    /// The platform's home folder (default .agentos).
+    #[arg(long, env = "AGENTOS_HOME")]
+    pub home: Option<PathBuf>,
+}
+
+impl HomeArgs {
+    /// The home folder in effect.
+    pub fn path(&self) -> PathBuf {
+        self.home.clone().unwrap_or_else(config::default_home)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -399,6 +318,41 @@ pub enum RunCommand {
     },
 }
 
+impl Command {
+    /// The `--home` of a command that takes one, but `up` (its home is `[up] home`).
+    pub fn home_mut(&mut self) -> Option<&mut HomeArgs> {
+        match self {
+            Command::Down(h) | Command::Env(h) => Some(h),
+            Command::Status(StatusArgs { home, .. })
+            | Command::Logs(LogsArgs { home, .. })
+            | Command::Nuke(NukeArgs { home, .. })
+            | Command::Validate(ValidateArgs { home, .. })
+            | Command::Tenant {
+                command: TenantCommand::Credentials(TenantArgs { home, .. }),
+            }
+            | Command::Tenant {
+                command: TenantCommand::Revoke(TenantArgs { home, .. }),
+            } => Some(home),
+            Command::Agent { command } => Some(match command {
+                AgentCommand::Create { edge, .. }
+                | AgentCommand::List { edge }
+                | AgentCommand::Get { edge, .. } => &mut edge.home,
+            }),
+            Command::Run { command } => Some(match command {
+                RunCommand::Create { edge, .. }
+                | RunCommand::Get { edge, .. }
+                | RunCommand::List { edge, .. }
+                | RunCommand::Cancel { edge, .. } => &mut edge.home,
+            }),
+            Command::Edge(_)
+            | Command::Worker { .. }
+            | Command::Provision(_)
+            | Command::Up(_)
+            | Command::Token { .. } => None,
+        }
+    }
+}
+
 /// `250ms`, `30s`, `5m`, `24h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -413,23 +367,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => Err(format!(
             "invalid duration unit in {s:?} (use ms, s, m or h)"
         )),
-    }
-}
-
-impl NatsArgs {
-    pub fn connect_options(&self, name: &str) -> agentos_bus::ConnectOptions {
-        agentos_bus::ConnectOptions {
-            url: self.url.clone(),
-            name: Some(name.to_owned()),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            credentials_file: self.creds.clone(),
-            nkey_seed: self.nkey_seed.clone(),
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            ..Default::default()
-        }
     }
 }
 

@@ -17,7 +17,7 @@ struct Edge {
 
 impl Edge {
     fn new(a: &EdgeClientArgs) -> Result<Self> {
-        let state = State::load(&a.home.home)?;
+        let state = State::load(&a.home.path())?;
         let url = match (&a.edge_url, &state) {
             (Some(u), _) => u.clone(),
             (None, Some(s)) => s.edge_url.clone(),

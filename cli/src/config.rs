@@ -1,91 +1,262 @@
-//! `agentos.toml`: one typed configuration file. Precedence, lowest first: built-in defaults →
-//! the file → `AGENTOS_*` environment variables → command-line flags. Unknown keys are errors
-//! that name the key and its line. Every key is documented in `agentos.example.toml`.
+//! The configuration tree: `agentos.toml`, the `AGENTOS_*` variables and the flags. Each section
+//! is one struct, declared with [`section!`], whose fields are at once TOML keys (kebab-case),
+//! flags and, where its `#[arg]` names one, `AGENTOS_*` variables: clap derive and serde on the
+//! same type. Precedence, lowest first: built-in defaults → the file → `AGENTOS_*` → flags.
+//! Unknown keys are errors that name the key and its line. Every key is documented in
+//! `agentos.example.toml` (a test checks it against these types).
+//!
+//! Why a small macro and not `figment`: clap can only tell "not given" from "given" through
+//! `Option` fields, which figment needs as well, and figment's TOML provider drops the line
+//! numbers our errors promise; the macro adds the one thing missing, a default per field.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentos_bus::Admission;
 use anyhow::{Context, Result};
-use clap::ArgMatches;
-use clap::parser::ValueSource;
 use serde::{Deserialize, Deserializer};
 
-use crate::args::{Cli, Command, NatsArgs, WorkerKind};
+use crate::args::{Cli, Command, WorkerKind, parse_duration};
 
 /// The file's name in the working directory, read when present.
 pub const DEFAULT_FILE: &str = "agentos.toml";
 
+/// Declares a section: a struct of optional fields (so the layers can be told apart) deriving
+/// `clap::Args` and `serde::Deserialize`, and per field an accessor of the same name that
+/// yields the layered value, or the default given as `= expr`.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                $field:ident : $ty:ty $(= $default:expr)?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Default, PartialEq, clap::Args, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct $name {
+            $( $(#[$fmeta])* $field: Option<$ty>, )*
+        }
+
+        impl $name {
+            /// Each value not set here taken from `lower`.
+            pub fn or(self, lower: Self) -> Self {
+                Self { $( $field: self.$field.or(lower.$field), )* }
+            }
+
+            /// The built-in defaults (fields without one stay unset).
+            #[cfg(test)]
+            pub fn defaults() -> Self {
+                Self { $( $field: section!(@default $($default)?), )* }
+            }
+
+            $( section!(@get $field : $ty $(= $default)?); )*
+        }
+    };
+    (@default) => { None };
+    (@default $default:expr) => { Some($default) };
+    (@get $field:ident : $ty:ty = $default:expr) => {
+        pub fn $field(&self) -> $ty {
+            self.$field.as_ref().cloned().unwrap_or_else(|| $default)
+        }
+    };
+    (@get $field:ident : $ty:ty) => {
+        pub fn $field(&self) -> Option<$ty> {
+            self.$field.as_ref().cloned()
+        }
+    };
+}
+
+/// The whole file: one section per component.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
-    #[serde(default)]
-    pub nats: NatsConfig,
-    #[serde(default)]
-    pub edge: EdgeConfig,
-    #[serde(default)]
-    pub orchestrator: OrchestratorConfig,
-    #[serde(default)]
-    pub model: ModelConfig,
-    #[serde(default)]
-    pub tool: ToolConfig,
-    #[serde(default)]
-    pub up: UpConfig,
-    #[serde(default)]
-    pub tenants: TenantsConfig,
+    pub nats: Nats,
+    pub edge: Edge,
+    pub tenants: Tenants,
+    pub orchestrator: Orchestrator,
+    pub model: Model,
+    pub tool: Tool,
+    pub up: Up,
 }
 
-/// `[tenants]`: read by the edge and the orchestrators alike, so they cannot disagree.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct TenantsConfig {
-    pub admission: Option<agentos_bus::Admission>,
+section! {
+    /// `[nats]`: how the edge, the workers, `provision` and `validate` connect.
+    pub struct Nats {
+        /// NATS server URL(s), comma-separated (default nats://127.0.0.1:4222).
+        #[arg(long = "nats-url", env = "AGENTOS_NATS_URL")]
+        url: String = "nats://127.0.0.1:4222".into(),
+        /// NATS user, with --nats-password.
+        #[arg(long = "nats-user", env = "AGENTOS_NATS_USER")]
+        user: String,
+        #[arg(long = "nats-password", env = "AGENTOS_NATS_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// A .creds file (user JWT and nkey seed); mode 0600.
+        #[arg(long = "nats-creds", env = "AGENTOS_NATS_CREDS")]
+        creds: PathBuf,
+        #[arg(long = "nats-nkey-seed", env = "AGENTOS_NATS_NKEY_SEED", hide_env_values = true)]
+        nkey_seed: String,
+        #[arg(long = "nats-tls-ca", env = "AGENTOS_NATS_TLS_CA")]
+        tls_ca: PathBuf,
+        #[arg(long = "nats-tls-cert", env = "AGENTOS_NATS_TLS_CERT")]
+        tls_cert: PathBuf,
+        #[arg(long = "nats-tls-key", env = "AGENTOS_NATS_TLS_KEY")]
+        tls_key: PathBuf,
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct NatsConfig {
-    pub url: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub creds: Option<PathBuf>,
-    pub nkey_seed: Option<String>,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
+impl Nats {
+    /// Connection options; a creds file others can read is refused.
+    pub fn connect_options(&self, name: &str) -> Result<agentos_bus::ConnectOptions> {
+        if let Some(creds) = &self.creds {
+            crate::secret::check(creds).context("[nats] creds")?;
+        }
+        Ok(agentos_bus::ConnectOptions {
+            url: self.url(),
+            name: Some(name.to_owned()),
+            user: self.user(),
+            password: self.password(),
+            credentials_file: self.creds(),
+            nkey_seed: self.nkey_seed(),
+            tls_ca: self.tls_ca(),
+            tls_cert: self.tls_cert(),
+            tls_key: self.tls_key(),
+            ..Default::default()
+        })
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct EdgeConfig {
-    pub listen: Option<SocketAddr>,
-    /// A file holding the HS256 secret (kept out of the config file itself).
-    pub jwt_secret_file: Option<PathBuf>,
-    pub dev_no_auth_tenant: Option<String>,
+section! {
+    /// `[edge]`: `agentos edge`.
+    pub struct Edge {
+        /// Listen address (default 127.0.0.1:8080).
+        #[arg(long, env = "AGENTOS_LISTEN")]
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
+        /// HS256 secret for bearer tokens (never in the file: see --jwt-secret-file).
+        #[arg(long, env = "AGENTOS_JWT_SECRET", hide_env_values = true)]
+        #[serde(skip)]
+        jwt_secret: String,
+        /// A file holding the HS256 secret, trimmed; mode 0600. --jwt-secret wins.
+        #[arg(long, env = "AGENTOS_JWT_SECRET_FILE")]
+        jwt_secret_file: PathBuf,
+        /// Accept every request as this tenant, without tokens. Loopback listeners only.
+        #[arg(long, env = "AGENTOS_DEV_NO_AUTH_TENANT")]
+        dev_no_auth_tenant: String,
+        /// RS256/ES256 tokens checked against the JWKS at this URL.
+        #[arg(long, env = "AGENTOS_JWKS_URL", conflicts_with_all = ["jwks_file", "oidc_issuer"])]
+        jwks_url: String,
+        /// RS256/ES256 tokens checked against a JWKS file.
+        #[arg(long, env = "AGENTOS_JWKS_FILE", conflicts_with = "oidc_issuer")]
+        jwks_file: PathBuf,
+        /// RS256/ES256 tokens from this OIDC issuer (its discovery document names the JWKS); also
+        /// the required `iss` unless --jwt-issuer says otherwise.
+        #[arg(long, env = "AGENTOS_OIDC_ISSUER")]
+        oidc_issuer: String,
+        /// Required `iss` claim.
+        #[arg(long, env = "AGENTOS_JWT_ISSUER")]
+        jwt_issuer: String,
+        /// Required `aud` claim.
+        #[arg(long, env = "AGENTOS_JWT_AUDIENCE")]
+        jwt_audience: String,
+        /// The claim holding the tenant (default tenant).
+        #[arg(long, env = "AGENTOS_TENANT_CLAIM")]
+        tenant_claim: String = "tenant".into(),
+        /// The claim holding the roles, an array or a space-separated string (default roles).
+        #[arg(long, env = "AGENTOS_ROLES_CLAIM")]
+        roles_claim: String = "roles".into(),
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct OrchestratorConfig {
-    pub concurrency: Option<usize>,
-    #[serde(default, deserialize_with = "duration")]
-    pub ack_wait: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    pub model_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    pub tool_timeout: Option<Duration>,
+section! {
+    /// `[tenants]`: read by the edge and the orchestrators alike, so they cannot disagree.
+    pub struct Tenants {
+        /// `implicit` (default): any tenant a valid token names; `registered`: only tenants an
+        /// admin created.
+        #[arg(
+            long = "tenants",
+            env = "AGENTOS_TENANTS",
+            value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Admission>())
+        )]
+        admission: Admission = Admission::Implicit,
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ModelConfig {
-    pub concurrency: Option<usize>,
-    /// Public model name → route. Reloaded by running model workers when the file changes.
-    #[serde(default)]
-    pub routes: std::collections::BTreeMap<String, RouteConfig>,
+section! {
+    /// `[orchestrator]`: `agentos worker orchestrator`.
+    pub struct Orchestrator {
+        /// Runs driven at once (default 256).
+        #[arg(long, env = "AGENTOS_CONCURRENCY")]
+        concurrency: usize = 256,
+        /// Redelivery delay of a run whose orchestrator went silent (default 30s).
+        #[arg(long, env = "AGENTOS_ACK_WAIT", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        ack_wait: Duration = Duration::from_secs(30),
+        /// Longest wait for the next model reply chunk (default 120s).
+        #[arg(long, env = "AGENTOS_MODEL_TIMEOUT", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        model_timeout: Duration = Duration::from_secs(120),
+        /// Longest wait for a tool reply (default 60s).
+        #[arg(long, env = "AGENTOS_TOOL_TIMEOUT", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        tool_timeout: Duration = Duration::from_secs(60),
+    }
 }
 
-#[derive(Debug, Deserialize)]
+section! {
+    /// `[model]`: `agentos worker model`.
+    pub struct Model {
+        /// Model calls served at once (default 256).
+        #[arg(long, env = "AGENTOS_CONCURRENCY")]
+        concurrency: usize = 256,
+        /// Public model name → route; file only. Reloaded by running model workers when the
+        /// file changes.
+        #[arg(skip)]
+        routes: BTreeMap<String, RouteConfig> = BTreeMap::new(),
+    }
+}
+
+section! {
+    /// `[tool]`: `agentos worker tool`.
+    pub struct Tool {
+        /// Tool calls served at once (default 256).
+        #[arg(long, env = "AGENTOS_CONCURRENCY")]
+        concurrency: usize = 256,
+        /// Hosts (`host` or `host:port`) the `http.get` tool may fetch, comma-separated (none).
+        #[arg(long, env = "AGENTOS_HTTP_ALLOW", value_delimiter = ',')]
+        http_allow: Vec<String> = Vec::new(),
+    }
+}
+
+section! {
+    /// `[up]`: `agentos up`; its `home` is every command's `--home`.
+    pub struct Up {
+        /// Where NATS data, logs, the token and reports live (default .agentos).
+        #[arg(long, env = "AGENTOS_HOME")]
+        home: PathBuf = PathBuf::from(".agentos"),
+        /// nats-server's client port, on 127.0.0.1 (default 4222).
+        #[arg(long)]
+        nats_port: u16 = 4222,
+        /// The edge's address (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
+        /// Orchestrator instances (default 1).
+        #[arg(long)]
+        orchestrators: usize = 1,
+        /// Model worker instances (default 1).
+        #[arg(long)]
+        model_workers: usize = 1,
+        /// Tool worker instances (default 1).
+        #[arg(long)]
+        tool_workers: usize = 1,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RouteConfig {
     /// `scripted` or `openai`.
@@ -96,7 +267,7 @@ pub struct RouteConfig {
     pub upstream_model: Option<String>,
     /// Environment variable holding the API key.
     pub api_key_env: Option<String>,
-    /// File holding the API key.
+    /// File holding the API key (mode 0600).
     pub api_key_file: Option<PathBuf>,
     /// Longest wait for the upstream's response headers (per attempt).
     #[serde(default, deserialize_with = "duration")]
@@ -113,10 +284,10 @@ pub struct RouteConfig {
 }
 
 /// Builds the model route table: the built-in `scripted` route plus the configured ones.
-pub fn routes(c: &ModelConfig) -> Result<agentos_workers::model::RouteTable> {
+pub fn routes(c: &Model) -> Result<agentos_workers::model::RouteTable> {
     use agentos_workers::model::{Backend, OpenAi, OpenAiOptions, Route, Secret, default_routes};
     let mut table = default_routes();
-    for (name, r) in &c.routes {
+    for (name, r) in &c.routes() {
         let public = agentos_bus::id::ModelName::parse(name.clone())
             .with_context(|| format!("[model.routes.{name}]"))?;
         let backend = match r.backend.as_str() {
@@ -130,13 +301,11 @@ pub fn routes(c: &ModelConfig) -> Result<agentos_workers::model::RouteTable> {
                     (Some(var), _) => Some(Secret::new(std::env::var(var).with_context(|| {
                         format!("[model.routes.{name}] api-key-env: {var} is not set")
                     })?)),
-                    (None, Some(f)) => Some(Secret::new(
-                        std::fs::read_to_string(f)
-                            .with_context(|| {
-                                format!("[model.routes.{name}] api-key-file {}", f.display())
-                            })?
-                            .trim(),
-                    )),
+                    (None, Some(f)) => {
+                        Some(Secret::new(crate::secret::read(f).with_context(|| {
+                            format!("[model.routes.{name}] api-key-file")
+                        })?))
+                    }
                     (None, None) => None,
                 };
                 Backend::OpenAi(OpenAi::new(OpenAiOptions {
@@ -164,28 +333,11 @@ pub fn routes(c: &ModelConfig) -> Result<agentos_workers::model::RouteTable> {
     Ok(table)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ToolConfig {
-    pub concurrency: Option<usize>,
-    pub http_allow: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct UpConfig {
-    pub home: Option<PathBuf>,
-    pub nats_port: Option<u16>,
-    pub listen: Option<SocketAddr>,
-    pub orchestrators: Option<usize>,
-    pub model_workers: Option<usize>,
-    pub tool_workers: Option<usize>,
-}
-
+/// A duration key: `"250ms"`, `"30s"`, `"5m"`, `"24h"`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::args::parse_duration(&s)
-        .map(Some)
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_duration(&s))
+        .transpose()
         .map_err(serde::de::Error::custom)
 }
 
@@ -240,183 +392,67 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
-/// Where a value came from: only defaults and absent values yield to the file.
-fn from_default(m: &ArgMatches, id: &str) -> bool {
-    matches!(m.value_source(id), None | Some(ValueSource::DefaultValue))
-}
-
-fn set<T: Clone>(m: &ArgMatches, id: &str, target: &mut T, file: Option<&T>) {
-    if let Some(v) = file
-        && from_default(m, id)
-    {
-        *target = v.clone();
-    }
-}
-
-fn set_opt<T: Clone>(m: &ArgMatches, id: &str, target: &mut Option<T>, file: Option<&T>) {
-    if let Some(v) = file
-        && from_default(m, id)
-    {
-        *target = Some(v.clone());
-    }
-}
-
-fn nats(m: &ArgMatches, a: &mut NatsArgs, c: &NatsConfig) {
-    set(m, "url", &mut a.url, c.url.as_ref());
-    set_opt(m, "user", &mut a.user, c.user.as_ref());
-    set_opt(m, "password", &mut a.password, c.password.as_ref());
-    set_opt(m, "creds", &mut a.creds, c.creds.as_ref());
-    set_opt(m, "nkey_seed", &mut a.nkey_seed, c.nkey_seed.as_ref());
-    set_opt(m, "tls_ca", &mut a.tls_ca, c.tls_ca.as_ref());
-    set_opt(m, "tls_cert", &mut a.tls_cert, c.tls_cert.as_ref());
-    set_opt(m, "tls_key", &mut a.tls_key, c.tls_key.as_ref());
-}
-
-/// Fills every argument that was not given on the command line or in the environment from the
-/// file.
-pub fn apply(cli: &mut Cli, m: &ArgMatches, c: &Config) -> Result<()> {
+/// Lays the command line (flags, then `AGENTOS_*` variables, as clap read them) over the file:
+/// each section the command takes keeps what was given and takes the rest from `file`; the
+/// accessors supply the defaults last.
+pub fn layer(cli: &mut Cli, file: Config) {
+    use std::mem::take;
     match &mut cli.command {
         Command::Edge(a) => {
-            let Some(m) = m.subcommand_matches("edge") else {
-                return Ok(());
-            };
-            nats(m, &mut a.nats, &c.nats);
-            set(m, "listen", &mut a.listen, c.edge.listen.as_ref());
-            set(
-                m,
-                "admission",
-                &mut a.tenants.admission,
-                c.tenants.admission.as_ref(),
-            );
-            set_opt(
-                m,
-                "dev_no_auth_tenant",
-                &mut a.dev_no_auth_tenant,
-                c.edge.dev_no_auth_tenant.as_ref(),
-            );
-            if let Some(file) = &c.edge.jwt_secret_file
-                && from_default(m, "jwt_secret")
-            {
-                let secret = std::fs::read_to_string(file)
-                    .with_context(|| format!("[edge] jwt-secret-file {}", file.display()))?;
-                a.jwt_secret = Some(secret.trim().to_owned());
+            a.nats = take(&mut a.nats).or(file.nats);
+            a.edge = take(&mut a.edge).or(file.edge);
+            a.tenants = take(&mut a.tenants).or(file.tenants);
+        }
+        Command::Worker { kind } => match kind {
+            WorkerKind::Orchestrator(a) => {
+                a.nats = take(&mut a.nats).or(file.nats);
+                a.orchestrator = take(&mut a.orchestrator).or(file.orchestrator);
+                a.tenants = take(&mut a.tenants).or(file.tenants);
+            }
+            WorkerKind::Model(a) => {
+                a.nats = take(&mut a.nats).or(file.nats);
+                a.model = take(&mut a.model).or(file.model);
+            }
+            WorkerKind::Tool(a) => {
+                a.nats = take(&mut a.nats).or(file.nats);
+                a.tool = take(&mut a.tool).or(file.tool);
+            }
+        },
+        Command::Provision(nats) => *nats = take(nats).or(file.nats),
+        Command::Up(a) => a.up = take(&mut a.up).or(file.up),
+        Command::Validate(a) => {
+            a.nats = take(&mut a.nats).or(file.nats);
+            a.home.home = a.home.home.take().or(file.up.home);
+        }
+        other => {
+            if let Some(h) = other.home_mut() {
+                h.home = h.home.take().or(file.up.home);
             }
         }
-        Command::Worker { kind } => {
-            let Some(m) = m.subcommand_matches("worker") else {
-                return Ok(());
-            };
-            match kind {
-                WorkerKind::Orchestrator(a) => {
-                    let Some(m) = m.subcommand_matches("orchestrator") else {
-                        return Ok(());
-                    };
-                    let o = &c.orchestrator;
-                    nats(m, &mut a.nats, &c.nats);
-                    set(m, "concurrency", &mut a.concurrency, o.concurrency.as_ref());
-                    set(
-                        m,
-                        "admission",
-                        &mut a.tenants.admission,
-                        c.tenants.admission.as_ref(),
-                    );
-                    set(m, "ack_wait", &mut a.ack_wait, o.ack_wait.as_ref());
-                    set(
-                        m,
-                        "model_timeout",
-                        &mut a.model_timeout,
-                        o.model_timeout.as_ref(),
-                    );
-                    set(
-                        m,
-                        "tool_timeout",
-                        &mut a.tool_timeout,
-                        o.tool_timeout.as_ref(),
-                    );
-                }
-                WorkerKind::Model(a) => {
-                    let Some(m) = m.subcommand_matches("model") else {
-                        return Ok(());
-                    };
-                    nats(m, &mut a.nats, &c.nats);
-                    set(
-                        m,
-                        "concurrency",
-                        &mut a.concurrency,
-                        c.model.concurrency.as_ref(),
-                    );
-                }
-                WorkerKind::Tool(a) => {
-                    let Some(m) = m.subcommand_matches("tool") else {
-                        return Ok(());
-                    };
-                    nats(m, &mut a.nats, &c.nats);
-                    set(
-                        m,
-                        "concurrency",
-                        &mut a.concurrency,
-                        c.tool.concurrency.as_ref(),
-                    );
-                    set(
-                        m,
-                        "http_allow",
-                        &mut a.http_allow,
-                        c.tool.http_allow.as_ref(),
-                    );
-                }
-            }
-        }
-        Command::Up(a) => {
-            let Some(m) = m.subcommand_matches("up") else {
-                return Ok(());
-            };
-            let u = &c.up;
-            set(m, "home", &mut a.home, u.home.as_ref());
-            set(m, "nats_port", &mut a.nats_port, u.nats_port.as_ref());
-            set(m, "listen", &mut a.listen, u.listen.as_ref());
-            set(
-                m,
-                "orchestrators",
-                &mut a.orchestrators,
-                u.orchestrators.as_ref(),
-            );
-            set(
-                m,
-                "model_workers",
-                &mut a.model_workers,
-                u.model_workers.as_ref(),
-            );
-            set(
-                m,
-                "tool_workers",
-                &mut a.tool_workers,
-                u.tool_workers.as_ref(),
-            );
-        }
-        Command::Down(h)
-        | Command::Status(crate::args::StatusArgs { home: h, .. })
-        | Command::Logs(crate::args::LogsArgs { home: h, .. }) => {
-            if let Some((_, m)) = m.subcommand() {
-                set(m, "home", &mut h.home, c.up.home.as_ref());
-            }
-        }
-        Command::Provision(a) | Command::Validate(crate::args::ValidateArgs { nats: a, .. }) => {
-            if let Some((_, m)) = m.subcommand() {
-                nats(m, a, &c.nats);
-            }
-        }
-        _ => {}
     }
-    Ok(())
+}
+
+/// The home folder when neither `--home`, `AGENTOS_HOME` nor `[up] home` names one.
+pub fn default_home() -> PathBuf {
+    Up::default().home()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::rc::Rc;
+
+    use clap::Parser;
+    use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+
     use super::*;
+
+    const EXAMPLE: &str = include_str!("../../agentos.example.toml");
 
     #[test]
     fn the_example_file_parses_and_sets_every_section() {
-        let c = parse(include_str!("../../agentos.example.toml")).expect("example parses");
+        let c = parse(EXAMPLE).expect("example parses");
         assert_eq!(c.orchestrator.ack_wait, Some(Duration::from_secs(30)));
         assert_eq!(c.up.orchestrators, Some(1));
         assert_eq!(c.tenants.admission, Some(agentos_bus::Admission::Implicit));
@@ -439,5 +475,292 @@ mod tests {
             .expect_err("bad duration")
             .to_string();
         assert!(err.contains("line 2") && err.contains("duration"), "{err}");
+    }
+
+    /// Records the dotted path of every key a type's `Deserialize` asks for: each struct's
+    /// fields, walked into; an `Option` is a key (answered "absent"); a map one entry `*`.
+    #[derive(Clone, Default)]
+    struct Keys {
+        path: String,
+        out: Rc<RefCell<BTreeSet<String>>>,
+    }
+
+    impl Keys {
+        fn leaf(&self) {
+            self.out.borrow_mut().insert(self.path.clone());
+        }
+
+        fn of<'de, T: Deserialize<'de>>() -> BTreeSet<String> {
+            let keys = Keys::default();
+            T::deserialize(keys.clone()).expect("walked");
+            keys.out.take()
+        }
+    }
+
+    impl<'de> Deserializer<'de> for Keys {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+            self.leaf();
+            v.visit_str("")
+        }
+
+        fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+            self.leaf();
+            v.visit_none()
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            v: V,
+        ) -> Result<V::Value, Self::Error> {
+            v.visit_map(Fields {
+                keys: self,
+                fields: fields.iter(),
+                next: String::new(),
+            })
+        }
+
+        fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+            v.visit_map(Fields {
+                keys: self,
+                fields: ["*"].iter(),
+                next: String::new(),
+            })
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf unit unit_struct newtype_struct seq tuple tuple_struct enum identifier
+            ignored_any
+        }
+    }
+
+    struct Fields {
+        keys: Keys,
+        fields: std::slice::Iter<'static, &'static str>,
+        next: String,
+    }
+
+    impl<'de> MapAccess<'de> for Fields {
+        type Error = de::value::Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, Self::Error> {
+            let Some(field) = self.fields.next() else {
+                return Ok(None);
+            };
+            self.next = match self.keys.path.as_str() {
+                "" => (*field).to_owned(),
+                p => format!("{p}.{field}"),
+            };
+            seed.deserialize((*field).into_deserializer()).map(Some)
+        }
+
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, Self::Error> {
+            seed.deserialize(Keys {
+                path: self.next.clone(),
+                out: self.keys.out.clone(),
+            })
+        }
+    }
+
+    /// Every key of the tree, from its types: `nats.url`, …, `model.routes.*.backend`, ….
+    fn tree_keys() -> BTreeSet<String> {
+        let mut keys = Keys::of::<Config>();
+        assert!(keys.remove("model.routes"), "{keys:?}");
+        keys.extend(
+            Keys::of::<RouteConfig>()
+                .into_iter()
+                .map(|k| format!("model.routes.*.{k}")),
+        );
+        keys
+    }
+
+    /// The example with its commented-out keys and tables switched on.
+    fn uncommented(example: &str) -> String {
+        let key = |s: &str| {
+            s.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+        };
+        let table = |s: &str| {
+            s.starts_with('[')
+                && s.find(']').is_some_and(|i| {
+                    let rest = s[i + 1..].trim_start_matches(']').trim();
+                    rest.is_empty() || rest.starts_with('#')
+                })
+        };
+        example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if key(rest) || table(rest) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The keys a TOML document sets, as dotted paths; a route's name is `*`.
+    fn documented(t: &toml::Table, prefix: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (k, v) in t {
+            let k = if prefix == "model.routes" { "*" } else { k };
+            let path = if prefix.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) if !known.contains(&path) => {
+                    out.extend(documented(t, &path, known));
+                }
+                _ => {
+                    out.insert(path);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_example_documents_every_key_and_every_documented_key_parses() {
+        let known = tree_keys();
+        assert!(known.contains("nats.url") && known.contains("model.routes.*.backend"));
+        assert!(
+            !known.contains("edge.jwt-secret"),
+            "secrets stay out of the file"
+        );
+        let all = uncommented(EXAMPLE);
+        parse(&all).unwrap_or_else(|e| panic!("the example with every key on: {e}"));
+        let table: toml::Table = toml::from_str(&all).expect("toml");
+        let shown = documented(&table, "", &known);
+        let missing: Vec<_> = known.difference(&shown).collect();
+        assert!(missing.is_empty(), "agentos.example.toml lacks {missing:?}");
+    }
+
+    #[test]
+    fn the_example_shows_the_defaults() {
+        let c = parse(EXAMPLE).expect("example parses");
+        let show = |name: &str, set: String, default: String| {
+            assert_eq!(set, default, "[{name}] in agentos.example.toml");
+        };
+        // Each section as the example sets it, over the defaults, is the defaults; routes and
+        // other keys without a default are examples.
+        let mut model = c.model.clone();
+        model.routes = None;
+        show(
+            "nats",
+            format!("{:?}", c.nats.clone().or(Nats::defaults())),
+            format!("{:?}", Nats::defaults()),
+        );
+        show(
+            "edge",
+            format!("{:?}", c.edge.clone().or(Edge::defaults())),
+            format!("{:?}", Edge::defaults()),
+        );
+        show(
+            "tenants",
+            format!("{:?}", c.tenants.clone().or(Tenants::defaults())),
+            format!("{:?}", Tenants::defaults()),
+        );
+        show(
+            "orchestrator",
+            format!("{:?}", c.orchestrator.clone().or(Orchestrator::defaults())),
+            format!("{:?}", Orchestrator::defaults()),
+        );
+        show(
+            "model",
+            format!("{:?}", model.or(Model::defaults())),
+            format!("{:?}", Model::defaults()),
+        );
+        show(
+            "tool",
+            format!("{:?}", c.tool.clone().or(Tool::defaults())),
+            format!("{:?}", Tool::defaults()),
+        );
+        show(
+            "up",
+            format!("{:?}", c.up.clone().or(Up::defaults())),
+            format!("{:?}", Up::defaults()),
+        );
+    }
+
+    fn cli(args: &[&str], file: &str) -> Cli {
+        let mut cli = Cli::try_parse_from(args).expect("arguments");
+        layer(&mut cli, parse(file).expect("file"));
+        cli
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_the_defaults() {
+        let file =
+            "[orchestrator]\nack-wait = \"10s\"\nmodel-timeout = \"7s\"\n[nats]\nuser = \"file\"\n";
+        let c = cli(
+            &[
+                "agentos",
+                "worker",
+                "orchestrator",
+                "--ack-wait",
+                "5s",
+                "--nats-user",
+                "flag",
+            ],
+            file,
+        );
+        let Command::Worker {
+            kind: WorkerKind::Orchestrator(a),
+        } = c.command
+        else {
+            panic!("orchestrator");
+        };
+        assert_eq!(a.orchestrator.ack_wait(), Duration::from_secs(5));
+        assert_eq!(a.orchestrator.model_timeout(), Duration::from_secs(7));
+        assert_eq!(a.orchestrator.tool_timeout(), Duration::from_secs(60));
+        assert_eq!(a.nats.user().as_deref(), Some("flag"));
+        assert_eq!(a.tenants.admission(), Admission::Implicit);
+
+        let c = cli(
+            &["agentos", "worker", "tool"],
+            "[tool]\nhttp-allow = [\"a\", \"b:81\"]\n",
+        );
+        let Command::Worker {
+            kind: WorkerKind::Tool(a),
+        } = c.command
+        else {
+            panic!("tool");
+        };
+        assert_eq!(a.tool.http_allow(), ["a", "b:81"]);
+        assert_eq!(a.tool.concurrency(), 256);
+    }
+
+    #[test]
+    fn the_up_home_is_every_commands_home() {
+        for args in [
+            &["agentos", "status"][..],
+            &["agentos", "down"],
+            &["agentos", "run", "list"],
+            &["agentos", "validate"],
+        ] {
+            let mut c = cli(args, "[up]\nhome = \"/srv/agentos\"\n");
+            let home = c.command.home_mut().map(|h| h.path());
+            assert_eq!(home, Some(PathBuf::from("/srv/agentos")), "{args:?}");
+            let mut c = cli(
+                &[args, &["--home", "/x"]].concat(),
+                "[up]\nhome = \"/srv\"\n",
+            );
+            assert_eq!(c.command.home_mut().map(|h| h.path()), Some("/x".into()));
+        }
+        let mut c = cli(&["agentos", "status"], "");
+        assert_eq!(c.command.home_mut().map(|h| h.path()), Some(default_home()));
     }
 }

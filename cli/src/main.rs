@@ -10,33 +10,27 @@ mod client;
 mod config;
 mod ops;
 mod run;
+mod secret;
 mod state;
 mod tenant;
 mod up;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let matches = args::Cli::command().get_matches();
-    let cli = match args::Cli::from_arg_matches(&matches)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut cli| {
-            // `validate` reports a broken file as one of its checks instead of failing here.
-            let validating = matches!(cli.command, args::Command::Validate(_));
-            if let Some(path) = config::locate(cli.config.as_deref()) {
-                match config::load(&path).and_then(|c| config::apply(&mut cli, &matches, &c)) {
-                    Err(_) if validating => {}
-                    other => other?,
-                }
-            }
-            Ok(cli)
-        }) {
-        Ok(cli) => cli,
-        Err(e) => {
+    let mut cli = args::Cli::parse();
+    // `validate` reports a broken file as one of its checks instead of failing here.
+    let validating = matches!(cli.command, args::Command::Validate(_));
+    let file = match config::locate(cli.config.as_deref()).map(|p| config::load(&p)) {
+        None => config::Config::default(),
+        Some(Ok(file)) => file,
+        Some(Err(_)) if validating => config::Config::default(),
+        Some(Err(e)) => {
             eprintln!("error: {e:#}");
             return std::process::ExitCode::FAILURE;
         }
     };
+    config::layer(&mut cli, file);
     run::init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -29,19 +29,20 @@ fn stop(home: &Path) -> Result<bool> {
 }
 
 pub fn down(a: &HomeArgs) -> Result<()> {
-    if stop(&a.home)? {
+    let home = a.path();
+    if stop(&home)? {
         println!(
             "stopped the platform in {}; its data stays (agentos up starts it again)",
-            a.home.display()
+            home.display()
         );
     } else {
-        println!("nothing is running from {}", a.home.display());
+        println!("nothing is running from {}", home.display());
     }
     Ok(())
 }
 
 pub async fn nuke(a: &NukeArgs) -> Result<()> {
-    let home = &a.home.home;
+    let home = &a.home.path();
     let local = State::load(home)?;
     let remote = match (&local, &a.nats_url) {
         (None, Some(url)) if !a.force => {
@@ -85,13 +86,13 @@ pub async fn nuke(a: &NukeArgs) -> Result<()> {
 }
 
 pub async fn status(a: &StatusArgs) -> Result<bool> {
-    let Some(s) = State::load(&a.home.home)? else {
+    let Some(s) = State::load(&a.home.path())? else {
         if a.json {
             println!("{}", json!({"running": false}));
         } else {
             println!(
                 "not running (no live platform in {})",
-                a.home.home.display()
+                a.home.path().display()
             );
         }
         return Ok(false);
@@ -174,12 +175,15 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
             if pass { "ok  " } else { "FAIL" }
         );
     };
-    match crate::config::locate(explicit_config) {
-        None => line(
-            true,
-            "config",
-            "no agentos.toml; defaults, environment and flags".into(),
-        ),
+    let file = match crate::config::locate(explicit_config) {
+        None => {
+            line(
+                true,
+                "config",
+                "no agentos.toml; defaults, environment and flags".into(),
+            );
+            None
+        }
         Some(p) => match crate::config::load(&p) {
             Ok(c) => {
                 line(true, "config", p.display().to_string());
@@ -189,36 +193,84 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
                     Ok(t) => line(true, "models", format!("{} routes", t.len())),
                     Err(e) => line(false, "models", format!("{e:#}")),
                 }
+                Some(c)
             }
-            Err(e) => line(false, "config", format!("{e:#}")),
+            Err(e) => {
+                line(false, "config", format!("{e:#}"));
+                None
+            }
         },
-    }
+    };
     // A running local platform is what to check; otherwise the configured NATS.
-    let running = State::load(&a.home.home).ok().flatten();
+    let home = a.home.path();
+    let running = State::load(&home).ok().flatten();
     let url = running
         .as_ref()
-        .map_or_else(|| a.nats.url.clone(), |s| s.nats_url.clone());
-    let mut opts = running
-        .as_ref()
-        .and_then(|s| s.connect_options("agentos-validate").ok())
-        .unwrap_or_else(|| a.nats.connect_options("agentos-validate"));
-    opts.url = url.clone();
-    opts.request_timeout = Some(Duration::from_secs(3));
-    for (what, file) in [
-        ("tls ca", &a.nats.tls_ca),
-        ("tls cert", &a.nats.tls_cert),
-        ("tls key", &a.nats.tls_key),
-        ("creds", &a.nats.creds),
+        .map_or_else(|| a.nats.url(), |s| s.nats_url.clone());
+    for (what, file, secret) in [
+        ("tls ca", a.nats.tls_ca(), false),
+        ("tls cert", a.nats.tls_cert(), false),
+        ("tls key", a.nats.tls_key(), false),
+        ("creds", a.nats.creds(), true),
     ] {
         if let Some(f) = file {
-            match std::fs::File::open(f) {
-                Ok(_) => line(true, "files", format!("{what} {} readable", f.display())),
-                Err(e) => line(false, "files", format!("{what} {}: {e}", f.display())),
+            let readable = if secret {
+                crate::secret::check(&f)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| Ok(std::fs::File::open(&f).map(drop)?));
+            match readable {
+                Ok(()) => line(true, "files", format!("{what} {} readable", f.display())),
+                Err(e) => line(false, "files", format!("{what} {}: {e:#}", f.display())),
             }
         }
     }
-    match Bus::connect(&opts).await {
-        Err(e) => line(false, "nats", format!("{e}")),
+    let opts = match &running {
+        Some(s) => s.connect_options("agentos-validate"),
+        None => a.nats.connect_options("agentos-validate"),
+    };
+    match opts {
+        Err(e) => line(false, "nats", format!("{url}: {e:#}")),
+        Ok(mut opts) => {
+            opts.url = url.clone();
+            opts.request_timeout = Some(Duration::from_secs(3));
+            nats_checks(&opts, &url, &mut line).await;
+        }
+    }
+    let secret = match (
+        &a.jwt_secret,
+        &running,
+        file.and_then(|c| c.edge.jwt_secret_file()),
+    ) {
+        (Some(s), _, _) => Ok(Some(s.clone())),
+        (None, Some(_), _) => crate::secret::read(&home.join("jwt-secret")).map(Some),
+        (None, None, Some(f)) => crate::secret::read(&f)
+            .map(Some)
+            .context("[edge] jwt-secret-file"),
+        (None, None, None) => Ok(None),
+    };
+    match secret.map(|s| s.map(|s| s.trim().len())) {
+        Ok(Some(n)) if n >= 32 => line(true, "auth", format!("HS256 secret set ({n} bytes)")),
+        Ok(Some(n)) => line(
+            false,
+            "auth",
+            format!("HS256 secret is only {n} bytes; use at least 32"),
+        ),
+        Ok(None) => line(
+            false,
+            "auth",
+            "no HS256 secret (AGENTOS_JWT_SECRET or [edge] jwt-secret-file)".into(),
+        ),
+        Err(e) => line(false, "auth", format!("{e:#}")),
+    }
+    ok
+}
+
+/// The `nats`, `jetstream` and `streams` lines of `validate`.
+async fn nats_checks(opts: &ConnectOptions, url: &str, line: &mut impl FnMut(bool, &str, String)) {
+    match Bus::connect(opts).await {
+        Err(e) => line(false, "nats", e.to_string()),
         Ok(bus) => {
             line(true, "nats", format!("{url} (v{})", bus.server_version()));
             match bus.jetstream_ok().await {
@@ -246,25 +298,6 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
             }
         }
     }
-    let secret = match (&running, &a.jwt_secret) {
-        (_, Some(s)) => Some(s.clone()),
-        (Some(_), None) => std::fs::read_to_string(a.home.home.join("jwt-secret")).ok(),
-        (None, None) => None,
-    };
-    match secret.map(|s| s.trim().len()) {
-        Some(n) if n >= 32 => line(true, "auth", format!("HS256 secret set ({n} bytes)")),
-        Some(n) => line(
-            false,
-            "auth",
-            format!("HS256 secret is only {n} bytes; use at least 32"),
-        ),
-        None => line(
-            false,
-            "auth",
-            "no HS256 secret (AGENTOS_JWT_SECRET or [edge] jwt-secret-file)".into(),
-        ),
-    }
-    ok
 }
 
 /// Renders one log line: JSON lines become `ts level component message k=v` on a terminal.
@@ -315,7 +348,7 @@ fn timestamp_ok(line: &str, since: Option<time::OffsetDateTime>) -> bool {
 }
 
 pub fn logs(a: &LogsArgs) -> Result<()> {
-    let dir = a.home.home.join("logs");
+    let dir = a.home.path().join("logs");
     let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
         .with_context(|| {
             format!(

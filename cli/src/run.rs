@@ -10,7 +10,8 @@ use agentos_workers::tool::{ToolWorker, ToolWorkerOptions};
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Cli, Command, LogFormat, NatsArgs, TokenCommand, WorkerKind};
+use crate::args::{Cli, Command, LogFormat, TokenCommand, WorkerKind};
+use crate::config;
 
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTOS_LOG")
@@ -51,10 +52,10 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-async fn connect(nats: &NatsArgs, name: &str) -> anyhow::Result<Bus> {
-    let bus = Bus::connect(&nats.connect_options(name))
+async fn connect(nats: &config::Nats, name: &str) -> anyhow::Result<Bus> {
+    let bus = Bus::connect(&nats.connect_options(name)?)
         .await
-        .with_context(|| format!("connecting to NATS at {}", nats.url))?;
+        .with_context(|| format!("connecting to NATS at {}", nats.url()))?;
     let report = bus
         .provision(&Settings::default())
         .await
@@ -65,27 +66,27 @@ async fn connect(nats: &NatsArgs, name: &str) -> anyhow::Result<Bus> {
     Ok(bus)
 }
 
-/// The edge's authentication from its flags: a JWKS (file, URL or OIDC issuer), an HS256
-/// secret, or — on loopback only — none.
-async fn edge_auth(a: &crate::args::EdgeArgs) -> anyhow::Result<Auth> {
+/// The edge's authentication from its settings: a JWKS (file, URL or OIDC issuer), an HS256
+/// secret (given, or read from `jwt-secret-file`), or — on loopback only — none.
+async fn edge_auth(a: &config::Edge) -> anyhow::Result<Auth> {
     use agentos_edge::{Jwks, JwksSource, JwtRules};
-    let source = match (&a.jwks_url, &a.jwks_file, &a.oidc_issuer) {
-        (Some(u), _, _) => Some(JwksSource::Url(u.clone())),
-        (None, Some(f), _) => Some(JwksSource::File(f.clone())),
-        (None, None, Some(i)) => Some(JwksSource::Oidc(i.clone())),
+    let source = match (a.jwks_url(), a.jwks_file(), a.oidc_issuer()) {
+        (Some(u), _, _) => Some(JwksSource::Url(u)),
+        (None, Some(f), _) => Some(JwksSource::File(f)),
+        (None, None, Some(i)) => Some(JwksSource::Oidc(i)),
         (None, None, None) => None,
     };
     if let Some(source) = source {
-        if a.dev_no_auth_tenant.is_some() {
+        if a.dev_no_auth_tenant().is_some() {
             bail!(
                 "give either a JWKS (--jwks-url, --jwks-file, --oidc-issuer) or --dev-no-auth-tenant, not both"
             );
         }
         let rules = JwtRules {
-            issuer: a.jwt_issuer.clone().or_else(|| a.oidc_issuer.clone()),
-            audience: a.jwt_audience.clone(),
-            tenant_claim: a.tenant_claim.clone(),
-            roles_claim: a.roles_claim.clone(),
+            issuer: a.jwt_issuer().or_else(|| a.oidc_issuer()),
+            audience: a.jwt_audience(),
+            tenant_claim: a.tenant_claim(),
+            roles_claim: a.roles_claim(),
             ..JwtRules::default()
         };
         let jwks = Jwks::load(source, rules)
@@ -93,14 +94,17 @@ async fn edge_auth(a: &crate::args::EdgeArgs) -> anyhow::Result<Auth> {
             .map_err(|e| anyhow::anyhow!("loading the JWKS: {e}"))?;
         return Ok(Auth::Jwks(std::sync::Arc::new(jwks)));
     }
-    Ok(match (&a.jwt_secret, &a.dev_no_auth_tenant) {
+    let secret = match (a.jwt_secret(), a.jwt_secret_file()) {
+        (Some(s), _) => Some(s),
+        (None, Some(f)) => Some(crate::secret::read(&f).context("[edge] jwt-secret-file")?),
+        (None, None) => None,
+    };
+    Ok(match (secret, a.dev_no_auth_tenant()) {
         (Some(secret), None) => Auth::hs256(secret.as_bytes()).context("HS256 secret")?,
         (None, Some(tenant)) => {
-            if !a.listen.ip().is_loopback() {
-                bail!(
-                    "--dev-no-auth-tenant is only allowed on a loopback listener, not {}",
-                    a.listen
-                );
+            let listen = a.listen();
+            if !listen.ip().is_loopback() {
+                bail!("--dev-no-auth-tenant is only allowed on a loopback listener, not {listen}");
             }
             tracing::warn!(%tenant, "AUTHENTICATION IS OFF: every request acts as tenant {tenant} (development only)");
             Auth::Disabled {
@@ -109,7 +113,7 @@ async fn edge_auth(a: &crate::args::EdgeArgs) -> anyhow::Result<Auth> {
         }
         (Some(_), Some(_)) => bail!("give either --jwt-secret or --dev-no-auth-tenant, not both"),
         (None, None) => bail!(
-            "the edge needs --jwt-secret (or AGENTOS_JWT_SECRET), a JWKS (--jwks-url, --jwks-file, --oidc-issuer); for local development only, --dev-no-auth-tenant"
+            "the edge needs --jwt-secret (or AGENTOS_JWT_SECRET, or a jwt-secret-file), a JWKS (--jwks-url, --jwks-file, --oidc-issuer); for local development only, --dev-no-auth-tenant"
         ),
     })
 }
@@ -118,28 +122,29 @@ async fn edge_auth(a: &crate::args::EdgeArgs) -> anyhow::Result<Auth> {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Edge(a) => {
-            let auth = edge_auth(&a).await?;
+            let auth = edge_auth(&a.edge).await?;
             let bus = connect(&a.nats, "agentos-edge").await?;
             let opts = EdgeOptions {
-                listen: a.listen,
+                listen: a.edge.listen(),
                 auth,
                 body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
-                admission: a.tenants.admission,
+                admission: a.tenants.admission(),
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(a) => {
                 let bus = connect(&a.nats, "agentos-orchestrator").await?;
+                let o = &a.orchestrator;
                 let mut opts = OrchestratorOptions {
-                    concurrency: a.concurrency,
-                    model_timeout: a.model_timeout,
-                    tool_timeout: a.tool_timeout,
-                    admission: a.tenants.admission,
+                    concurrency: o.concurrency(),
+                    model_timeout: o.model_timeout(),
+                    tool_timeout: o.tool_timeout(),
+                    admission: a.tenants.admission(),
                     ..Default::default()
                 };
-                opts.queue.ack_wait = a.ack_wait;
-                opts.progress_interval = (a.ack_wait / 3).max(Duration::from_millis(100));
+                opts.queue.ack_wait = o.ack_wait();
+                opts.progress_interval = (o.ack_wait() / 3).max(Duration::from_millis(100));
                 Orchestrator::new(bus, opts)
                     .await?
                     .run(shutdown_on_signal())
@@ -147,13 +152,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             WorkerKind::Model(a) => {
                 let bus = connect(&a.nats, "agentos-model").await?;
-                let file = crate::config::locate(cli.config.as_deref());
-                let table = match &file {
-                    Some(f) => crate::config::routes(&crate::config::load(f)?.model)?,
-                    None => agentos_workers::model::default_routes(),
-                };
-                let (mut opts, routes) = ModelWorkerOptions::new(table);
-                opts.concurrency = a.concurrency;
+                let file = config::locate(cli.config.as_deref());
+                let (mut opts, routes) = ModelWorkerOptions::new(config::routes(&a.model)?);
+                opts.concurrency = a.model.concurrency();
                 let shutdown = shutdown_on_signal();
                 let worker = ModelWorker::new(bus, opts).run(shutdown.clone());
                 match file {
@@ -161,7 +162,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     Some(f) => {
                         tokio::select! {
                             r = worker => r?,
-                            never = crate::config::watch_routes(f, routes) => match never {},
+                            never = config::watch_routes(f, routes) => match never {},
                         }
                     }
                 }
@@ -169,8 +170,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             WorkerKind::Tool(a) => {
                 let bus = connect(&a.nats, "agentos-tool").await?;
                 let opts = ToolWorkerOptions {
-                    concurrency: a.concurrency,
-                    http_allow: a.http_allow,
+                    concurrency: a.tool.concurrency(),
+                    http_allow: a.tool.http_allow(),
                     ..Default::default()
                 };
                 ToolWorker::new(bus, opts)
@@ -180,9 +181,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
         },
         Command::Provision(nats) => {
-            let bus = Bus::connect(&nats.connect_options("agentos-provision"))
+            let bus = Bus::connect(&nats.connect_options("agentos-provision")?)
                 .await
-                .with_context(|| format!("connecting to NATS at {}", nats.url))?;
+                .with_context(|| format!("connecting to NATS at {}", nats.url()))?;
             let report = bus.provision(&Settings::default()).await?;
             for item in &report.items {
                 println!("{:<6} {:<22} {:?}", item.kind, item.name, item.outcome);
@@ -191,7 +192,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 bail!("drift found; nothing was changed");
             }
         }
-        Command::Up(a) => crate::up::up(a, crate::config::locate(cli.config.as_deref())).await?,
+        Command::Up(a) => crate::up::up(a, config::locate(cli.config.as_deref())).await?,
         Command::Validate(a) => {
             return Ok(if crate::ops::validate(&a, cli.config.as_deref()).await {
                 0

@@ -60,11 +60,9 @@ impl State {
         Ok(crate::accounts::NatsAuth::load_or_create(&self.home)?.platform(&self.nats_url, name))
     }
 
+    /// The platform's dev token; refused if others can read its file.
     pub fn token(&self) -> Result<String> {
-        Ok(std::fs::read_to_string(&self.token_file)
-            .with_context(|| format!("reading {}", self.token_file.display()))?
-            .trim()
-            .to_owned())
+        crate::secret::read(&self.token_file)
     }
 }
 

@@ -22,10 +22,10 @@ pub async fn tenant(cmd: TenantCommand) -> Result<()> {
 }
 
 fn running(home: &HomeArgs) -> Result<State> {
-    State::load(&home.home)?.ok_or_else(|| {
+    State::load(&home.path())?.ok_or_else(|| {
         anyhow!(
             "no platform is running from {}\n  hint: start it with `agentos up`; for your own NATS cluster see docs/operations.md (Tenants on NATS)",
-            home.home.display()
+            home.path().display()
         )
     })
 }

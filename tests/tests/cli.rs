@@ -1,6 +1,7 @@
 //! The operator CLI end to end: `up --detach`, `status`, `run create --follow`, supervision after
-//! `kill -9`, `down`, data kept across restarts, `nuke --yes`; failures with one clear line; and
-//! snapshots of the human output (variable parts redacted).
+//! `kill -9`, `down`, data kept across restarts, `nuke --yes`; failures with one clear line;
+//! the configuration's precedence and secret files; and snapshots of the human output (variable
+//! parts redacted).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -327,4 +328,177 @@ fn failures_are_one_clear_line_and_leave_nothing_running() {
     let out = agentos(&home, &["nuke"]);
     assert!(!out.status.success());
     assert!(home.exists());
+}
+
+/// `agentos <args>` in `dir` (where an `agentos.toml` may be), with these variables set.
+fn agentos_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(agentos_bin().expect("binary"));
+    cmd.current_dir(dir).args(args);
+    for var in [
+        "AGENTOS_NATS_URL",
+        "AGENTOS_JWT_SECRET",
+        "AGENTOS_HOME",
+        "AGENTOS_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).output().expect("run agentos")
+}
+
+/// The `validate` line of a check, e.g. `FAIL nats …`.
+fn check_line(out: &Output, check: &str) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.get(5..).is_some_and(|l| l.starts_with(check)))
+        .unwrap_or_else(|| panic!("no {check} line: {}", text(out)))
+        .to_owned()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn flags_win_over_the_environment_and_the_environment_over_the_file() {
+    let dir = tempfile::tempdir().expect("temp");
+    // Closed ports: `validate` names the NATS it tried.
+    let url = |n: u16| format!("nats://127.0.0.1:{n}");
+    let (file, env, flag) = (url(free_port()), url(free_port()), url(free_port()));
+    std::fs::write(
+        dir.path().join("agentos.toml"),
+        format!("[nats]\nurl = \"{file}\"\n"),
+    )
+    .expect("write");
+    let home = dir.path().join("home");
+    let home = home.to_str().expect("utf-8");
+    for (args, vars, want) in [
+        (vec!["validate", "--home", home], vec![], &file),
+        (
+            vec!["validate", "--home", home],
+            vec![("AGENTOS_NATS_URL", env.as_str())],
+            &env,
+        ),
+        (
+            vec!["validate", "--home", home, "--nats-url", &flag],
+            vec![("AGENTOS_NATS_URL", env.as_str())],
+            &flag,
+        ),
+    ] {
+        let out = agentos_in(dir.path(), &args, &vars);
+        let nats = check_line(&out, "nats");
+        assert!(
+            nats.starts_with("FAIL") && nats.contains(want.as_str()),
+            "{vars:?} {args:?}: {nats}"
+        );
+    }
+}
+
+#[test]
+fn secret_files_others_can_read_are_refused_with_the_fix() {
+    let dir = tempfile::tempdir().expect("temp");
+    let secret = dir.path().join("jwt-secret");
+    std::fs::write(&secret, "s".repeat(40)).expect("write");
+    chmod(&secret, 0o644);
+    let fix = format!(
+        "{} is readable by others (mode 0644): chmod 600 {}",
+        secret.display(),
+        secret.display()
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let nats = format!("nats://127.0.0.1:{}", free_port());
+
+    // The edge, from a flag and from agentos.toml: refused before anything starts.
+    let secret_arg = secret.to_str().expect("utf-8");
+    let out = agentos_in(
+        dir.path(),
+        &[
+            "edge",
+            "--listen",
+            &listen,
+            "--nats-url",
+            &nats,
+            "--jwt-secret-file",
+            secret_arg,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&fix),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(
+        dir.path().join("agentos.toml"),
+        format!("[edge]\njwt-secret-file = \"{}\"\n", secret.display()),
+    )
+    .expect("write");
+    let out = agentos_in(
+        dir.path(),
+        &["edge", "--listen", &listen, "--nats-url", &nats],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jwt-secret-file") && err.contains(&fix),
+        "{err}"
+    );
+
+    // validate: the file's jwt-secret-file, a route's api-key-file, NATS creds.
+    let home = dir.path().join("home");
+    let home = home.to_str().expect("utf-8");
+    let out = agentos_in(
+        dir.path(),
+        &["validate", "--home", home, "--nats-url", &nats],
+        &[],
+    );
+    let auth = check_line(&out, "auth");
+    assert!(auth.starts_with("FAIL") && auth.contains(&fix), "{auth}");
+    chmod(&secret, 0o600);
+    let out = agentos_in(
+        dir.path(),
+        &["validate", "--home", home, "--nats-url", &nats],
+        &[],
+    );
+    assert!(check_line(&out, "auth").starts_with("ok"), "{}", text(&out));
+
+    let key = dir.path().join("api-key");
+    std::fs::write(&key, "sk-test").expect("write");
+    chmod(&key, 0o640);
+    let creds = dir.path().join("agentos.creds");
+    std::fs::write(&creds, "creds").expect("write");
+    chmod(&creds, 0o604);
+    std::fs::write(
+        dir.path().join("agentos.toml"),
+        format!(
+            "[nats]\nurl = \"{nats}\"\ncreds = \"{}\"\n[model.routes.gpt]\nbackend = \"openai\"\nbase-url = \"http://127.0.0.1:9/v1\"\napi-key-file = \"{}\"\n",
+            creds.display(),
+            key.display()
+        ),
+    )
+    .expect("write");
+    let out = agentos_in(dir.path(), &["validate", "--home", home], &[]);
+    assert!(!out.status.success());
+    let models = check_line(&out, "models");
+    assert!(
+        models.starts_with("FAIL")
+            && models.contains(&format!("(mode 0640): chmod 600 {}", key.display())),
+        "{models}"
+    );
+    let files = check_line(&out, "files");
+    assert!(
+        files.starts_with("FAIL")
+            && files.contains(&format!("(mode 0604): chmod 600 {}", creds.display())),
+        "{files}"
+    );
+    // A worker refuses the creds file before connecting.
+    let out = agentos_in(dir.path(), &["worker", "tool"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out)
+    );
 }

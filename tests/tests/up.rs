@@ -1,5 +1,6 @@
 //! `agentos up --smoke-only` from a fresh home folder: starts NATS, the edge and the workers,
-//! completes the smoke run, stops everything; a second start reuses the same data.
+//! completes the smoke run, stops everything; a second start reuses the same data. The secrets it
+//! writes (`jwt-secret`, `token`) are readable by their owner only.
 
 use std::process::Command;
 
@@ -7,6 +8,16 @@ use agentos_e2e::agentos_bin;
 
 fn free_port() -> u16 {
     agentos_e2e::free_port().expect("free port")
+}
+
+/// The permission bits of a file.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 #[test]
@@ -43,6 +54,13 @@ fn up_completes_a_smoke_run_and_stops_cleanly_twice() {
             );
         }
         assert!(home.path().join("token").is_file());
+        for secret in ["jwt-secret", "token"] {
+            let mode = mode(&home.path().join(secret));
+            assert!(
+                mode == 0o600,
+                "attempt {attempt}: {secret} has mode {mode:04o}, not 0600"
+            );
+        }
         assert!(!home.path().join("up.pid").exists(), "the lock is released");
     }
     let reports = std::fs::read_dir(home.path().join("reports"))
