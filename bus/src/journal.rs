@@ -23,20 +23,21 @@ pub struct Stored {
     pub event: Event,
 }
 
-/// An append whose ack has not been awaited yet; see [`Bus::append_pipelined`].
+/// A guarded append whose ack has not been awaited yet; see [`Bus::send_append`].
 pub struct PendingAppend {
     subject: String,
+    expected_last: u64,
     ack: jetstream::context::PublishAckFuture,
 }
 
 impl PendingAppend {
     /// Waits for the server to store the event; returns its stream sequence.
     pub async fn stored(self) -> Result<u64> {
-        let subject = self.subject;
+        let (subject, expected) = (self.subject, self.expected_last);
         self.ack
             .await
             .map(|ack| ack.sequence)
-            .map_err(|e| publish_error(&subject, None, e))
+            .map_err(|e| publish_error(&subject, Some(expected), e))
     }
 }
 
@@ -62,22 +63,16 @@ fn publish_error(
     }
 }
 
-/// Guarded appends carry no `Nats-Msg-Id`: a dedup hit would answer "stored" for a different
-/// event at the same position. The expected sequence already makes a retried append safe (it
-/// fails, and the caller re-reads the journal and finds its own event).
-fn event_headers(event: &Event, dedup: bool) -> HeaderMap {
+/// Appends carry no `Nats-Msg-Id`: a dedup hit would answer "stored" for a different event at
+/// the same position. The expected sequence already makes a retried append safe (it fails, and
+/// the caller re-reads the journal and finds its own event).
+fn event_headers(event: &Event) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         headers::SCHEMA,
         crate::envelope::SCHEMA_VERSION.to_string().as_str(),
     );
     h.insert(headers::TENANT, event.tenant.as_str());
-    if dedup {
-        h.insert(
-            headers::MSG_ID,
-            format!("{}:{}", event.run_id, event.seq).as_str(),
-        );
-    }
     h
 }
 
@@ -85,9 +80,16 @@ impl Bus {
     /// Appends `event` only if the run's last stored event is at `expected_last` (0: the journal
     /// is empty). Returns the new stream sequence.
     pub async fn append(&self, event: &Event, expected_last: u64) -> Result<u64> {
+        self.send_append(event, expected_last).await?.stored().await
+    }
+
+    /// Sends a guarded append without waiting for its ack, so the caller can go on (streamed
+    /// `model.delta` events: receive the next token while this one is stored). The guard is the
+    /// same as [`Bus::append`]'s, so a writer that lost the run can never slip an event in.
+    pub async fn send_append(&self, event: &Event, expected_last: u64) -> Result<PendingAppend> {
         let subject = String::from(subject::events(&event.tenant, &event.run_id));
         let publish = jetstream::message::PublishMessage::build()
-            .headers(event_headers(event, false))
+            .headers(event_headers(event))
             .payload(event.encode())
             .expected_last_subject_sequence(expected_last);
         let ack = self
@@ -95,25 +97,11 @@ impl Bus {
             .send_publish(subject.clone(), publish)
             .await
             .map_err(|e| publish_error(&subject, Some(expected_last), e))?;
-        ack.await
-            .map(|a| a.sequence)
-            .map_err(|e| publish_error(&subject, Some(expected_last), e))
-    }
-
-    /// Sends an event without waiting for its ack (used for streamed `model.delta` events); the
-    /// caller awaits [`PendingAppend::stored`] before the next guarded [`Bus::append`]. The
-    /// per-event `Nats-Msg-Id` makes a retried append a no-op.
-    pub async fn append_pipelined(&self, event: &Event) -> Result<PendingAppend> {
-        let subject = String::from(subject::events(&event.tenant, &event.run_id));
-        let publish = jetstream::message::PublishMessage::build()
-            .headers(event_headers(event, true))
-            .payload(event.encode());
-        let ack = self
-            .js
-            .send_publish(subject.clone(), publish)
-            .await
-            .map_err(|e| publish_error(&subject, None, e))?;
-        Ok(PendingAppend { subject, ack })
+        Ok(PendingAppend {
+            subject,
+            expected_last,
+            ack,
+        })
     }
 
     /// The whole journal of a run as stored now (empty if none).

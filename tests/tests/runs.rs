@@ -460,6 +460,73 @@ async fn a_thousand_concurrent_runs_on_two_orchestrators_finish_once_each() {
     }
 }
 
+/// Two requests with one key while the first still runs (a redelivered run whose first driver
+/// is alive): the second is told `in_progress`, never runs the call, and once the first is done
+/// a third gets its recorded reply.
+#[tokio::test]
+async fn a_key_whose_call_is_running_answers_in_progress_and_runs_once() {
+    use agentos_bus::envelope::{Envelope, ToolRecord, ToolReply, ToolRequest};
+    let p = Platform::start(Options::default()).await.expect("platform");
+    let run = agentos_bus::id::RunId::new();
+    let call: agentos_bus::id::CallId = "call_1".parse().expect("call");
+    let tenant: agentos_bus::id::Tenant = "acme".parse().expect("tenant");
+    let request = |first_attempt| ToolRequest {
+        tool: "sleep".parse().expect("tool"),
+        arguments: json!({"ms": 1500}),
+        run_id: Some(run),
+        step: 1,
+        call_id: Some(call.clone()),
+        idempotency_key: Some(ToolRequest::key_for(&run, 1, &call)),
+        timeout_ms: 10_000,
+        first_attempt,
+    };
+    let send = |first_attempt| {
+        let (bus, tenant, payload) = (
+            p.bus.clone(),
+            tenant.clone(),
+            request(first_attempt).encode(),
+        );
+        async move {
+            let mut r = bus
+                .call(
+                    agentos_e2e::subject("agentos.tool.acme.sleep"),
+                    &agentos_bus::CallMeta::new(tenant),
+                    payload,
+                )
+                .await
+                .expect("call");
+            let reply = r.next(LONG).await.expect("reply");
+            ToolReply::decode(reply.schema.as_deref(), &reply.payload).expect("tool reply")
+        }
+    };
+    let first = tokio::spawn(send(true));
+    let results = p
+        .bus
+        .kv(agentos_bus::Bucket::ToolResults)
+        .await
+        .expect("bucket");
+    let key = agentos_bus::key::tool_result(&tenant, &run, 1, &call);
+    eventually("the first call's claim", LONG, || async {
+        match results.get_as::<ToolRecord>(&key).await {
+            Ok(Some(v)) if matches!(v.value, ToolRecord::Claimed(_)) => Some(()),
+            _ => None,
+        }
+    })
+    .await
+    .expect("claimed");
+    let second = send(false).await;
+    assert!(
+        matches!(second, ToolReply::InProgress { retry_after_ms } if retry_after_ms > 0),
+        "{second:?}"
+    );
+    let first = first.await.expect("first call");
+    assert!(
+        matches!(&first, ToolReply::Ok { output } if output["slept_ms"] == 1500),
+        "{first:?}"
+    );
+    assert_eq!(send(false).await, first, "the recorded reply");
+}
+
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_recorded_result_without_running_again() {
     use agentos_bus::envelope::{Envelope, ToolReply, ToolRequest};

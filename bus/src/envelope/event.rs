@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{ChatMessage, Envelope, ErrorBody, ToolCallSpec, Usage};
+use super::{AgentSpec, ChatMessage, Envelope, ErrorBody, ToolCallSpec, Usage};
 use crate::id::{AgentId, CallId, RunId, Tenant, ToolName};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,8 +33,14 @@ impl Event {
 pub enum EventData {
     #[serde(rename = "run.created")]
     RunCreated { agent_id: AgentId, input: String },
+    /// `agent` pins the definition of a run submitted without one (published straight onto the
+    /// bus), so that editing the agent mid-run changes nothing; absent when the request carried
+    /// its own snapshot.
     #[serde(rename = "run.started")]
-    RunStarted {},
+    RunStarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<Box<AgentSpec>>,
+    },
     #[serde(rename = "step.started")]
     StepStarted { step: u32 },
     #[serde(rename = "model.delta")]
@@ -84,7 +90,7 @@ impl EventData {
     pub fn type_name(&self) -> &'static str {
         match self {
             Self::RunCreated { .. } => "run.created",
-            Self::RunStarted {} => "run.started",
+            Self::RunStarted { .. } => "run.started",
             Self::StepStarted { .. } => "step.started",
             Self::ModelDelta { .. } => "model.delta",
             Self::ModelCompleted { .. } => "model.completed",

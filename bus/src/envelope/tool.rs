@@ -51,8 +51,36 @@ pub enum ToolReply {
         #[serde(default)]
         retryable: bool,
     },
+    /// The key is claimed by a call that is still running (this request did not run the tool):
+    /// ask again after this long for its recorded reply.
+    InProgress {
+        retry_after_ms: u64,
+    },
 }
 
 impl Envelope for ToolReply {
     const WHAT: &'static str = "tool reply";
+}
+
+/// A worker's claim on a call's key, stored in `agentos-tool-results` under the key before the
+/// tool runs and replaced by its reply: a second request with the key meanwhile is answered
+/// [`ToolReply::InProgress`] instead of running the tool again. A claim older than its lease
+/// belongs to a worker that died; the next request takes it over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolClaim {
+    #[serde(with = "time::serde::rfc3339")]
+    pub claimed_at: time::OffsetDateTime,
+    pub lease_ms: u64,
+}
+
+/// What `agentos-tool-results` holds under a call's key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolRecord {
+    Replied(ToolReply),
+    Claimed(ToolClaim),
+}
+
+impl Envelope for ToolRecord {
+    const WHAT: &'static str = "tool result record";
 }

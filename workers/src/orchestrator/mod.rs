@@ -2,19 +2,32 @@
 //! in its own task (bounded by `concurrency`), routes cancels to them, and shuts down in two
 //! phases — stop pulling, let in-flight runs finish within a grace period, then hand the rest
 //! back to the bus for another orchestrator.
+//!
+//! The run state machine ([`drive`]) reaches the bus only through [`port::Port`]; `sim` tests it
+//! against an in-memory bus that injects faults.
 
-mod plan;
-mod run;
+mod admission;
+mod cancel;
+mod delivery;
+mod drive;
+mod model_step;
+mod port;
+mod projection;
+#[cfg(test)]
+mod sim;
+mod state;
+mod tool_step;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentos_bus::id::RunId;
-use agentos_bus::{Bucket, Bus, Kv, QueueOptions, ServiceSpec, Tenants};
+use agentos_bus::{Bus, QueueOptions, ServiceSpec};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use cancel::Active;
+use port::BusPort;
 
 #[derive(Clone, Debug)]
 pub struct OrchestratorOptions {
@@ -53,43 +66,26 @@ impl Default for OrchestratorOptions {
 
 /// Shared by every run task of one orchestrator.
 struct Ctx {
-    bus: Bus,
-    runs: Kv,
-    agents: Kv,
-    tenants: Tenants,
+    port: BusPort,
     opts: OrchestratorOptions,
 }
 
-type Active = Arc<Mutex<HashMap<RunId, CancellationToken>>>;
-
-fn lock(m: &Active) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationToken>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 pub struct Orchestrator {
-    ctx: Arc<Ctx>,
+    ctx: std::sync::Arc<Ctx>,
 }
 
 impl Orchestrator {
     pub async fn new(bus: Bus, opts: OrchestratorOptions) -> agentos_bus::Result<Self> {
-        let runs = bus.kv(Bucket::Runs).await?;
-        let agents = bus.kv(Bucket::Agents).await?;
-        let tenants = bus.tenants(opts.admission).await?;
+        let port = BusPort::new(bus, opts.admission).await?;
         Ok(Self {
-            ctx: Arc::new(Ctx {
-                bus,
-                runs,
-                agents,
-                tenants,
-                opts,
-            }),
+            ctx: std::sync::Arc::new(Ctx { port, opts }),
         })
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
         let ctx = self.ctx;
-        let service = ctx
-            .bus
+        let bus = &ctx.port.bus;
+        let service = bus
             .serve(&ServiceSpec {
                 name: "agentos-orchestrator".into(),
                 version: crate::VERSION.into(),
@@ -98,12 +94,9 @@ impl Orchestrator {
                 metadata: HashMap::new(),
             })
             .await?;
-        let mut deliveries = ctx
-            .bus
-            .run_queue(&ctx.opts.queue, ctx.opts.concurrency)
-            .await?;
-        let mut cancels = ctx.bus.cancels().await?;
-        let active: Active = Arc::default();
+        let mut deliveries = bus.run_queue(&ctx.opts.queue, ctx.opts.concurrency).await?;
+        let mut cancels = bus.cancels().await?;
+        let active = Active::default();
         let drain = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tracing::info!(
@@ -113,14 +106,14 @@ impl Orchestrator {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some((_, run)) = cancels.next() => cancel(&active, &run),
+                Some((_, run)) = cancels.next() => active.cancel(&run),
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done { tracing::error!(error = %e, "run task panicked"); }
                 }
                 d = deliveries.next(), if tasks.len() < ctx.opts.concurrency => match d {
                     Some(Ok(delivery)) => {
                         let (ctx, active, drain) = (ctx.clone(), active.clone(), drain.clone());
-                        tasks.spawn(async move { run::process(&ctx, delivery, &active, &drain).await });
+                        tasks.spawn(async move { delivery::process(&ctx, delivery, &active, &drain).await });
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "pulling runs failed; the client retries"),
                     None => break,
@@ -139,18 +132,11 @@ impl Orchestrator {
                     tracing::warn!(in_flight = tasks.len(), "grace period over; handing runs back");
                     drain.cancel();
                 }
-                Some((_, run)) = cancels.next() => cancel(&active, &run),
+                Some((_, run)) = cancels.next() => active.cancel(&run),
                 _ = tasks.join_next() => {}
             }
         }
         let _ = service.stop().await;
         Ok(())
-    }
-}
-
-fn cancel(active: &Active, run: &RunId) {
-    if let Some(token) = lock(active).get(run) {
-        tracing::info!(%run, "cancelling run");
-        token.cancel();
     }
 }

@@ -4,6 +4,7 @@
 //! repeated key returns the recorded reply instead of running the tool again.
 
 mod builtins;
+mod claim;
 pub mod math;
 
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use builtins::{Builtin, ToolEnv};
+use claim::Claim;
+pub use claim::LEASE_GRACE;
 
 #[derive(Clone, Debug)]
 pub struct ToolWorkerOptions {
@@ -175,21 +178,29 @@ impl ToolWorker {
                 }
             },
         };
-        if let Some(key) = record_key.as_ref().filter(|_| !call.first_attempt) {
-            match self.results.get_as::<ToolReply>(key).await {
-                Ok(Some(recorded)) => {
-                    tracing::debug!(%key, "returning recorded tool result");
-                    return recorded.value;
+        let timeout = Duration::from_millis(call.timeout_ms.max(1));
+        let revision = match &record_key {
+            None => None,
+            Some(key) => {
+                match claim::claim(&self.results, key, timeout, call.first_attempt).await {
+                    Claim::Recorded(reply) => {
+                        tracing::debug!(%key, "returning recorded tool result");
+                        return reply;
+                    }
+                    Claim::Busy(wait) => {
+                        tracing::info!(%key, "the call is running elsewhere; answering in_progress");
+                        return ToolReply::InProgress {
+                            retry_after_ms: wait.as_millis() as u64,
+                        };
+                    }
+                    Claim::Mine(revision) => revision,
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, %key, "could not read the tool result record"),
             }
-        }
+        };
         let cancel = CancellationToken::new();
         if let Some(run) = call.run_id {
             lock(in_flight).insert(run, cancel.clone());
         }
-        let timeout = Duration::from_millis(call.timeout_ms.max(1));
         let outcome =
             tokio::time::timeout(timeout, tool.call(&self.env, &call.arguments, &cancel)).await;
         if let Some(run) = call.run_id {
@@ -210,12 +221,17 @@ impl ToolWorker {
             },
         };
         // Not recorded: a cancelled call (it did not finish) and a retryable error (it may be
-        // tried again with the same key and must then really run).
-        let unfinished = matches!(&reply, ToolReply::Error { error, retryable } if *retryable || error.code == "cancelled");
-        if let (Some(key), false) = (&record_key, unfinished)
-            && let Err(e) = self.results.put_as(key, &reply).await
-        {
-            tracing::warn!(error = %e, %key, "could not record the tool result");
+        // tried again with the same key and must then really run); their claim is released.
+        let finished = !cancel.is_cancelled()
+            && !matches!(
+                &reply,
+                ToolReply::Error {
+                    retryable: true,
+                    ..
+                }
+            );
+        if let Some(key) = &record_key {
+            claim::settle(&self.results, key, revision, finished.then_some(&reply)).await;
         }
         reply
     }

@@ -1,0 +1,285 @@
+//! Driving one run: fold the journal into a [`RunState`], then repeat "what next → do it →
+//! append the result" until the run ends. Every append is guarded by the last stream sequence
+//! this driver saw; losing that race means another orchestrator wrote first, so the driver
+//! re-reads the journal and continues from there. The steps themselves live beside this module:
+//! admission (before the run starts), the model step, the tool step, projection onto the run
+//! record, and cancels.
+
+use std::time::Duration;
+
+use agentos_bus::envelope::{AgentSpec, ErrorBody, Event, EventData, RunRecord, RunRequest};
+use agentos_bus::id::CallId;
+use agentos_bus::{CallMeta, Error as BusError, Versioned};
+use tokio_util::sync::CancellationToken;
+
+use super::OrchestratorOptions;
+use super::port::Port;
+use super::state::{Next, RunState};
+
+/// How a delivery ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// The run reached a terminal state (or was already there): ack.
+    Done,
+    /// Not now: give it back for redelivery after the delay.
+    Retry(Duration),
+}
+
+/// Why the driver stopped before the run ended.
+pub(crate) enum Stop {
+    /// Another writer appended first: reload the journal.
+    Conflict,
+    /// The bus failed; retry the delivery later.
+    Bus(BusError),
+    /// Shutdown grace ran out: hand the run back now.
+    Drain,
+    /// Another driver may be working on the run (a tool call it started is still within its
+    /// lease): hand the run back and look again after this long.
+    Busy(Duration),
+}
+
+impl From<BusError> for Stop {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::WrongLastSequence { .. } => Stop::Conflict,
+            e => Stop::Bus(e),
+        }
+    }
+}
+
+/// This delivery of the run.
+#[derive(Clone, Debug)]
+pub(crate) struct Attempt {
+    /// How many times the run has been delivered, this time included.
+    pub(crate) delivered: i64,
+    pub(crate) request_id: Option<String>,
+}
+
+/// Drives `req` until it ends, the bus fails, or `drain` fires.
+pub(crate) async fn drive<P: Port>(
+    port: &P,
+    opts: &OrchestratorOptions,
+    attempt: Attempt,
+    req: &RunRequest,
+    cancel: &CancellationToken,
+    drain: &CancellationToken,
+) -> Disposition {
+    let mut driver = Driver {
+        port,
+        opts,
+        req,
+        cancel,
+        state: RunState::default(),
+        last: 0,
+        record: None,
+        agent: None,
+        fresh_call: None,
+        meta: CallMeta {
+            request_id: attempt.request_id.clone(),
+            ..CallMeta::new(req.tenant.clone())
+        },
+    };
+    let resumed = attempt.delivered > 1;
+    let mut conflicts = 0u32;
+    let mut needs_reload = resumed;
+    loop {
+        if needs_reload {
+            if let Err(e) = driver.reload().await {
+                tracing::warn!(error = %e, run = %req.run_id, "could not read the journal");
+                return Disposition::Retry(Duration::from_secs(1));
+            }
+            needs_reload = false;
+        }
+        if resumed && attempt.delivered > opts.max_attempts && driver.state.ended().is_none() {
+            let error = ErrorBody::new(
+                "too_many_attempts",
+                format!("gave up after {} deliveries", attempt.delivered),
+            );
+            match driver.finish(EventData::RunFailed { error }).await {
+                Ok(()) => return Disposition::Done,
+                Err(Stop::Conflict) => {
+                    needs_reload = true;
+                    continue;
+                }
+                Err(_) => return Disposition::Retry(Duration::from_secs(1)),
+            }
+        }
+        let step = tokio::select! {
+            biased;
+            _ = drain.cancelled() => Err(Stop::Drain),
+            r = driver.advance() => r,
+        };
+        match step {
+            Ok(true) => return Disposition::Done,
+            Ok(false) => conflicts = 0,
+            Err(Stop::Conflict) => {
+                conflicts += 1;
+                if conflicts > 20 {
+                    return Disposition::Retry(Duration::from_secs(1));
+                }
+                needs_reload = true;
+            }
+            Err(Stop::Bus(e)) => {
+                tracing::warn!(error = %e, run = %req.run_id, "bus failure; the run will be retried");
+                return Disposition::Retry(Duration::from_secs(1));
+            }
+            Err(Stop::Busy(wait)) => {
+                tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
+                return Disposition::Retry(wait);
+            }
+            Err(Stop::Drain) => return Disposition::Retry(Duration::ZERO),
+        }
+    }
+}
+
+pub(crate) struct Driver<'a, P> {
+    pub(super) port: &'a P,
+    pub(super) opts: &'a OrchestratorOptions,
+    pub(super) req: &'a RunRequest,
+    pub(super) cancel: &'a CancellationToken,
+    /// The run's journal as this driver knows it, folded.
+    pub(super) state: RunState,
+    /// Stream sequence of the last journaled event: the guard for the next append.
+    pub(super) last: u64,
+    pub(super) meta: CallMeta,
+    /// The run record as this driver last wrote it.
+    pub(super) record: Option<Versioned<RunRecord>>,
+    /// The agent this delivery runs, once resolved.
+    pub(super) agent: Option<Result<AgentSpec, ErrorBody>>,
+    /// The tool call whose `tool.started` this driver itself just appended: its first attempt.
+    pub(super) fresh_call: Option<(u32, CallId)>,
+}
+
+impl<P: Port> Driver<'_, P> {
+    async fn reload(&mut self) -> agentos_bus::Result<()> {
+        let stored = self
+            .port
+            .read_journal(&self.req.tenant, &self.req.run_id)
+            .await?;
+        self.last = stored.last().map_or(0, |s| s.stream_seq);
+        self.state = RunState::fold(stored.iter().map(|s| &s.event));
+        self.fresh_call = None;
+        self.record = None;
+        self.agent = None;
+        if let Ok(Some(rec)) = self
+            .port
+            .read_record(&self.req.tenant, &self.req.run_id)
+            .await
+        {
+            self.meta.principal = Some(self.creator(Some(&rec.value)));
+            self.meta.roles.clone_from(&rec.value.created_by_roles);
+            self.note_record_status(rec.value.status);
+        }
+        Ok(())
+    }
+
+    /// The next event of this run.
+    pub(super) fn event(&self, data: EventData) -> Event {
+        Event {
+            seq: self.state.seq + 1,
+            run_id: self.req.run_id,
+            tenant: self.req.tenant.clone(),
+            ts: self.port.now(),
+            data,
+        }
+    }
+
+    /// Appends under the guard and folds the event in.
+    pub(super) async fn append(&mut self, data: EventData) -> Result<(), Stop> {
+        let event = self.event(data);
+        self.last = self.port.append(&event, self.last).await?;
+        self.state.apply(&event);
+        Ok(())
+    }
+
+    /// Performs the next action; `Ok(true)` once the run has ended.
+    async fn advance(&mut self) -> Result<bool, Stop> {
+        if self.state.is_empty() {
+            self.audit_direct_submission().await?;
+        }
+        let agent = self.agent().await?;
+        if let Some(error) = self.refusal_before_start(&agent).await? {
+            self.ensure_created().await?;
+            self.finish(EventData::RunFailed { error }).await?;
+            return Ok(true);
+        }
+        let agent = match agent {
+            Ok(agent) => agent,
+            // Only reached once the run started: a redelivery of a run whose agent is gone.
+            Err(error) => {
+                if self.state.ended().is_some() {
+                    self.project_terminal().await?;
+                } else {
+                    self.finish(EventData::RunFailed { error }).await?;
+                }
+                return Ok(true);
+            }
+        };
+        let next = self.state.next(agent.max_steps);
+        if self.honour_cancel(&next).await? {
+            return Ok(true);
+        }
+        match next {
+            Next::Create => {
+                self.append(EventData::RunCreated {
+                    agent_id: self.req.agent_id.clone(),
+                    input: self.req.input.clone(),
+                })
+                .await?
+            }
+            Next::Start => {
+                // A run submitted without a snapshot is pinned to the definition it starts with.
+                let pin = self.req.agent.is_none().then(|| Box::new(agent.clone()));
+                self.append(EventData::RunStarted { agent: pin }).await?;
+                self.project_started().await?;
+            }
+            Next::StartStep(step) => self.append(EventData::StepStarted { step }).await?,
+            Next::CallModel(step) => {
+                if let Err(error) = self.call_model(&agent, step).await? {
+                    self.finish(EventData::RunFailed { error }).await?;
+                    return Ok(true);
+                }
+            }
+            Next::StartTool(step, call) => self.start_tool(&agent, step, call).await?,
+            Next::InvokeTool(step, call) => self.invoke_tool(step, &call).await?,
+            Next::Complete { output } => {
+                let usage = self.state.usage();
+                self.finish(EventData::RunCompleted { output, usage })
+                    .await?;
+                return Ok(true);
+            }
+            Next::TooManySteps(max) => {
+                let error = ErrorBody::new(
+                    "max_steps_exceeded",
+                    format!("no final answer within {max} steps"),
+                );
+                self.finish(EventData::RunFailed { error }).await?;
+                return Ok(true);
+            }
+            Next::Finished => {
+                // Make sure the record reflects the end (a previous orchestrator may have died
+                // between the terminal event and the projection).
+                self.project_terminal().await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub(super) async fn ensure_created(&mut self) -> Result<(), Stop> {
+        if self.state.is_empty() {
+            self.append(EventData::RunCreated {
+                agent_id: self.req.agent_id.clone(),
+                input: self.req.input.clone(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the terminal event and projects it onto the record.
+    pub(super) async fn finish(&mut self, data: EventData) -> Result<(), Stop> {
+        self.append(data).await?;
+        self.project_terminal().await
+    }
+}

@@ -1,0 +1,147 @@
+//! The model step: one call to the agent's model with the conversation so far. Streamed text is
+//! journaled as `model.delta` while the model goes on: one guarded append in flight at a time,
+//! and text that arrives before its ack goes out with the next one (group commit). Every delta
+//! is guarded like any other event, so an orchestrator that lost the run cannot slip text into
+//! its journal. The final message becomes `model.completed`.
+
+use agentos_bus::Error as BusError;
+use agentos_bus::envelope::{
+    AgentSpec, Envelope, ErrorBody, EventData, ModelReply, ModelRequest, ToolDef,
+};
+use agentos_bus::subject;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::drive::{Driver, Stop};
+use super::port::{Port, Replies};
+
+impl<P: Port> Driver<'_, P> {
+    /// Calls the model for `step`. `Ok(Err(_))` is a model failure that ends the run; a cancel
+    /// mid-call returns `Ok(Ok(()))` with nothing journaled, and the next action cancels.
+    pub(super) async fn call_model(
+        &mut self,
+        agent: &AgentSpec,
+        step: u32,
+    ) -> Result<Result<(), ErrorBody>, Stop> {
+        let request = ModelRequest {
+            run_id: Some(self.req.run_id),
+            step,
+            messages: self.state.messages(&agent.instructions, &self.req.input),
+            tools: agent
+                .tools
+                .iter()
+                .map(|name| ToolDef {
+                    name: name.to_string(),
+                    description: String::new(),
+                    parameters: serde_json::Value::Null,
+                })
+                .collect(),
+            config: agent.model_config.clone(),
+            stream: true,
+            params: Default::default(),
+        };
+        let subject = subject::model(&self.req.tenant, &agent.model);
+        let mut replies = self
+            .port
+            .call(subject, &self.meta, request.encode())
+            .await?;
+        let mut deltas = Deltas::default();
+        let timeout = self.opts.model_timeout;
+        let outcome = loop {
+            let reply = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break None,
+                r = replies.next(timeout) => r,
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err(BusError::NoResponders { .. }) => {
+                    break Some(Err(ErrorBody::new(
+                        "model_unavailable",
+                        format!("no model worker serves {}", agent.model),
+                    )));
+                }
+                Err(BusError::TimedOut { after, .. }) => {
+                    break Some(Err(ErrorBody::new(
+                        "model_timeout",
+                        format!("no reply from model {} within {after:?}", agent.model),
+                    )));
+                }
+                Err(e) => return Err(Stop::Bus(e)),
+            };
+            match ModelReply::decode(reply.schema.as_deref(), &reply.payload) {
+                Ok(ModelReply::Delta { text }) => {
+                    deltas.text.push_str(&text);
+                    self.write_deltas(step, &mut deltas, false).await?;
+                }
+                // Tool calls are journaled whole, from the final reply.
+                Ok(ModelReply::ToolCallDelta { .. }) => {}
+                Ok(ModelReply::Final { message, usage, .. }) => break Some(Ok((message, usage))),
+                Ok(ModelReply::Error { error }) => break Some(Err(error)),
+                Err(e) => break Some(Err(ErrorBody::new("invalid_model_reply", e.to_string()))),
+            }
+        };
+        self.write_deltas(step, &mut deltas, true).await?;
+        match outcome {
+            None => Ok(Ok(())),
+            Some(Ok((message, usage))) => {
+                self.append(EventData::ModelCompleted {
+                    step,
+                    message,
+                    usage,
+                })
+                .await?;
+                Ok(Ok(()))
+            }
+            Some(Err(error)) => Ok(Err(error)),
+        }
+    }
+}
+
+/// Streamed text on its way to the journal.
+#[derive(Default)]
+struct Deltas {
+    /// The append sent and not yet acknowledged.
+    in_flight: Option<BoxFuture<'static, agentos_bus::Result<u64>>>,
+    /// Text received since.
+    text: String,
+}
+
+impl<P: Port> Driver<'_, P> {
+    /// Moves streamed text towards the journal: collects the ack of the append in flight if it
+    /// has come (waits for it when `flush`), then sends what was received since. With `flush`,
+    /// returns only once everything is stored.
+    async fn write_deltas(
+        &mut self,
+        step: u32,
+        deltas: &mut Deltas,
+        flush: bool,
+    ) -> Result<(), Stop> {
+        loop {
+            if let Some(ack) = deltas.in_flight.as_mut() {
+                let stored = if flush {
+                    Some(ack.await)
+                } else {
+                    ack.now_or_never()
+                };
+                match stored {
+                    Some(seq) => {
+                        self.last = seq?;
+                        deltas.in_flight = None;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            if deltas.text.is_empty() {
+                return Ok(());
+            }
+            let text = std::mem::take(&mut deltas.text);
+            let event = self.event(EventData::ModelDelta { step, text });
+            deltas.in_flight = Some(self.port.send_append(&event, self.last).await?);
+            self.state.apply(&event);
+            if !flush {
+                return Ok(());
+            }
+        }
+    }
+}

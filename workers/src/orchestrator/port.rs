@@ -1,0 +1,185 @@
+//! The orchestrator's one seam with the world. The run state machine reaches the journal, the
+//! run record, agents, tenants, the audit log and model and tool calls only through [`Port`];
+//! production implements it over [`Bus`] ([`BusPort`]), the simulation test over an in-memory
+//! bus that injects faults at every await.
+
+use std::future::Future;
+use std::time::Duration;
+
+use agentos_bus::envelope::{AgentSpec, AuditRecord, Envelope, Event, RunRecord};
+use agentos_bus::id::{AgentId, RunId, Tenant};
+use agentos_bus::subject::Subject;
+use agentos_bus::{
+    Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Versioned, key,
+};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use time::OffsetDateTime;
+
+/// The replies to one call, in order.
+pub(crate) trait Replies: Send {
+    /// The next reply, waiting at most `timeout` ([`agentos_bus::Error::TimedOut`] after that,
+    /// [`agentos_bus::Error::NoResponders`] when nobody serves the subject).
+    fn next(&mut self, timeout: Duration) -> impl Future<Output = Result<Reply>> + Send;
+}
+
+/// What the run state machine needs from the bus.
+pub(crate) trait Port: Send + Sync {
+    type Replies: Replies;
+
+    /// Wall-clock time, for event timestamps and leases.
+    fn now(&self) -> OffsetDateTime;
+
+    /// The run's journal as stored now.
+    fn read_journal(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+    ) -> impl Future<Output = Result<Vec<Stored>>> + Send;
+
+    /// Appends `event` if the run's last stored event is at stream sequence `expected_last`;
+    /// returns the new one ([`agentos_bus::Error::WrongLastSequence`] when another writer was
+    /// first).
+    fn append(&self, event: &Event, expected_last: u64)
+    -> impl Future<Output = Result<u64>> + Send;
+
+    /// [`Port::append`] without waiting for the ack (streamed deltas): the returned future
+    /// resolves to the new stream sequence, or to the same errors.
+    fn send_append(
+        &self,
+        event: &Event,
+        expected_last: u64,
+    ) -> impl Future<Output = Result<BoxFuture<'static, Result<u64>>>> + Send;
+
+    fn read_record(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+    ) -> impl Future<Output = Result<Option<Versioned<RunRecord>>>> + Send;
+
+    /// Creates the record (`revision: None`) or replaces the one at `revision`
+    /// ([`agentos_bus::Error::AlreadyExists`] / [`agentos_bus::Error::WrongRevision`]).
+    fn write_record(
+        &self,
+        record: &RunRecord,
+        revision: Option<u64>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The agent's current definition.
+    fn agent(
+        &self,
+        tenant: &Tenant,
+        agent: &AgentId,
+    ) -> impl Future<Output = Result<Option<AgentSpec>>> + Send;
+
+    fn standing(&self, tenant: &Tenant) -> impl Future<Output = Result<Standing>> + Send;
+
+    /// Drops a cached tenant record, so the next [`Port::standing`] reads it afresh.
+    fn forget_tenant(&self, tenant: &Tenant);
+
+    fn audit(&self, record: &AuditRecord) -> impl Future<Output = Result<()>> + Send;
+
+    /// Sends a request (a model or tool call) and returns its replies.
+    fn call(
+        &self,
+        subject: Subject,
+        meta: &CallMeta,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<Self::Replies>> + Send;
+}
+
+/// [`Port`] over NATS.
+#[derive(Clone)]
+pub(crate) struct BusPort {
+    pub(crate) bus: Bus,
+    runs: Kv,
+    agents: Kv,
+    tenants: Tenants,
+}
+
+impl BusPort {
+    pub(crate) async fn new(bus: Bus, admission: agentos_bus::Admission) -> Result<Self> {
+        Ok(Self {
+            runs: bus.kv(Bucket::Runs).await?,
+            agents: bus.kv(Bucket::Agents).await?,
+            tenants: bus.tenants(admission).await?,
+            bus,
+        })
+    }
+}
+
+impl Replies for agentos_bus::Replies {
+    async fn next(&mut self, timeout: Duration) -> Result<Reply> {
+        agentos_bus::Replies::next(self, timeout).await
+    }
+}
+
+impl Port for BusPort {
+    type Replies = agentos_bus::Replies;
+
+    fn now(&self) -> OffsetDateTime {
+        agentos_bus::envelope::now()
+    }
+
+    async fn read_journal(&self, tenant: &Tenant, run: &RunId) -> Result<Vec<Stored>> {
+        self.bus.read_journal(tenant, run).await
+    }
+
+    async fn append(&self, event: &Event, expected_last: u64) -> Result<u64> {
+        self.bus.append(event, expected_last).await
+    }
+
+    async fn send_append(
+        &self,
+        event: &Event,
+        expected_last: u64,
+    ) -> Result<BoxFuture<'static, Result<u64>>> {
+        let pending = self.bus.send_append(event, expected_last).await?;
+        Ok(Box::pin(pending.stored()))
+    }
+
+    async fn read_record(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+    ) -> Result<Option<Versioned<RunRecord>>> {
+        self.runs.get_as(&key::run(tenant, run)).await
+    }
+
+    async fn write_record(&self, record: &RunRecord, revision: Option<u64>) -> Result<u64> {
+        let key = key::run(&record.tenant, &record.id);
+        match revision {
+            Some(rev) => self.runs.update(&key, record.encode(), rev).await,
+            None => self.runs.create(&key, record.encode()).await,
+        }
+    }
+
+    async fn agent(&self, tenant: &Tenant, agent: &AgentId) -> Result<Option<AgentSpec>> {
+        Ok(self
+            .agents
+            .get_as::<AgentSpec>(&key::agent(tenant, agent))
+            .await?
+            .map(|v| v.value))
+    }
+
+    async fn standing(&self, tenant: &Tenant) -> Result<Standing> {
+        self.tenants.standing(tenant).await
+    }
+
+    fn forget_tenant(&self, tenant: &Tenant) {
+        self.tenants.forget(tenant);
+    }
+
+    async fn audit(&self, record: &AuditRecord) -> Result<()> {
+        self.bus.audit(record).await.map(|_| ())
+    }
+
+    async fn call(
+        &self,
+        subject: Subject,
+        meta: &CallMeta,
+        payload: Bytes,
+    ) -> Result<agentos_bus::Replies> {
+        self.bus.call(subject, meta, payload).await
+    }
+}
