@@ -3,9 +3,12 @@
 //! a backend, with policy hooks around the call, streaming `delta` replies before the `final`
 //! one. The route table can be swapped while running; the endpoints follow it.
 
+pub mod compat;
+mod estimate;
 mod openai;
 pub mod policy;
 mod scripted;
+mod upstream_error;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use compat::Compat;
 pub use openai::{OpenAi, OpenAiOptions, Secret, arguments_string};
 pub use policy::{CallContext, Hook, TokenCap, UsageLog};
 pub use scripted::Scripted;

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{
     AgentSpec, AuditRecord, Envelope, ErrorBody, Event, EventData, ModelReply, ModelRequest,
-    RunRecord, RunRequest, RunStatus, SubmitMessage, ToolCallSpec, ToolDef, ToolReply, ToolRequest,
-    now,
+    RunRecord, RunRequest, RunStatus, SubmitMessage, ToolCallSpec, ToolReply, ToolRequest, now,
 };
 use agentos_bus::id::{CallId, ToolName};
 use agentos_bus::subject::{self, DlqKind};
@@ -589,15 +588,7 @@ impl Driver<'_> {
             run_id: Some(self.req.run_id),
             step,
             messages: plan::messages(&agent.instructions, &self.req.input, &self.journal),
-            tools: agent
-                .tools
-                .iter()
-                .map(|name| ToolDef {
-                    name: name.to_string(),
-                    description: String::new(),
-                    parameters: serde_json::Value::Null,
-                })
-                .collect(),
+            tools: crate::tool::tool_defs(&agent.tools),
             config: agent.model_config.clone(),
             stream: true,
             params: Default::default(),

@@ -4,6 +4,7 @@
 //! repeated key returns the recorded reply instead of running the tool again.
 
 mod builtins;
+mod defs;
 pub mod math;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use builtins::{Builtin, ToolEnv};
+pub use defs::tool_defs;
 
 #[derive(Clone, Debug)]
 pub struct ToolWorkerOptions {
