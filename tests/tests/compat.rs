@@ -399,3 +399,73 @@ async fn null_assistant_content_is_normalized_for_the_upstream() {
     let sent = up.requests().last().cloned().unwrap_or_default();
     assert_eq!(sent["messages"][1]["content"], "", "{sent}");
 }
+
+/// Runs `tests/python/compat_matrix.py` against `model` on `p`; returns its output.
+pub async fn client_matrix(p: &Platform, model: &str, real: bool) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/compat_matrix.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("AGENTOS_BASE_URL", p.url("/v1"))
+        .env("AGENTOS_TOKEN", &p.token)
+        .env("AGENTOS_MODEL", model)
+        .env("AGENTOS_REAL_MODEL", if real { "1" } else { "0" })
+        .output()
+        .await
+        .expect("python3 with tests/requirements.txt installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+// The compatibility matrix: the official openai SDK, the OpenAI Agents SDK and LangChain through
+// AgentOS to an upstream with every survivable quirk on; then an AgentOS agent run with a
+// built-in tool on the same route.
+#[tokio::test]
+async fn the_clients_people_use_work_through_a_quirky_upstream() {
+    let (addr, up, _t) =
+        agentos_e2e::upstream::start_upstream_with(agentos_e2e::upstream::Quirks::survivable())
+            .await;
+    let p = Platform::start(Options {
+        config: Some(routes(addr, &[("quirky", "model", "max-tokens = 512\n")])),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let (ok, text) = client_matrix(&p, "quirky", false).await;
+    eprintln!("{text}");
+    assert!(ok, "{text}");
+    assert!(text.contains(" 0 failed"), "{text}");
+
+    p.create_agent(json!({"id": "calc", "model": "quirky", "tools": ["math.eval"]}))
+        .await
+        .expect("agent");
+    let run = p.start_run("calc", "What is 6*7?").await.expect("run");
+    let done = p
+        .wait_terminal(&run, Duration::from_secs(60))
+        .await
+        .expect("terminal");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        done["output"].as_str().unwrap_or("").contains("42"),
+        "{done}"
+    );
+    assert!(done["usage"]["total_tokens"].as_u64() > Some(0), "{done}");
+    // The model was shown the tool's schema (under its alias) and called it.
+    let first = up
+        .requests()
+        .into_iter()
+        .rfind(|r| r["messages"].as_array().is_some_and(|m| m.len() == 1))
+        .unwrap_or_default();
+    let tool = &first["tools"][0]["function"];
+    assert_eq!(tool["name"], "math_eval", "{first}");
+    assert_eq!(tool["parameters"]["required"][0], "expr", "{first}");
+    let events = p.events(&run, None).await.expect("events");
+    let started = events
+        .iter()
+        .find(|e| e.event == "tool.started")
+        .expect("tool.started");
+    assert_eq!(started.data["data"]["arguments"], json!({"expr": "6*7"}));
+}
