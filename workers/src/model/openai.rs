@@ -96,7 +96,11 @@ impl OpenAi {
         sink: &mut DeltaSink<'_>,
     ) -> ModelReply {
         let names = Aliases::new(req);
-        let (body, limit) = request_body(upstream_model, req, &names, &self.compat);
+        let defaults = match config_params(req) {
+            Ok(d) => d,
+            Err(e) => return ModelReply::Error { error: e },
+        };
+        let (body, limit) = request_body(upstream_model, req, defaults, &names, &self.compat);
         let url = format!("{}/chat/completions", self.base_url);
         let send = || async {
             let mut r = self.http.post(&url).json(&body);
@@ -448,10 +452,42 @@ impl Aliases {
     }
 }
 
+/// The request parameters an agent's (or the route's) `model_config` sets: `{"params": {…}}`,
+/// under the request's own. Like the Agents SDK's `reset_tool_choice`, a `tool_choice` from
+/// here is not sent once the model has a tool result to answer from, so a forced call cannot
+/// loop.
+fn config_params(req: &ModelRequest) -> Result<Map<String, Value>, ErrorBody> {
+    let params = match &req.config {
+        Value::Null => return Ok(Map::new()),
+        Value::Object(o) => match o.get("params") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(p)) => p.clone(),
+            Some(_) => {
+                return Err(ErrorBody::new(
+                    "invalid_model_config",
+                    "model_config.params must be an object of OpenAI request parameters",
+                ));
+            }
+        },
+        _ => {
+            return Err(ErrorBody::new(
+                "invalid_model_config",
+                "the openai backend's model_config is an object: {\"params\": {…}}",
+            ));
+        }
+    };
+    let answered = req.messages.last().is_some_and(|m| m.role == Role::Tool);
+    Ok(params
+        .into_iter()
+        .filter(|(k, _)| !(answered && k == "tool_choice"))
+        .collect())
+}
+
 /// The upstream request, and the completion-token limit it carries.
 fn request_body(
     model: &str,
     req: &ModelRequest,
+    defaults: Map<String, Value>,
     names: &Aliases,
     compat: &Compat,
 ) -> (Value, Option<u64>) {
@@ -484,6 +520,9 @@ fn request_body(
     let mut body = Map::new();
     // Caller parameters first, filtered for the route; what must hold for streaming wins.
     let mut params = req.params.clone();
+    for (k, v) in defaults {
+        params.entry(k).or_insert(v);
+    }
     let limit = compat.params(&mut params);
     body.extend(params);
     // A tool_choice naming a dotted tool names its alias.
@@ -539,7 +578,35 @@ mod tests {
     use agentos_bus::envelope::{ChatMessage, ModelRequest, Role, ToolCallSpec, ToolDef};
     use serde_json::json;
 
-    use super::{Aliases, request_body};
+    use super::{Aliases, config_params, request_body};
+
+    #[test]
+    fn config_params_are_defaults_and_a_forced_tool_choice_resets() {
+        let mut req = ModelRequest {
+            run_id: None,
+            step: 1,
+            messages: vec![ChatMessage::text(Role::User, "6*7?")],
+            tools: Vec::new(),
+            config: json!({"params": {"tool_choice": "required", "temperature": 0}}),
+            stream: false,
+            params: Default::default(),
+        };
+        let p = config_params(&req).expect("params");
+        assert_eq!(p["tool_choice"], "required");
+        req.messages.push(ChatMessage {
+            role: Role::Tool,
+            content: Some("42".into()),
+            tool_calls: Vec::new(),
+            tool_call_id: Some("call_1".parse().expect("id")),
+        });
+        let p = config_params(&req).expect("params");
+        assert!(p.get("tool_choice").is_none() && p["temperature"] == 0);
+        req.config = json!("nope");
+        assert_eq!(
+            config_params(&req).expect_err("invalid").code,
+            "invalid_model_config"
+        );
+    }
 
     #[test]
     fn dotted_tool_names_travel_as_aliases_and_params_pass_through() {
@@ -580,7 +647,13 @@ mod tests {
             params,
         };
         let names = Aliases::new(&req);
-        let (body, _) = request_body("up-model", &req, &names, &Default::default());
+        let (body, _) = request_body(
+            "up-model",
+            &req,
+            Default::default(),
+            &names,
+            &Default::default(),
+        );
         assert_eq!(body["model"], "up-model");
         assert_eq!(
             body["stream"], true,
