@@ -44,11 +44,15 @@ fn check_dotted(s: &str) -> Result<(), &'static str> {
     s.split('.').try_for_each(check_token)
 }
 
-/// A tool call id as models mint them (`call_1`, `call_AbC123`): `[A-Za-z0-9_-]{1,64}`. Never
+/// Longest tool call id: upstreams mint long ones (llama-cpp-python's
+/// `call__0_<name>_cmpl-<uuid>`, 60–100 characters), so the bound is generous.
+pub const MAX_CALL_ID: usize = 256;
+
+/// A tool call id as models mint them (`call_1`, `call_AbC123`): `[A-Za-z0-9_-]{1,256}`. Never
 /// part of a subject; part of KV keys, which allow these characters.
 fn check_call_id(s: &str) -> Result<(), &'static str> {
-    if s.is_empty() || s.len() > 64 {
-        return Err("must be 1 to 64 characters");
+    if s.is_empty() || s.len() > MAX_CALL_ID {
+        return Err("must be 1 to 256 characters");
     }
     if !s
         .bytes()
@@ -247,6 +251,16 @@ mod tests {
         ] {
             let err = Tenant::parse(bad).expect_err(bad);
             assert_eq!(err.code(), "invalid_id");
+        }
+    }
+
+    #[test]
+    fn call_ids_take_what_upstreams_mint() {
+        let llama = format!("call__0_get_current_weather_cmpl-{}", "a".repeat(60));
+        assert!(CallId::parse(llama).is_ok());
+        assert!(CallId::parse("x".repeat(MAX_CALL_ID)).is_ok());
+        for bad in ["", "a.b", "a b", "a:b", &"x".repeat(MAX_CALL_ID + 1)] {
+            assert!(CallId::parse(bad).is_err(), "{bad}");
         }
     }
 

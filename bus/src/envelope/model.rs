@@ -126,6 +126,13 @@ pub enum ModelReply {
         message: ChatMessage,
         usage: Usage,
         finish_reason: String,
+        /// True when the backend counted `usage` itself (the upstream reported none).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        usage_estimated: bool,
+        /// The upstream's token log probabilities (OpenAI's `choices[0].logprobs`), when the
+        /// request asked for them and the upstream sent them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logprobs: Option<serde_json::Value>,
     },
     Error {
         error: ErrorBody,

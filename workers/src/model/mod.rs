@@ -3,9 +3,12 @@
 //! a backend, with policy hooks around the call, streaming `delta` replies before the `final`
 //! one. The route table can be swapped while running; the endpoints follow it.
 
+pub mod compat;
+mod estimate;
 mod openai;
 pub mod policy;
 mod scripted;
+mod upstream_error;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use compat::Compat;
 pub use openai::{OpenAi, OpenAiOptions, Secret, arguments_string};
 pub use policy::{CallContext, Hook, TokenCap, UsageLog};
 pub use scripted::Scripted;
@@ -45,7 +49,8 @@ pub struct Route {
     pub backend: Backend,
     /// The model name the upstream knows (defaults to the public name).
     pub upstream_model: Option<String>,
-    /// Backend settings used when the request brings none (for `scripted`: a fixed script).
+    /// Backend settings used when the request brings none (for `scripted`: a fixed script; for
+    /// `openai`: `{"params": {…}}`, default request parameters).
     pub config: Value,
     /// Most completion tokens one call may ask for.
     pub max_tokens: Option<u64>,
@@ -81,6 +86,14 @@ impl Route {
                 s.complete(req, sink).await
             }
             Backend::OpenAi(o) => {
+                if req.config.is_null() && !self.config.is_null() {
+                    let req = ModelRequest {
+                        config: self.config.clone(),
+                        ..req.clone()
+                    };
+                    let model = self.upstream_model.as_deref().unwrap_or(model.as_str());
+                    return o.complete(model, &req, sink).await;
+                }
                 o.complete(
                     self.upstream_model.as_deref().unwrap_or(model.as_str()),
                     req,

@@ -1,8 +1,11 @@
 //! The `openai` backend: any OpenAI-compatible HTTP upstream (OpenAI, vLLM, llama.cpp server,
 //! Ollama). The upstream is always asked to stream; deltas pass straight through to the caller.
-//! Connections are pooled by one `reqwest::Client` per route. A refused attempt (connection
-//! error, 429 or 5xx) is retried with exponential backoff — only before the first token, never
-//! after. The API key comes from an environment variable or a file and is never logged.
+//! Connections are pooled by one `reqwest::Client` per route. A transient failure (connection
+//! error, 429, a 5xx not caused by the request itself) is retried with exponential backoff, within
+//! a per-request budget — only before the first token, never after. Upstream errors are
+//! sanitized (`upstream_error`); the route's quirk switches are in `compat`. The gateway enforces
+//! the completion-token limit on the stream itself, and counts usage the upstream did not report
+//! (`estimate`). The API key comes from an environment variable or a file and is never logged.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +20,11 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::DeltaSink;
+use super::compat::Compat;
+use super::{estimate, upstream_error};
+
+/// Longest total backoff of one request's retries.
+const RETRY_BUDGET: Duration = Duration::from_secs(10);
 
 /// A secret that never prints.
 #[derive(Clone)]
@@ -45,6 +53,7 @@ pub struct OpenAi {
     /// Longest wait between two streamed chunks.
     idle_timeout: Duration,
     max_retries: usize,
+    compat: Compat,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +63,7 @@ pub struct OpenAiOptions {
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_retries: usize,
+    pub compat: Compat,
 }
 
 /// Why an attempt failed, and whether another attempt may help.
@@ -75,6 +85,7 @@ impl OpenAi {
             request_timeout: o.request_timeout,
             idle_timeout: o.idle_timeout,
             max_retries: o.max_retries,
+            compat: o.compat,
         })
     }
 
@@ -85,7 +96,11 @@ impl OpenAi {
         sink: &mut DeltaSink<'_>,
     ) -> ModelReply {
         let names = Aliases::new(req);
-        let body = request_body(upstream_model, req, &names);
+        let defaults = match config_params(req) {
+            Ok(d) => d,
+            Err(e) => return ModelReply::Error { error: e },
+        };
+        let (body, limit) = request_body(upstream_model, req, defaults, &names, &self.compat);
         let url = format!("{}/chat/completions", self.base_url);
         let send = || async {
             let mut r = self.http.post(&url).json(&body);
@@ -116,26 +131,19 @@ impl OpenAi {
                 return Ok(resp);
             }
             let text = resp.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| text.chars().take(300).collect());
-            let (code, retryable) = match status.as_u16() {
-                429 => ("upstream_rate_limited", true),
-                s if s >= 500 => ("upstream_error", true),
-                404 => ("model_not_found", false),
-                401 | 403 => ("upstream_auth", false),
-                _ => ("upstream_bad_request", false),
-            };
+            let c = upstream_error::classify(status.as_u16(), &text);
+            // The full answer goes to the log, once; the caller gets the sanitized message.
+            tracing::warn!(status = status.as_u16(), code = c.code, retryable = c.retryable, body = %text, "upstream error");
             Err(Failure {
-                error: ErrorBody::new(code, format!("upstream answered {status}: {message}")),
-                retryable,
+                error: ErrorBody::new(c.code, c.message),
+                retryable: c.retryable,
             })
         };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))
-            .with_max_times(self.max_retries);
+            .with_max_times(self.max_retries)
+            .with_total_delay(Some(RETRY_BUDGET));
         let resp = match send
             .retry(backoff)
             .when(|f: &Failure| f.retryable)
@@ -145,22 +153,22 @@ impl OpenAi {
             Ok(r) => r,
             Err(f) => return ModelReply::Error { error: f.error },
         };
-        self.stream(resp, &names, sink).await
+        self.stream(resp, req, &names, limit, sink).await
     }
 
-    /// Reads the upstream's SSE stream, passing deltas through; builds the final reply.
+    /// Reads the upstream's SSE stream, passing deltas through; builds the final reply. Stops
+    /// at `limit` generated chunks whatever the upstream does (`finish_reason: "length"`).
     async fn stream(
         &self,
         resp: reqwest::Response,
+        req: &ModelRequest,
         names: &Aliases,
+        limit: Option<u64>,
         sink: &mut DeltaSink<'_>,
     ) -> ModelReply {
         let mut body = resp.bytes_stream();
         let mut buf = Vec::new();
-        let mut content = String::new();
-        let mut calls: Vec<(String, String, String)> = Vec::new();
-        let mut finish_reason = String::from("stop");
-        let mut usage = Usage::default();
+        let mut acc = Acc::default();
         loop {
             let chunk = match tokio::time::timeout(self.idle_timeout, body.next()).await {
                 Err(_) => {
@@ -191,7 +199,7 @@ impl OpenAi {
                         continue;
                     };
                     if data == "[DONE]" {
-                        return final_reply(content, calls, finish_reason, usage);
+                        return acc.finish(req);
                     }
                     let Ok(v) = serde_json::from_str::<Value>(data) else {
                         return error(
@@ -200,54 +208,141 @@ impl OpenAi {
                         );
                     };
                     if let Some(e) = v.get("error") {
-                        return error(
-                            "upstream_error",
-                            e["message"]
-                                .as_str()
-                                .unwrap_or("error in stream")
-                                .to_owned(),
-                        );
+                        tracing::warn!(error = %e, "upstream error in its stream");
+                        return error("upstream_error", upstream_error::in_stream(e));
                     }
                     if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                        usage = Usage::new(
-                            u["prompt_tokens"].as_u64().unwrap_or(0),
-                            u["completion_tokens"].as_u64().unwrap_or(0),
-                        );
+                        acc.usage(u);
                     }
                     let Some(choice) = v["choices"].get(0) else {
                         continue;
                     };
-                    if let Some(r) = choice["finish_reason"].as_str() {
-                        finish_reason = r.to_owned();
+                    if generates(&choice["delta"]) && limit.is_some_and(|l| acc.fragments >= l) {
+                        // The upstream ignored the limit: stop here (dropping the body closes
+                        // the connection, which stops a well-behaved server generating).
+                        acc.finish_reason = Some("length".into());
+                        return acc.finish(req);
                     }
-                    let delta = &choice["delta"];
-                    if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                        content.push_str(text);
-                        sink.send(text.to_owned()).await;
-                    }
-                    for tc in delta["tool_calls"].as_array().into_iter().flatten() {
-                        let index = tc["index"].as_u64().unwrap_or(0) as usize;
-                        if calls.len() <= index {
-                            calls.resize(index + 1, Default::default());
-                        }
-                        let id = tc["id"].as_str().map(str::to_owned);
-                        let name = tc["function"]["name"].as_str().map(|n| names.original(n));
-                        let args = tc["function"]["arguments"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_owned();
-                        if let Some(id) = &id {
-                            calls[index].0.clone_from(id);
-                        }
-                        if let Some(name) = &name {
-                            calls[index].1.push_str(name);
-                        }
-                        calls[index].2.push_str(&args);
-                        sink.tool_call(index as u32, id, name, args).await;
-                    }
+                    acc.choice(choice, names, sink).await;
                 }
             }
         }
+    }
+}
+
+/// Whether a delta carries generated text: content or tool-call arguments.
+fn generates(delta: &Value) -> bool {
+    delta["content"].as_str().is_some_and(|t| !t.is_empty())
+        || delta["tool_calls"].as_array().is_some_and(|calls| {
+            calls.iter().any(|c| {
+                c["function"]["arguments"]
+                    .as_str()
+                    .is_some_and(|a| !a.is_empty())
+            })
+        })
+}
+
+/// One tool call as it streams in.
+#[derive(Clone, Default)]
+struct Call {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// What the stream has said so far.
+#[derive(Default)]
+struct Acc {
+    content: String,
+    calls: Vec<Call>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    /// Chunks that carried generated text.
+    fragments: u64,
+    logprobs: Vec<Value>,
+}
+
+impl Acc {
+    /// Takes the upstream's usage figures; absent or all-zero figures are unknown, not zero.
+    fn usage(&mut self, u: &Value) {
+        let (p, c) = (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64());
+        if p.unwrap_or(0) + c.unwrap_or(0) > 0 {
+            self.usage = Some(Usage::new(p.unwrap_or(0), c.unwrap_or(0)));
+        }
+    }
+
+    /// Applies one streamed choice, passing its deltas on. Servers that repeat a call's `id` and
+    /// `function.name` in every delta (llama-cpp-python) are read as sending them once, and
+    /// they are passed on once: clients append every string fragment.
+    async fn choice(&mut self, choice: &Value, names: &Aliases, sink: &mut DeltaSink<'_>) {
+        if let Some(r) = choice["finish_reason"].as_str() {
+            self.finish_reason = Some(r.to_owned());
+        }
+        if let Some(lp) = choice["logprobs"]["content"].as_array() {
+            self.logprobs.extend(lp.iter().cloned());
+        }
+        let delta = &choice["delta"];
+        if generates(delta) {
+            self.fragments += 1;
+        }
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            self.content.push_str(text);
+            sink.send(text.to_owned()).await;
+        }
+        for tc in delta["tool_calls"].as_array().into_iter().flatten() {
+            let index = tc["index"].as_u64().unwrap_or(0) as usize;
+            if self.calls.len() <= index {
+                self.calls.resize(index + 1, Call::default());
+            }
+            let call = &mut self.calls[index];
+            let id = tc["id"]
+                .as_str()
+                .filter(|id| !id.is_empty() && call.id.is_empty())
+                .map(str::to_owned);
+            if let Some(id) = &id {
+                call.id.clone_from(id);
+            }
+            let name = tc["function"]["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(|n| names.original(n))
+                .filter(|n| *n != call.name);
+            if let Some(name) = &name {
+                call.name.push_str(name);
+            }
+            let args = tc["function"]["arguments"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            call.arguments.push_str(&args);
+            if id.is_some() || name.is_some() || !args.is_empty() {
+                sink.tool_call(index as u32, id, name, args).await;
+            }
+        }
+    }
+
+    fn finish(self, req: &ModelRequest) -> ModelReply {
+        let finish_reason = self.finish_reason.unwrap_or_else(|| "stop".into());
+        let chars = self.content.len()
+            + self
+                .calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum::<usize>();
+        let (usage, usage_estimated) = match self.usage {
+            Some(u) => (u, false),
+            None => (estimate::usage(req, self.fragments, chars), true),
+        };
+        let logprobs =
+            (!self.logprobs.is_empty()).then(|| json!({"content": self.logprobs, "refusal": null}));
+        final_reply(
+            self.content,
+            self.calls,
+            finish_reason,
+            usage,
+            usage_estimated,
+            logprobs,
+        )
     }
 }
 
@@ -277,27 +372,29 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
 
 fn final_reply(
     content: String,
-    calls: Vec<(String, String, String)>,
+    calls: Vec<Call>,
     finish_reason: String,
     usage: Usage,
+    usage_estimated: bool,
+    logprobs: Option<Value>,
 ) -> ModelReply {
     let mut tool_calls = Vec::with_capacity(calls.len());
-    for (i, (id, name, args)) in calls.into_iter().enumerate() {
-        let id = CallId::parse(if id.is_empty() {
+    for (i, c) in calls.into_iter().enumerate() {
+        let id = CallId::parse(if c.id.is_empty() {
             format!("call_{i}")
         } else {
-            id
+            c.id
         });
         let Ok(id) = id else {
             return error(
                 "invalid_upstream_reply",
-                "the upstream sent a tool call id that is not [A-Za-z0-9_-]{1,64}",
+                "the upstream sent a tool call id that is not [A-Za-z0-9_-]{1,256}",
             );
         };
-        let arguments = serde_json::from_str(&args).unwrap_or(Value::String(args));
+        let arguments = serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments));
         tool_calls.push(ToolCallSpec {
             id,
-            name,
+            name: c.name,
             arguments,
         });
     }
@@ -310,6 +407,8 @@ fn final_reply(
         },
         usage,
         finish_reason,
+        usage_estimated,
+        logprobs,
     }
 }
 
@@ -353,12 +452,55 @@ impl Aliases {
     }
 }
 
-fn request_body(model: &str, req: &ModelRequest, names: &Aliases) -> Value {
+/// The request parameters an agent's (or the route's) `model_config` sets: `{"params": {…}}`,
+/// under the request's own. Like the Agents SDK's `reset_tool_choice`, a `tool_choice` from
+/// here is not sent once the model has a tool result to answer from, so a forced call cannot
+/// loop.
+fn config_params(req: &ModelRequest) -> Result<Map<String, Value>, ErrorBody> {
+    let params = match &req.config {
+        Value::Null => return Ok(Map::new()),
+        Value::Object(o) => match o.get("params") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(p)) => p.clone(),
+            Some(_) => {
+                return Err(ErrorBody::new(
+                    "invalid_model_config",
+                    "model_config.params must be an object of OpenAI request parameters",
+                ));
+            }
+        },
+        _ => {
+            return Err(ErrorBody::new(
+                "invalid_model_config",
+                "the openai backend's model_config is an object: {\"params\": {…}}",
+            ));
+        }
+    };
+    let answered = req.messages.last().is_some_and(|m| m.role == Role::Tool);
+    Ok(params
+        .into_iter()
+        .filter(|(k, _)| !(answered && k == "tool_choice"))
+        .collect())
+}
+
+/// The upstream request, and the completion-token limit it carries.
+fn request_body(
+    model: &str,
+    req: &ModelRequest,
+    defaults: Map<String, Value>,
+    names: &Aliases,
+    compat: &Compat,
+) -> (Value, Option<u64>) {
     let messages: Vec<Value> = req
         .messages
         .iter()
         .map(|m| {
-            let mut v = json!({"role": role(m.role), "content": m.content});
+            let mut v = json!({"role": role(m.role)});
+            if m.role == Role::Assistant {
+                compat.assistant_content(&mut v, m.content.as_deref(), !m.tool_calls.is_empty());
+            } else {
+                v["content"] = json!(m.content);
+            }
             if !m.tool_calls.is_empty() {
                 v["tool_calls"] = m
                     .tool_calls
@@ -376,8 +518,13 @@ fn request_body(model: &str, req: &ModelRequest, names: &Aliases) -> Value {
         })
         .collect();
     let mut body = Map::new();
-    // Caller parameters first; what must hold for streaming passthrough wins.
-    body.extend(req.params.clone());
+    // Caller parameters first, filtered for the route; what must hold for streaming wins.
+    let mut params = req.params.clone();
+    for (k, v) in defaults {
+        params.entry(k).or_insert(v);
+    }
+    let limit = compat.params(&mut params);
+    body.extend(params);
     // A tool_choice naming a dotted tool names its alias.
     if let Some(name) = body
         .get_mut("tool_choice")
@@ -405,7 +552,7 @@ fn request_body(model: &str, req: &ModelRequest, names: &Aliases) -> Value {
             .collect();
         body.insert("tools".into(), Value::Array(tools));
     }
-    Value::Object(body)
+    (Value::Object(body), limit)
 }
 
 /// OpenAI carries arguments as a JSON string.
@@ -431,7 +578,35 @@ mod tests {
     use agentos_bus::envelope::{ChatMessage, ModelRequest, Role, ToolCallSpec, ToolDef};
     use serde_json::json;
 
-    use super::{Aliases, request_body};
+    use super::{Aliases, config_params, request_body};
+
+    #[test]
+    fn config_params_are_defaults_and_a_forced_tool_choice_resets() {
+        let mut req = ModelRequest {
+            run_id: None,
+            step: 1,
+            messages: vec![ChatMessage::text(Role::User, "6*7?")],
+            tools: Vec::new(),
+            config: json!({"params": {"tool_choice": "required", "temperature": 0}}),
+            stream: false,
+            params: Default::default(),
+        };
+        let p = config_params(&req).expect("params");
+        assert_eq!(p["tool_choice"], "required");
+        req.messages.push(ChatMessage {
+            role: Role::Tool,
+            content: Some("42".into()),
+            tool_calls: Vec::new(),
+            tool_call_id: Some("call_1".parse().expect("id")),
+        });
+        let p = config_params(&req).expect("params");
+        assert!(p.get("tool_choice").is_none() && p["temperature"] == 0);
+        req.config = json!("nope");
+        assert_eq!(
+            config_params(&req).expect_err("invalid").code,
+            "invalid_model_config"
+        );
+    }
 
     #[test]
     fn dotted_tool_names_travel_as_aliases_and_params_pass_through() {
@@ -472,7 +647,13 @@ mod tests {
             params,
         };
         let names = Aliases::new(&req);
-        let body = request_body("up-model", &req, &names);
+        let (body, _) = request_body(
+            "up-model",
+            &req,
+            Default::default(),
+            &names,
+            &Default::default(),
+        );
         assert_eq!(body["model"], "up-model");
         assert_eq!(
             body["stream"], true,

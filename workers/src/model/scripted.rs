@@ -144,6 +144,8 @@ impl Scripted {
                     message: ChatMessage::text(Role::Assistant, text),
                     usage: Usage::new(prompt_tokens, completion_tokens),
                     finish_reason: "stop".into(),
+                    usage_estimated: false,
+                    logprobs: None,
                 }
             }
             Turn::ToolCalls { tool_calls } => {
@@ -173,6 +175,8 @@ impl Scripted {
                     },
                     usage: Usage::new(prompt_tokens, completion_tokens),
                     finish_reason: "tool_calls".into(),
+                    usage_estimated: false,
+                    logprobs: None,
                 }
             }
         }

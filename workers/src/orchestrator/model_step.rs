@@ -5,9 +5,7 @@
 //! its journal. The final message becomes `model.completed`.
 
 use agentos_bus::Error as BusError;
-use agentos_bus::envelope::{
-    AgentSpec, Envelope, ErrorBody, EventData, ModelReply, ModelRequest, ToolDef,
-};
+use agentos_bus::envelope::{AgentSpec, Envelope, ErrorBody, EventData, ModelReply, ModelRequest};
 use agentos_bus::subject;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -27,15 +25,7 @@ impl<P: Port> Driver<'_, P> {
             run_id: Some(self.req.run_id),
             step,
             messages: self.state.messages(&agent.instructions, &self.req.input),
-            tools: agent
-                .tools
-                .iter()
-                .map(|name| ToolDef {
-                    name: name.to_string(),
-                    description: String::new(),
-                    parameters: serde_json::Value::Null,
-                })
-                .collect(),
+            tools: crate::tool::tool_defs(&agent.tools),
             config: agent.model_config.clone(),
             stream: true,
             params: Default::default(),

@@ -334,6 +334,8 @@ impl World {
                 message,
                 usage,
                 finish_reason: "stop".into(),
+                usage_estimated: false,
+                logprobs: None,
             }),
         );
     }

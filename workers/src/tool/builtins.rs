@@ -61,6 +61,28 @@ impl Builtin {
         }
     }
 
+    /// The JSON Schema of the tool's arguments, as models are shown it.
+    pub fn parameters(self) -> Value {
+        let one = |name: &str, kind: &str, what: &str| {
+            json!({"type": "object", "properties": {name: {"type": kind, "description": what}},
+                "required": [name], "additionalProperties": false})
+        };
+        match self {
+            Self::Echo => json!({"type": "object"}),
+            Self::Sleep => one("ms", "integer", "milliseconds to wait"),
+            Self::ClockNow => {
+                json!({"type": "object", "properties": {}, "additionalProperties": false})
+            }
+            Self::MathEval => one("expr", "string", "the expression, e.g. 6*7 or (2+3)^2"),
+            Self::HttpGet => one("url", "string", "the URL to fetch"),
+        }
+    }
+
+    /// The built-in called `name`.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
     /// Whether running the tool twice with the same arguments is harmless. All built-ins are;
     /// the worker still returns a recorded result for a repeated idempotency key.
     pub fn idempotent(self) -> bool {

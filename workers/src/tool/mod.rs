@@ -5,6 +5,7 @@
 
 mod builtins;
 mod claim;
+mod defs;
 pub mod math;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use builtins::{Builtin, ToolEnv};
 use claim::Claim;
 pub use claim::LEASE_GRACE;
+pub use defs::tool_defs;
 
 #[derive(Clone, Debug)]
 pub struct ToolWorkerOptions {
