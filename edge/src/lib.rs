@@ -111,6 +111,16 @@ impl AppState {
             waiters: watch::Waiters::default(),
         })
     }
+
+    /// Wakes `/wait` long-polls as run records turn terminal, until `shutdown`; [`serve`] runs it.
+    pub async fn watch(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+        self.waiters.clone().run(self.bus.clone(), shutdown).await
+    }
+
+    /// How many runs have a registered `/wait` waiter (a gauge for tests and metrics).
+    pub fn waiting_runs(&self) -> usize {
+        self.waiters.waiting()
+    }
 }
 
 /// The whole API.
@@ -143,10 +153,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| agentos_bus::Error::Server(e.to_string()))?;
     tracing::info!(listen = %local, auth = ?opts.auth, "edge listening");
-    let watcher = state
-        .waiters
-        .clone()
-        .run(state.bus.clone(), shutdown.clone());
+    let watcher = state.clone().watch(shutdown.clone());
     let http = async {
         // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs hold chunks back for ~40 ms.
