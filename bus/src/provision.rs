@@ -285,15 +285,24 @@ impl Bus {
             .map(|s| s.name)
             .chain(Bucket::ALL.iter().map(|b| format!("KV_{}", b.name())));
         for name in names {
-            if self.stream_config(&name).await?.is_some() {
-                self.js
-                    .delete_stream(&name)
-                    .await
-                    .map_err(|e| Error::nats(format!("delete stream {name}"), e))?;
+            if self.delete_stream(&name).await? {
                 deleted.push(name);
             }
         }
         Ok(deleted)
+    }
+
+    /// Deletes one stream if it exists; whether it did. For `agentos nuke` and tests that need
+    /// a stream gone (e.g. to make the audit write fail).
+    pub async fn delete_stream(&self, name: &str) -> Result<bool> {
+        if self.stream_config(name).await?.is_none() {
+            return Ok(false);
+        }
+        self.js
+            .delete_stream(name)
+            .await
+            .map_err(|e| Error::nats(format!("delete stream {name}"), e))?;
+        Ok(true)
     }
 
     async fn reconcile(&self, settings: &Settings, create: bool) -> Result<Report> {

@@ -245,16 +245,11 @@ pub async fn create(
         .await?;
     tracing::info!(run = %run_id, tenant = %auth.tenant, "run submitted");
     if status == StatusCode::CREATED {
+        // Submitted: from here on the answer is 201 whatever the audit write does, or a retry
+        // without an idempotency key would run it twice.
         let details = serde_json::json!({"agent_id": record.agent_id});
-        crate::admin::record(
-            &state,
-            &auth,
-            &auth.tenant,
-            "run.create",
-            &run_id.to_string(),
-            details,
-        )
-        .await?;
+        crate::admin::record_committed(&state, &auth, "run.create", run_id.to_string(), details)
+            .await;
     }
     if body.stream {
         return events::sse(&state, &auth, run_id, 0).await;
@@ -422,15 +417,14 @@ pub async fn cancel(
                     state.bus.publish_cancel(&auth.tenant, &id).await?;
                 }
                 tracing::info!(run = %id, status = rec.status.as_str(), "cancel requested");
-                crate::admin::record(
+                crate::admin::record_committed(
                     &state,
                     &auth,
-                    &auth.tenant,
                     "run.cancel",
-                    &id.to_string(),
+                    id.to_string(),
                     Value::Null,
                 )
-                .await?;
+                .await;
                 return Ok((StatusCode::ACCEPTED, Json(rec.into())));
             }
             Err(BusError::WrongRevision { .. }) => continue,
