@@ -281,3 +281,47 @@ async fn the_auth_context_travels_in_headers_and_a_foreign_tenant_is_refused() {
     let err = req.tenant().expect_err("the header claims another tenant");
     assert_eq!(err.code(), "tenant_mismatch", "{err}");
 }
+
+#[tokio::test]
+async fn journal_start_finds_each_event_among_irregularly_interleaved_others() {
+    let (_server, bus) = setup().await;
+    let t = tenant();
+    let (run, others) = (RunId::new(), [RunId::new(), RunId::new(), RunId::new()]);
+    let event = |run_id: RunId, seq: u64| Event {
+        seq,
+        run_id,
+        tenant: t.clone(),
+        ts: now(),
+        data: EventData::StepStarted { step: 1 },
+    };
+    let (mut last, mut counts) = ([0_u64; 4], [0_u64; 3]);
+    // A deterministic but irregular pattern: bursts of 0..=6 other events between ours.
+    for seq in 1..=150_u64 {
+        last[0] = bus.append(&event(run, seq), last[0]).await.expect("append");
+        for i in 0..(seq * 7 % 11 % 7) {
+            let o = usize::try_from(i % 3).expect("index");
+            counts[o] += 1;
+            last[o + 1] = bus
+                .append(&event(others[o], counts[o]), last[o + 1])
+                .await
+                .expect("append");
+        }
+    }
+    let stored = bus.read_journal(&t, &run).await.expect("journal");
+    assert_eq!(stored.len(), 150);
+    assert_eq!(bus.journal_start(&t, &run, 0).await.expect("start"), 0);
+    for k in 1..=150_u64 {
+        let start = bus.journal_start(&t, &run, k).await.expect("start");
+        let want = stored
+            .get(usize::try_from(k).expect("k"))
+            .map_or(stored[149].stream_seq + 1, |s| s.stream_seq);
+        assert_eq!(start, want, "after event {k}");
+    }
+    assert_eq!(
+        bus.journal_start(&t, &RunId::new(), 3)
+            .await
+            .expect("start"),
+        0,
+        "an empty journal reads from the first event"
+    );
+}

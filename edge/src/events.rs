@@ -47,7 +47,12 @@ pub(crate) async fn sse(
         if finished {
             Box::pin(futures::stream::empty())
         } else {
-            let journal = state.bus.follow_journal(&auth.tenant, &run).await?;
+            // The read starts at event `after + 1`; the filter below only guards against a
+            // journal whose sequences are not what they should be.
+            let journal = state
+                .bus
+                .follow_journal_after(&auth.tenant, &run, after)
+                .await?;
             // Ends right after yielding the terminal event, without waiting for another message.
             let events =
                 futures::stream::unfold((journal, false), move |(mut journal, done)| async move {

@@ -76,3 +76,104 @@ async fn a_submitted_run_answers_201_even_when_the_audit_write_fails() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["status"], "cancelled");
 }
+
+/// Appends `n` events to `run`'s journal (the last one terminal), interleaved with another
+/// run's events so stream and event sequences differ.
+async fn journal(edge: &Edge, tenant: &str, run: &str, other: &str, n: u64) {
+    use agentos_bus::envelope::{Event, EventData, Usage, now};
+    let tenant: agentos_bus::id::Tenant = tenant.parse().expect("tenant");
+    let mut last = [0_u64; 2];
+    for seq in 1..=n {
+        for (i, id) in [run, other].into_iter().enumerate() {
+            let data = if seq == n && i == 0 {
+                EventData::RunCompleted {
+                    output: "done".into(),
+                    usage: Usage::default(),
+                }
+            } else {
+                EventData::ModelDelta {
+                    step: 1,
+                    text: format!("d{seq}"),
+                }
+            };
+            let event = Event {
+                seq,
+                run_id: agentos_bus::id::RunId::parse(id).expect("run id"),
+                tenant: tenant.clone(),
+                ts: now(),
+                data,
+            };
+            last[i] = edge.bus.append(&event, last[i]).await.expect("append");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_resume_starts_the_bus_read_at_the_requested_event() {
+    let edge = Edge::start().await;
+    edge.create_agent("acme", "a1").await;
+    let run = edge.create_run("acme", "a1", "hi").await;
+    let other = edge.create_run("acme", "a1", "noise").await;
+    journal(&edge, "acme", &run, &other, 12).await;
+    let tenant: agentos_bus::id::Tenant = "acme".parse().expect("tenant");
+    let run_id = agentos_bus::id::RunId::parse(&run).expect("run id");
+    let stored = edge
+        .bus
+        .read_journal(&tenant, &run_id)
+        .await
+        .expect("journal");
+    for k in [0_u64, 1, 4, 7, 11, 12] {
+        let start = edge
+            .bus
+            .journal_start(&tenant, &run_id, k)
+            .await
+            .expect("journal start");
+        let want = match k {
+            0 => 0, // from the first event
+            _ => stored
+                .get(usize::try_from(k).expect("k"))
+                .map_or(stored[11].stream_seq + 1, |s| s.stream_seq),
+        };
+        assert_eq!(
+            start,
+            want,
+            "the read after event {k} starts at event {}",
+            k + 1
+        );
+        if k > 0 {
+            assert!(start > stored[usize::try_from(k - 1).expect("k")].stream_seq);
+        }
+        let resp = edge
+            .send_with(
+                Method::GET,
+                &format!("/v1/runs/{run}/events"),
+                "acme",
+                None,
+                &[("last-event-id", &k.to_string())],
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let text = common::text_of(resp).await;
+        let ids: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
+            .map(|v| v.trim().parse().expect("id"))
+            .collect();
+        assert_eq!(ids, ((k + 1)..=12).collect::<Vec<_>>(), "resume after {k}");
+    }
+    // ?after= does the same.
+    let resp = edge
+        .send(
+            Method::GET,
+            &format!("/v1/runs/{run}/events?after=9"),
+            "acme",
+            None,
+        )
+        .await;
+    let text = common::text_of(resp).await;
+    assert_eq!(
+        text.matches("\nid:").count() + usize::from(text.starts_with("id:")),
+        3,
+        "{text}"
+    );
+}
