@@ -12,6 +12,7 @@ pub const STREAM_RUNS: &str = "AGENTOS_RUNS";
 pub const STREAM_EVENTS: &str = "AGENTOS_EVENTS";
 pub const STREAM_AUDIT: &str = "AGENTOS_AUDIT";
 pub const STREAM_DLQ: &str = "AGENTOS_DLQ";
+pub const STREAM_RUN_INDEX: &str = "AGENTOS_RUN_INDEX";
 
 /// The KV buckets of the platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +134,12 @@ impl Settings {
                 self.audit_max_age,
             ),
             base(STREAM_DLQ, crate::subject::filter::DLQ, self.dlq_max_age),
+            // Kept as long as the run records (no age limit); one entry per run.
+            base(
+                STREAM_RUN_INDEX,
+                crate::subject::filter::RUN_INDEX,
+                Duration::ZERO,
+            ),
         ]
     }
 
