@@ -13,6 +13,7 @@ mod extract;
 mod health;
 mod jwks;
 mod openapi;
+mod run_list;
 mod runs;
 mod watch;
 

@@ -177,3 +177,179 @@ async fn sse_resume_starts_the_bus_read_at_the_requested_event() {
         "{text}"
     );
 }
+
+fn ids(list: &serde_json::Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_are_created_read_listed_cancelled_and_waited_for() {
+    let edge = Edge::start().await;
+    edge.create_agent("acme", "a1").await;
+    edge.create_agent("acme", "a2").await;
+    let mut created = Vec::new();
+    for i in 0..7 {
+        let agent = if i % 2 == 0 { "a1" } else { "a2" };
+        created.push(edge.create_run("acme", agent, &format!("r{i}")).await);
+    }
+    created.reverse(); // newest first
+    // Read.
+    let (status, run) = edge
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}", created[0]),
+            "acme",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (run["status"].as_str(), run["input"].as_str()),
+        (Some("queued"), Some("r6"))
+    );
+    let (status, _) = edge
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}", created[0]),
+            "globex",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's run is 404");
+    // List: pages of 3 walk every run once, newest first.
+    let mut listed = Vec::new();
+    let mut path = "/v1/runs?limit=3".to_owned();
+    loop {
+        let (status, page) = edge.call(Method::GET, &path, "acme", None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        listed.extend(ids(&page));
+        if page["has_more"] == false {
+            assert!(page["next_cursor"].is_null());
+            break;
+        }
+        let cursor = page["next_cursor"].as_str().expect("cursor");
+        assert_eq!(Some(cursor), listed.last().map(String::as_str));
+        path = format!("/v1/runs?limit=3&after={cursor}");
+    }
+    assert_eq!(listed, created);
+    let (_, a2) = edge
+        .call(Method::GET, "/v1/runs?agent_id=a2", "acme", None)
+        .await;
+    assert_eq!(
+        ids(&a2),
+        [created[1].clone(), created[3].clone(), created[5].clone()]
+    );
+    let (_, none) = edge.call(Method::GET, "/v1/runs", "globex", None).await;
+    assert!(ids(&none).is_empty());
+    // Cancel: a queued run is cancelled at once; again is 409.
+    let (status, body) = edge
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{}/cancel", created[3]),
+            "acme",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("cancelled"))
+    );
+    let (status, _) = edge
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{}/cancel", created[3]),
+            "acme",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, cancelled) = edge
+        .call(Method::GET, "/v1/runs?status=cancelled", "acme", None)
+        .await;
+    assert_eq!(ids(&cancelled), [created[3].clone()]);
+    assert_eq!(cancelled["has_more"], false);
+    let (_, queued) = edge
+        .call(Method::GET, "/v1/runs?status=queued&limit=2", "acme", None)
+        .await;
+    assert_eq!(ids(&queued), [created[0].clone(), created[1].clone()]);
+    assert_eq!(queued["has_more"], true);
+    // Wait: a terminal run answers at once, a queued one after the timeout as it is...
+    let (status, body) = edge
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}/wait", created[3]),
+            "acme",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    let (status, body) = edge
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}/wait?timeout_s=0", created[0]),
+            "acme",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("queued"))
+    );
+    // ...and one that ends while waited for answers when it ends.
+    let wait_path = format!("/v1/runs/{}/wait?timeout_s=60", created[1]);
+    let waiting = edge.call(Method::GET, &wait_path, "acme", None);
+    let cancel = async {
+        // Cancel once the waiter is registered.
+        while edge.state.waiting_runs() == 0 {
+            tokio::task::yield_now().await;
+        }
+        edge.call(
+            Method::POST,
+            &format!("/v1/runs/{}/cancel", created[1]),
+            "acme",
+            None,
+        )
+        .await
+    };
+    let ((status, body), (cancel_status, _)) = tokio::join!(waiting, cancel);
+    assert_eq!(cancel_status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    assert_eq!(edge.state.waiting_runs(), 0);
+}
+
+#[tokio::test]
+async fn an_idempotent_replay_is_listed_once() {
+    let edge = Edge::start().await;
+    edge.create_agent("acme", "a1").await;
+    let body = serde_json::json!({"agent_id": "a1", "input": "once"});
+    let mut seen = Vec::new();
+    for expected in [StatusCode::CREATED, StatusCode::OK, StatusCode::OK] {
+        let (status, run) = common::json_of(
+            edge.send_with(
+                Method::POST,
+                "/v1/runs",
+                "acme",
+                Some(body.clone()),
+                &[("idempotency-key", "k1")],
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, expected, "{run}");
+        seen.push(run["id"].as_str().expect("id").to_owned());
+    }
+    seen.dedup();
+    let (_, list) = edge.call(Method::GET, "/v1/runs", "acme", None).await;
+    assert_eq!(ids(&list), seen);
+}

@@ -474,6 +474,13 @@ impl Driver<'_> {
         if record.is_some() {
             return Ok(());
         }
+        // A run published straight onto the bus: the edge did not index it, so it is done here.
+        self.ctx
+            .bus
+            .index_run(&self.req.tenant, &self.req.agent_id, &self.req.run_id)
+            .await?
+            .stored()
+            .await?;
         let record = AuditRecord {
             ts: now(),
             tenant: self.req.tenant.clone(),
