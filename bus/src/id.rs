@@ -171,6 +171,11 @@ impl RunId {
         Self(Uuid::now_v7())
     }
 
+    /// The id as a number: ordered like the ids, so time-ordered (UUIDv7).
+    pub fn as_u128(&self) -> u128 {
+        self.0.as_u128()
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
         let invalid = |reason| Error::InvalidId {
             kind: Self::KIND,

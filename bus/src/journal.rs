@@ -127,7 +127,19 @@ impl Bus {
         tenant: &Tenant,
         run: &RunId,
     ) -> Result<impl Stream<Item = Result<Stored>> + Send + Unpin + 'static> {
-        let consumer = self.events_consumer(tenant, run).await?;
+        self.follow_journal_after(tenant, run, 0).await
+    }
+
+    /// Like [`Bus::follow_journal`], from the event after `after` (event `seq`, from 1): the read
+    /// starts at [`Bus::journal_start`], so earlier events are never fetched.
+    pub async fn follow_journal_after(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<Stored>> + Send + Unpin + 'static> {
+        let start = self.journal_start(tenant, run, after).await?;
+        let consumer = self.events_consumer(tenant, run, start).await?;
         let op = format!("follow {}", subject::events(tenant, run));
         let messages = consumer
             .messages()
@@ -139,11 +151,7 @@ impl Bus {
     /// The last event of a run, if any: one direct get.
     pub async fn last_event(&self, tenant: &Tenant, run: &RunId) -> Result<Option<Stored>> {
         let subject = String::from(subject::events(tenant, run));
-        let stream = self
-            .js
-            .get_stream_no_info(STREAM_EVENTS)
-            .await
-            .map_err(|e| Error::nats("open events stream", e))?;
+        let stream = self.events_stream().await?;
         match stream.direct_get_last_for_subject(subject.clone()).await {
             Ok(msg) => {
                 let schema = msg.headers.get(headers::SCHEMA).map(|v| v.as_str());
@@ -157,21 +165,91 @@ impl Bus {
         }
     }
 
+    /// The stream sequence at which a run's events after event `after` begin: the stored event
+    /// `after + 1`, or one past the last event if it is not stored yet; 0 means "from the first"
+    /// (`after` is 0, or nothing is stored). Found with direct gets: the last event, then a
+    /// search over the stream sequences between the first and the last event (interpolated,
+    /// halving at worst), so it costs a few round trips whatever the journal's length.
+    pub async fn journal_start(&self, tenant: &Tenant, run: &RunId, after: u64) -> Result<u64> {
+        if after == 0 {
+            return Ok(0);
+        }
+        let target = after + 1;
+        let Some(last) = self.last_event(tenant, run).await? else {
+            return Ok(0);
+        };
+        if last.event.seq < target {
+            return Ok(last.stream_seq + 1);
+        }
+        let subject = subject::events(tenant, run);
+        let stream = self.events_stream().await?;
+        let next = |from: u64| {
+            let (stream, subject) = (&stream, &subject);
+            async move {
+                let msg = stream
+                    .direct_get_next_for_subject(subject.clone(), Some(from))
+                    .await
+                    .map_err(|e| Error::nats(format!("next event on {subject}"), e))?;
+                let schema = msg.headers.get(headers::SCHEMA).map(|v| v.as_str());
+                Ok::<_, Error>((msg.sequence, Event::decode(schema, &msg.payload)?.seq))
+            }
+        };
+        let first = next(1).await?;
+        if first.1 >= target {
+            return Ok(first.0);
+        }
+        // Subject events at stream seqs <= lo are before the target; the one at hi is the target
+        // or later; stream seqs in (ub, hi) hold none of this run's events. Event seqs grow with
+        // stream seqs, so guess by interpolation, alternating with halving for the worst case.
+        let (mut lo, mut lo_e) = first;
+        let (mut hi, mut hi_e) = (last.stream_seq, last.event.seq);
+        let mut ub = hi - 1;
+        let mut halve = false;
+        while ub > lo {
+            let guess = if halve || hi_e <= lo_e {
+                lo + (ub - lo).div_ceil(2)
+            } else {
+                let span =
+                    u128::from(hi - lo) * u128::from(target - lo_e) / u128::from(hi_e - lo_e);
+                lo.saturating_add(u64::try_from(span).unwrap_or(u64::MAX))
+            };
+            halve = !halve;
+            let probe = guess.clamp(lo + 1, ub);
+            let (seq, event_seq) = next(probe).await?;
+            if event_seq >= target {
+                (hi, hi_e, ub) = (seq, event_seq, probe - 1);
+                if event_seq == target {
+                    break;
+                }
+            } else {
+                (lo, lo_e) = (seq, event_seq);
+            }
+        }
+        Ok(hi)
+    }
+
+    async fn events_stream(&self) -> Result<jetstream::stream::Stream<()>> {
+        self.js
+            .get_stream_no_info(STREAM_EVENTS)
+            .await
+            .map_err(|e| Error::nats("open events stream", e))
+    }
+
     async fn events_consumer(
         &self,
         tenant: &Tenant,
         run: &RunId,
+        start: u64,
     ) -> Result<consumer::Consumer<consumer::pull::OrderedConfig>> {
         let subject = String::from(subject::events(tenant, run));
-        let stream = self
-            .js
-            .get_stream_no_info(STREAM_EVENTS)
-            .await
-            .map_err(|e| Error::nats("open events stream", e))?;
-        stream
+        self.events_stream()
+            .await?
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subject.clone(),
-                deliver_policy: consumer::DeliverPolicy::All,
+                deliver_policy: match start {
+                    0 => consumer::DeliverPolicy::All,
+                    start_sequence => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                },
                 ..Default::default()
             })
             .await
@@ -184,7 +262,7 @@ impl Bus {
         tenant: &Tenant,
         run: &RunId,
     ) -> Result<Option<impl Stream<Item = Result<(Stored, u64)>> + Send + Unpin + 'static>> {
-        let consumer = self.events_consumer(tenant, run).await?;
+        let consumer = self.events_consumer(tenant, run, 0).await?;
         if consumer.cached_info().num_pending == 0 {
             return Ok(None);
         }

@@ -15,6 +15,7 @@ pub mod key;
 mod kv;
 pub mod provision;
 mod rpc;
+mod run_index;
 pub mod server;
 mod status;
 pub mod subject;
@@ -31,6 +32,7 @@ pub use rpc::{
     CallMeta, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance, ServiceSpec,
     model_backend_key,
 };
+pub use run_index::{IndexPage, PendingIndex};
 pub use status::{ConsumerStatus, StreamStatus};
 pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};
 pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};

@@ -12,6 +12,7 @@ pub const STREAM_RUNS: &str = "AGENTOS_RUNS";
 pub const STREAM_EVENTS: &str = "AGENTOS_EVENTS";
 pub const STREAM_AUDIT: &str = "AGENTOS_AUDIT";
 pub const STREAM_DLQ: &str = "AGENTOS_DLQ";
+pub const STREAM_RUN_INDEX: &str = "AGENTOS_RUN_INDEX";
 
 /// The KV buckets of the platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +134,12 @@ impl Settings {
                 self.audit_max_age,
             ),
             base(STREAM_DLQ, crate::subject::filter::DLQ, self.dlq_max_age),
+            // Kept as long as the run records (no age limit); one entry per run.
+            base(
+                STREAM_RUN_INDEX,
+                crate::subject::filter::RUN_INDEX,
+                Duration::ZERO,
+            ),
         ]
     }
 
@@ -285,15 +292,24 @@ impl Bus {
             .map(|s| s.name)
             .chain(Bucket::ALL.iter().map(|b| format!("KV_{}", b.name())));
         for name in names {
-            if self.stream_config(&name).await?.is_some() {
-                self.js
-                    .delete_stream(&name)
-                    .await
-                    .map_err(|e| Error::nats(format!("delete stream {name}"), e))?;
+            if self.delete_stream(&name).await? {
                 deleted.push(name);
             }
         }
         Ok(deleted)
+    }
+
+    /// Deletes one stream if it exists; whether it did. For `agentos nuke` and tests that need
+    /// a stream gone (e.g. to make the audit write fail).
+    pub async fn delete_stream(&self, name: &str) -> Result<bool> {
+        if self.stream_config(name).await?.is_none() {
+            return Ok(false);
+        }
+        self.js
+            .delete_stream(name)
+            .await
+            .map_err(|e| Error::nats(format!("delete stream {name}"), e))?;
+        Ok(true)
     }
 
     async fn reconcile(&self, settings: &Settings, create: bool) -> Result<Report> {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::id::{ModelName, RunId, Tenant, ToolName};
+use crate::id::{AgentId, ModelName, RunId, Tenant, ToolName};
 use crate::{Error, Result};
 
 pub const PREFIX: &str = "agentos";
@@ -120,6 +120,17 @@ pub fn audit(tenant: &Tenant) -> Subject {
     Subject(format!("{PREFIX}.audit.{tenant}"))
 }
 
+/// `agentos.runidx.<tenant>.<agent>`: the run index (stream `AGENTOS_RUN_INDEX`): one entry per
+/// run, holding its id, in creation order.
+pub fn run_index(tenant: &Tenant, agent: &AgentId) -> Subject {
+    Subject(format!("{PREFIX}.runidx.{tenant}.{agent}"))
+}
+
+/// `agentos.runidx.<tenant>.*`: a tenant's index entries, of every agent.
+pub fn run_index_all(tenant: &Tenant) -> Subject {
+    Subject(format!("{PREFIX}.runidx.{tenant}.*"))
+}
+
 /// The tenant token used in a dead letter whose own subject named no valid tenant.
 pub const UNKNOWN_TENANT: &str = "_invalid";
 
@@ -158,6 +169,7 @@ pub mod filter {
     pub const TOOL: &str = "agentos.tool.*.>";
     pub const CANCEL: &str = "agentos.ctl.*.*.cancel";
     pub const AUDIT: &str = "agentos.audit.*";
+    pub const RUN_INDEX: &str = "agentos.runidx.*.*";
     pub const DLQ: &str = "agentos.dlq.*.*";
 }
 
@@ -284,5 +296,8 @@ mod tests {
         assert_eq!(tenant_of("agentos.runs.ACME.submit"), None);
         assert_eq!(dlq(None, DlqKind::Runs), "agentos.dlq._invalid.runs");
         assert_eq!(dlq(Some(&t), DlqKind::Tool), "agentos.dlq.acme.tool");
+        let a = AgentId::parse("a1").expect("agent");
+        assert_eq!(run_index(&t, &a), "agentos.runidx.acme.a1");
+        assert_eq!(run_index_all(&t), "agentos.runidx.acme.*");
     }
 }

@@ -42,7 +42,7 @@ async fn provisioning_twice_is_a_no_op() {
         first.items.iter().all(|i| i.outcome == Outcome::Created),
         "{first:?}"
     );
-    assert_eq!(first.items.len(), 12);
+    assert_eq!(first.items.len(), 13, "5 streams and 8 buckets");
     let second = bus
         .provision(&Settings::default())
         .await
@@ -290,4 +290,48 @@ fn k(key: &str) -> agentos_bus::Key {
 
 fn s(subject: &str) -> agentos_bus::subject::Subject {
     agentos_bus::subject::Subject::parse(subject).expect("subject")
+}
+
+#[tokio::test]
+async fn journal_start_finds_each_event_among_irregularly_interleaved_others() {
+    let (_server, bus) = setup().await;
+    let t = tenant();
+    let (run, others) = (RunId::new(), [RunId::new(), RunId::new(), RunId::new()]);
+    let event = |run_id: RunId, seq: u64| Event {
+        seq,
+        run_id,
+        tenant: t.clone(),
+        ts: now(),
+        data: EventData::StepStarted { step: 1 },
+    };
+    let (mut last, mut counts) = ([0_u64; 4], [0_u64; 3]);
+    // A deterministic but irregular pattern: bursts of 0..=6 other events between ours.
+    for seq in 1..=150_u64 {
+        last[0] = bus.append(&event(run, seq), last[0]).await.expect("append");
+        for i in 0..(seq * 7 % 11 % 7) {
+            let o = usize::try_from(i % 3).expect("index");
+            counts[o] += 1;
+            last[o + 1] = bus
+                .append(&event(others[o], counts[o]), last[o + 1])
+                .await
+                .expect("append");
+        }
+    }
+    let stored = bus.read_journal(&t, &run).await.expect("journal");
+    assert_eq!(stored.len(), 150);
+    assert_eq!(bus.journal_start(&t, &run, 0).await.expect("start"), 0);
+    for k in 1..=150_u64 {
+        let start = bus.journal_start(&t, &run, k).await.expect("start");
+        let want = stored
+            .get(usize::try_from(k).expect("k"))
+            .map_or(stored[149].stream_seq + 1, |s| s.stream_seq);
+        assert_eq!(start, want, "after event {k}");
+    }
+    assert_eq!(
+        bus.journal_start(&t, &RunId::new(), 3)
+            .await
+            .expect("start"),
+        0,
+        "an empty journal reads from the first event"
+    );
 }

@@ -101,6 +101,45 @@ pub(crate) async fn record(
     Ok(())
 }
 
+/// Audits an action that has already taken effect (a run submitted, a cancel stored): its
+/// answer must not depend on the audit write. One attempt inline; if it fails, retries with
+/// backoff in the background and logs a final failure at error level.
+pub(crate) async fn record_committed(
+    state: &AppState,
+    auth: &AuthContext,
+    action: &'static str,
+    target: String,
+    details: Value,
+) {
+    let rec = AuditRecord {
+        ts: now(),
+        tenant: auth.tenant.clone(),
+        actor: auth.subject.clone(),
+        actor_tenant: Some(auth.tenant.clone()),
+        action: action.to_owned(),
+        target,
+        request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        details,
+    };
+    let Err(first) = state.bus.audit(&rec).await else {
+        return;
+    };
+    tracing::warn!(error = %first, action, target = %rec.target, tenant = %rec.tenant, "audit write failed; retrying in the background");
+    let bus = state.bus.clone();
+    tokio::spawn(async move {
+        use backon::Retryable as _;
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(100))
+            .with_max_delay(std::time::Duration::from_secs(10))
+            .with_max_times(8)
+            .with_jitter();
+        if let Err(e) = (|| bus.audit(&rec)).retry(backoff).await {
+            tracing::error!(error = %e, code = e.code(), action, target = %rec.target, tenant = %rec.tenant,
+                request_id = ?rec.request_id, "AUDIT RECORD LOST: the action took effect but its audit write kept failing");
+        }
+    });
+}
+
 async fn load(state: &AppState, id: &Tenant) -> ApiResult<agentos_bus::Versioned<TenantRecord>> {
     state
         .tenants

@@ -3,9 +3,42 @@
 //! typed exceptions). Codes are stable and listed in `docs/api.md`; internal details are logged
 //! once and never leaked.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+/// The edge crate's failures outside a request (start-up, serving, key loading): one variant per
+/// failure a caller acts on. Requests answer with [`ApiError`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound (in use, not permitted, not local).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The HTTP server stopped with an I/O error.
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// A JWKS (or OIDC discovery document) could not be fetched: unreachable, or not a 2xx.
+    #[error("fetching {url}: {reason}")]
+    JwksFetch { url: String, reason: String },
+    /// A JWKS file could not be read.
+    #[error("reading JWKS file {}: {source}", path.display())]
+    JwksFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A JWKS or discovery document was fetched but is not what it should be.
+    #[error("{what} is not valid: {reason}")]
+    JwksParse { what: String, reason: String },
+    /// The bus failed (connecting, provisioning, opening buckets, the waiter subscription).
+    #[error(transparent)]
+    Bus(#[from] agentos_bus::Error),
+}
 
 tokio::task_local! {
     /// The request id of the request being served, for error bodies.

@@ -47,7 +47,12 @@ pub(crate) async fn sse(
         if finished {
             Box::pin(futures::stream::empty())
         } else {
-            let journal = state.bus.follow_journal(&auth.tenant, &run).await?;
+            // The read starts at event `after + 1`; the filter below only guards against a
+            // journal whose sequences are not what they should be.
+            let journal = state
+                .bus
+                .follow_journal_after(&auth.tenant, &run, after)
+                .await?;
             // Ends right after yielding the terminal event, without waiting for another message.
             let events =
                 futures::stream::unfold((journal, false), move |(mut journal, done)| async move {
@@ -137,19 +142,17 @@ pub async fn wait(
         )
         .with_param("timeout_s"));
     }
-    // Register before reading, so a terminal update between the two is not missed.
-    let done = state.waiters.register(id);
+    // Register before reading, so a terminal update between the two is not missed. The guard
+    // unregisters on every way out of this function, a failed read included.
+    let mut waiter = state.waiters.register(id);
     let rec = load(&state, &auth, &id).await?.value;
     if rec.status.is_terminal() {
-        drop(done);
-        state.waiters.forget_closed(&id);
         return Ok(Json(rec.into()));
     }
-    let outcome = tokio::time::timeout(Duration::from_secs(timeout_s), done).await;
-    match outcome {
-        Ok(Ok(rec)) => Ok(Json(rec.into())),
+    match tokio::time::timeout(Duration::from_secs(timeout_s), waiter.done()).await {
+        Ok(Some(rec)) => Ok(Json(rec.into())),
         _ => {
-            state.waiters.forget_closed(&id);
+            drop(waiter);
             Ok(Json(load(&state, &auth, &id).await?.value.into()))
         }
     }

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::auth::AuthContext;
-use crate::error::ApiError;
+use crate::error::{ApiError, Error};
 
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 
@@ -71,11 +71,14 @@ fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
 
 impl Jwks {
     /// Loads the keys once; a source that cannot be read is an error at start-up.
-    pub async fn load(source: JwksSource, rules: JwtRules) -> Result<Self, String> {
+    pub async fn load(source: JwksSource, rules: JwtRules) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::JwksFetch {
+                url: "(HTTP client)".into(),
+                reason: e.to_string(),
+            })?;
         let jwks = Self {
             source,
             rules,
@@ -87,42 +90,54 @@ impl Jwks {
         Ok(jwks)
     }
 
-    async fn fetch(&self) -> Result<JwkSet, String> {
-        let text = match &self.source {
-            JwksSource::File(p) => {
-                std::fs::read_to_string(p).map_err(|e| format!("JWKS file {}: {e}", p.display()))?
-            }
-            JwksSource::Url(url) => self.get(url).await?,
+    async fn fetch(&self) -> Result<JwkSet, Error> {
+        let parse = |what: &str, e: &dyn std::fmt::Display| Error::JwksParse {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        };
+        let (what, text) = match &self.source {
+            JwksSource::File(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|source| Error::JwksFile {
+                    path: p.clone(),
+                    source,
+                })?,
+            ),
+            JwksSource::Url(url) => (url.clone(), self.get(url).await?),
             JwksSource::Oidc(issuer) => {
                 let discovery = format!(
                     "{}/.well-known/openid-configuration",
                     issuer.trim_end_matches('/')
                 );
                 let doc: Value = serde_json::from_str(&self.get(&discovery).await?)
-                    .map_err(|e| format!("{discovery}: {e}"))?;
+                    .map_err(|e| parse(&discovery, &e))?;
                 let uri = doc["jwks_uri"]
                     .as_str()
-                    .ok_or_else(|| format!("{discovery} has no jwks_uri"))?;
-                self.get(uri).await?
+                    .ok_or_else(|| parse(&discovery, &"it has no jwks_uri"))?;
+                (uri.to_owned(), self.get(uri).await?)
             }
         };
-        serde_json::from_str(&text).map_err(|e| format!("not a JWKS: {e}"))
+        serde_json::from_str(&text).map_err(|e| parse(&format!("JWKS {what}"), &e))
     }
 
-    async fn get(&self, url: &str) -> Result<String, String> {
+    async fn get(&self, url: &str) -> Result<String, Error> {
+        let fetch = |reason: String| Error::JwksFetch {
+            url: url.to_owned(),
+            reason,
+        };
         let resp = self
             .http
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| fetch(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(format!("GET {url}: {}", resp.status()));
+            return Err(fetch(format!("HTTP {}", resp.status())));
         }
-        resp.text().await.map_err(|e| format!("GET {url}: {e}"))
+        resp.text().await.map_err(|e| fetch(e.to_string()))
     }
 
-    async fn refresh(&self) -> Result<(), String> {
+    async fn refresh(&self) -> Result<(), Error> {
         *self
             .last_fetch
             .lock()

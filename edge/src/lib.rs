@@ -13,6 +13,7 @@ mod extract;
 mod health;
 mod jwks;
 mod openapi;
+mod run_list;
 mod runs;
 mod watch;
 
@@ -25,7 +26,7 @@ use axum::extract::DefaultBodyLimit;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Auth, AuthContext, Claims, ROLE_ADMIN, ROLE_MEMBER, ROLE_TENANT_ADMIN, mint};
-pub use error::ApiError;
+pub use error::{ApiError, Error};
 pub use jwks::{Jwks, JwksSource, JwtRules};
 
 /// Largest accepted request body.
@@ -111,6 +112,16 @@ impl AppState {
             waiters: watch::Waiters::default(),
         })
     }
+
+    /// Wakes `/wait` long-polls as run records turn terminal, until `shutdown`; [`serve`] runs it.
+    pub async fn watch(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+        self.waiters.clone().run(self.bus.clone(), shutdown).await
+    }
+
+    /// How many runs have a registered `/wait` waiter (a gauge for tests and metrics).
+    pub fn waiting_runs(&self) -> usize {
+        self.waiters.waiting()
+    }
 }
 
 /// The whole API.
@@ -130,23 +141,19 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 }
 
 /// Serves until `shutdown` fires, then stops accepting and lets in-flight requests finish.
-pub async fn serve(
-    bus: Bus,
-    opts: EdgeOptions,
-    shutdown: CancellationToken,
-) -> agentos_bus::Result<()> {
+pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> Result<(), Error> {
     let state = AppState::new(bus, opts.auth.clone(), opts.admission).await?;
+    let bind = |source| Error::Bind {
+        addr: opts.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|e| agentos_bus::Error::Server(format!("bind {}: {e}", opts.listen)))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| agentos_bus::Error::Server(e.to_string()))?;
+        .map_err(bind)?;
+    let local = listener.local_addr().map_err(bind)?;
     tracing::info!(listen = %local, auth = ?opts.auth, "edge listening");
-    let watcher = state
-        .waiters
-        .clone()
-        .run(state.bus.clone(), shutdown.clone());
+    let watch = state.clone().watch(shutdown.clone());
+    let watcher = async { watch.await.map_err(Error::from) };
     let http = async {
         // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs hold chunks back for ~40 ms.
@@ -158,7 +165,7 @@ pub async fn serve(
         axum::serve(listener, router(state, opts.body_limit))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .map_err(|e| agentos_bus::Error::Server(format!("serve: {e}")))
+            .map_err(Error::Serve)
     };
     tokio::try_join!(http, watcher)?;
     Ok(())

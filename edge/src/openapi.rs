@@ -21,7 +21,7 @@ use crate::AppState;
         crate::agents::update,
         crate::agents::remove,
         crate::runs::create,
-        crate::runs::list,
+        crate::run_list::list,
         crate::runs::read,
         crate::runs::cancel,
         crate::events::events,
@@ -46,7 +46,7 @@ use crate::AppState;
         crate::agents::UpdateAgent,
         crate::runs::CreateRun,
         crate::runs::RunView,
-        crate::runs::RunList
+        crate::run_list::RunList
     ))
 )]
 pub struct ApiDoc;

@@ -8,7 +8,7 @@ use agentos_bus::envelope::{
 use agentos_bus::id::{AgentId, RunId};
 use agentos_bus::key::{self, Key};
 use agentos_bus::{Error as BusError, SubmitMeta, Versioned};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,12 +22,13 @@ use crate::extract::{ApiJson, REQUEST_ID_HEADER};
 use crate::{AppState, AuthContext, agents, events};
 
 pub const MAX_INPUT_BYTES: usize = 256 * 1024;
-const DEFAULT_PAGE: usize = 20;
-const MAX_PAGE: usize = 100;
+/// A replay this soon after the run's creation re-sends its index entry (deduplicated by the
+/// server within its 2-minute window).
+const INDEX_REPLAY: time::Duration = time::Duration::seconds(60);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/runs", post(create).get(list))
+        .route("/v1/runs", post(create).get(crate::run_list::list))
         .route("/v1/runs/{id}", get(read))
         .route("/v1/runs/{id}/cancel", post(cancel))
 }
@@ -101,6 +102,13 @@ impl From<RunRecord> for RunView {
 
 pub(crate) fn run_key(auth: &AuthContext, id: &RunId) -> Key {
     key::run(&auth.tenant, id)
+}
+
+pub(crate) fn parse_status(s: &str) -> ApiResult<RunStatus> {
+    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| {
+        ApiError::bad_request("invalid_status", format!("unknown status {s:?}"))
+            .with_param("status")
+    })
 }
 
 pub(crate) fn parse_run_id(id: &str) -> ApiResult<RunId> {
@@ -228,6 +236,19 @@ pub async fn create(
         }
         Err(e) => return Err(e.into()),
     };
+    // The run index entry: one more publish, sent before the submission and its ack awaited
+    // after it, so the two round trips overlap. On a replay it completes an earlier attempt
+    // that died before it (within the dedup window, so it is never stored twice).
+    let index = if status == StatusCode::CREATED || now() - record.created_at < INDEX_REPLAY {
+        Some(
+            state
+                .bus
+                .index_run(&auth.tenant, &record.agent_id, &run_id)
+                .await?,
+        )
+    } else {
+        None
+    };
     // Published on replays too: if an earlier attempt died between the record and the publish,
     // this completes it; otherwise Nats-Msg-Id dedups it.
     state
@@ -240,114 +261,24 @@ pub async fn create(
         )
         .await?;
     tracing::info!(run = %run_id, tenant = %auth.tenant, "run submitted");
+    if let Some(Err(e)) = match index {
+        Some(p) => Some(p.stored().await),
+        None => None,
+    } {
+        // Submitted all the same: the run is missing from lists until a replay or a backfill.
+        tracing::error!(error = %e, run = %run_id, tenant = %auth.tenant, "run index write failed; the run is not listed");
+    }
     if status == StatusCode::CREATED {
+        // Submitted: from here on the answer is 201 whatever the audit write does, or a retry
+        // without an idempotency key would run it twice.
         let details = serde_json::json!({"agent_id": record.agent_id});
-        crate::admin::record(
-            &state,
-            &auth,
-            &auth.tenant,
-            "run.create",
-            &run_id.to_string(),
-            details,
-        )
-        .await?;
+        crate::admin::record_committed(&state, &auth, "run.create", run_id.to_string(), details)
+            .await;
     }
     if body.stream {
         return events::sse(&state, &auth, run_id, 0).await;
     }
     Ok((status, Json(RunView::from(record))).into_response())
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Only runs in this status.
-    pub status: Option<String>,
-    /// Only runs of this agent.
-    pub agent_id: Option<String>,
-    /// Page size, 1..=100 (default 20).
-    pub limit: Option<usize>,
-    /// Cursor: the last id of the previous page.
-    pub after: Option<String>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RunList {
-    pub object: &'static str,
-    pub data: Vec<RunView>,
-    pub has_more: bool,
-    pub next_cursor: Option<String>,
-}
-
-fn parse_status(s: &str) -> ApiResult<RunStatus> {
-    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| {
-        ApiError::bad_request("invalid_status", format!("unknown status {s:?}"))
-            .with_param("status")
-    })
-}
-
-/// List runs, newest first, with cursor pagination.
-#[utoipa::path(get, path = "/v1/runs", params(ListQuery), responses((status = 200, description = "a page of runs", body = RunList)))]
-pub async fn list(
-    State(state): State<AppState>,
-    auth: AuthContext,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<RunList>> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let status = q.status.as_deref().map(parse_status).transpose()?;
-    let agent =
-        q.agent_id.map(AgentId::parse).transpose().map_err(|e| {
-            ApiError::bad_request("invalid_id", e.to_string()).with_param("agent_id")
-        })?;
-    let limit = match q.limit.unwrap_or(DEFAULT_PAGE) {
-        n @ 1..=MAX_PAGE => n,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_limit",
-                format!("limit must be 1..={MAX_PAGE}"),
-            )
-            .with_param("limit"));
-        }
-    };
-    let after = q.after.as_deref().map(parse_run_id).transpose()?;
-    let mut ids: Vec<RunId> = state
-        .runs
-        .keys(&auth.tenant)
-        .await?
-        .iter()
-        .filter_map(|k| RunId::parse(k.tail()).ok())
-        .collect();
-    // UUIDv7: descending id order is newest first.
-    ids.sort_unstable_by(|a, b| b.cmp(a));
-    let mut data = Vec::new();
-    let mut has_more = false;
-    for id in ids.into_iter().filter(|id| after.is_none_or(|a| *id < a)) {
-        let Some(rec) = state.runs.get_as::<RunRecord>(&run_key(&auth, &id)).await? else {
-            continue;
-        };
-        let rec = rec.value;
-        if status.is_some_and(|s| s != rec.status)
-            || agent.as_ref().is_some_and(|a| a != &rec.agent_id)
-        {
-            continue;
-        }
-        if data.len() == limit {
-            has_more = true;
-            break;
-        }
-        data.push(RunView::from(rec));
-    }
-    let next_cursor = if has_more {
-        data.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
-    Ok(Json(RunList {
-        object: "list",
-        data,
-        has_more,
-        next_cursor,
-    }))
 }
 
 /// Read a run.
@@ -418,15 +349,14 @@ pub async fn cancel(
                     state.bus.publish_cancel(&auth.tenant, &id).await?;
                 }
                 tracing::info!(run = %id, status = rec.status.as_str(), "cancel requested");
-                crate::admin::record(
+                crate::admin::record_committed(
                     &state,
                     &auth,
-                    &auth.tenant,
                     "run.cancel",
-                    &id.to_string(),
+                    id.to_string(),
                     Value::Null,
                 )
-                .await?;
+                .await;
                 return Ok((StatusCode::ACCEPTED, Json(rec.into())));
             }
             Err(BusError::WrongRevision { .. }) => continue,

@@ -13,6 +13,27 @@ use tokio_util::sync::CancellationToken;
 
 type Map = HashMap<RunId, Vec<oneshot::Sender<RunRecord>>>;
 
+/// One registered waiter; unregisters itself on drop.
+pub struct Waiter {
+    rx: Option<oneshot::Receiver<RunRecord>>,
+    run: RunId,
+    waiters: Waiters,
+}
+
+impl Waiter {
+    /// The terminal record, once notified (`None` if the registration was dropped).
+    pub async fn done(&mut self) -> Option<RunRecord> {
+        self.rx.as_mut()?.await.ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.waiters.forget_closed(&self.run);
+    }
+}
+
 /// Runs being waited for. Register *before* reading the record, so no update is missed.
 #[derive(Clone, Default)]
 pub struct Waiters(Arc<Mutex<Map>>);
@@ -22,15 +43,20 @@ impl Waiters {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Resolves with the run's record once it is terminal.
-    pub fn register(&self, run: RunId) -> oneshot::Receiver<RunRecord> {
+    /// A registration that resolves with the run's record once it is terminal; dropping it
+    /// (on any path: answered, timed out, 404, error) removes it.
+    pub fn register(&self, run: RunId) -> Waiter {
         let (tx, rx) = oneshot::channel();
         self.lock().entry(run).or_default().push(tx);
-        rx
+        Waiter {
+            rx: Some(rx),
+            run,
+            waiters: self.clone(),
+        }
     }
 
     /// Drops registrations whose waiter gave up.
-    pub fn forget_closed(&self, run: &RunId) {
+    fn forget_closed(&self, run: &RunId) {
         let mut map = self.lock();
         if let Some(list) = map.get_mut(run) {
             list.retain(|tx| !tx.is_closed());
@@ -52,8 +78,8 @@ impl Waiters {
         }
     }
 
-    #[cfg(test)]
-    fn waiting(&self) -> usize {
+    /// How many runs have a registered waiter.
+    pub fn waiting(&self) -> usize {
         self.lock().len()
     }
 
@@ -100,17 +126,22 @@ mod tests {
     async fn waiters_wake_on_terminal_records_only_and_forget_the_impatient() {
         let w = Waiters::default();
         let (a, b) = (RunId::new(), RunId::new());
-        let rx1 = w.register(a);
-        let rx2 = w.register(a);
+        let mut rx1 = w.register(a);
+        let mut rx2 = w.register(a);
         let rx3 = w.register(b);
         w.notify(record(a, RunStatus::Running));
         assert_eq!(w.waiting(), 2);
         w.notify(record(a, RunStatus::Completed));
-        assert_eq!(rx1.await.expect("woken").status, RunStatus::Completed);
-        assert_eq!(rx2.await.expect("woken").status, RunStatus::Completed);
+        assert_eq!(
+            rx1.done().await.expect("woken").status,
+            RunStatus::Completed
+        );
+        assert_eq!(
+            rx2.done().await.expect("woken").status,
+            RunStatus::Completed
+        );
         assert_eq!(w.waiting(), 1);
         drop(rx3);
-        w.forget_closed(&b);
         assert_eq!(w.waiting(), 0);
     }
 }

@@ -119,6 +119,10 @@ impl<P: Port> Driver<'_, P> {
         if record.is_some() {
             return Ok(());
         }
+        // A run published straight onto the bus: the edge did not index it, so it is done here.
+        self.port
+            .index_run(&self.req.tenant, &self.req.agent_id, &self.req.run_id)
+            .await?;
         let record = AuditRecord {
             ts: self.port.now(),
             tenant: self.req.tenant.clone(),

@@ -79,6 +79,14 @@ pub(crate) trait Port: Send + Sync {
 
     fn audit(&self, record: &AuditRecord) -> impl Future<Output = Result<()>> + Send;
 
+    /// Lists the run in the tenant's run index (idempotent: one entry per run).
+    fn index_run(
+        &self,
+        tenant: &Tenant,
+        agent: &AgentId,
+        run: &RunId,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Sends a request (a model or tool call) and returns its replies.
     fn call(
         &self,
@@ -172,6 +180,15 @@ impl Port for BusPort {
 
     async fn audit(&self, record: &AuditRecord) -> Result<()> {
         self.bus.audit(record).await.map(|_| ())
+    }
+
+    async fn index_run(&self, tenant: &Tenant, agent: &AgentId, run: &RunId) -> Result<()> {
+        self.bus
+            .index_run(tenant, agent, run)
+            .await?
+            .stored()
+            .await
+            .map(|_| ())
     }
 
     async fn call(

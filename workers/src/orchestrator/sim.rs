@@ -209,6 +209,8 @@ struct World {
     revision: u64,
     agents: BTreeMap<AgentId, AgentSpec>,
     audits: Vec<AuditRecord>,
+    /// The run index (the edge lists what it admits; the orchestrator, direct submissions).
+    indexed: BTreeSet<RunId>,
     results: BTreeMap<String, Slot>,
     executions: BTreeMap<String, u32>,
     jobs: Vec<ToolJob>,
@@ -577,6 +579,14 @@ impl Port for SimPort {
         Ok(())
     }
 
+    async fn index_run(&self, _tenant: &Tenant, _agent: &AgentId, run: &RunId) -> Result<()> {
+        point().await;
+        let mut w = self.world();
+        w.fail("index run")?;
+        w.indexed.insert(*run);
+        Ok(())
+    }
+
     async fn call(&self, subject: Subject, _meta: &CallMeta, payload: Bytes) -> Result<SimReplies> {
         point().await;
         let mut w = self.world();
@@ -649,6 +659,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         revision: 0,
         agents: BTreeMap::new(),
         audits: Vec::new(),
+        indexed: BTreeSet::new(),
         results: BTreeMap::new(),
         executions: BTreeMap::new(),
         jobs: Vec::new(),
@@ -703,6 +714,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                 w.revision += 1;
                 let rev = w.revision;
                 w.records.insert(req.run_id, (RunRecord::queued(&req), rev));
+                w.indexed.insert(req.run_id);
             }
         }
         runs.push(SimRun {
@@ -995,6 +1007,9 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
         }
         if run.req.agent.is_none() && !w.audits.iter().any(|a| a.target == id.to_string()) {
             return fail("a direct submission was not audited".into());
+        }
+        if !w.indexed.contains(&id) {
+            return fail("the run is missing from the run index".into());
         }
     }
     Ok(ended)
