@@ -116,18 +116,11 @@ impl Delivery {
 }
 
 impl Bus {
-    /// Publishes a submission with `Nats-Msg-Id = run_id`, retrying a timed-out publish with the
+    /// Publishes a submission with `Nats-Msg-Id` [`SubmitMessage::msg_id`], retrying a timed-out publish with the
     /// same id (a publish can time out and still be stored). Returns true if it was a duplicate.
     pub async fn submit(&self, msg: &SubmitMessage, meta: &SubmitMeta<'_>) -> Result<bool> {
         let subject = String::from(subject::runs_submit(msg.tenant()));
-        let msg_id = match msg {
-            SubmitMessage::Run(r) => r.run_id.to_string(),
-            SubmitMessage::Continuation(c) => format!(
-                "{}:cont:{}",
-                c.run_id,
-                crate::envelope::now().unix_timestamp_nanos()
-            ),
-        };
+        let msg_id = msg.msg_id();
         let mut h = HeaderMap::new();
         h.insert(
             headers::SCHEMA,

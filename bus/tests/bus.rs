@@ -142,6 +142,40 @@ async fn two_submits_with_one_msg_id_store_one_message() {
     );
 }
 
+/// A client that retries its answer to `requires_action` must not resume the run twice; a
+/// different answer is a different message.
+#[tokio::test]
+async fn a_retried_continuation_is_deduplicated_and_a_different_one_is_not() {
+    let (_server, bus) = setup().await;
+    let run_id = RunId::new();
+    let answer = |output: serde_json::Value| {
+        SubmitMessage::Continuation(agentos_bus::envelope::Continuation {
+            run_id,
+            tenant: tenant(),
+            tool_outputs: vec![agentos_bus::envelope::ToolOutput {
+                call_id: "call_1".parse().expect("call id"),
+                output,
+            }],
+        })
+    };
+    let meta = Default::default();
+    let first = answer(serde_json::json!({"approved": true}));
+    assert!(!bus.submit(&first, &meta).await.expect("first"));
+    assert!(
+        bus.submit(&first, &meta).await.expect("retry"),
+        "the same answer again is a duplicate"
+    );
+    let other = answer(serde_json::json!({"approved": false}));
+    assert!(!bus.submit(&other, &meta).await.expect("other"));
+    assert_eq!(
+        bus.stream_status(STREAM_RUNS)
+            .await
+            .expect("status")
+            .messages,
+        2
+    );
+}
+
 #[tokio::test]
 async fn only_one_append_wins_a_journal_position() {
     let (_server, bus) = setup().await;

@@ -394,3 +394,46 @@ async fn with_registered_admission_only_tenants_an_admin_created_get_in() {
     let done = p.wait_terminal(&run, LONG).await.expect("terminal");
     assert_eq!(done["status"], "completed", "{done}");
 }
+
+/// A run published straight onto NATS carries no agent snapshot; it must still run the agent as
+/// it was when the run started, whatever edits happen meanwhile.
+#[tokio::test]
+async fn a_run_published_on_nats_keeps_the_agent_it_started_with() {
+    let p = Platform::start(Options::default()).await.expect("platform");
+    p.create_agent(json!({
+        "id": "pinned", "model": "scripted", "tools": ["sleep"],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "sleep", "arguments": {"ms": 1500}}]},
+            {"text": "as first defined"}
+        ]}
+    }))
+    .await
+    .expect("agent");
+    let run = submit_direct(&p, "pinned").await;
+    let acme = tenant("acme");
+    eventually("the run's tool call", LONG, || async {
+        let journal = p.bus.read_journal(&acme, &run).await.ok()?;
+        journal
+            .iter()
+            .any(|s| s.event.type_name() == "tool.started")
+            .then_some(())
+    })
+    .await
+    .expect("tool.started");
+    let (status, body) = p
+        .send_as(
+            &p.token,
+            reqwest::Method::PATCH,
+            "/v1/agents/pinned",
+            Some(&json!({"model_config": {"script": [{"text": "edited mid-run"}]}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(status, 200, "{body}");
+    let done = stored_terminal(&p, &run).await;
+    assert_eq!(
+        (done.output.as_deref(), done.steps),
+        (Some("as first defined"), 2),
+        "{done:?}"
+    );
+}

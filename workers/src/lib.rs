@@ -6,10 +6,12 @@
 //! - [`model`]: serves model calls behind pluggable backends.
 //! - [`tool`]: runs tools from a registry of built-ins.
 
+mod error;
 pub mod model;
 pub mod orchestrator;
 pub mod tool;
 
+pub use error::{Error, Result};
 pub use tokio_util::sync::CancellationToken;
 
 /// The version every worker announces to the NATS service API.

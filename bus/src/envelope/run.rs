@@ -65,6 +65,21 @@ impl SubmitMessage {
             Self::Continuation(c) => &c.tenant,
         }
     }
+
+    /// The `Nats-Msg-Id` it is submitted with. A run: its id. A continuation: the run id and a
+    /// digest of its outputs, so a client's retried answer is deduplicated and a different answer
+    /// is not.
+    pub fn msg_id(&self) -> String {
+        match self {
+            Self::Run(r) => r.run_id.to_string(),
+            Self::Continuation(c) => {
+                // A retried answer serializes to the same bytes.
+                let content = serde_json::to_vec(&c.tool_outputs).unwrap_or_default();
+                let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &content);
+                format!("{}:cont:{}", c.run_id, digest.simple())
+            }
+        }
+    }
 }
 
 /// `queued → running → (requires_action ⇄ running) → completed | failed | cancelled`;

@@ -186,7 +186,7 @@ impl ModelWorker {
         }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
         let mut routes = self.opts.routes.clone();
         let mut serving = routes.borrow_and_update().clone();
         let mut service = self.bus.serve(&service_spec(&serving)).await?;

@@ -73,11 +73,15 @@ struct Failure {
 }
 
 impl OpenAi {
-    pub fn new(o: OpenAiOptions) -> Result<Self, reqwest::Error> {
+    pub fn new(o: OpenAiOptions) -> crate::Result<Self> {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(o.request_timeout)
-            .build()?;
+            .build()
+            .map_err(|source| crate::Error::HttpClient {
+                what: format!("the upstream {}", o.base_url),
+                source,
+            })?;
         Ok(Self {
             http,
             base_url: o.base_url.trim_end_matches('/').to_owned(),

@@ -75,14 +75,14 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    pub async fn new(bus: Bus, opts: OrchestratorOptions) -> agentos_bus::Result<Self> {
+    pub async fn new(bus: Bus, opts: OrchestratorOptions) -> crate::Result<Self> {
         let port = BusPort::new(bus, opts.admission).await?;
         Ok(Self {
             ctx: std::sync::Arc::new(Ctx { port, opts }),
         })
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
         let ctx = self.ctx;
         let bus = &ctx.port.bus;
         let service = bus

@@ -1,8 +1,10 @@
 //! The model step: one call to the agent's model with the conversation so far. Streamed text is
 //! journaled as `model.delta` while the model goes on: one guarded append in flight at a time,
-//! and text that arrives before its ack goes out with the next one (group commit). Every delta
-//! is guarded like any other event, so an orchestrator that lost the run cannot slip text into
-//! its journal. The final message becomes `model.completed`.
+//! the deltas that arrive before its ack waiting their turn. Every delta is guarded like any
+//! other event, so an orchestrator that lost the run cannot slip text into its journal. The
+//! final message becomes `model.completed`.
+
+use std::collections::VecDeque;
 
 use agentos_bus::Error as BusError;
 use agentos_bus::envelope::{AgentSpec, Envelope, ErrorBody, EventData, ModelReply, ModelRequest};
@@ -61,7 +63,7 @@ impl<P: Port> Driver<'_, P> {
             };
             match ModelReply::decode(reply.schema.as_deref(), &reply.payload) {
                 Ok(ModelReply::Delta { text }) => {
-                    deltas.text.push_str(&text);
+                    deltas.push(text);
                     self.write_deltas(step, &mut deltas, false).await?;
                 }
                 // Tool calls are journaled whole, from the final reply.
@@ -88,18 +90,33 @@ impl<P: Port> Driver<'_, P> {
     }
 }
 
+/// Deltas waiting for the append in flight beyond this many go out as one event, so a model
+/// that streams faster than the journal stores falls behind by one append, not by a backlog.
+const MAX_WAITING_DELTAS: usize = 64;
+
 /// Streamed text on its way to the journal.
 #[derive(Default)]
 struct Deltas {
     /// The append sent and not yet acknowledged.
     in_flight: Option<BoxFuture<'static, agentos_bus::Result<u64>>>,
-    /// Text received since.
-    text: String,
+    /// Texts received since, each its own `model.delta`.
+    waiting: VecDeque<String>,
+}
+
+impl Deltas {
+    fn push(&mut self, text: String) {
+        if self.waiting.len() >= MAX_WAITING_DELTAS {
+            let merged: String = self.waiting.drain(..).chain([text]).collect();
+            self.waiting.push_back(merged);
+        } else {
+            self.waiting.push_back(text);
+        }
+    }
 }
 
 impl<P: Port> Driver<'_, P> {
     /// Moves streamed text towards the journal: collects the ack of the append in flight if it
-    /// has come (waits for it when `flush`), then sends what was received since. With `flush`,
+    /// has come (waits for it when `flush`), then sends the next waiting delta. With `flush`,
     /// returns only once everything is stored.
     async fn write_deltas(
         &mut self,
@@ -122,10 +139,9 @@ impl<P: Port> Driver<'_, P> {
                     None => return Ok(()),
                 }
             }
-            if deltas.text.is_empty() {
+            let Some(text) = deltas.waiting.pop_front() else {
                 return Ok(());
-            }
-            let text = std::mem::take(&mut deltas.text);
+            };
             let event = self.event(EventData::ModelDelta { step, text });
             deltas.in_flight = Some(self.port.send_append(&event, self.last).await?);
             self.state.apply(&event);

@@ -55,9 +55,12 @@ pub struct ToolWorker {
 }
 
 impl ToolWorker {
-    pub async fn new(bus: Bus, opts: ToolWorkerOptions) -> agentos_bus::Result<Self> {
-        let env = ToolEnv::new(opts.http_allow.clone())
-            .map_err(|e| BusError::Server(format!("http client: {e}")))?;
+    pub async fn new(bus: Bus, opts: ToolWorkerOptions) -> crate::Result<Self> {
+        let env =
+            ToolEnv::new(opts.http_allow.clone()).map_err(|source| crate::Error::HttpClient {
+                what: "the http.get tool".into(),
+                source,
+            })?;
         let results = bus.kv(Bucket::ToolResults).await?;
         Ok(Self {
             bus,
@@ -67,7 +70,7 @@ impl ToolWorker {
         })
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
         let endpoints = self
             .opts
             .tools
