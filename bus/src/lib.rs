@@ -13,6 +13,7 @@ pub mod id;
 mod journal;
 pub mod key;
 mod kv;
+pub mod memory;
 pub mod provision;
 mod rpc;
 mod run_index;
@@ -27,6 +28,7 @@ pub use error::{Error, Result};
 pub use journal::{PendingAppend, Stored};
 pub use key::Key;
 pub use kv::{Kv, Versioned};
+pub use memory::{Expect, Memory};
 pub use provision::{Bucket, Settings};
 pub use rpc::{
     CallMeta, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance, ServiceSpec,

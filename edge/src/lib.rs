@@ -12,6 +12,7 @@ mod events;
 mod extract;
 mod health;
 mod jwks;
+mod memory;
 mod openapi;
 mod run_list;
 mod runs;
@@ -50,6 +51,7 @@ pub struct AppState {
     auth: Auth,
     waiters: watch::Waiters,
     tenants: agentos_bus::Tenants,
+    memory: agentos_bus::Memory,
 }
 
 impl AppState {
@@ -107,6 +109,7 @@ impl AppState {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
             tenants: bus.tenants(admission).await?,
+            memory: bus.memory().await?,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -132,6 +135,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(runs::routes())
         .merge(events::routes())
         .merge(chat::routes())
+        .merge(memory::routes())
         .merge(admin::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })

@@ -29,6 +29,10 @@ use crate::AppState;
         crate::chat::completions,
         crate::chat::models,
         crate::chat::model,
+        crate::memory::read,
+        crate::memory::write,
+        crate::memory::remove,
+        crate::memory::list,
         crate::admin::create,
         crate::admin::list,
         crate::admin::read,
@@ -46,7 +50,11 @@ use crate::AppState;
         crate::agents::UpdateAgent,
         crate::runs::CreateRun,
         crate::runs::RunView,
-        crate::run_list::RunList
+        crate::run_list::RunList,
+        crate::memory::PutItem,
+        crate::memory::ItemView,
+        crate::memory::KeyList,
+        crate::memory::KeyView
     ))
 )]
 pub struct ApiDoc;

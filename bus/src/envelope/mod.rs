@@ -7,6 +7,7 @@
 
 mod agent;
 mod event;
+mod memory;
 mod model;
 mod run;
 mod tenant;
@@ -14,6 +15,7 @@ mod tool;
 
 pub use agent::AgentSpec;
 pub use event::{Event, EventData};
+pub use memory::{MemoryItem, StoredEmbedding};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
 pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
 pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};

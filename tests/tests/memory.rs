@@ -1,0 +1,297 @@
+//! Memory end to end: the real binary (two edges on one NATS), compare-and-set under
+//! contention, TTL, tenancy, and bad input answered with documented 4xx that store nothing.
+
+use std::time::Duration;
+
+use agentos_e2e::{Options, Platform, eventually, free_port, mint};
+use anyhow::{Context, Result, bail};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// One increment through `edge`: read, write with `If-Match` (or `If-None-Match: *` when the
+/// item does not exist yet), and retry on 412. Returns how many times it had to retry.
+async fn increment(http: &reqwest::Client, edge: &str, token: &str, path: &str) -> Result<u32> {
+    let url = format!("{edge}{path}");
+    for attempt in 0..1000 {
+        let r = http.get(&url).bearer_auth(token).send().await?;
+        let (current, precondition) = match r.status().as_u16() {
+            200 => {
+                let etag = r
+                    .headers()
+                    .get("etag")
+                    .context("no ETag")?
+                    .to_str()?
+                    .to_owned();
+                let body: Value = r.json().await?;
+                (body["value"].as_i64().context("value")?, ("if-match", etag))
+            }
+            404 => (0, ("if-none-match", "*".to_owned())),
+            s => bail!("GET answered {s}"),
+        };
+        let w = http
+            .put(&url)
+            .bearer_auth(token)
+            .header(precondition.0, precondition.1)
+            .json(&json!({"value": current + 1}))
+            .send()
+            .await?;
+        match w.status().as_u16() {
+            200 => return Ok(attempt),
+            412 => {
+                let body: Value = w.json().await?;
+                let code = body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if code != "revision_mismatch" && code != "item_exists" {
+                    bail!("412 with code {code}");
+                }
+            }
+            s => bail!("PUT answered {s}: {}", w.text().await?),
+        }
+    }
+    bail!("no increment after 1000 attempts")
+}
+
+#[tokio::test]
+async fn memory_compare_and_set_through_two_edges_ttl_and_tenancy() -> Result<()> {
+    let mut p = Platform::start(Options::default()).await?;
+    let port = free_port()?;
+    let edge2 = format!("http://127.0.0.1:{port}");
+    p.spawn("edge2", &["edge", "--listen", &format!("127.0.0.1:{port}")])?;
+    let ready = format!("{edge2}/readyz");
+    eventually("second edge", Duration::from_secs(60), || async {
+        let r = p.http.get(&ready).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await?;
+
+    // 50 concurrent read / If-Match write / retry loops, alternating between the two edges.
+    let path = "/v1/memory/counters.shared/hits";
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let http = p.http.clone();
+        let edge = if i % 2 == 0 {
+            p.edge_url.clone()
+        } else {
+            edge2.clone()
+        };
+        let token = p.token.clone();
+        tasks.push(tokio::spawn(async move {
+            increment(&http, &edge, &token, path).await
+        }));
+    }
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await??;
+    }
+    let (status, item) = p.get(path).await?;
+    assert_eq!(status, 200, "{item}");
+    assert_eq!(item["value"], json!(50), "{item}");
+    assert!(retries > 0, "50 concurrent writers never collided");
+    eprintln!("50 increments through two edges: {retries} retries after 412");
+
+    // A stale If-Match answers 412 and changes nothing.
+    let rev = item["revision"].as_u64().context("revision")?;
+    let stale = p
+        .req(Method::PUT, path)
+        .header("if-match", format!("\"{}\"", rev - 1))
+        .json(&json!({"value": 0}))
+        .send()
+        .await?;
+    assert_eq!(stale.status().as_u16(), 412);
+    let body: Value = stale.json().await?;
+    assert_eq!(body["error"]["code"], "revision_mismatch", "{body}");
+    let stale_delete = p
+        .req(Method::DELETE, path)
+        .header("if-match", (rev - 1).to_string())
+        .send()
+        .await?;
+    assert_eq!(stale_delete.status().as_u16(), 412);
+    assert_eq!(p.get(path).await?.1["value"], json!(50));
+
+    // Another tenant sees none of it.
+    let other = mint("umbrella")?;
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::DELETE, None),
+        (Method::PUT, Some(json!({"value": 1}))),
+    ] {
+        let mut req = p
+            .http
+            .request(method.clone(), p.url(path))
+            .bearer_auth(&other)
+            .header("if-match", rev.to_string());
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let status = req.send().await?.status().as_u16();
+        // Its own (absent) item: not found, or stale for a conditional write.
+        assert!(status == 404 || status == 412, "{method} {status}");
+    }
+    let (status, list) = p
+        .send_as(&other, Method::GET, "/v1/memory/counters.shared", None)
+        .await?;
+    assert_eq!((status, list["data"].clone()), (200, json!([])));
+    assert_eq!(p.get(path).await?.1["value"], json!(50), "untouched");
+
+    // A TTL'd item disappears.
+    let brief = "/v1/memory/counters.shared/brief";
+    let (status, v) = p
+        .send_as(
+            &p.token,
+            Method::PUT,
+            brief,
+            Some(&json!({"value": "soon gone", "ttl_s": 1})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["expires_at"].is_string(), "{v}");
+    eventually(
+        "the TTL'd item to expire",
+        Duration::from_secs(20),
+        || async { (p.get(brief).await.ok()?.0 == 404).then_some(()) },
+    )
+    .await?;
+
+    // Listing: a page, a cursor, a prefix.
+    for k in ["a1", "a2", "b1"] {
+        let (s, _) = p
+            .send_as(
+                &p.token,
+                Method::PUT,
+                &format!("/v1/memory/lists.demo/{k}"),
+                Some(&json!({"value": k})),
+            )
+            .await?;
+        assert_eq!(s, 200);
+    }
+    let (_, page) = p.get("/v1/memory/lists.demo?limit=2").await?;
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(2), "{page}");
+    assert_eq!(page["has_more"], json!(true));
+    let (_, rest) = p
+        .get(&format!(
+            "/v1/memory/lists.demo?limit=2&after={}",
+            page["next_cursor"].as_str().context("cursor")?
+        ))
+        .await?;
+    assert_eq!(rest["data"][0]["key"], "b1", "{rest}");
+    assert_eq!(rest["has_more"], json!(false));
+    let (_, prefixed) = p.get("/v1/memory/lists.demo?prefix=a").await?;
+    assert_eq!(prefixed["data"].as_array().map(Vec::len), Some(2));
+    let d = p
+        .req(Method::DELETE, "/v1/memory/lists.demo/a1")
+        .send()
+        .await?;
+    assert_eq!(d.status().as_u16(), 204);
+    assert_eq!(p.get("/v1/memory/lists.demo/a1").await?.0, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_memory_input_is_a_documented_4xx_and_stores_nothing() -> Result<()> {
+    let p = Platform::start(Options::default()).await?;
+    let put = |path: &str, body: Value, header: Option<(&str, &str)>| {
+        let mut req = p.req(Method::PUT, path).json(&body);
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let big = "x".repeat(64 * 1024);
+    type Case<'a> = (&'a str, Value, Option<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "/v1/memory/Bad.NS/k",
+            json!({"value": 1}),
+            None,
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/memory/a..b/k",
+            json!({"value": 1}),
+            None,
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/memory/ok.ns/bad.key",
+            json!({"value": 1}),
+            None,
+            400,
+            "invalid_key",
+        ),
+        (
+            "/v1/memory/ok.ns/k",
+            json!({"value": big}),
+            None,
+            413,
+            "value_too_large",
+        ),
+        (
+            "/v1/memory/ok.ns/k",
+            json!({"value": 1}),
+            Some(("if-match", "W/\"3\"")),
+            400,
+            "invalid_if_match",
+        ),
+        (
+            "/v1/memory/ok.ns/k",
+            json!({"value": 1}),
+            Some(("if-match", "abc")),
+            400,
+            "invalid_if_match",
+        ),
+        (
+            "/v1/memory/ok.ns/k",
+            json!({"value": 1}),
+            Some(("if-none-match", "\"3\"")),
+            400,
+            "invalid_if_none_match",
+        ),
+        (
+            "/v1/memory/ok.ns/k",
+            json!({"value": 1, "ttl_s": 0}),
+            None,
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/memory/ok.ns/k",
+            json!({"value": 1, "extra": true}),
+            None,
+            400,
+            "invalid_body",
+        ),
+        (
+            "/v1/memory/ok.ns/k",
+            json!({"ttl_s": 5}),
+            None,
+            400,
+            "invalid_body",
+        ),
+    ];
+    for (path, body, header, status, code) in cases {
+        let r = put(path, body, header).await?;
+        assert_eq!(r.status().as_u16(), status, "{path} {header:?}");
+        let v: Value = r.json().await?;
+        assert_eq!(v["error"]["code"], code, "{path} {header:?}: {v}");
+    }
+    assert_eq!(p.get("/v1/memory/ok.ns/k").await?.0, 404, "nothing stored");
+    let (_, list) = p.get("/v1/memory/ok.ns").await?;
+    assert_eq!(list["data"], json!([]));
+    for (path, code) in [
+        ("/v1/memory/ok.ns?limit=0", "invalid_limit"),
+        ("/v1/memory/ok.ns?bogus=1", "invalid_query"),
+        ("/v1/memory/NS", "invalid_namespace"),
+    ] {
+        let (status, v) = p.get(path).await?;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{path}"
+        );
+    }
+    Ok(())
+}
