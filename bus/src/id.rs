@@ -55,6 +55,9 @@ fn check_namespace(s: &str) -> Result<(), &'static str> {
     s.split('.').try_for_each(check_token)
 }
 
+/// The one key a memory item cannot have: its HTTP path is the namespace's search.
+pub const RESERVED_MEMORY_KEY: &str = "search";
+
 /// Longest memory key.
 pub const MAX_MEMORY_KEY: usize = 128;
 
@@ -68,6 +71,9 @@ fn check_memory_key(s: &str) -> Result<(), &'static str> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'=')
     {
         return Err("may contain only A-Z, a-z, 0-9, '_', '-' and '='");
+    }
+    if s == RESERVED_MEMORY_KEY {
+        return Err("is reserved (POST /v1/memory/{namespace}/search)");
     }
     Ok(())
 }

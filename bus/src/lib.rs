@@ -6,6 +6,7 @@
 
 mod audit;
 mod connect;
+mod embed;
 pub mod envelope;
 mod error;
 pub mod headers;
@@ -15,6 +16,7 @@ pub mod key;
 mod kv;
 pub mod memory;
 pub mod provision;
+pub mod recall;
 mod rpc;
 mod run_index;
 pub mod server;

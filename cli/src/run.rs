@@ -129,6 +129,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 auth,
                 body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
                 admission: a.tenants.admission(),
+                memory: config::memory(&a.memory)?,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }

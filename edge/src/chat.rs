@@ -398,7 +398,7 @@ fn to_model_request(r: ChatRequest) -> ApiResult<(ModelName, ModelRequest, bool,
 }
 
 /// The HTTP status for a model worker's error code.
-fn model_error(e: ErrorBody) -> ApiError {
+pub(crate) fn model_error(e: ErrorBody) -> ApiError {
     let status = match e.code.as_str() {
         "model_not_found" => StatusCode::NOT_FOUND,
         "invalid_request"
@@ -431,7 +431,7 @@ fn model_error(e: ErrorBody) -> ApiError {
 
 /// Nobody answered a call for `model`: `404 model_not_found` when model workers run but none
 /// serves it, `503 model_unavailable` when no model worker runs at all.
-async fn no_responders(state: &AppState, model: &ModelName) -> ApiError {
+pub(crate) async fn no_responders(state: &AppState, model: &ModelName) -> ApiError {
     match state
         .bus
         .discover_service(MODEL_SERVICE, DISCOVERY_FIRST, Duration::ZERO)

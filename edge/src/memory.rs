@@ -270,7 +270,7 @@ pub async fn write(
         expires_at: ttl.map(|d| ts + d),
         updated_at: ts,
     };
-    let embedded = item;
+    let embedded = crate::memory_search::embed_item(&state, &auth, &ns, item).await?;
     match state
         .memory
         .put(&auth.tenant, &ns, &key, &embedded, ttl, expect)

@@ -33,6 +33,8 @@ use crate::AppState;
         crate::memory::write,
         crate::memory::remove,
         crate::memory::list,
+        crate::memory_search::search,
+        crate::embeddings::create,
         crate::admin::create,
         crate::admin::list,
         crate::admin::read,
@@ -54,7 +56,11 @@ use crate::AppState;
         crate::memory::PutItem,
         crate::memory::ItemView,
         crate::memory::KeyList,
-        crate::memory::KeyView
+        crate::memory::KeyView,
+        crate::memory_search::SearchRequest,
+        crate::memory_search::SearchResults,
+        crate::memory_search::SearchHit,
+        crate::embeddings::EmbeddingsBody
     ))
 )]
 pub struct ApiDoc;

@@ -295,3 +295,177 @@ async fn bad_memory_input_is_a_documented_4xx_and_stores_nothing() -> Result<()>
     }
     Ok(())
 }
+
+const SEMANTIC: &str = r#"
+[model.routes.local-embed]
+backend = "hash"
+
+[memory.namespaces."notes"]
+embedding-model = "local-embed"
+"#;
+
+#[tokio::test]
+async fn semantic_search_and_filters_over_an_embedded_namespace() -> Result<()> {
+    let p = Platform::start(Options {
+        config: Some(SEMANTIC.into()),
+        ..Options::default()
+    })
+    .await?;
+    let items = [
+        (
+            "color",
+            json!({"text": "my favorite color is teal", "kind": "fact"}),
+        ),
+        (
+            "train",
+            json!({"text": "the train leaves at noon", "kind": "fact"}),
+        ),
+        (
+            "todo",
+            json!({"text": "buy milk and bread", "kind": "todo"}),
+        ),
+    ];
+    for (k, v) in &items {
+        let (s, body) = p
+            .send_as(
+                &p.token,
+                Method::PUT,
+                &format!("/v1/memory/notes.alice/{k}"),
+                Some(&json!({"value": v})),
+            )
+            .await?;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, hits) = p
+        .post(
+            "/v1/memory/notes.alice/search",
+            &json!({"query": "what is my favorite color?", "limit": 2}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{hits}");
+    assert_eq!(hits["data"][0]["key"], "color", "{hits}");
+    assert_eq!(hits["data"].as_array().map(Vec::len), Some(2));
+    let (s0, s1) = (
+        hits["data"][0]["score"].as_f64().context("score")?,
+        hits["data"][1]["score"].as_f64().context("score")?,
+    );
+    assert!(s0 > s1, "{hits}");
+
+    let (_, todos) = p
+        .post(
+            "/v1/memory/notes.alice/search",
+            &json!({"filter": {"kind": "todo"}}),
+        )
+        .await?;
+    assert_eq!(todos["data"].as_array().map(Vec::len), Some(1), "{todos}");
+    assert_eq!(todos["data"][0]["key"], "todo");
+    let (_, both) = p
+        .post(
+            "/v1/memory/notes.alice/search",
+            &json!({"query": "leaves noon", "filter": {"kind": "fact"}, "limit": 1}),
+        )
+        .await?;
+    assert_eq!(both["data"][0]["key"], "train", "{both}");
+
+    // Another tenant searches its own (empty) namespace.
+    let other = mint("umbrella")?;
+    let (_, theirs) = p
+        .send_as(
+            &other,
+            Method::POST,
+            "/v1/memory/notes.alice/search",
+            Some(&json!({"query": "favorite color"})),
+        )
+        .await?;
+    assert_eq!(theirs["data"], json!([]), "{theirs}");
+
+    // Bad input: documented 4xx.
+    for (path, body, code) in [
+        (
+            "/v1/memory/notes.alice/search",
+            json!({"filter": ["kind"]}),
+            "invalid_filter",
+        ),
+        (
+            "/v1/memory/notes.alice/search",
+            json!({"filter": "kind"}),
+            "invalid_filter",
+        ),
+        (
+            "/v1/memory/notes.alice/search",
+            json!({"limit": 0}),
+            "invalid_limit",
+        ),
+        (
+            "/v1/memory/notes.alice/search",
+            json!({"bogus": 1}),
+            "invalid_body",
+        ),
+        ("/v1/memory/Notes/search", json!({}), "invalid_namespace"),
+        (
+            "/v1/memory/plain.ns/search",
+            json!({"query": "x"}),
+            "semantic_search_unavailable",
+        ),
+    ] {
+        let (s, v) = p.post(path, &body).await?;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{path} {body}: {v}"
+        );
+    }
+    let (s, v) = p
+        .send_as(
+            &p.token,
+            Method::PUT,
+            "/v1/memory/notes.alice/search",
+            Some(&json!({"value": 1})),
+        )
+        .await?;
+    assert_eq!(s, 405, "search is not a key: {v}");
+
+    // The official openai SDK against POST /v1/embeddings.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/embeddings_sdk.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("AGENTOS_BASE_URL", p.url("/v1"))
+        .env("AGENTOS_TOKEN", &p.token)
+        .output()
+        .await
+        .context("python3 with the openai package (tests/requirements.txt)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("all openai SDK embeddings checks passed"),
+        "{text}"
+    );
+    for (body, code) in [
+        (
+            json!({"model": "local-embed", "input": ""}),
+            "invalid_input",
+        ),
+        (
+            json!({"model": "local-embed", "input": []}),
+            "invalid_input",
+        ),
+        (
+            json!({"model": "local-embed", "input": "x", "encoding_format": "hex"}),
+            "invalid_encoding_format",
+        ),
+        (json!({"model": "Bad Model", "input": "x"}), "invalid_id"),
+        (json!({"model": "local-embed"}), "invalid_body"),
+    ] {
+        let (s, v) = p.post("/v1/embeddings", &body).await?;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    Ok(())
+}

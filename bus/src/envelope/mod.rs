@@ -6,6 +6,7 @@
 //! refused with [`Error::SchemaVersion`], never guessed at.
 
 mod agent;
+mod embedding;
 mod event;
 mod memory;
 mod model;
@@ -14,6 +15,7 @@ mod tenant;
 mod tool;
 
 pub use agent::AgentSpec;
+pub use embedding::{EmbeddingReply, EmbeddingRequest, EmbeddingUsage};
 pub use event::{Event, EventData};
 pub use memory::{MemoryItem, StoredEmbedding};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
