@@ -173,6 +173,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 let opts = ToolWorkerOptions {
                     concurrency: a.tool.concurrency(),
                     http_allow: a.tool.http_allow(),
+                    memory: config::memory(&a.memory)?,
                     ..Default::default()
                 };
                 ToolWorker::new(bus, opts)

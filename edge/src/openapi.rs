@@ -50,6 +50,7 @@ use crate::AppState;
         crate::admin::UpdateTenant,
         crate::agents::CreateAgent,
         crate::agents::UpdateAgent,
+        crate::agents::MemoryBody,
         crate::runs::CreateRun,
         crate::runs::RunView,
         crate::run_list::RunList,

@@ -469,3 +469,148 @@ async fn semantic_search_and_filters_over_an_embedded_namespace() -> Result<()> 
     }
     Ok(())
 }
+
+/// The tool.completed / tool.failed events of a run, from its SSE stream.
+async fn tool_events(p: &Platform, run: &str) -> Result<Vec<agentos_e2e::SseEvent>> {
+    Ok(p.events(run, None)
+        .await?
+        .into_iter()
+        .filter(|e| e.event == "tool.completed" || e.event == "tool.failed")
+        .collect())
+}
+
+async fn run_on_thread(p: &Platform, agent: &str, thread: &str) -> Result<(String, Value)> {
+    let (s, v) = p
+        .post(
+            "/v1/runs",
+            &json!({"agent_id": agent, "input": "go", "thread_id": thread}),
+        )
+        .await?;
+    if s != 201 {
+        bail!("start run: {s} {v}");
+    }
+    let id = v["id"].as_str().context("run id")?.to_owned();
+    let done = p.wait_terminal(&id, Duration::from_secs(60)).await?;
+    Ok((id, done))
+}
+
+#[tokio::test]
+async fn an_agent_remembers_across_threads_and_only_in_granted_namespaces() -> Result<()> {
+    let config =
+        format!("{SEMANTIC}\n[memory.namespaces.\"users\"]\nembedding-model = \"local-embed\"\n");
+    let p = Platform::start(Options {
+        config: Some(config),
+        ..Options::default()
+    })
+    .await?;
+    let grant = json!({"namespaces": ["users.{principal}"]});
+    p.create_agent(json!({
+        "id": "rememberer", "model": "scripted", "tools": ["memory.put"], "memory": grant,
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "memory.put", "arguments": {"key": "color", "value": "my favorite color is teal"}}]},
+            {"text": "Noted."}
+        ]}
+    }))
+    .await?;
+    p.create_agent(json!({
+        "id": "recaller", "model": "scripted", "tools": ["memory.search"], "memory": grant,
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "memory.search", "arguments": {"query": "what is my favorite color?", "limit": 1}}]},
+            {"text": "You told me: {last_tool_output}"}
+        ]}
+    }))
+    .await?;
+
+    // Run 1 stores the fact in the creator's namespace.
+    let (run1, done1) = run_on_thread(&p, "rememberer", "thread-1").await?;
+    assert_eq!(done1["status"], "completed", "{done1}");
+    let put = tool_events(&p, &run1).await?;
+    assert_eq!(put.len(), 1);
+    assert_eq!(put[0].event, "tool.completed", "{:?}", put[0].data);
+    // The token's subject is `developer`: the namespace is users.developer, also over REST.
+    assert_eq!(
+        put[0].data["data"]["output"]["namespace"], "users.developer",
+        "{:?}",
+        put[0].data
+    );
+    let (s, item) = p.get("/v1/memory/users.developer/color").await?;
+    assert_eq!(
+        (s, item["value"].clone()),
+        (200, json!("my favorite color is teal"))
+    );
+
+    // Run 2, another thread, finds it by meaning and answers with it.
+    let (run2, done2) = run_on_thread(&p, "recaller", "thread-2").await?;
+    assert_eq!(done2["status"], "completed", "{done2}");
+    let found = tool_events(&p, &run2).await?;
+    assert_eq!(found[0].event, "tool.completed", "{:?}", found[0].data);
+    let results = &found[0].data["data"]["output"]["results"];
+    assert_eq!(results[0]["key"], "color", "{results}");
+    assert_eq!(results[0]["value"], "my favorite color is teal");
+    let answer = done2["output"].as_str().context("output")?;
+    assert!(answer.contains("my favorite color is teal"), "{answer}");
+
+    // An agent granted another namespace, and one granted none, are refused by the tool.
+    p.create_agent(json!({
+        "id": "stranger", "model": "scripted", "tools": ["memory.search"],
+        "memory": {"namespaces": ["scratch.{thread}"]},
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "memory.search", "arguments": {"namespace": "users.developer", "query": "favorite color"}}]},
+            {"text": "done"}
+        ]}
+    }))
+    .await?;
+    p.create_agent(json!({
+        "id": "ungranted", "model": "scripted", "tools": ["memory.get"],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "memory.get", "arguments": {"key": "color"}}]},
+            {"text": "done"}
+        ]}
+    }))
+    .await?;
+    for agent in ["stranger", "ungranted"] {
+        let (run, done) = run_on_thread(&p, agent, "thread-3").await?;
+        assert_eq!(done["status"], "completed", "{done}");
+        let events = tool_events(&p, &run).await?;
+        assert_eq!(
+            events[0].event, "tool.failed",
+            "{agent}: {:?}",
+            events[0].data
+        );
+        assert_eq!(
+            events[0].data["data"]["error"]["code"], "namespace_not_granted",
+            "{agent}: {:?}",
+            events[0].data
+        );
+    }
+
+    // Agent definitions with bad templates are refused at create and update.
+    for bad in [
+        json!(["users-{principal}"]),
+        json!(["{user}"]),
+        json!(["Users"]),
+        json!("users"),
+    ] {
+        let (s, v) = p
+            .post(
+                "/v1/agents",
+                &json!({"model": "scripted", "memory": {"namespaces": bad}}),
+            )
+            .await?;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let (s, v) = p
+        .send_as(
+            &p.token,
+            Method::PATCH,
+            "/v1/agents/recaller",
+            Some(&json!({"memory": {"namespaces": ["a..b"]}})),
+        )
+        .await?;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_memory_namespace")),
+        "{v}"
+    );
+    Ok(())
+}
