@@ -36,7 +36,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{id}", get(model))
         .route("/v1/completions", axum::routing::any(unsupported))
         .route("/v1/moderations", axum::routing::any(unsupported))
-        .route("/v1/embeddings", axum::routing::any(unsupported))
         .route("/v1/responses", axum::routing::any(unsupported))
 }
 
@@ -45,7 +44,7 @@ async fn unsupported(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(
         "unsupported_route",
         format!(
-            "{} is not served: AgentOS speaks the Chat Completions API (POST /v1/chat/completions, GET /v1/models, GET /v1/models/{{id}})",
+            "{} is not served: AgentOS speaks the Chat Completions and Embeddings APIs (POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{{id}})",
             uri.path()
         ),
     )

@@ -307,7 +307,7 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
 }
 
 async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: Incoming) {
-    if req.subject().starts_with(EMBED_PREFIX) {
+    if subject::parse_embed(req.subject()).is_some() {
         return handle_embed(bus, routes, req).await;
     }
     let reply = match decode(bus, &req).await {
@@ -352,9 +352,6 @@ async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: 
         tracing::warn!(error = %e, "could not send model reply");
     }
 }
-
-/// Where embedding calls arrive (`agentos.embed.<tenant>.<model>`).
-const EMBED_PREFIX: &str = "agentos.embed.";
 
 /// One embedding call: validated like a chat call (malformed ones dead-lettered and answered),
 /// answered with one reply.
