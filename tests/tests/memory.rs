@@ -281,7 +281,38 @@ async fn bad_memory_input_is_a_documented_4xx_and_stores_nothing() -> Result<()>
     assert_eq!(p.get("/v1/memory/ok.ns/k").await?.0, 404, "nothing stored");
     let (_, list) = p.get("/v1/memory/ok.ns").await?;
     assert_eq!(list["data"], json!([]));
+    for (method, header, code) in [
+        (Method::DELETE, ("if-match", "abc"), "invalid_if_match"),
+        (
+            Method::DELETE,
+            ("if-none-match", "*"),
+            "invalid_if_none_match",
+        ),
+    ] {
+        let r = p
+            .req(method.clone(), "/v1/memory/ok.ns/k")
+            .header(header.0, header.1)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 400, "{method} {header:?}");
+        let v: Value = r.json().await?;
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    let both = p
+        .req(Method::PUT, "/v1/memory/ok.ns/k")
+        .header("if-match", "1")
+        .header("if-none-match", "*")
+        .json(&json!({"value": 1}))
+        .send()
+        .await?;
+    assert_eq!(both.status().as_u16(), 400);
+    assert_eq!(
+        p.get("/v1/memory/ok.ns/k").await?.0,
+        404,
+        "still nothing stored"
+    );
     for (path, code) in [
+        ("/v1/memory/ok.ns/bad.key", "invalid_key"),
         ("/v1/memory/ok.ns?limit=0", "invalid_limit"),
         ("/v1/memory/ok.ns?bogus=1", "invalid_query"),
         ("/v1/memory/NS", "invalid_namespace"),
