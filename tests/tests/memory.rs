@@ -645,3 +645,52 @@ async fn an_agent_remembers_across_threads_and_only_in_granted_namespaces() -> R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_openai_backend_passes_embeddings_through_to_the_upstream() -> Result<()> {
+    let (addr, up, _server) = agentos_e2e::upstream::start_upstream().await;
+    let config = format!(
+        "[model.routes.up-embed]\nbackend = \"openai\"\nbase-url = \"http://{addr}/v1\"\nupstream-model = \"text-embedding-x\"\n\n[model.routes.up-broken]\nbackend = \"openai\"\nbase-url = \"http://{addr}/v1\"\nupstream-model = \"broken\"\nmax-retries = 0\n"
+    );
+    let p = Platform::start(Options {
+        config: Some(config),
+        ..Options::default()
+    })
+    .await?;
+    let (s, v) = p
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "up-embed", "input": ["ab", "cde"], "dimensions": 3, "user": "u1"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"][0]["embedding"], json!([0.0, 2.0, 1.0]), "{v}");
+    assert_eq!(v["data"][1]["embedding"], json!([1.0, 3.0, 1.0]), "{v}");
+    assert_eq!(v["model"], "up-embed");
+    assert_eq!(v["usage"]["total_tokens"], 4);
+    let sent = up
+        .embedding_requests
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["model"], "text-embedding-x");
+    assert_eq!(sent[0]["input"], json!(["ab", "cde"]));
+    assert_eq!(sent[0]["encoding_format"], "float");
+    assert_eq!(
+        (sent[0]["dimensions"].clone(), sent[0]["user"].clone()),
+        (json!(3), json!("u1"))
+    );
+
+    // The upstream's failure is sanitized: a stable code, no traceback.
+    let (s, v) = p
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "up-broken", "input": "x"}),
+        )
+        .await?;
+    assert_eq!(s, 502, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("Traceback"), "{v}");
+    Ok(())
+}
