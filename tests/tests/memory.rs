@@ -68,6 +68,7 @@ async fn memory_compare_and_set_through_two_edges_ttl_and_tenancy() -> Result<()
 
     // 50 concurrent read / If-Match write / retry loops, alternating between the two edges.
     let path = "/v1/memory/counters.shared/hits";
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for i in 0..50 {
         let http = p.http.clone();
@@ -89,7 +90,10 @@ async fn memory_compare_and_set_through_two_edges_ttl_and_tenancy() -> Result<()
     assert_eq!(status, 200, "{item}");
     assert_eq!(item["value"], json!(50), "{item}");
     assert!(retries > 0, "50 concurrent writers never collided");
-    eprintln!("50 increments through two edges: {retries} retries after 412");
+    eprintln!(
+        "50 increments through two edges: {retries} retries after 412, {:?}",
+        started.elapsed()
+    );
 
     // A stale If-Match answers 412 and changes nothing.
     let rev = item["revision"].as_u64().context("revision")?;
