@@ -122,6 +122,8 @@ pub struct EdgeArgs {
     pub edge: config::Edge,
     #[command(flatten)]
     pub tenants: config::Tenants,
+    #[command(flatten)]
+    pub memory: config::Memory,
 }
 
 /// `agentos worker orchestrator`.
@@ -151,6 +153,8 @@ pub struct ToolArgs {
     pub nats: config::Nats,
     #[command(flatten)]
     pub tool: config::Tool,
+    #[command(flatten)]
+    pub memory: config::Memory,
 }
 
 /// `agentos up`.

@@ -696,6 +696,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             max_steps: 1 + rng.below(5) as u32,
             model_config: json!({ "plan": plan }),
             metadata: Default::default(),
+            memory: Default::default(),
             created_at: now,
             updated_at: now,
         };
