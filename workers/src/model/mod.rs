@@ -244,6 +244,7 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
         version: crate::VERSION.into(),
         description: "AgentOS model worker".into(),
         endpoints: table.keys().map(subject::model_filter).collect(),
+        tools: Vec::new(),
         metadata: table
             .iter()
             .map(|(m, r)| {

@@ -49,6 +49,23 @@ impl<P: Port> Driver<'_, P> {
                 })
                 .await;
         };
+        // Arguments that do not fit the tool's schema end the call before it starts; the model
+        // sees the validator's message at its next step and can correct itself.
+        let declared = self.port.tools(std::slice::from_ref(&name)).await?;
+        if let Some(Err(error)) = declared
+            .first()
+            .and_then(Option::as_ref)
+            .map(|d| d.check(&call.arguments))
+        {
+            return self
+                .append(EventData::ToolFailed {
+                    step,
+                    call_id: call.id,
+                    name: call.name,
+                    error,
+                })
+                .await;
+        }
         self.append(EventData::ToolStarted {
             step,
             call_id: call.id.clone(),
@@ -87,7 +104,12 @@ impl<P: Port> Driver<'_, P> {
             )));
         };
         let key = ToolRequest::key_for(&self.req.run_id, step, &call.id);
-        let timeout = self.opts.tool_timeout;
+        // The tool's declared timeout, within the orchestrator's own bound.
+        let declared = self.port.tools(std::slice::from_ref(&name)).await?;
+        let timeout = match declared.first().and_then(Option::as_ref) {
+            Some(d) => d.timeout().min(self.opts.tool_timeout),
+            None => self.opts.tool_timeout,
+        };
         let request = ToolRequest {
             tool: name.clone(),
             arguments: call.arguments.clone(),

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentos_bus::envelope::{Envelope, ErrorBody, ToolReply, ToolRequest};
-use agentos_bus::id::{RunId, Tenant, ToolName};
+use agentos_bus::id::{RunId, Tenant};
 use agentos_bus::key::{self, Key};
 use agentos_bus::subject::{self, DlqKind};
-use agentos_bus::{Bucket, Bus, Error as BusError, Incoming, Kv, ServiceSpec};
+use agentos_bus::{Bucket, Bus, Error as BusError, Incoming, Kv, ServiceSpec, TOOL_SERVICE};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use builtins::{Builtin, ToolEnv};
 use claim::Claim;
 pub use claim::LEASE_GRACE;
-pub use defs::tool_defs;
+pub use defs::{Catalog, Declared, builtin, undeclared};
 
 #[derive(Clone, Debug)]
 pub struct ToolWorkerOptions {
@@ -71,21 +71,17 @@ impl ToolWorker {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
-        let endpoints = self
-            .opts
-            .tools
-            .iter()
-            .filter_map(|t| ToolName::parse(t.name()).ok())
-            .map(|t| subject::tool_filter(&t))
-            .collect();
+        // Each tool's endpoint declares it (description, schema, idempotence, timeout).
+        let tools = self.opts.tools.iter().filter_map(|t| t.spec()).collect();
         let mut service = self
             .bus
             .serve(&ServiceSpec {
-                name: "agentos-tool".into(),
+                name: TOOL_SERVICE.into(),
                 version: crate::VERSION.into(),
                 description: "AgentOS built-in tools".into(),
-                endpoints,
+                endpoints: Vec::new(),
                 metadata: HashMap::new(),
+                tools,
             })
             .await?;
         let mut cancels = self.bus.cancels().await?;
@@ -168,6 +164,13 @@ impl ToolWorker {
                 retryable: false,
             };
         };
+        // The orchestrator checks arguments before it calls; direct callers are checked here.
+        if let Some(Err(error)) = builtin(tool.name()).map(|d| d.check(&call.arguments)) {
+            return ToolReply::Error {
+                error,
+                retryable: false,
+            };
+        }
         let record_key = match &call.idempotency_key {
             None => None,
             Some(key) => match record_key(tenant, key) {
