@@ -15,6 +15,7 @@ mod jwks;
 mod openapi;
 mod run_list;
 mod runs;
+mod tools;
 mod watch;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct AppState {
     auth: Auth,
     waiters: watch::Waiters,
     tenants: agentos_bus::Tenants,
+    /// The tools running workers declare (discovery, cached for agent warnings).
+    tools: agentos_bus::ToolDirectory,
 }
 
 impl AppState {
@@ -107,6 +110,7 @@ impl AppState {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
             tenants: bus.tenants(admission).await?,
+            tools: agentos_bus::ToolDirectory::new(bus.clone()),
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -132,6 +136,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(runs::routes())
         .merge(events::routes())
         .merge(chat::routes())
+        .merge(tools::routes())
         .merge(admin::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })

@@ -29,6 +29,7 @@ use crate::AppState;
         crate::chat::completions,
         crate::chat::models,
         crate::chat::model,
+        crate::tools::list,
         crate::admin::create,
         crate::admin::list,
         crate::admin::read,
@@ -44,6 +45,10 @@ use crate::AppState;
         crate::admin::UpdateTenant,
         crate::agents::CreateAgent,
         crate::agents::UpdateAgent,
+        crate::agents::AgentWritten,
+        crate::tools::ToolList,
+        crate::tools::ToolView,
+        crate::tools::Warning,
         crate::runs::CreateRun,
         crate::runs::RunView,
         crate::run_list::RunList
