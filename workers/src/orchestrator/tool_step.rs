@@ -1,6 +1,9 @@
-//! The tool step: `tool.started` is journaled first (under the guard, so one driver wins), then
-//! the tool is invoked with the idempotency key `<run_id>:<step>:<call_id>` and its reply
-//! becomes `tool.completed` or `tool.failed`.
+//! The tool step: the call's arguments are checked against the tool's declared JSON Schema
+//! (arguments that do not fit end the call as `tool.failed` `invalid_arguments` before it
+//! starts: uniform for tools in every language, and the model sees the validator's message);
+//! then `tool.started` is journaled (under the guard, so one driver wins), the tool is invoked
+//! with the idempotency key `<run_id>:<step>:<call_id>` and its declared timeout (at most the
+//! orchestrator's), and its reply becomes `tool.completed` or `tool.failed`.
 //!
 //! At most once per key: the worker claims a key before it runs the call and records the reply
 //! under it; a repeated key gets the recorded reply, or `in_progress` while the claim holder
