@@ -24,6 +24,7 @@ pub mod server;
 mod status;
 pub mod subject;
 mod tenants;
+mod tool_directory;
 mod work;
 
 pub use connect::ConnectOptions;
@@ -35,11 +36,12 @@ pub use memory::{Expect, Memory};
 pub use provision::{Bucket, Settings};
 pub use rpc::{
     CallMeta, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance, ServiceSpec,
-    model_backend_key,
+    TOOL_SERVICE, TOOL_SPEC_KEY, model_backend_key,
 };
 pub use run_index::{IndexPage, PendingIndex};
 pub use status::{ConsumerStatus, StreamStatus};
 pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};
+pub use tool_directory::{Declared, TOOL_CACHE_TTL, ToolDirectory};
 pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};
 
 /// A cheap, cloneable handle on one NATS connection and its JetStream context.

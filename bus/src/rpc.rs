@@ -2,6 +2,7 @@
 //! chunks, tool calls answer once); workers register as NATS micro services in a queue group, so
 //! `nats micro ls` and `agentos status` see every instance.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::service::ServiceExt;
@@ -10,7 +11,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
-use crate::id::{RunId, Tenant};
+use crate::envelope::{Envelope, ToolSpec};
+use crate::id::{RunId, Tenant, ToolName};
 use crate::subject::{self, Subject};
 use crate::{Bus, Error, Result, headers};
 
@@ -179,9 +181,17 @@ impl Bus {
             .start(spec.name.clone(), spec.version.clone())
             .await
             .map_err(|e| Error::nats(op(), e))?;
-        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len() + spec.tools.len());
         let mut names = std::collections::HashSet::new();
-        for (i, subject) in spec.endpoints.iter().enumerate() {
+        let tools = spec.tools.iter().map(|t| {
+            let metadata = HashMap::from([(
+                TOOL_SPEC_KEY.to_owned(),
+                String::from_utf8_lossy(&t.encode()).into_owned(),
+            )]);
+            (subject::tool_filter(&t.name), metadata)
+        });
+        let plain = spec.endpoints.iter().map(|s| (s.clone(), HashMap::new()));
+        for (i, (subject, metadata)) in plain.chain(tools).enumerate() {
             // Endpoint names allow only [A-Za-z0-9_-], and must be unique (`a.b`, `a_b`).
             let mut name: String = subject
                 .as_str()
@@ -200,6 +210,7 @@ impl Bus {
             endpoints.push(
                 svc.endpoint_builder()
                     .name(name)
+                    .metadata(metadata)
                     .add(subject.as_str().to_owned())
                     .await
                     .map_err(|e| Error::nats(op(), e))?,
@@ -230,12 +241,69 @@ impl Bus {
             .await
     }
 
+    /// Every tool some running service declares (a [`ToolSpec`] in its endpoint's
+    /// [`TOOL_SPEC_KEY`] metadata), whatever the service's name or language, by name. Waits like
+    /// [`Bus::discover_service`]. An endpoint whose declaration does not decode, or does not
+    /// describe the endpoint's own subject, is skipped with a warning; when two services declare
+    /// one tool differently, the first by service name and id wins.
+    pub async fn discover_tools(
+        &self,
+        first: Duration,
+        idle: Duration,
+    ) -> Result<std::collections::BTreeMap<ToolName, ToolSpec>> {
+        let infos = self
+            .discover_infos(subject::service_info(None), first, idle)
+            .await?;
+        let mut tools = std::collections::BTreeMap::new();
+        for info in infos {
+            for endpoint in info.endpoints {
+                let Some(declared) = endpoint.metadata.get(TOOL_SPEC_KEY) else {
+                    continue;
+                };
+                match ToolSpec::decode(None, declared.as_bytes()) {
+                    Ok(spec) if subject::tool_filter(&spec.name).as_str() == endpoint.subject => {
+                        tools.entry(spec.name.clone()).or_insert(spec);
+                    }
+                    Ok(spec) => tracing::warn!(
+                        service = %info.name, endpoint = %endpoint.subject, tool = %spec.name,
+                        "ignoring a tool declaration for another endpoint's subject"
+                    ),
+                    Err(e) => tracing::warn!(
+                        service = %info.name, endpoint = %endpoint.subject, error = %e,
+                        "ignoring an undecodable tool declaration"
+                    ),
+                }
+            }
+        }
+        Ok(tools)
+    }
+
     async fn discover_at(
         &self,
         subject: Subject,
         first: Duration,
         idle: Duration,
     ) -> Result<Vec<ServiceInstance>> {
+        Ok(self
+            .discover_infos(subject, first, idle)
+            .await?
+            .into_iter()
+            .map(|info| ServiceInstance {
+                name: info.name,
+                id: info.id,
+                version: info.version,
+                endpoints: info.endpoints.into_iter().map(|e| e.subject).collect(),
+                metadata: info.metadata,
+            })
+            .collect())
+    }
+
+    async fn discover_infos(
+        &self,
+        subject: Subject,
+        first: Duration,
+        idle: Duration,
+    ) -> Result<Vec<service::Info>> {
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client
@@ -259,13 +327,7 @@ impl Bus {
                 break;
             };
             if let Ok(info) = serde_json::from_slice::<service::Info>(&msg.payload) {
-                out.push(ServiceInstance {
-                    name: info.name,
-                    id: info.id,
-                    version: info.version,
-                    endpoints: info.endpoints.into_iter().map(|e| e.subject).collect(),
-                    metadata: info.metadata,
-                });
+                out.push(info);
             }
         }
         out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
@@ -275,6 +337,13 @@ impl Bus {
 
 /// The micro service name every model worker registers under, in any language.
 pub const MODEL_SERVICE: &str = "agentos-model";
+
+/// The micro service name the Rust tool worker registers under. Tools are found by their
+/// endpoints' [`TOOL_SPEC_KEY`] metadata, so other workers may use any service name.
+pub const TOOL_SERVICE: &str = "agentos-tool";
+
+/// The endpoint metadata key holding a tool's declaration: its [`ToolSpec`] as JSON text.
+pub const TOOL_SPEC_KEY: &str = "agentos.tool";
 
 /// The model worker's service metadata key naming `model`'s backend (`model.<name>`).
 pub fn model_backend_key(model: &crate::id::ModelName) -> String {
@@ -288,6 +357,9 @@ pub struct ServiceSpec {
     pub description: String,
     /// Subjects to serve (wildcards allowed); empty for a discoverable process with no API.
     pub endpoints: Vec<Subject>,
+    /// Tools to serve besides: one endpoint each, `agentos.tool.*.<tool>`, declaring the tool in
+    /// its [`TOOL_SPEC_KEY`] metadata.
+    pub tools: Vec<ToolSpec>,
     pub metadata: std::collections::HashMap<String, String>,
 }
 

@@ -281,6 +281,7 @@ async fn the_auth_context_travels_in_headers_and_a_foreign_tenant_is_refused() {
             description: "test".into(),
             endpoints: vec![s("agentos.tool.*.probe")],
             metadata: Default::default(),
+            tools: Vec::new(),
         })
         .await
         .expect("serve");
@@ -368,4 +369,38 @@ async fn journal_start_finds_each_event_among_irregularly_interleaved_others() {
         0,
         "an empty journal reads from the first event"
     );
+}
+
+#[tokio::test]
+async fn a_served_tool_declares_its_spec_in_endpoint_metadata_and_discovery_finds_it() {
+    let (_server, bus) = setup().await;
+    let spec = agentos_bus::envelope::ToolSpec {
+        name: agentos_bus::id::ToolName::parse("probe.upper").expect("name"),
+        description: "upper-cases text".into(),
+        parameters: serde_json::json!({"type": "object", "required": ["text"]}),
+        idempotent: true,
+        timeout_ms: 1500,
+    };
+    let _service = bus
+        .serve(&agentos_bus::ServiceSpec {
+            name: "probe-tools".into(),
+            version: "0.0.1".into(),
+            description: "test".into(),
+            endpoints: Vec::new(),
+            metadata: Default::default(),
+            tools: vec![spec.clone()],
+        })
+        .await
+        .expect("serve");
+    let found = bus
+        .discover_tools(Duration::from_secs(2), Duration::from_millis(50))
+        .await
+        .expect("discover");
+    assert_eq!(found.into_values().collect::<Vec<_>>(), vec![spec]);
+    // The endpoint serves the tool's subject.
+    let instances = bus
+        .discover_service("probe-tools", Duration::from_secs(2), Duration::ZERO)
+        .await
+        .expect("instances");
+    assert_eq!(instances[0].endpoints, vec!["agentos.tool.*.probe.upper"]);
 }

@@ -9,11 +9,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
+use crate::tools::Warning;
 use crate::{AppState, AuthContext};
 
 pub const DEFAULT_MAX_STEPS: u32 = 10;
@@ -92,6 +93,25 @@ pub struct UpdateAgent {
     pub memory: Option<MemoryBody>,
 }
 
+/// An agent as written by `POST` and `PATCH`: the definition, and what its author should know.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AgentWritten {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub agent: AgentSpec,
+    /// Present when there is something to warn about: a tool nobody serves right now
+    /// (`tool_unavailable`). The agent is stored all the same.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+impl AgentWritten {
+    async fn new(state: &AppState, agent: AgentSpec) -> Self {
+        let warnings = crate::tools::unserved(state, &agent.tools).await;
+        Self { agent, warnings }
+    }
+}
+
 fn param<T>(r: agentos_bus::Result<T>, name: &str) -> ApiResult<T> {
     r.map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param(name))
 }
@@ -138,12 +158,12 @@ fn parse_id(id: String) -> ApiResult<AgentId> {
 
 /// Create an agent.
 #[utoipa::path(post, path = "/v1/agents", request_body = CreateAgent,
-    responses((status = 201, description = "created", body = Object), (status = 409, description = "id taken")))]
+    responses((status = 201, description = "created; `warnings` names tools nobody serves right now", body = AgentWritten), (status = 409, description = "id taken")))]
 pub async fn create(
     State(state): State<AppState>,
     auth: AuthContext,
     ApiJson(body): ApiJson<CreateAgent>,
-) -> ApiResult<(StatusCode, Json<AgentSpec>)> {
+) -> ApiResult<(StatusCode, Json<AgentWritten>)> {
     let id = match body.id {
         Some(id) => parse_id(id)?,
         None => parse_id(format!(
@@ -170,7 +190,10 @@ pub async fn create(
         .create_as(&agent_key(&auth, &spec.id), &spec)
         .await
     {
-        Ok(_) => Ok((StatusCode::CREATED, Json(spec))),
+        Ok(_) => Ok((
+            StatusCode::CREATED,
+            Json(AgentWritten::new(&state, spec).await),
+        )),
         Err(BusError::AlreadyExists { .. }) => Err(ApiError::conflict(
             "agent_exists",
             format!("agent {} already exists", spec.id),
@@ -205,13 +228,13 @@ pub async fn read(
 }
 
 /// Update an agent (compare-and-set on its revision).
-#[utoipa::path(patch, path = "/v1/agents/{id}", params(("id" = String, Path)), request_body = UpdateAgent, responses((status = 200, description = "updated", body = Object)))]
+#[utoipa::path(patch, path = "/v1/agents/{id}", params(("id" = String, Path)), request_body = UpdateAgent, responses((status = 200, description = "updated; `warnings` names tools nobody serves right now", body = AgentWritten)))]
 pub async fn update(
     State(state): State<AppState>,
     auth: AuthContext,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateAgent>,
-) -> ApiResult<Json<AgentSpec>> {
+) -> ApiResult<Json<AgentWritten>> {
     let id = parse_id(id)?;
     let current = load(&state, &auth, &id).await?;
     let mut spec = current.value;
@@ -242,7 +265,7 @@ pub async fn update(
         .update_as(&agent_key(&auth, &id), &spec, current.revision)
         .await
     {
-        Ok(_) => Ok(Json(spec)),
+        Ok(_) => Ok(Json(AgentWritten::new(&state, spec).await)),
         Err(BusError::WrongRevision { .. }) => Err(ApiError::conflict(
             "concurrent_update",
             "the agent changed meanwhile; retry",

@@ -18,6 +18,7 @@ mod memory_search;
 mod openapi;
 mod run_list;
 mod runs;
+mod tools;
 mod watch;
 
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct AppState {
     tenants: agentos_bus::Tenants,
     memory: agentos_bus::Memory,
     memory_config: std::sync::Arc<agentos_bus::recall::MemoryConfig>,
+    /// The tools running workers declare (discovery, cached for agent warnings).
+    tools: agentos_bus::ToolDirectory,
 }
 
 impl AppState {
@@ -116,6 +119,7 @@ impl AppState {
             tenants: bus.tenants(admission).await?,
             memory: bus.memory().await?,
             memory_config: Default::default(),
+            tools: agentos_bus::ToolDirectory::new(bus.clone()),
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -150,6 +154,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(memory::routes())
         .merge(memory_search::routes())
         .merge(embeddings::routes())
+        .merge(tools::routes())
         .merge(admin::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })

@@ -1,10 +1,13 @@
 """A tool worker in Python: serves the tool `py.upper` over the AgentOS bus protocol.
 
 Run it beside AgentOS (`AGENTOS_NATS_URL` defaults to nats://127.0.0.1:4222) and give an agent
-the tool `py.upper`. The protocol is in docs/bus-protocol.md: a request on
-`agentos.tool.<tenant>.py.upper` in queue group `q`, one JSON reply with header AgentOS-Schema: 1.
-Results are recorded by (tenant, idempotency key) so a retried call returns the same answer;
-this example keeps them in memory, a real worker keeps them somewhere durable.
+the tool `py.upper`. The protocol is in docs/bus-protocol.md: a NATS micro service whose endpoint
+`agentos.tool.*.py.upper` (queue group `q`) declares the tool in its `agentos.tool` metadata
+(description, JSON Schema of the arguments, idempotence, timeout), so the orchestrator shows the
+model the schema, checks arguments against it before calling, and `GET /v1/tools` lists it. Each
+request gets one JSON reply with header AgentOS-Schema: 1. Results are recorded by (tenant,
+idempotency key) so a retried call returns the same answer; this example keeps them in memory, a
+real worker keeps them somewhere durable.
 """
 
 import asyncio
@@ -13,9 +16,23 @@ import os
 import signal
 
 import nats
+from nats.micro import add_service
 
 TOOL = "py.upper"
 SCHEMA = {"AgentOS-Schema": "1"}
+# What the tool declares about itself: the bus protocol's ToolSpec.
+SPEC = {
+    "name": TOOL,
+    "description": "Upper-cases a text.",
+    "parameters": {
+        "type": "object",
+        "properties": {"text": {"type": "string", "description": "the text to upper-case"}},
+        "required": ["text"],
+        "additionalProperties": False,
+    },
+    "idempotent": True,
+    "timeout_ms": 5000,
+}
 
 
 def error(code, message):
@@ -39,7 +56,7 @@ async def main():
 
     async def handle(msg):
         async def reply(body):
-            await nc.publish(msg.reply, json.dumps(body).encode(), headers=SCHEMA)
+            await msg.respond(json.dumps(body).encode(), headers=SCHEMA)
 
         if (msg.headers or {}).get("AgentOS-Schema", "1") != "1":
             return await reply(error("invalid_request", "unsupported schema version"))
@@ -58,7 +75,15 @@ async def main():
             recorded[(tenant, key)] = result
         await reply(result)
 
-    await nc.subscribe(f"agentos.tool.*.{TOOL}", queue="q", cb=handle)
+    service = await add_service(
+        nc, name="agentos-py-tools", version="0.1.0", description="py.upper", queue_group="q"
+    )
+    await service.add_endpoint(
+        name="py_upper",
+        subject=f"agentos.tool.*.{TOOL}",
+        handler=handle,
+        metadata={"agentos.tool": json.dumps(SPEC)},
+    )
     await nc.flush()
     print(f"serving {TOOL}", flush=True)
 
@@ -67,6 +92,7 @@ async def main():
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await service.stop()
     await nc.drain()
 
 

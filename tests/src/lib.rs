@@ -1,6 +1,7 @@
 //! The end-to-end harness: a real nats-server on a random port and the real `agentos` binary
 //! as separate processes, all killed on drop. Waits are on conditions, never fixed sleeps.
 
+pub mod proxy;
 pub mod upstream;
 
 use std::net::TcpListener;

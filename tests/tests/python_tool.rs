@@ -1,5 +1,6 @@
 //! A tool worker written in Python (examples/python-tool) serves a tool in an agent run, beside
-//! the Rust workers.
+//! the Rust workers, and declares it (description, schema) in its NATS micro endpoint metadata:
+//! discovery and `GET /v1/tools` find it, and the orchestrator checks arguments against it.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -66,9 +67,31 @@ async fn a_python_tool_worker_serves_an_agent_run() {
         }
     );
 
+    // The declaration, as NATS service discovery and the edge see it.
+    let declared = p
+        .bus
+        .discover_tools(Duration::from_secs(2), Duration::from_millis(50))
+        .await
+        .expect("discover");
+    let spec = declared
+        .get(&"py.upper".parse().expect("tool"))
+        .expect("py.upper declared");
+    assert_eq!(spec.parameters["required"], json!(["text"]));
+    assert!(spec.idempotent);
+    let (status, tools) = p.get("/v1/tools").await.expect("tools");
+    assert_eq!(status, 200, "{tools}");
+    let listed = tools["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["name"] == "py.upper"))
+        .unwrap_or_else(|| panic!("py.upper missing from {tools}"));
+    assert_eq!(listed["description"], "Upper-cases a text.");
+    assert_eq!(listed["parameters"], spec.parameters);
+
+    // The first call misses the Python tool's schema: refused before it reaches the worker.
     p.create_agent(json!({
         "id": "shout", "model": "scripted", "tools": ["py.upper"],
         "model_config": {"script": [
+            {"tool_calls": [{"name": "py.upper", "arguments": {"txt": "typo"}}]},
             {"tool_calls": [{"name": "py.upper", "arguments": {"text": "hello from rust"}}]},
             {"text": "done"}
         ]}
@@ -82,6 +105,15 @@ async fn a_python_tool_worker_serves_an_agent_run() {
         .expect("terminal");
     assert_eq!(done["status"], "completed", "{done}");
     let events = p.events(&run, None).await.expect("events");
+    let failed = events
+        .iter()
+        .find(|e| e.event == "tool.failed")
+        .expect("tool.failed");
+    assert_eq!(failed.data["data"]["error"]["code"], "invalid_arguments");
+    assert_eq!(
+        events.iter().filter(|e| e.event == "tool.started").count(),
+        1
+    );
     let output = events
         .iter()
         .find(|e| e.event == "tool.completed")

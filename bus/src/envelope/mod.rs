@@ -21,7 +21,7 @@ pub use memory::{MemoryItem, StoredEmbedding};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
 pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
 pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};
-pub use tool::{ToolClaim, ToolRecord, ToolReply, ToolRequest};
+pub use tool::{ToolClaim, ToolRecord, ToolReply, ToolRequest, ToolSpec};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;

@@ -6,6 +6,28 @@ use serde::{Deserialize, Serialize};
 use super::{Envelope, ErrorBody};
 use crate::id::{CallId, Namespace, RunId, ToolName};
 
+/// What a tool declares about itself, advertised by whoever serves it (as the `agentos.tool`
+/// metadata of its NATS micro endpoint, see [`crate::TOOL_SPEC_KEY`]): the model is shown its
+/// name, description and argument schema; the orchestrator validates arguments against the
+/// schema before the call and waits at most `timeout_ms` for the reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: ToolName,
+    /// What the tool does, for the model.
+    pub description: String,
+    /// The JSON Schema of the tool's arguments (an object schema).
+    pub parameters: serde_json::Value,
+    /// Whether running the call twice with the same arguments is harmless.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// How long one call may take.
+    pub timeout_ms: u64,
+}
+
+impl Envelope for ToolSpec {
+    const WHAT: &'static str = "tool spec";
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolRequest {
     pub tool: ToolName,

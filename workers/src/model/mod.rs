@@ -294,6 +294,7 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
                 chat.into_iter().chain(embed)
             })
             .collect(),
+        tools: Vec::new(),
         metadata: table
             .iter()
             .map(|(m, r)| {

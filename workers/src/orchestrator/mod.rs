@@ -92,6 +92,7 @@ impl Orchestrator {
                 description: "AgentOS orchestrator".into(),
                 endpoints: Vec::new(),
                 metadata: HashMap::new(),
+                tools: Vec::new(),
             })
             .await?;
         let mut deliveries = bus.run_queue(&ctx.opts.queue, ctx.opts.concurrency).await?;

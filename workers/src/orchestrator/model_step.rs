@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 
 use super::drive::{Driver, Stop};
 use super::port::{Port, Replies};
+use crate::tool::undeclared;
 
 impl<P: Port> Driver<'_, P> {
     /// Calls the model for `step`. `Ok(Err(_))` is a model failure that ends the run; a cancel
@@ -23,11 +24,19 @@ impl<P: Port> Driver<'_, P> {
         agent: &AgentSpec,
         step: u32,
     ) -> Result<Result<(), ErrorBody>, Stop> {
+        // The model is shown each tool's declaration: description and argument schema.
+        let declared = self.port.tools(&agent.tools).await?;
+        let tools = agent
+            .tools
+            .iter()
+            .zip(&declared)
+            .map(|(name, d)| d.as_ref().map_or_else(|| undeclared(name), |d| d.def()))
+            .collect();
         let request = ModelRequest {
             run_id: Some(self.req.run_id),
             step,
             messages: self.state.messages(&agent.instructions, &self.req.input),
-            tools: crate::tool::tool_defs(&agent.tools),
+            tools,
             config: agent.model_config.clone(),
             stream: true,
             params: Default::default(),

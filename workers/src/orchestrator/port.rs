@@ -4,10 +4,11 @@
 //! bus that injects faults at every await.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentos_bus::envelope::{AgentSpec, AuditRecord, Envelope, Event, RunRecord};
-use agentos_bus::id::{AgentId, RunId, Tenant};
+use agentos_bus::id::{AgentId, RunId, Tenant, ToolName};
 use agentos_bus::subject::Subject;
 use agentos_bus::{
     Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Versioned, key,
@@ -15,6 +16,8 @@ use agentos_bus::{
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
+
+use crate::tool::{Catalog, Declared};
 
 /// The replies to one call, in order.
 pub(crate) trait Replies: Send {
@@ -87,6 +90,13 @@ pub(crate) trait Port: Send + Sync {
         run: &RunId,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// The declarations of `names`, in order (`None`: nobody declares that tool right now):
+    /// built-ins from code, the rest from service discovery, cached (not a round trip per call).
+    fn tools(
+        &self,
+        names: &[ToolName],
+    ) -> impl Future<Output = Result<Vec<Option<Arc<Declared>>>>> + Send;
+
     /// Sends a request (a model or tool call) and returns its replies.
     fn call(
         &self,
@@ -103,6 +113,7 @@ pub(crate) struct BusPort {
     runs: Kv,
     agents: Kv,
     tenants: Tenants,
+    tools: Catalog,
 }
 
 impl BusPort {
@@ -111,6 +122,7 @@ impl BusPort {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
             tenants: bus.tenants(admission).await?,
+            tools: Catalog::new(agentos_bus::ToolDirectory::new(bus.clone())),
             bus,
         })
     }
@@ -189,6 +201,10 @@ impl Port for BusPort {
             .stored()
             .await
             .map(|_| ())
+    }
+
+    async fn tools(&self, names: &[ToolName]) -> Result<Vec<Option<Arc<Declared>>>> {
+        self.tools.lookup(names).await
     }
 
     async fn call(

@@ -15,14 +15,14 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use agentos_bus::envelope::{
     AgentSpec, AuditRecord, ChatMessage, Envelope, ErrorBody, Event, EventData, ModelReply,
     ModelRequest, Role, RunRecord, RunRequest, RunStatus, ToolCallSpec, ToolReply, ToolRequest,
-    Usage,
+    ToolSpec, Usage,
 };
 use agentos_bus::id::{AgentId, CallId, ModelName, RunId, Tenant, ToolName};
 use agentos_bus::subject::{self, Subject};
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::OrchestratorOptions;
 use super::drive::{Attempt, Disposition, drive};
 use super::port::{Port, Replies};
+use crate::tool::Declared;
 
 /// Schedules per `cargo test` run, and with `AGENTOS_LONG_TESTS`.
 const SCHEDULES: u64 = 8_000;
@@ -148,6 +149,8 @@ struct Seen {
     tool_replays: u64,
     cancels: u64,
     agent_edits: u64,
+    /// Tool calls refused before they started: arguments outside the tool's schema.
+    invalid_arguments: u64,
     completed: u64,
     failed: u64,
     cancelled: u64,
@@ -168,6 +171,7 @@ impl Seen {
             (&mut self.tool_replays, o.tool_replays),
             (&mut self.cancels, o.cancels),
             (&mut self.agent_edits, o.agent_edits),
+            (&mut self.invalid_arguments, o.invalid_arguments),
             (&mut self.completed, o.completed),
             (&mut self.failed, o.failed),
             (&mut self.cancelled, o.cancelled),
@@ -192,6 +196,7 @@ impl Seen {
             ("tool result replayed", self.tool_replays),
             ("cancel", self.cancels),
             ("agent edit", self.agent_edits),
+            ("invalid arguments", self.invalid_arguments),
             ("run completed", self.completed),
             ("run failed", self.failed),
             ("run cancelled", self.cancelled),
@@ -223,6 +228,8 @@ struct World {
     next_inbox: u64,
     /// The model config each run's model calls carried.
     configs: BTreeMap<RunId, BTreeSet<String>>,
+    /// Tools a model request showed without their declared description and schema.
+    undeclared_defs: Vec<String>,
     seen: Seen,
 }
 
@@ -278,6 +285,12 @@ impl World {
 
     /// The scripted model: `config.plan[k]` tool calls at step k+1, then a final answer.
     fn model_call(&mut self, inbox: u64, req: &ModelRequest) {
+        for def in &req.tools {
+            let declared = sim_tool(&def.name).map(|d| d.def());
+            if declared.as_ref() != Some(def) {
+                self.undeclared_defs.push(def.name.clone());
+            }
+        }
         if let Some(run) = req.run_id {
             self.configs
                 .entry(run)
@@ -401,6 +414,35 @@ impl World {
             }
         }
     }
+}
+
+/// The simulated tools' declarations: `sleep` takes steps up to 2 only, so the calls a model
+/// makes to it at later steps have invalid arguments.
+fn sim_tool(name: &str) -> Option<Arc<Declared>> {
+    static TOOLS: LazyLock<BTreeMap<&'static str, Arc<Declared>>> = LazyLock::new(|| {
+        let declare = |name: &'static str, parameters: serde_json::Value, timeout_ms| {
+            let spec = ToolSpec {
+                name: ToolName::parse(name).ok()?,
+                description: format!("the simulated {name}"),
+                parameters,
+                idempotent: true,
+                timeout_ms,
+            };
+            Some((name, Arc::new(Declared::new(spec))))
+        };
+        [
+            declare("echo", json!({"type": "object"}), 80),
+            declare(
+                "sleep",
+                json!({"type": "object", "properties": {"step": {"type": "integer", "maximum": 2}}}),
+                1_000,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    });
+    TOOLS.get(name).cloned()
 }
 
 fn unreachable_id() -> CallId {
@@ -592,6 +634,12 @@ impl Port for SimPort {
         Ok(())
     }
 
+    async fn tools(&self, names: &[ToolName]) -> Result<Vec<Option<Arc<Declared>>>> {
+        point().await;
+        self.world().fail("discover tools")?;
+        Ok(names.iter().map(|n| sim_tool(n.as_str())).collect())
+    }
+
     async fn call(&self, subject: Subject, _meta: &CallMeta, payload: Bytes) -> Result<SimReplies> {
         point().await;
         let mut w = self.world();
@@ -671,6 +719,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         inboxes: BTreeMap::new(),
         next_inbox: 0,
         configs: BTreeMap::new(),
+        undeclared_defs: Vec::new(),
         seen: Seen::default(),
     }));
     let port = SimPort {
@@ -908,6 +957,12 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
             return Err(format!("tool call {key} executed {n} times"));
         }
     }
+    if !w.undeclared_defs.is_empty() {
+        return Err(format!(
+            "model requests showed tools without their declarations: {:?}",
+            w.undeclared_defs
+        ));
+    }
     for run in runs {
         let id = run.req.run_id;
         let journal: Vec<&Event> = w
@@ -966,6 +1021,35 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
                 && !seen.insert(mark.clone())
             {
                 return fail(format!("{mark} journaled twice"));
+            }
+        }
+        // A call refused for its arguments never started and never ran.
+        for e in &journal {
+            let EventData::ToolFailed {
+                step,
+                call_id,
+                error,
+                ..
+            } = &e.data
+            else {
+                continue;
+            };
+            if error.code != "invalid_arguments" {
+                continue;
+            }
+            ended.invalid_arguments += 1;
+            let started = journal.iter().any(|s| {
+                matches!(&s.data, EventData::ToolStarted { step: st, call_id: c, .. } if st == step && c == call_id)
+            });
+            let key = format!(
+                "{}:{}",
+                run.req.tenant,
+                ToolRequest::key_for(&id, *step, call_id)
+            );
+            if started || w.executions.contains_key(&key) {
+                return fail(format!(
+                    "call {step}/{call_id} had invalid arguments yet started or ran"
+                ));
             }
         }
         let Some((rec, _)) = w.records.get(&id) else {

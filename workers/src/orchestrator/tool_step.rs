@@ -1,6 +1,9 @@
-//! The tool step: `tool.started` is journaled first (under the guard, so one driver wins), then
-//! the tool is invoked with the idempotency key `<run_id>:<step>:<call_id>` and its reply
-//! becomes `tool.completed` or `tool.failed`.
+//! The tool step: the call's arguments are checked against the tool's declared JSON Schema
+//! (arguments that do not fit end the call as `tool.failed` `invalid_arguments` before it
+//! starts: uniform for tools in every language, and the model sees the validator's message);
+//! then `tool.started` is journaled (under the guard, so one driver wins), the tool is invoked
+//! with the idempotency key `<run_id>:<step>:<call_id>` and its declared timeout (at most the
+//! orchestrator's), and its reply becomes `tool.completed` or `tool.failed`.
 //!
 //! At most once per key: the worker claims a key before it runs the call and records the reply
 //! under it; a repeated key gets the recorded reply, or `in_progress` while the claim holder
@@ -50,6 +53,23 @@ impl<P: Port> Driver<'_, P> {
                 })
                 .await;
         };
+        // Arguments that do not fit the tool's schema end the call before it starts; the model
+        // sees the validator's message at its next step and can correct itself.
+        let declared = self.port.tools(std::slice::from_ref(&name)).await?;
+        if let Some(Err(error)) = declared
+            .first()
+            .and_then(Option::as_ref)
+            .map(|d| d.check(&call.arguments))
+        {
+            return self
+                .append(EventData::ToolFailed {
+                    step,
+                    call_id: call.id,
+                    name: call.name,
+                    error,
+                })
+                .await;
+        }
         self.append(EventData::ToolStarted {
             step,
             call_id: call.id.clone(),
@@ -94,7 +114,6 @@ impl<P: Port> Driver<'_, P> {
             )));
         };
         let key = ToolRequest::key_for(&self.req.run_id, step, &call.id);
-        let timeout = self.opts.tool_timeout;
         // The memory the agent grants, resolved for this run from what only the platform knows
         // (its creator, thread and agent): the tool worker trusts it, since only platform
         // processes can publish on tool subjects.
@@ -103,6 +122,12 @@ impl<P: Port> Driver<'_, P> {
             thread: self.req.thread_id.as_deref(),
             agent: &agent.id,
         });
+        // The tool's declared timeout, within the orchestrator's own bound.
+        let declared = self.port.tools(std::slice::from_ref(&name)).await?;
+        let timeout = match declared.first().and_then(Option::as_ref) {
+            Some(d) => d.timeout().min(self.opts.tool_timeout),
+            None => self.opts.tool_timeout,
+        };
         let request = ToolRequest {
             tool: name.clone(),
             arguments: call.arguments.clone(),

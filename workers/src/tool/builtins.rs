@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use agentos_bus::envelope::ErrorBody;
+use agentos_bus::envelope::{ErrorBody, ToolSpec};
+use agentos_bus::id::ToolName;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,27 @@ impl Builtin {
             Self::MathEval => one("expr", "string", "the expression, e.g. 6*7 or (2+3)^2"),
             Self::HttpGet => one("url", "string", "the URL to fetch"),
         }
+    }
+
+    /// The longest one call may take.
+    pub fn timeout(self) -> Duration {
+        match self {
+            Self::Echo | Self::ClockNow | Self::MathEval => Duration::from_secs(10),
+            // The HTTP client gives up after 30 s.
+            Self::HttpGet => Duration::from_secs(35),
+            Self::Sleep => Duration::from_millis(MAX_SLEEP_MS) + Duration::from_secs(5),
+        }
+    }
+
+    /// What the tool declares about itself (see [`ToolSpec`]).
+    pub fn spec(self) -> Option<ToolSpec> {
+        Some(ToolSpec {
+            name: ToolName::parse(self.name()).ok()?,
+            description: self.description().to_owned(),
+            parameters: self.parameters(),
+            idempotent: self.idempotent(),
+            timeout_ms: self.timeout().as_millis() as u64,
+        })
     }
 
     /// The built-in called `name`.

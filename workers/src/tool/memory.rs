@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentos_bus::envelope::{ErrorBody, MemoryItem, ToolRequest, now};
+use agentos_bus::envelope::{ErrorBody, MemoryItem, ToolRequest, ToolSpec, now};
 use agentos_bus::grant::covers;
-use agentos_bus::id::{MemoryKey, Namespace, Tenant};
+use agentos_bus::id::{MemoryKey, Namespace, Tenant, ToolName};
 use agentos_bus::memory::{MAX_TTL, MAX_VALUE_BYTES};
 use agentos_bus::recall::{self, MemoryConfig, RecallError};
 use agentos_bus::{Bus, CallMeta, Error as BusError, Expect, Memory};
@@ -159,6 +159,18 @@ impl MemoryTool {
     /// call's idempotency key like every call, but a timed-out write is not retried.
     pub fn idempotent(self) -> bool {
         matches!(self, Self::Get | Self::Search)
+    }
+
+    /// What the tool declares about itself (see [`ToolSpec`]): one KV operation (a search, one
+    /// embedding call and a bounded scan), so 10 s.
+    pub fn spec(self) -> Option<ToolSpec> {
+        Some(ToolSpec {
+            name: ToolName::parse(self.name()).ok()?,
+            description: self.description().to_owned(),
+            parameters: self.parameters(),
+            idempotent: self.idempotent(),
+            timeout_ms: 10_000,
+        })
     }
 
     pub async fn call(

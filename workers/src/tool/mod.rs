@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentos_bus::envelope::{Envelope, ErrorBody, ToolReply, ToolRequest};
-use agentos_bus::id::{RunId, Tenant, ToolName};
+use agentos_bus::id::{RunId, Tenant};
 use agentos_bus::key::{self, Key};
 use agentos_bus::subject::{self, DlqKind};
-use agentos_bus::{Bucket, Bus, Error as BusError, Incoming, Kv, ServiceSpec};
+use agentos_bus::{Bucket, Bus, Error as BusError, Incoming, Kv, ServiceSpec, TOOL_SERVICE};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use builtins::{Builtin, ToolEnv};
 use claim::Claim;
 pub use claim::LEASE_GRACE;
-pub use defs::tool_defs;
+pub use defs::{Catalog, Declared, builtin, undeclared};
 pub use memory::{MemoryEnv, MemoryTool};
 
 #[derive(Clone, Debug)]
@@ -106,27 +106,24 @@ impl ToolWorker {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
-        let endpoints = self
+        // Each tool's endpoint declares it (description, schema, idempotence, timeout).
+        let memory_tools = self.memory.iter().flat_map(|_| MemoryTool::ALL);
+        let tools = self
             .opts
             .tools
             .iter()
-            .map(|t| t.name())
-            .chain(
-                self.memory
-                    .iter()
-                    .flat_map(|_| MemoryTool::ALL.map(MemoryTool::name)),
-            )
-            .filter_map(|t| ToolName::parse(t).ok())
-            .map(|t| subject::tool_filter(&t))
+            .filter_map(|t| t.spec())
+            .chain(memory_tools.filter_map(MemoryTool::spec))
             .collect();
         let mut service = self
             .bus
             .serve(&ServiceSpec {
-                name: "agentos-tool".into(),
+                name: TOOL_SERVICE.into(),
                 version: crate::VERSION.into(),
                 description: "AgentOS built-in tools".into(),
-                endpoints,
+                endpoints: Vec::new(),
                 metadata: HashMap::new(),
+                tools,
             })
             .await?;
         let mut cancels = self.bus.cancels().await?;
@@ -203,7 +200,7 @@ impl ToolWorker {
         call: &ToolRequest,
         in_flight: &InFlight,
     ) -> ToolReply {
-        let builtin = self
+        let served = self
             .opts
             .tools
             .iter()
@@ -215,12 +212,19 @@ impl ToolWorker {
             .as_ref()
             .and_then(|_| MemoryTool::named(call.tool.as_str()))
             .map(Runnable::Memory);
-        let Some(tool) = builtin.or(memory_tool) else {
+        let Some(tool) = served.or(memory_tool) else {
             return ToolReply::Error {
                 error: ErrorBody::new("tool_not_found", format!("no tool {}", call.tool)),
                 retryable: false,
             };
         };
+        // The orchestrator checks arguments before it calls; direct callers are checked here.
+        if let Some(Err(error)) = builtin(call.tool.as_str()).map(|d| d.check(&call.arguments)) {
+            return ToolReply::Error {
+                error,
+                retryable: false,
+            };
+        }
         let record_key = match &call.idempotency_key {
             None => None,
             Some(key) => match record_key(tenant, key) {
