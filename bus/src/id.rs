@@ -145,6 +145,12 @@ token_id!(
     "namespace"
 );
 token_id!(
+    /// An MCP server bridged by `agentos worker mcp`: the second part of its tools' names
+    /// (`mcp.<server>.<tool>`).
+    McpServer,
+    "mcp server name"
+);
+token_id!(
     /// A tool call's id within one model turn, as the model named it.
     CallId,
     "call id",

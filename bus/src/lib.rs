@@ -29,8 +29,8 @@ pub use key::Key;
 pub use kv::{Kv, Versioned};
 pub use provision::{Bucket, Settings};
 pub use rpc::{
-    CallMeta, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance, ServiceSpec,
-    model_backend_key,
+    CallMeta, EndpointSpec, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance,
+    ServiceSpec, model_backend_key,
 };
 pub use run_index::{IndexPage, PendingIndex};
 pub use status::{ConsumerStatus, StreamStatus};

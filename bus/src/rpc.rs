@@ -181,7 +181,7 @@ impl Bus {
             .map_err(|e| Error::nats(op(), e))?;
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         let mut names = std::collections::HashSet::new();
-        for (i, subject) in spec.endpoints.iter().enumerate() {
+        for (i, EndpointSpec { subject, metadata }) in spec.endpoints.iter().enumerate() {
             // Endpoint names allow only [A-Za-z0-9_-], and must be unique (`a.b`, `a_b`).
             let mut name: String = subject
                 .as_str()
@@ -200,6 +200,7 @@ impl Bus {
             endpoints.push(
                 svc.endpoint_builder()
                     .name(name)
+                    .metadata(metadata.clone())
                     .add(subject.as_str().to_owned())
                     .await
                     .map_err(|e| Error::nats(op(), e))?,
@@ -259,12 +260,19 @@ impl Bus {
                 break;
             };
             if let Ok(info) = serde_json::from_slice::<service::Info>(&msg.payload) {
+                let endpoint_metadata = info
+                    .endpoints
+                    .iter()
+                    .filter(|e| !e.metadata.is_empty())
+                    .map(|e| (e.subject.clone(), e.metadata.clone()))
+                    .collect();
                 out.push(ServiceInstance {
                     name: info.name,
                     id: info.id,
                     version: info.version,
                     endpoints: info.endpoints.into_iter().map(|e| e.subject).collect(),
                     metadata: info.metadata,
+                    endpoint_metadata,
                 });
             }
         }
@@ -287,8 +295,24 @@ pub struct ServiceSpec {
     pub version: String,
     pub description: String,
     /// Subjects to serve (wildcards allowed); empty for a discoverable process with no API.
-    pub endpoints: Vec<Subject>,
+    pub endpoints: Vec<EndpointSpec>,
     pub metadata: std::collections::HashMap<String, String>,
+}
+
+/// One endpoint of a service: its subject and its own metadata (a tool's definition, say).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSpec {
+    pub subject: Subject,
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+impl From<Subject> for EndpointSpec {
+    fn from(subject: Subject) -> Self {
+        Self {
+            subject,
+            metadata: std::collections::HashMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -298,6 +322,10 @@ pub struct ServiceInstance {
     pub version: String,
     pub endpoints: Vec<String>,
     pub metadata: std::collections::HashMap<String, String>,
+    /// Each endpoint's own metadata, by subject (endpoints without any are left out).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub endpoint_metadata:
+        std::collections::BTreeMap<String, std::collections::HashMap<String, String>>,
 }
 
 /// A running service; `next` yields its requests.

@@ -92,6 +92,8 @@ pub enum WorkerKind {
     Model(ModelArgs),
     /// Serves the built-in tools.
     Tool(ToolArgs),
+    /// Bridges the MCP servers of `[mcp.servers]` as tools `mcp.<server>.<tool>`.
+    Mcp(McpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,11 +155,23 @@ pub struct ToolArgs {
     pub tool: config::Tool,
 }
 
+/// `agentos worker mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub nats: config::Nats,
+    #[command(flatten)]
+    pub mcp: config::Mcp,
+}
+
 /// `agentos up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub up: config::Up,
+    /// The MCP servers the file names (`[mcp.servers]`): `up` starts a bridge when there are any.
+    #[arg(skip)]
+    pub mcp_servers: Vec<String>,
     /// Start, run the smoke test, stop everything and exit (for CI and first checks).
     #[arg(long, conflicts_with = "detach")]
     pub smoke_only: bool,

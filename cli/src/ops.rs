@@ -162,6 +162,29 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
     for w in &services {
         println!("{:<22} {:<25} {}", w.name, w.id, w.version);
     }
+    let bridges: Vec<_> = services
+        .iter()
+        .filter(|w| w.name == agentos_workers::mcp::MCP_SERVICE)
+        .collect();
+    if !bridges.is_empty() {
+        println!("\nMCP SERVER             TOOLS  STATE");
+        for w in bridges {
+            let mut servers: Vec<_> = w
+                .metadata
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("mcp.")?, v)))
+                .collect();
+            servers.sort();
+            for (server, state) in servers {
+                let tools = w
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.contains(&format!(".mcp.{server}.")))
+                    .count();
+                println!("{server:<22} {tools:>5}  {state}");
+            }
+        }
+    }
     Ok(true)
 }
 

@@ -240,6 +240,10 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             );
         }
     }
+    // One MCP bridge for the servers the file names; it reads them from the same file.
+    if !a.mcp_servers.is_empty() {
+        components.push(launcher.component("mcp-1".into(), vec!["worker".into(), "mcp".into()])?);
+    }
     println!(
         "      {}",
         components

@@ -243,7 +243,10 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
         name: MODEL_SERVICE.into(),
         version: crate::VERSION.into(),
         description: "AgentOS model worker".into(),
-        endpoints: table.keys().map(subject::model_filter).collect(),
+        endpoints: table
+            .keys()
+            .map(|m| subject::model_filter(m).into())
+            .collect(),
         metadata: table
             .iter()
             .map(|(m, r)| {

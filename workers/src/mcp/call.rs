@@ -1,0 +1,162 @@
+//! One bridged call: `tools/call` on the tool's server with a progress token, each
+//! `notifications/progress` forwarded as a `progress` reply, and the result mapped onto a final
+//! [`ToolReply`]. A cancel of the run, or the call's timeout, drops the request, which makes the
+//! MCP client send `notifications/cancelled` for it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use agentos_bus::envelope::{Envelope, ErrorBody, ToolReply};
+use agentos_bus::{Bus, Incoming};
+use futures::StreamExt;
+use rmcp::ServiceError;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, NumberOrString, ProgressToken, RequestMetaObject,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::server::{BridgedTool, Connected};
+
+/// Progress tokens, unique within the process.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// How a call ended, and whether its reply may be recorded under its idempotency key.
+pub(super) struct Outcome {
+    pub reply: ToolReply,
+    /// False for a call that did not finish (cancelled) or that is safe to run again.
+    pub finished: bool,
+}
+
+/// Calls `tool` on `conn` and streams its progress to the caller of `req`.
+pub(super) async fn invoke(
+    bus: &Bus,
+    req: &Incoming,
+    conn: &Connected,
+    tool: &BridgedTool,
+    arguments: &Value,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let arguments = match arguments {
+        Value::Object(map) => Some(map.clone()),
+        Value::Null => None,
+        _ => {
+            return Outcome {
+                reply: error(
+                    "invalid_arguments",
+                    "the arguments of an MCP tool must be a JSON object",
+                ),
+                finished: true,
+            };
+        }
+    };
+    let token = ProgressToken(NumberOrString::Number(
+        NEXT_TOKEN.fetch_add(1, Ordering::Relaxed) as i64,
+    ));
+    let mut progress = conn.progress.subscribe(token.clone()).await;
+    let mut params = CallToolRequestParams::new(tool.mcp_name.clone());
+    if let Some(arguments) = arguments {
+        params = params.with_arguments(arguments);
+    }
+    params.meta = Some(RequestMetaObject::with_progress_token(token));
+    let call = conn.peer.call_tool(params);
+    tokio::pin!(call);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            // Dropping `call` sends `notifications/cancelled`.
+            _ = cancel.cancelled() => {
+                tracing::info!(tool = %tool.name, "run cancelled; cancelling the MCP call");
+                return Outcome {
+                    reply: error("cancelled", "the run was cancelled"),
+                    finished: false,
+                };
+            }
+            result = &mut call => return outcome(tool, result),
+            Some(p) = progress.next() => {
+                let reply = ToolReply::Progress {
+                    progress: p.progress,
+                    total: p.total,
+                    message: p.message,
+                };
+                if let Err(e) = req.chunk(bus, reply.encode()).await {
+                    tracing::debug!(error = %e, "could not forward MCP progress");
+                }
+            }
+            _ = &mut deadline => {
+                return Outcome {
+                    reply: ToolReply::Error {
+                        error: ErrorBody::new(
+                            "tool_timeout",
+                            format!("{} took longer than {timeout:?}", tool.name),
+                        ),
+                        retryable: tool.idempotent,
+                    },
+                    finished: !tool.idempotent,
+                };
+            }
+        }
+    }
+}
+
+fn outcome(tool: &BridgedTool, result: Result<CallToolResult, ServiceError>) -> Outcome {
+    let reply = match result {
+        Ok(r) if r.is_error == Some(true) => error("mcp_tool_error", &text_of(&r)),
+        Ok(r) => ToolReply::Ok { output: output(r) },
+        // The server went away with the call in flight: it may have done part of the work.
+        Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => error(
+            "mcp_server_died",
+            &format!(
+                "the MCP server of {} went away during the call; it is being restarted",
+                tool.name
+            ),
+        ),
+        Err(ServiceError::McpError(e)) => error("mcp_error", &e.message),
+        Err(e) => error("mcp_error", &e.to_string()),
+    };
+    Outcome {
+        reply,
+        finished: true,
+    }
+}
+
+fn error(code: &str, message: &str) -> ToolReply {
+    ToolReply::Error {
+        error: ErrorBody::new(code, message),
+        retryable: false,
+    }
+}
+
+/// The output a model sees: the structured result when the tool gave one, else its text
+/// (one text block as a string), else the content blocks as JSON.
+fn output(r: CallToolResult) -> Value {
+    if let Some(structured) = r.structured_content {
+        return structured;
+    }
+    let texts: Option<Vec<&str>> = r
+        .content
+        .iter()
+        .map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    match texts {
+        Some(texts) if texts.len() == 1 => Value::String(texts[0].to_owned()),
+        Some(texts) if !texts.is_empty() => Value::String(texts.join("\n")),
+        _ => serde_json::to_value(&r.content).unwrap_or(Value::Null),
+    }
+}
+
+fn text_of(r: &CallToolResult) -> String {
+    let text: Vec<&str> = r
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    if text.is_empty() {
+        "the MCP tool reported an error".to_owned()
+    } else {
+        text.join("\n")
+    }
+}

@@ -1,0 +1,294 @@
+//! The MCP bridge (`agentos worker mcp`): the tools of MCP servers — stdio commands or
+//! streamable-HTTP URLs, several per process — served as AgentOS tools `mcp.<server>.<tool>`
+//! (see [`names`] for how MCP names map) on one NATS micro service, `agentos-mcp`, with one
+//! endpoint per tool in the shared queue group, like the tool worker. Each endpoint's metadata
+//! carries the tool's definition (`description`, `parameters`, `idempotent`, `timeout_ms`).
+//!
+//! Each server is kept connected by its own supervisor ([`server`]); when a server announces
+//! that its tool list changed, or reconnects with other tools, the service is registered anew
+//! (new endpoints first, then the old ones go). A server that is down keeps its endpoints: its
+//! calls fail at once with the retryable `mcp_server_unavailable`. Calls run at most once per
+//! idempotency key (the tool worker's claims); a run's cancel cancels its MCP calls; MCP
+//! progress notifications become `progress` replies.
+
+mod call;
+pub mod names;
+mod server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentos_bus::envelope::{ErrorBody, ToolReply, ToolRequest};
+use agentos_bus::id::{McpServer, RunId, Tenant, ToolName};
+use agentos_bus::subject;
+use agentos_bus::{Bucket, Bus, EndpointSpec, Incoming, Kv, ServiceSpec};
+use futures::StreamExt;
+use futures::stream::SelectAll;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::CancellationToken;
+
+use server::ServerState;
+pub use server::{BridgedTool, McpServerSpec, McpTransport};
+
+/// The micro service every MCP bridge registers under.
+pub const MCP_SERVICE: &str = "agentos-mcp";
+
+#[derive(Clone, Debug)]
+pub struct McpBridgeOptions {
+    pub servers: Vec<McpServerSpec>,
+    /// Calls served at once.
+    pub concurrency: usize,
+    /// Longest a call may run (a request's own `timeout_ms` may be shorter); announced as each
+    /// tool's `timeout_ms`.
+    pub call_timeout: Duration,
+}
+
+/// In-flight calls by run, so a cancel reaches them (one token per run, shared by its calls).
+type InFlight = Arc<Mutex<HashMap<RunId, (CancellationToken, usize)>>>;
+
+/// What the bridge serves: every tool any server listed when it was last up, and where each
+/// server stands (`up`, or `down: <reason>`; service metadata `mcp.<server>`).
+#[derive(Clone, Default, PartialEq)]
+struct Registry {
+    tools: BTreeMap<ToolName, (McpServer, BridgedTool)>,
+    servers: BTreeMap<McpServer, String>,
+}
+
+pub struct McpBridge {
+    bus: Bus,
+    opts: McpBridgeOptions,
+    results: Kv,
+}
+
+impl McpBridge {
+    pub async fn new(bus: Bus, opts: McpBridgeOptions) -> crate::Result<Self> {
+        let results = bus.kv(Bucket::ToolResults).await?;
+        Ok(Self { bus, opts, results })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
+        let stop_servers = CancellationToken::new();
+        let mut supervisors = JoinSet::new();
+        let mut states = BTreeMap::new();
+        let mut changes = SelectAll::new();
+        for spec in &self.opts.servers {
+            let (tx, rx) = watch::channel(ServerState::Down {
+                reason: "starting".into(),
+            });
+            changes.push(WatchStream::from_changes(rx.clone()));
+            states.insert(spec.name.clone(), rx);
+            supervisors.spawn(server::supervise(spec.clone(), tx, stop_servers.clone()));
+        }
+        let states = Arc::new(states);
+        let mut registry = Registry::default().updated(&states);
+        let mut service = self.bus.serve(&self.service_spec(&registry)).await?;
+        let mut cancels = self.bus.cancels().await?;
+        let in_flight: InFlight = Arc::default();
+        let this = Arc::new(self);
+        let mut tasks = JoinSet::new();
+        tracing::info!(servers = ?states.keys().map(McpServer::as_str).collect::<Vec<_>>(), "MCP bridge starting");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((_, run)) = cancels.next() => {
+                    if let Some((token, _)) = lock(&in_flight).get(&run) {
+                        token.cancel();
+                    }
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done { tracing::error!(error = %e, "MCP call task panicked"); }
+                }
+                Some(_) = changes.next() => {
+                    let next = registry.updated(&states);
+                    if next != registry {
+                        // The new endpoints first, then the old ones go: no gap in service.
+                        let fresh = this.bus.serve(&this.service_spec(&next)).await?;
+                        let old = std::mem::replace(&mut service, fresh);
+                        let _ = old.stop().await;
+                        tracing::info!(tools = ?next.tools.keys().map(ToolName::as_str).collect::<Vec<_>>(), "MCP bridge now serving");
+                        registry = next;
+                    }
+                }
+                req = service.next(), if tasks.len() < this.opts.concurrency => {
+                    let Some(req) = req else { break };
+                    let (this, in_flight, states) = (this.clone(), in_flight.clone(), states.clone());
+                    let registry = registry.clone();
+                    tasks.spawn(async move { this.handle(req, &registry, &states, &in_flight).await });
+                }
+            }
+        }
+        // Stop taking calls, finish the ones in flight, then stop the servers.
+        let _ = service.stop().await;
+        while tasks.join_next().await.is_some() {}
+        stop_servers.cancel();
+        while supervisors.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    fn service_spec(&self, registry: &Registry) -> ServiceSpec {
+        let timeout_ms = self.opts.call_timeout.as_millis().to_string();
+        ServiceSpec {
+            name: MCP_SERVICE.into(),
+            version: crate::VERSION.into(),
+            description: "AgentOS MCP bridge".into(),
+            endpoints: registry
+                .tools
+                .iter()
+                .map(|(name, (server, tool))| EndpointSpec {
+                    subject: subject::tool_filter(name),
+                    metadata: HashMap::from([
+                        ("description".into(), tool.description.clone()),
+                        ("parameters".into(), tool.parameters.to_string()),
+                        ("idempotent".into(), tool.idempotent.to_string()),
+                        ("timeout_ms".into(), timeout_ms.clone()),
+                        ("mcp_server".into(), server.to_string()),
+                        ("mcp_tool".into(), tool.mcp_name.clone()),
+                    ]),
+                })
+                .collect(),
+            metadata: registry
+                .servers
+                .iter()
+                .map(|(server, state)| (format!("mcp.{server}"), state.clone()))
+                .collect(),
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Incoming,
+        registry: &Registry,
+        states: &BTreeMap<McpServer, watch::Receiver<ServerState>>,
+        in_flight: &InFlight,
+    ) {
+        let reply = match crate::tool::decode(&self.bus, &req).await {
+            Err(error) => ToolReply::Error {
+                error,
+                retryable: false,
+            },
+            Ok((tenant, call)) => {
+                self.call(&req, &tenant, &call, registry, states, in_flight)
+                    .await
+            }
+        };
+        if let Err(e) = req
+            .respond(agentos_bus::envelope::Envelope::encode(&reply))
+            .await
+        {
+            tracing::warn!(error = %e, "could not send MCP tool reply");
+        }
+    }
+
+    async fn call(
+        &self,
+        req: &Incoming,
+        tenant: &Tenant,
+        call: &ToolRequest,
+        registry: &Registry,
+        states: &BTreeMap<McpServer, watch::Receiver<ServerState>>,
+        in_flight: &InFlight,
+    ) -> ToolReply {
+        let Some((server, tool)) = registry.tools.get(&call.tool) else {
+            return ToolReply::Error {
+                error: ErrorBody::new("tool_not_found", format!("no tool {}", call.tool)),
+                retryable: false,
+            };
+        };
+        let timeout = Duration::from_millis(call.timeout_ms.max(1)).min(self.opts.call_timeout);
+        let run = async {
+            let state = states.get(server).map(|s| s.borrow().clone());
+            let conn = match state {
+                Some(ServerState::Up(conn)) => conn,
+                Some(ServerState::Down { reason }) => return unavailable(server, &reason),
+                None => return unavailable(server, "not configured"),
+            };
+            let cancel = register(in_flight, call.run_id);
+            let outcome = call::invoke(
+                &self.bus,
+                req,
+                &conn,
+                tool,
+                &call.arguments,
+                timeout,
+                &cancel,
+            )
+            .await;
+            unregister(in_flight, call.run_id);
+            (outcome.reply, outcome.finished)
+        };
+        crate::tool::claim::at_most_once(&self.results, tenant, call, timeout, run).await
+    }
+}
+
+/// The retryable refusal of a call whose server is down (nothing ran).
+fn unavailable(server: &McpServer, reason: &str) -> (ToolReply, bool) {
+    let reply = ToolReply::Error {
+        error: ErrorBody::new(
+            "mcp_server_unavailable",
+            format!("MCP server {server} is unavailable ({reason}); try again shortly"),
+        ),
+        retryable: true,
+    };
+    (reply, false)
+}
+
+impl Registry {
+    /// The tools of every server that is up now; a server that is down keeps the tools it had.
+    fn updated(&self, states: &BTreeMap<McpServer, watch::Receiver<ServerState>>) -> Self {
+        let mut tools = BTreeMap::new();
+        let mut servers = BTreeMap::new();
+        for (server, state) in states {
+            let state = state.borrow();
+            let status = match &*state {
+                ServerState::Up(_) => "up".to_owned(),
+                ServerState::Down { reason } => format!("down: {reason}"),
+            };
+            servers.insert(server.clone(), status);
+            match &*state {
+                ServerState::Up(conn) => {
+                    for t in &conn.tools {
+                        tools.insert(t.name.clone(), (server.clone(), t.clone()));
+                    }
+                }
+                ServerState::Down { .. } => {
+                    for (name, entry) in &self.tools {
+                        if &entry.0 == server {
+                            tools.insert(name.clone(), entry.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Self { tools, servers }
+    }
+}
+
+fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RunId, (CancellationToken, usize)>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn register(in_flight: &InFlight, run: Option<RunId>) -> CancellationToken {
+    let Some(run) = run else {
+        return CancellationToken::new();
+    };
+    let mut map = lock(in_flight);
+    let entry = map
+        .entry(run)
+        .or_insert_with(|| (CancellationToken::new(), 0));
+    entry.1 += 1;
+    entry.0.clone()
+}
+
+fn unregister(in_flight: &InFlight, run: Option<RunId>) {
+    let Some(run) = run else { return };
+    let mut map = lock(in_flight);
+    if let Some(entry) = map.get_mut(&run) {
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            map.remove(&run);
+        }
+    }
+}
