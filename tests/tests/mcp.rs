@@ -10,7 +10,7 @@ use std::time::Duration;
 use agentos_bus::envelope::{Envelope, ToolReply, ToolRequest};
 use agentos_bus::id::{Tenant, ToolName};
 use agentos_bus::{CallMeta, ServiceInstance, subject};
-use agentos_e2e::{Options, Platform, SseEvent, eventually};
+use agentos_e2e::{Options, Platform, Proc, SseEvent, eventually, free_port};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -47,8 +47,17 @@ async fn bridged(p: &Platform, tool: &str) -> ServiceInstance {
     .expect("bridged (see tests/requirements.txt for the mcp package)")
 }
 
-/// One direct call of a bridged tool over the bus.
+/// One direct call of a bridged tool over the bus: its final reply.
 async fn call(p: &Platform, tool: &str, arguments: Value) -> ToolReply {
+    call_with_progress(p, tool, arguments).await.1
+}
+
+/// One direct call of a bridged tool over the bus: its progress replies and its final reply.
+async fn call_with_progress(
+    p: &Platform,
+    tool: &str,
+    arguments: Value,
+) -> (Vec<ToolReply>, ToolReply) {
     let tenant: Tenant = "acme".parse().expect("tenant");
     let tool: ToolName = tool.parse().expect("tool");
     let request = ToolRequest {
@@ -70,12 +79,14 @@ async fn call(p: &Platform, tool: &str, arguments: Value) -> ToolReply {
         )
         .await
         .expect("call");
+    let mut progress = Vec::new();
     loop {
         let r = replies.next(Duration::from_secs(15)).await.expect("reply");
         let reply = ToolReply::decode(r.schema.as_deref(), &r.payload).expect("tool reply");
         if reply.is_final() {
-            return reply;
+            return (progress, reply);
         }
+        progress.push(reply);
     }
 }
 
@@ -123,7 +134,7 @@ async fn an_agent_calls_two_mcp_tools_and_sees_the_slow_ones_progress_on_sse() {
         "model_config": {"script": [
             {"tool_calls": [
                 {"name": "mcp.fixture.add", "arguments": {"a": 2, "b": 3}},
-                {"name": "mcp.fixture.count", "arguments": {"steps": 3, "delay_s": 0.05}}
+                {"name": "mcp.fixture.count", "arguments": {"steps": 3, "delay_s": 0.15}}
             ]},
             {"text": "done"}
         ]}
@@ -275,4 +286,55 @@ async fn a_killed_mcp_server_fails_the_call_in_flight_and_is_restarted() {
     let starts = std::fs::read_to_string(marker(markers.path(), "starts")).expect("starts");
     assert_eq!(starts.lines().count(), 2, "{starts}");
     assert_eq!(starts.lines().last(), Some(restarted.trim()));
+}
+
+#[tokio::test]
+async fn a_streamable_http_mcp_server_is_bridged_too() {
+    let markers = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/mcp_server.py");
+    let _server = Proc::new(
+        "mcp-http",
+        Command::new("python3")
+            .arg(script)
+            .env("MCP_FIXTURE_DIR", markers.path())
+            .env("MCP_FIXTURE_HTTP_PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let config = format!("[mcp.servers.web]\nurl = \"http://127.0.0.1:{port}/mcp\"\n");
+    let mut p = Platform::start(Options {
+        config: Some(config),
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    // The bridge may start before the server listens: it retries with backoff.
+    p.spawn("mcp", &["worker", "mcp"]).expect("mcp bridge");
+    bridged(&p, "mcp.web.count").await;
+    assert_eq!(
+        call(&p, "mcp.web.add", json!({"a": 40, "b": 2})).await,
+        ToolReply::Ok {
+            output: json!({"result": 42})
+        }
+    );
+    let (progress, done) =
+        call_with_progress(&p, "mcp.web.count", json!({"steps": 2, "delay_s": 0.15})).await;
+    assert_eq!(
+        done,
+        ToolReply::Ok {
+            output: json!({"result": "counted to 2"})
+        }
+    );
+    assert_eq!(
+        progress.last(),
+        Some(&ToolReply::Progress {
+            progress: 2.0,
+            total: Some(2.0),
+            message: Some("step 2 of 2".into())
+        }),
+        "{progress:?}"
+    );
 }

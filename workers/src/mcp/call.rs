@@ -1,5 +1,6 @@
-//! One bridged call: `tools/call` on the tool's server with a progress token, each
-//! `notifications/progress` forwarded as a `progress` reply, and the result mapped onto a final
+//! One bridged call: `tools/call` on the tool's server with a progress token, its
+//! `notifications/progress` forwarded as `progress` replies (at most ten a second, the latest
+//! winning in between: each becomes a journal event), and the result mapped onto a final
 //! [`ToolReply`]. A cancel of the run, or the call's timeout, drops the request, which makes the
 //! MCP client send `notifications/cancelled` for it.
 
@@ -8,10 +9,11 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{Envelope, ErrorBody, ToolReply};
 use agentos_bus::{Bus, Incoming};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rmcp::ServiceError;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, NumberOrString, ProgressToken, RequestMetaObject,
+    CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
+    ProgressToken, RequestMetaObject,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,9 @@ pub(super) async fn invoke(
     tokio::pin!(call);
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    // Progress goes out at most every PROGRESS_INTERVAL; in between, the latest one waits.
+    let mut pending: Option<ToolReply> = None;
+    let mut next_progress = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -75,16 +80,22 @@ pub(super) async fn invoke(
                     finished: false,
                 };
             }
-            result = &mut call => return outcome(tool, result),
-            Some(p) = progress.next() => {
-                let reply = ToolReply::Progress {
-                    progress: p.progress,
-                    total: p.total,
-                    message: p.message,
-                };
-                if let Err(e) = req.chunk(bus, reply.encode()).await {
-                    tracing::debug!(error = %e, "could not forward MCP progress");
+            result = &mut call => {
+                // Progress that came before the result goes out before it (the latest only).
+                while let Some(Some(p)) = progress.next().now_or_never() {
+                    pending = Some(progress_reply(p));
                 }
+                forward(bus, req, &mut pending, &mut next_progress).await;
+                return outcome(tool, result);
+            }
+            Some(p) = progress.next() => {
+                pending = Some(progress_reply(p));
+                if tokio::time::Instant::now() >= next_progress {
+                    forward(bus, req, &mut pending, &mut next_progress).await;
+                }
+            }
+            _ = tokio::time::sleep_until(next_progress), if pending.is_some() => {
+                forward(bus, req, &mut pending, &mut next_progress).await;
             }
             _ = &mut deadline => {
                 return Outcome {
@@ -100,6 +111,32 @@ pub(super) async fn invoke(
             }
         }
     }
+}
+
+/// The most progress replies one call sends a second (each becomes a journal event).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+fn progress_reply(p: ProgressNotificationParam) -> ToolReply {
+    ToolReply::Progress {
+        progress: p.progress,
+        total: p.total,
+        message: p.message,
+    }
+}
+
+/// Sends the waiting progress reply and starts the next interval.
+async fn forward(
+    bus: &Bus,
+    req: &Incoming,
+    pending: &mut Option<ToolReply>,
+    next: &mut tokio::time::Instant,
+) {
+    if let Some(reply) = pending.take()
+        && let Err(e) = req.chunk(bus, reply.encode()).await
+    {
+        tracing::debug!(error = %e, "could not forward MCP progress");
+    }
+    *next = tokio::time::Instant::now() + PROGRESS_INTERVAL;
 }
 
 fn outcome(tool: &BridgedTool, result: Result<CallToolResult, ServiceError>) -> Outcome {

@@ -65,6 +65,9 @@ pub struct McpBridge {
 
 impl McpBridge {
     pub async fn new(bus: Bus, opts: McpBridgeOptions) -> crate::Result<Self> {
+        // rmcp's HTTP client (reqwest 0.13, built without a TLS provider of its own) takes the
+        // process's default: ring, as everywhere else in AgentOS. Already set is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let results = bus.kv(Bucket::ToolResults).await?;
         Ok(Self { bus, opts, results })
     }
@@ -100,6 +103,13 @@ impl McpBridge {
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done { tracing::error!(error = %e, "MCP call task panicked"); }
+                }
+                Some(ended) = supervisors.join_next() => {
+                    let reason = ended.err().map_or_else(|| "it returned".to_owned(), |e| e.to_string());
+                    tracing::error!(%reason, "an MCP server supervisor stopped; stopping the bridge");
+                    let _ = service.stop().await;
+                    stop_servers.cancel();
+                    return Err(crate::error::McpSupervisorStopped(reason).into());
                 }
                 Some(_) = changes.next() => {
                     let next = registry.updated(&states);
