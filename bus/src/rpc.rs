@@ -350,6 +350,14 @@ impl Service {
             .await
             .map_err(|e| Error::nats("stop service", e))
     }
+
+    /// Stops the service and hands back the requests that had already reached it: read them
+    /// until the stream ends (once the endpoints are unsubscribed), so a service replaced by
+    /// another loses none.
+    pub async fn retire(self) -> futures::stream::BoxStream<'static, Incoming> {
+        let _ = self.svc.stop().await;
+        self.requests.map(|req| Incoming { req }).boxed()
+    }
 }
 
 /// One request to a service.

@@ -169,9 +169,9 @@ pub struct McpArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub up: config::Up,
-    /// The MCP servers the file names (`[mcp.servers]`): `up` starts a bridge when there are any.
+    /// The file's `[mcp]`: `up` starts a bridge when it names servers.
     #[arg(skip)]
-    pub mcp_servers: Vec<String>,
+    pub mcp: config::Mcp,
     /// Start, run the smoke test, stop everything and exit (for CI and first checks).
     #[arg(long, conflicts_with = "detach")]
     pub smoke_only: bool,

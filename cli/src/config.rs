@@ -499,7 +499,7 @@ pub fn layer(cli: &mut Cli, file: Config) {
         Command::Provision(nats) => *nats = take(nats).or(file.nats),
         Command::Up(a) => {
             a.up = take(&mut a.up).or(file.up);
-            a.mcp_servers = file.mcp.servers().into_keys().collect();
+            a.mcp = file.mcp;
         }
         Command::Validate(a) => {
             a.nats = take(&mut a.nats).or(file.nats);

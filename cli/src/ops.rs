@@ -167,21 +167,25 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
         .filter(|w| w.name == agentos_workers::mcp::MCP_SERVICE)
         .collect();
     if !bridges.is_empty() {
-        println!("\nMCP SERVER             TOOLS  STATE");
+        println!("\nMCP SERVER             BRIDGE                    TOOLS");
         for w in bridges {
-            let mut servers: Vec<_> = w
+            let servers = w
                 .metadata
-                .iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("mcp.")?, v)))
-                .collect();
-            servers.sort();
-            for (server, state) in servers {
+                .get(agentos_workers::mcp::MCP_SERVERS_KEY)
+                .map(String::as_str)
+                .unwrap_or_default();
+            for server in servers.split(',').filter(|s| !s.is_empty()) {
                 let tools = w
                     .endpoints
                     .iter()
                     .filter(|e| e.contains(&format!(".mcp.{server}.")))
                     .count();
-                println!("{server:<22} {tools:>5}  {state}");
+                let tools = if tools == 0 {
+                    "none yet (not up)".to_owned()
+                } else {
+                    tools.to_string()
+                };
+                println!("{server:<22} {:<25} {tools}", w.id);
             }
         }
     }

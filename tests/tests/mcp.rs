@@ -126,7 +126,7 @@ async fn an_agent_calls_two_mcp_tools_and_sees_the_slow_ones_progress_on_sse() {
     assert_eq!(meta["timeout_ms"], "120000");
     let schema: Value = serde_json::from_str(&meta["parameters"]).expect("schema JSON");
     assert_eq!(schema["required"], json!(["a", "b"]));
-    assert_eq!(bridge.metadata["mcp.fixture"], "up");
+    assert_eq!(bridge.metadata["mcp_servers"], "fixture");
 
     p.create_agent(json!({
         "id": "mcp-user", "model": "scripted",
@@ -336,5 +336,96 @@ async fn a_streamable_http_mcp_server_is_bridged_too() {
             message: Some("step 2 of 2".into())
         }),
         "{progress:?}"
+    );
+}
+
+/// `agentos` with `args`, reading `config`, in the home `home`.
+fn agentos(home: &Path, config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(agentos_e2e::agentos_bin().expect("binary"))
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .env("AGENTOS_CONFIG", config)
+        .env_remove("AGENTOS_NATS_URL")
+        .output()
+        .expect("run agentos")
+}
+
+fn component_pid(home: &Path, name: &str) -> Option<u64> {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(home.join("state.json")).ok()?).ok()?;
+    state["components"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?["pid"]
+        .as_u64()
+}
+
+#[tokio::test]
+async fn up_runs_a_bridge_for_the_configured_servers_and_status_shows_them() {
+    let dir = tempfile::tempdir().expect("temp");
+    let (home, markers) = (dir.path().join("home"), dir.path().join("markers"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/mcp_server.py");
+    let config = dir.path().join("agentos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mcp.servers.fixture]\ncommand = \"python3\"\nargs = [{script:?}]\nenv = {{ MCP_FIXTURE_DIR = {:?} }}\n",
+            markers.display().to_string()
+        ),
+    )
+    .expect("config");
+    let (nats, edge) = (free_port().expect("port"), free_port().expect("port"));
+    let out = agentos(
+        &home,
+        &config,
+        &[
+            "up",
+            "--detach",
+            "--nats-port",
+            &nats.to_string(),
+            "--listen",
+            &format!("127.0.0.1:{edge}"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mcp-1"));
+    let shows_up = || async {
+        let out = agentos(&home, &config, &["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .any(|l| l.starts_with("fixture") && l.ends_with(" 3"))
+            .then_some(text)
+    };
+    let status = eventually("status to show the MCP server up", LONG, shows_up)
+        .await
+        .expect("status");
+    assert!(status.contains("agentos-mcp"), "{status}");
+
+    // The bridge is supervised like the other components.
+    let victim = component_pid(&home, "mcp-1").expect("mcp-1 pid");
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .expect("kill");
+    eventually("mcp-1 restarted", LONG, || async {
+        component_pid(&home, "mcp-1").filter(|pid| *pid != victim)
+    })
+    .await
+    .expect("restarted");
+    eventually("the restarted bridge to serve again", LONG, shows_up)
+        .await
+        .expect("status after restart");
+
+    let out = agentos(&home, &config, &["down"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

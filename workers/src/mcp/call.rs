@@ -197,3 +197,53 @@ fn text_of(r: &CallToolResult) -> String {
         text.join("\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::ContentBlock;
+    use serde_json::json;
+
+    use super::*;
+
+    fn result(content: Vec<ContentBlock>, structured: Option<Value>) -> CallToolResult {
+        let mut r = CallToolResult::success(content);
+        r.structured_content = structured;
+        r
+    }
+
+    #[test]
+    fn the_model_sees_structured_output_else_text_else_the_blocks() {
+        let structured = result(vec![ContentBlock::text("5")], Some(json!({"result": 5})));
+        assert_eq!(output(structured), json!({"result": 5}));
+        let one = result(vec![ContentBlock::text("hi")], None);
+        assert_eq!(output(one), json!("hi"));
+        let two = result(vec![ContentBlock::text("a"), ContentBlock::text("b")], None);
+        assert_eq!(output(two), json!("a\nb"));
+        let image = result(vec![ContentBlock::image("aGk=", "image/png")], None);
+        assert_eq!(output(image)[0]["type"], "image");
+    }
+
+    #[test]
+    fn tool_errors_and_dead_servers_fail_clearly() {
+        let tool = BridgedTool {
+            name: "mcp.s.t".parse().expect("name"),
+            mcp_name: "t".into(),
+            description: String::new(),
+            parameters: json!({}),
+            idempotent: false,
+        };
+        let failed = CallToolResult::error(vec![ContentBlock::text("no such file")]);
+        let code = |o: Outcome| match o.reply {
+            ToolReply::Error { error, retryable } => (error.code, error.message, retryable),
+            other => panic!("{other:?}"),
+        };
+        let (c, m, retryable) = code(outcome(&tool, Ok(failed)));
+        assert_eq!(
+            (c.as_str(), m.as_str(), retryable),
+            ("mcp_tool_error", "no such file", false)
+        );
+        let (c, m, _) = code(outcome(&tool, Err(ServiceError::TransportClosed)));
+        assert_eq!(c, "mcp_server_died");
+        assert!(m.contains("mcp.s.t"), "{m}");
+    }
+}

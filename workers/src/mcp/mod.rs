@@ -6,7 +6,7 @@
 //!
 //! Each server is kept connected by its own supervisor ([`server`]); when a server announces
 //! that its tool list changed, or reconnects with other tools, the service is registered anew
-//! (new endpoints first, then the old ones go). A server that is down keeps its endpoints: its
+//! (new endpoints first, then the old ones go, their pending requests still served). A server that is down keeps its endpoints: its
 //! calls fail at once with the retryable `mcp_server_unavailable`. Calls run at most once per
 //! idempotency key (the tool worker's claims); a run's cancel cancels its MCP calls; MCP
 //! progress notifications become `progress` replies.
@@ -36,6 +36,9 @@ pub use server::{BridgedTool, McpServerSpec, McpTransport};
 /// The micro service every MCP bridge registers under.
 pub const MCP_SERVICE: &str = "agentos-mcp";
 
+/// The bridge's service metadata key listing the servers it bridges, comma-separated.
+pub const MCP_SERVERS_KEY: &str = "mcp_servers";
+
 #[derive(Clone, Debug)]
 pub struct McpBridgeOptions {
     pub servers: Vec<McpServerSpec>,
@@ -49,12 +52,12 @@ pub struct McpBridgeOptions {
 /// In-flight calls by run, so a cancel reaches them (one token per run, shared by its calls).
 type InFlight = Arc<Mutex<HashMap<RunId, (CancellationToken, usize)>>>;
 
-/// What the bridge serves: every tool any server listed when it was last up, and where each
-/// server stands (`up`, or `down: <reason>`; service metadata `mcp.<server>`).
+/// What the bridge serves: every tool any server listed when it was last up. Only a change of
+/// tools registers the service anew (a server going down or coming back with the same tools
+/// does not): unsubscribing endpoints can lose a request in flight to them.
 #[derive(Clone, Default, PartialEq)]
 struct Registry {
     tools: BTreeMap<ToolName, (McpServer, BridgedTool)>,
-    servers: BTreeMap<McpServer, String>,
 }
 
 pub struct McpBridge {
@@ -88,6 +91,7 @@ impl McpBridge {
         let states = Arc::new(states);
         let mut registry = Registry::default().updated(&states);
         let mut service = self.bus.serve(&self.service_spec(&registry)).await?;
+        let mut retired = SelectAll::new();
         let mut cancels = self.bus.cancels().await?;
         let in_flight: InFlight = Arc::default();
         let this = Arc::new(self);
@@ -114,18 +118,22 @@ impl McpBridge {
                 Some(_) = changes.next() => {
                     let next = registry.updated(&states);
                     if next != registry {
-                        // The new endpoints first, then the old ones go: no gap in service.
+                        // The new endpoints first, then the old ones go: no gap in service, and
+                        // the requests that reached the old ones are still served.
                         let fresh = this.bus.serve(&this.service_spec(&next)).await?;
                         let old = std::mem::replace(&mut service, fresh);
-                        let _ = old.stop().await;
+                        retired.push(old.retire().await);
                         tracing::info!(tools = ?next.tools.keys().map(ToolName::as_str).collect::<Vec<_>>(), "MCP bridge now serving");
                         registry = next;
                     }
                 }
+                Some(req) = retired.next(), if tasks.len() < this.opts.concurrency => {
+                    let (this, registry, states, in_flight) = (this.clone(), registry.clone(), states.clone(), in_flight.clone());
+                    tasks.spawn(async move { this.handle(req, &registry, &states, &in_flight).await });
+                }
                 req = service.next(), if tasks.len() < this.opts.concurrency => {
                     let Some(req) = req else { break };
-                    let (this, in_flight, states) = (this.clone(), in_flight.clone(), states.clone());
-                    let registry = registry.clone();
+                    let (this, registry, states, in_flight) = (this.clone(), registry.clone(), states.clone(), in_flight.clone());
                     tasks.spawn(async move { this.handle(req, &registry, &states, &in_flight).await });
                 }
             }
@@ -159,11 +167,15 @@ impl McpBridge {
                     ]),
                 })
                 .collect(),
-            metadata: registry
-                .servers
-                .iter()
-                .map(|(server, state)| (format!("mcp.{server}"), state.clone()))
-                .collect(),
+            metadata: HashMap::from([(
+                MCP_SERVERS_KEY.to_owned(),
+                self.opts
+                    .servers
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )]),
         }
     }
 
@@ -249,15 +261,8 @@ impl Registry {
     /// The tools of every server that is up now; a server that is down keeps the tools it had.
     fn updated(&self, states: &BTreeMap<McpServer, watch::Receiver<ServerState>>) -> Self {
         let mut tools = BTreeMap::new();
-        let mut servers = BTreeMap::new();
         for (server, state) in states {
-            let state = state.borrow();
-            let status = match &*state {
-                ServerState::Up(_) => "up".to_owned(),
-                ServerState::Down { reason } => format!("down: {reason}"),
-            };
-            servers.insert(server.clone(), status);
-            match &*state {
+            match &*state.borrow() {
                 ServerState::Up(conn) => {
                     for t in &conn.tools {
                         tools.insert(t.name.clone(), (server.clone(), t.clone()));
@@ -272,7 +277,7 @@ impl Registry {
                 }
             }
         }
-        Self { tools, servers }
+        Self { tools }
     }
 }
 

@@ -27,7 +27,8 @@ use super::names;
 /// How a server is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum McpTransport {
-    /// A child process speaking MCP on stdin/stdout (its stderr goes to the bridge's).
+    /// A child process speaking MCP on stdin/stdout (its stderr goes to the bridge's). It gets
+    /// the bridge's environment without the `AGENTOS_*` variables, and `env` over that.
     Stdio {
         command: String,
         args: Vec<String>,
@@ -205,6 +206,12 @@ async fn connect(
     match &spec.transport {
         McpTransport::Stdio { command, args, env } => {
             let mut cmd = tokio::process::Command::new(command);
+            // The bridge's own settings (NATS credentials, the JWT secret) stay with it.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("AGENTOS_") {
+                    cmd.env_remove(&key);
+                }
+            }
             cmd.args(args).envs(env);
             let (child, _) = TokioChildProcess::builder(cmd)
                 .stderr(Stdio::inherit())
