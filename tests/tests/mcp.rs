@@ -151,15 +151,22 @@ async fn an_agent_calls_two_mcp_tools_and_sees_the_slow_ones_progress_on_sse() {
     assert_eq!(completed[0]["name"], "mcp.fixture.add");
     assert_eq!(completed[0]["output"], json!({"result": 5}));
     assert_eq!(completed[1]["output"], json!({"result": "counted to 3"}));
+    // Three notifications, 150 ms apart; the bridge sends at most ten a second, the latest
+    // winning, so a slow machine may see two merged; one that reaches the bridge after the
+    // result (the last, at times) is dropped.
     let progress = of_type(&events, "tool.progress");
-    assert_eq!(progress.len(), 3, "{events:#?}");
-    for (i, e) in progress.iter().enumerate() {
+    assert!((1..=3).contains(&progress.len()), "{events:#?}");
+    let mut last = 0.0;
+    for e in &progress {
         assert_eq!(e["name"], "mcp.fixture.count");
         assert_eq!(e["step"], 1);
-        assert_eq!(e["progress"], json!((i + 1) as f64));
         assert_eq!(e["total"], json!(3.0));
-        assert_eq!(e["message"], format!("step {} of 3", i + 1));
+        let n = e["progress"].as_f64().expect("progress");
+        assert!(n > last, "{progress:?}");
+        assert_eq!(e["message"], format!("step {n} of 3"));
+        last = n;
     }
+    assert!(last >= 2.0, "{progress:?}");
     // Progress comes between its call's start and its result.
     let position = |pred: &dyn Fn(&SseEvent) -> bool| events.iter().position(pred);
     let started =
@@ -329,11 +336,11 @@ async fn a_streamable_http_mcp_server_is_bridged_too() {
         }
     );
     assert_eq!(
-        progress.last(),
+        progress.first(),
         Some(&ToolReply::Progress {
-            progress: 2.0,
+            progress: 1.0,
             total: Some(2.0),
-            message: Some("step 2 of 2".into())
+            message: Some("step 1 of 2".into())
         }),
         "{progress:?}"
     );
