@@ -307,3 +307,52 @@ fn unregister(in_flight: &InFlight, run: Option<RunId>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn tool(name: &str) -> BridgedTool {
+        BridgedTool {
+            name: name.parse().expect("name"),
+            mcp_name: name.rsplit('.').next().unwrap_or_default().to_owned(),
+            description: String::new(),
+            parameters: json!({"type": "object"}),
+            idempotent: false,
+        }
+    }
+
+    /// (Coming back up with other tools is covered end to end, in `tests/tests/mcp.rs`.)
+    #[test]
+    fn servers_that_go_down_keep_their_tools_so_nothing_is_registered_anew() {
+        let (a, b) = (
+            McpServer::parse("a").expect("a"),
+            McpServer::parse("b").expect("b"),
+        );
+        let before = Registry {
+            tools: BTreeMap::from([
+                ("mcp.a.x".parse().expect("t"), (a.clone(), tool("mcp.a.x"))),
+                ("mcp.b.y".parse().expect("t"), (b.clone(), tool("mcp.b.y"))),
+            ]),
+        };
+        let down = || {
+            watch::channel(ServerState::Down {
+                reason: "killed".into(),
+            })
+            .1
+        };
+        let states = BTreeMap::from([(a, down()), (b, down())]);
+        assert!(before.updated(&states) == before);
+        // A server no longer configured takes its tools with it.
+        let states = BTreeMap::from([(McpServer::parse("a").expect("a"), down())]);
+        let names: Vec<String> = before
+            .updated(&states)
+            .tools
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, ["mcp.a.x"]);
+    }
+}
