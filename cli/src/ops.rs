@@ -220,6 +220,12 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
                     Ok(t) => line(true, "models", format!("{} routes", t.len())),
                     Err(e) => line(false, "models", format!("{e:#}")),
                 }
+                // Shown only when the file names MCP servers.
+                match crate::config::mcp_bridge(&c.mcp) {
+                    Ok(m) if m.servers.is_empty() => {}
+                    Ok(m) => line(true, "mcp", format!("{} servers", m.servers.len())),
+                    Err(e) => line(false, "mcp", format!("{e:#}")),
+                }
                 Some(c)
             }
             Err(e) => {
