@@ -51,6 +51,14 @@ pub enum Error {
     /// violation surfaces, so the message says so.
     #[error("{op} timed out after {after:?} (a NATS permission violation also shows up this way)")]
     TimedOut { op: String, after: Duration },
+    /// A bucket does not take per-message TTLs: it was provisioned before they were used.
+    #[error(
+        "bucket {bucket} does not allow per-message TTLs (provisioned by an older release; see provisioning drift)"
+    )]
+    TtlDisabled { bucket: &'static str },
+    /// A read would exceed its bound.
+    #[error("{what} holds more than {limit} items")]
+    TooLarge { what: String, limit: usize },
     /// Provisioning found a resource whose configuration differs from the desired one.
     #[error("{0}")]
     Drift(String),
@@ -93,6 +101,8 @@ impl Error {
             Self::Missing { .. } => "missing_resource",
             Self::NoResponders { .. } => "no_responders",
             Self::TimedOut { .. } => "timed_out",
+            Self::TtlDisabled { .. } => "ttl_disabled",
+            Self::TooLarge { .. } => "too_large",
             Self::Drift(_) => "drift",
             Self::Connect { .. } => "connect_failed",
             Self::Server(_) => "nats_server",

@@ -44,6 +44,40 @@ fn check_dotted(s: &str) -> Result<(), &'static str> {
     s.split('.').try_for_each(check_token)
 }
 
+/// Most levels of a memory namespace (`users.alice.prefs` has three).
+pub const MAX_NAMESPACE_SEGMENTS: usize = 8;
+
+/// One to eight dot-separated tokens: each a KV key level under `<tenant>.`.
+fn check_namespace(s: &str) -> Result<(), &'static str> {
+    if s.split('.').count() > MAX_NAMESPACE_SEGMENTS {
+        return Err("may have at most eight dot-separated parts");
+    }
+    s.split('.').try_for_each(check_token)
+}
+
+/// The one key a memory item cannot have: its HTTP path is the namespace's search.
+pub const RESERVED_MEMORY_KEY: &str = "search";
+
+/// Longest memory key.
+pub const MAX_MEMORY_KEY: usize = 128;
+
+/// A memory key: `[A-Za-z0-9_=-]{1,128}`, one KV key level (no dots: the namespace owns them).
+fn check_memory_key(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > MAX_MEMORY_KEY {
+        return Err("must be 1 to 128 characters");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'=')
+    {
+        return Err("may contain only A-Z, a-z, 0-9, '_', '-' and '='");
+    }
+    if s == RESERVED_MEMORY_KEY {
+        return Err("is reserved (POST /v1/memory/{namespace}/search)");
+    }
+    Ok(())
+}
+
 /// Longest tool call id: upstreams mint long ones (llama-cpp-python's
 /// `call__0_<name>_cmpl-<uuid>`, 60–100 characters), so the bound is generous.
 pub const MAX_CALL_ID: usize = 256;
@@ -140,9 +174,16 @@ token_id!(
     check_dotted
 );
 token_id!(
-    /// A memory namespace.
+    /// A memory namespace: one to eight dot-separated tokens (`users.alice.prefs`).
     Namespace,
-    "namespace"
+    "namespace",
+    check_namespace
+);
+token_id!(
+    /// A memory item's key within its namespace: `[A-Za-z0-9_=-]{1,128}`.
+    MemoryKey,
+    "memory key",
+    check_memory_key
 );
 token_id!(
     /// An MCP server bridged by `agentos worker mcp`: the second part of its tools' names
@@ -292,6 +333,40 @@ mod tests {
             "a b",
         ] {
             assert!(ToolName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespaces_are_up_to_eight_dotted_tokens_and_keys_one_level() {
+        for ok in ["users", "users.alice.prefs", "a.b.c.d.e.f.g.h"] {
+            assert!(Namespace::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a.",
+            ".a",
+            "a..b",
+            "a.b.c.d.e.f.g.h.i",
+            "Users",
+            "a.*",
+            "a.>",
+            "a b",
+        ] {
+            assert!(Namespace::parse(bad).is_err(), "{bad}");
+        }
+        for ok in ["k", "Fact_1", "a=b-c", &"k".repeat(MAX_MEMORY_KEY)] {
+            assert!(MemoryKey::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a.b",
+            "a b",
+            "a/b",
+            "*",
+            ">",
+            &"k".repeat(MAX_MEMORY_KEY + 1),
+        ] {
+            assert!(MemoryKey::parse(bad).is_err(), "{bad}");
         }
     }
 

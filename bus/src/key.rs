@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::id::{AgentId, CallId, RunId, Tenant};
+use crate::id::{AgentId, CallId, MemoryKey, Namespace, RunId, Tenant};
 use crate::{Error, Result};
 
 /// One key of a KV bucket: `[-/_=.a-zA-Z0-9]+`, no leading or trailing dot.
@@ -90,6 +90,18 @@ pub fn tool_result(tenant: &Tenant, run: &RunId, step: u32, call: &CallId) -> Ke
     ])
 }
 
+/// `agentos-memory`: `<tenant>.<namespace…>.<key>`, one memory item. The namespace's dots are
+/// key levels, so a namespace's items are exactly the keys one level below it.
+pub fn memory(tenant: &Tenant, namespace: &Namespace, key: &MemoryKey) -> Key {
+    Key::joined(&[tenant.as_str(), namespace.as_str(), key.as_str()])
+}
+
+/// `agentos-memory`: `<tenant>.<namespace…>`, the prefix of a namespace's items (not a key itself:
+/// pass it to the listing, which adds the one level of the item keys).
+pub fn memory_namespace(tenant: &Tenant, namespace: &Namespace) -> Key {
+    Key::joined(&[tenant.as_str(), namespace.as_str()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +124,10 @@ mod tests {
         assert!(idem.as_str().starts_with("acme.idem-"));
         assert_eq!(idem, idempotency(&t, "any string at all / with spaces"));
         assert!(Key::parse(idem.as_str()).is_ok());
+        let ns = Namespace::parse("users.alice").expect("ns");
+        let mk = MemoryKey::parse("Fact_1").expect("key");
+        assert_eq!(memory(&t, &ns, &mk).as_str(), "acme.users.alice.Fact_1");
+        assert_eq!(memory_namespace(&t, &ns).as_str(), "acme.users.alice");
         for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>"] {
             assert!(Key::parse(bad).is_err(), "{bad:?}");
         }

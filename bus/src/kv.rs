@@ -13,8 +13,8 @@ use crate::{Bus, Error, Result};
 
 #[derive(Clone)]
 pub struct Kv {
-    store: kv::Store,
-    js: jetstream::Context,
+    pub(crate) store: kv::Store,
+    pub(crate) js: jetstream::Context,
     bucket: Bucket,
 }
 
@@ -70,7 +70,7 @@ impl Kv {
         self.bucket
     }
 
-    fn op(&self, what: &str, key: impl std::fmt::Display) -> String {
+    pub(crate) fn op(&self, what: &str, key: impl std::fmt::Display) -> String {
         format!("kv {what} {}/{key}", self.bucket.name())
     }
 
@@ -165,6 +165,22 @@ impl Kv {
     }
 
     async fn keys_matching(&self, pattern: &str) -> Result<Vec<Key>> {
+        Ok(self
+            .live_entries(pattern, true)
+            .await?
+            .into_iter()
+            .map(|e| e.key)
+            .collect())
+    }
+
+    /// The live entries (last value per key, deletes and expiry markers left out) of the keys
+    /// matching `pattern` (a subject pattern relative to the bucket: `acme.users.*`), in no
+    /// particular order, through a short-lived ordered consumer; `headers_only` skips the values.
+    pub(crate) async fn live_entries(
+        &self,
+        pattern: &str,
+        headers_only: bool,
+    ) -> Result<Vec<Entry>> {
         let op = || self.op("list", pattern);
         let stream_name = format!("KV_{}", self.bucket.name());
         let subject_prefix = format!("$KV.{}.", self.bucket.name());
@@ -177,14 +193,14 @@ impl Kv {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{subject_prefix}{pattern}"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                headers_only: true,
+                headers_only,
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::nats(op(), e))?;
-        let mut keys = Vec::new();
+        let mut entries = Vec::new();
         if consumer.cached_info().num_pending == 0 {
-            return Ok(keys);
+            return Ok(entries);
         }
         let mut messages = consumer
             .messages()
@@ -192,24 +208,48 @@ impl Kv {
             .map_err(|e| Error::nats(op(), e))?;
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(|e| Error::nats(op(), e))?;
-            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            let deleted = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if !deleted
+            let (pending, revision) = msg
+                .info()
+                .map(|i| (i.pending, i.stream_sequence))
+                .unwrap_or((0, 0));
+            if !is_removal(msg.headers.as_ref())
                 && let Some(key) = msg.subject.strip_prefix(subject_prefix.as_str())
                 && let Ok(key) = Key::parse(key)
             {
-                keys.push(key);
+                entries.push(Entry {
+                    key,
+                    revision,
+                    value: if headers_only {
+                        Bytes::new()
+                    } else {
+                        msg.payload.clone()
+                    },
+                });
             }
             if pending == 0 {
                 break;
             }
         }
-        Ok(keys)
+        Ok(entries)
     }
+}
+
+/// One live entry of a listing.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub key: Key,
+    pub revision: u64,
+    pub value: Bytes,
+}
+
+/// Whether a KV message says the key is gone: a delete or purge, or the server's marker for a
+/// value removed by its TTL or the bucket's max age.
+pub(crate) fn is_removal(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers.is_some_and(|h| {
+        h.get("KV-Operation")
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+            || h.get(async_nats::header::NATS_MARKER_REASON).is_some()
+    })
 }
 
 impl Bus {

@@ -6,14 +6,18 @@
 
 mod audit;
 mod connect;
+mod embed;
 pub mod envelope;
 mod error;
+pub mod grant;
 pub mod headers;
 pub mod id;
 mod journal;
 pub mod key;
 mod kv;
+pub mod memory;
 pub mod provision;
+pub mod recall;
 mod rpc;
 mod run_index;
 pub mod server;
@@ -27,6 +31,7 @@ pub use error::{Error, Result};
 pub use journal::{PendingAppend, Stored};
 pub use key::Key;
 pub use kv::{Kv, Versioned};
+pub use memory::{Expect, Memory};
 pub use provision::{Bucket, Settings};
 pub use rpc::{
     CallMeta, EndpointSpec, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance,

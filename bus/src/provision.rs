@@ -54,8 +54,18 @@ impl Bucket {
 
     fn history(self) -> i64 {
         match self {
-            Self::Agents | Self::Tenants | Self::Memory => 5,
+            Self::Agents | Self::Tenants => 5,
+            // One value per key: an item whose TTL runs out must leave nothing older behind it.
             _ => 1,
+        }
+    }
+
+    /// Whether the bucket takes per-message TTLs (`allow_msg_ttl`, nats-server 2.11+); the
+    /// server then leaves a delete marker, kept [`MARKER_TTL`], when an item expires.
+    fn limit_markers(self) -> Option<Duration> {
+        match self {
+            Self::Memory => Some(MARKER_TTL),
+            _ => None,
         }
     }
 }
@@ -84,6 +94,10 @@ pub struct Settings {
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// How long the delete marker of an expired or deleted memory item stays (it tells watchers and
+/// readers the item is gone, then it goes too).
+pub const MARKER_TTL: Duration = Duration::from_secs(3_600);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -153,6 +167,7 @@ impl Settings {
             },
             storage: self.storage(),
             num_replicas: self.replicas,
+            limit_markers: bucket.limit_markers(),
             ..Default::default()
         }
     }
@@ -253,6 +268,13 @@ fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
     if want.allow_direct {
         cmp("allow_direct", "true".into(), have.allow_direct.to_string());
     }
+    if want.allow_message_ttl {
+        cmp(
+            "allow_msg_ttl",
+            "true".into(),
+            have.allow_message_ttl.to_string(),
+        );
+    }
     out
 }
 
@@ -266,6 +288,8 @@ fn kv_stream(cfg: &kv::Config) -> stream::Config {
         storage: cfg.storage,
         num_replicas: cfg.num_replicas.max(1),
         allow_direct: true,
+        allow_message_ttl: cfg.limit_markers.is_some(),
+        subject_delete_marker_ttl: cfg.limit_markers,
         ..Default::default()
     }
 }

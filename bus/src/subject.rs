@@ -90,9 +90,30 @@ pub fn model_filter(model: &ModelName) -> Subject {
     Subject(format!("{PREFIX}.model.*.{model}"))
 }
 
-/// The model a model worker's endpoint subject (`agentos.model.*.<model>`) serves.
+/// The model a model worker's endpoint subject (`agentos.model.*.<model>`, or
+/// `agentos.embed.*.<model>` for embeddings) serves.
 pub fn model_of_filter(subject: &str) -> Option<ModelName> {
-    ModelName::parse(subject.strip_prefix("agentos.model.*.")?).ok()
+    let name = subject
+        .strip_prefix("agentos.model.*.")
+        .or_else(|| subject.strip_prefix("agentos.embed.*."))?;
+    ModelName::parse(name).ok()
+}
+
+/// `agentos.embed.<tenant>.<model>`: embedding calls (core request/reply, queue group).
+pub fn embed(tenant: &Tenant, model: &ModelName) -> Subject {
+    Subject(format!("{PREFIX}.embed.{tenant}.{model}"))
+}
+
+/// `agentos.embed.*.<model>`: what a model worker serving embeddings with `model` subscribes to.
+pub fn embed_filter(model: &ModelName) -> Subject {
+    Subject(format!("{PREFIX}.embed.*.{model}"))
+}
+
+/// Splits `agentos.embed.<tenant>.<model>`.
+pub fn parse_embed(subject: &str) -> Option<(Tenant, ModelName)> {
+    let rest = subject.strip_prefix("agentos.embed.")?;
+    let (tenant, model) = rest.split_once('.')?;
+    Some((Tenant::parse(tenant).ok()?, ModelName::parse(model).ok()?))
 }
 
 /// `agentos.tool.<tenant>.<tool…>`: tool invocations (core request/reply, queue group).
@@ -291,7 +312,10 @@ mod tests {
         let m = ModelName::parse("scripted").expect("model");
         assert_eq!(parse_model(&model(&t, &m)), Some((t.clone(), m.clone())));
         assert_eq!(model_filter(&m), "agentos.model.*.scripted");
-        assert_eq!(model_of_filter(&model_filter(&m)), Some(m));
+        assert_eq!(model_of_filter(&model_filter(&m)), Some(m.clone()));
+        assert_eq!(parse_embed(&embed(&t, &m)), Some((t.clone(), m.clone())));
+        assert_eq!(embed_filter(&m), "agentos.embed.*.scripted");
+        assert_eq!(model_of_filter(&embed_filter(&m)), Some(m.clone()));
         assert_eq!(tenant_of("agentos.runs.acme.submit"), Some(t.clone()));
         assert_eq!(tenant_of("agentos.runs.ACME.submit"), None);
         assert_eq!(dlq(None, DlqKind::Runs), "agentos.dlq._invalid.runs");

@@ -124,6 +124,8 @@ pub struct EdgeArgs {
     pub edge: config::Edge,
     #[command(flatten)]
     pub tenants: config::Tenants,
+    #[command(flatten)]
+    pub memory: config::Memory,
 }
 
 /// `agentos worker orchestrator`.
@@ -153,6 +155,8 @@ pub struct ToolArgs {
     pub nats: config::Nats,
     #[command(flatten)]
     pub tool: config::Tool,
+    #[command(flatten)]
+    pub memory: config::Memory,
 }
 
 /// `agentos worker mcp`.

@@ -82,6 +82,7 @@ pub struct Config {
     pub orchestrator: Orchestrator,
     pub model: Model,
     pub tool: Tool,
+    pub memory: Memory,
     pub mcp: Mcp,
     pub up: Up,
 }
@@ -234,6 +235,42 @@ section! {
 }
 
 section! {
+    /// `[memory]`: read by the edge and the tool worker (the memory API and the memory tools).
+    pub struct Memory {
+        /// Most items a search reads in one namespace; a larger one is refused (default 10000).
+        #[arg(long = "memory-max-scan", env = "AGENTOS_MEMORY_MAX_SCAN")]
+        max_scan: usize = agentos_bus::recall::DEFAULT_MAX_SCAN,
+        /// Namespace prefix → its embedding settings; file only.
+        #[arg(skip)]
+        namespaces: BTreeMap<String, NamespaceConfig> = BTreeMap::new(),
+    }
+}
+
+/// `[memory.namespaces."<prefix>"]`: the namespaces under a prefix (whole dotted tokens).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NamespaceConfig {
+    /// The model (an embedding route of the model workers) that embeds items and queries.
+    pub embedding_model: String,
+}
+
+/// The memory settings the edge and the tool worker share.
+pub fn memory(c: &Memory) -> Result<agentos_bus::recall::MemoryConfig> {
+    let mut prefixes = Vec::new();
+    for (prefix, ns) in &c.namespaces() {
+        let p = agentos_bus::id::Namespace::parse(prefix.clone())
+            .with_context(|| format!("[memory.namespaces.\"{prefix}\"]"))?;
+        let m = agentos_bus::id::ModelName::parse(ns.embedding_model.clone())
+            .with_context(|| format!("[memory.namespaces.\"{prefix}\"] embedding-model"))?;
+        prefixes.push((p, m));
+    }
+    Ok(agentos_bus::recall::MemoryConfig::new(
+        prefixes,
+        c.max_scan().max(1),
+    ))
+}
+
+section! {
     /// `[mcp]`: `agentos worker mcp`.
     pub struct Mcp {
         /// MCP calls served at once (default 256).
@@ -354,6 +391,8 @@ pub struct RouteConfig {
     pub model_config: Option<serde_json::Value>,
     /// For `openai`: what the upstream accepts (`[model.routes.<name>.compat]`).
     pub compat: Option<agentos_workers::model::Compat>,
+    /// For `hash`: the vector size (default 256).
+    pub dimensions: Option<u32>,
 }
 
 /// Builds the model route table: the built-in `scripted` route plus the configured ones.
@@ -390,8 +429,17 @@ pub fn routes(c: &Model) -> Result<agentos_workers::model::RouteTable> {
                     compat: r.compat.clone().unwrap_or_default(),
                 })?)
             }
+            "hash" => Backend::Hash(agentos_workers::model::HashEmbed {
+                dimensions: match r.dimensions {
+                    None => agentos_workers::model::HashEmbed::default().dimensions,
+                    Some(d @ 1..=4096) => d,
+                    Some(d) => {
+                        anyhow::bail!("[model.routes.{name}] dimensions {d} is not 1..=4096")
+                    }
+                },
+            }),
             other => anyhow::bail!(
-                "[model.routes.{name}] backend {other:?} is not one of scripted, openai"
+                "[model.routes.{name}] backend {other:?} is not one of scripted, openai, hash"
             ),
         };
         table.insert(
@@ -476,6 +524,7 @@ pub fn layer(cli: &mut Cli, file: Config) {
             a.nats = take(&mut a.nats).or(file.nats);
             a.edge = take(&mut a.edge).or(file.edge);
             a.tenants = take(&mut a.tenants).or(file.tenants);
+            a.memory = take(&mut a.memory).or(file.memory);
         }
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(a) => {
@@ -490,6 +539,7 @@ pub fn layer(cli: &mut Cli, file: Config) {
             WorkerKind::Tool(a) => {
                 a.nats = take(&mut a.nats).or(file.nats);
                 a.tool = take(&mut a.tool).or(file.tool);
+                a.memory = take(&mut a.memory).or(file.memory);
             }
             WorkerKind::Mcp(a) => {
                 a.nats = take(&mut a.nats).or(file.nats);
@@ -690,6 +740,12 @@ mod tests {
                 .into_iter()
                 .map(|k| format!("mcp.servers.*.{k}")),
         );
+        assert!(keys.remove("memory.namespaces"), "{keys:?}");
+        keys.extend(
+            Keys::of::<NamespaceConfig>()
+                .into_iter()
+                .map(|k| format!("memory.namespaces.*.{k}")),
+        );
         keys
     }
 
@@ -723,7 +779,10 @@ mod tests {
     fn documented(t: &toml::Table, prefix: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (k, v) in t {
-            let k = if prefix == "model.routes" || prefix == "mcp.servers" {
+            let k = if prefix == "model.routes"
+                || prefix == "mcp.servers"
+                || prefix == "memory.namespaces"
+            {
                 "*"
             } else {
                 k
@@ -800,6 +859,13 @@ mod tests {
             "tool",
             format!("{:?}", c.tool.clone().or(Tool::defaults())),
             format!("{:?}", Tool::defaults()),
+        );
+        let mut memory = c.memory.clone();
+        memory.namespaces = None;
+        show(
+            "memory",
+            format!("{:?}", memory.or(Memory::defaults())),
+            format!("{:?}", Memory::defaults()),
         );
         let mut mcp = c.mcp.clone();
         mcp.servers = None;

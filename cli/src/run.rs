@@ -130,6 +130,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 auth,
                 body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
                 admission: a.tenants.admission(),
+                memory: config::memory(&a.memory)?,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
@@ -173,6 +174,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 let opts = ToolWorkerOptions {
                     concurrency: a.tool.concurrency(),
                     http_allow: a.tool.http_allow(),
+                    memory: config::memory(&a.memory)?,
                     ..Default::default()
                 };
                 ToolWorker::new(bus, opts)

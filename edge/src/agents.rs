@@ -2,6 +2,7 @@
 
 use agentos_bus::Error as BusError;
 use agentos_bus::envelope::{AgentSpec, now};
+use agentos_bus::grant::{AgentMemory, NamespaceTemplate};
 use agentos_bus::id::{AgentId, ModelName, ToolName};
 use agentos_bus::key::{self, Key};
 use axum::extract::{Path, State};
@@ -40,6 +41,42 @@ pub struct CreateAgent {
     pub model_config: Value,
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// Memory namespaces its runs may use through the memory tools.
+    pub memory: Option<MemoryBody>,
+}
+
+/// `memory` of an agent: namespace templates (`users.{principal}`, `{thread}`, `shared.faq`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBody {
+    pub namespaces: Vec<String>,
+}
+
+/// Most namespace templates one agent grants.
+const MAX_GRANTS: usize = 32;
+
+fn memory(body: Option<MemoryBody>) -> ApiResult<AgentMemory> {
+    let Some(body) = body else {
+        return Ok(AgentMemory::default());
+    };
+    if body.namespaces.len() > MAX_GRANTS {
+        return Err(ApiError::bad_request(
+            "invalid_memory_namespace",
+            format!("at most {MAX_GRANTS} namespaces"),
+        )
+        .with_param("memory.namespaces"));
+    }
+    let namespaces = body
+        .namespaces
+        .into_iter()
+        .map(|n| {
+            NamespaceTemplate::parse(n).map_err(|e| {
+                ApiError::bad_request("invalid_memory_namespace", e.to_string())
+                    .with_param("memory.namespaces")
+            })
+        })
+        .collect::<ApiResult<_>>()?;
+    Ok(AgentMemory { namespaces })
 }
 
 /// `PATCH /v1/agents/{id}` body: fields to replace.
@@ -52,6 +89,7 @@ pub struct UpdateAgent {
     pub max_steps: Option<u32>,
     pub model_config: Option<Value>,
     pub metadata: Option<Map<String, Value>>,
+    pub memory: Option<MemoryBody>,
 }
 
 fn param<T>(r: agentos_bus::Result<T>, name: &str) -> ApiResult<T> {
@@ -123,6 +161,7 @@ pub async fn create(
         max_steps: max_steps(body.max_steps)?,
         model_config: body.model_config,
         metadata: body.metadata,
+        memory: memory(body.memory)?,
         created_at: ts,
         updated_at: ts,
     };
@@ -193,6 +232,9 @@ pub async fn update(
     }
     if let Some(m) = body.metadata {
         spec.metadata = m;
+    }
+    if body.memory.is_some() {
+        spec.memory = memory(body.memory)?;
     }
     spec.updated_at = now();
     match state

@@ -36,7 +36,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{id}", get(model))
         .route("/v1/completions", axum::routing::any(unsupported))
         .route("/v1/moderations", axum::routing::any(unsupported))
-        .route("/v1/embeddings", axum::routing::any(unsupported))
         .route("/v1/responses", axum::routing::any(unsupported))
 }
 
@@ -45,7 +44,7 @@ async fn unsupported(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(
         "unsupported_route",
         format!(
-            "{} is not served: AgentOS speaks the Chat Completions API (POST /v1/chat/completions, GET /v1/models, GET /v1/models/{{id}})",
+            "{} is not served: AgentOS speaks the Chat Completions and Embeddings APIs (POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{{id}})",
             uri.path()
         ),
     )
@@ -398,7 +397,7 @@ fn to_model_request(r: ChatRequest) -> ApiResult<(ModelName, ModelRequest, bool,
 }
 
 /// The HTTP status for a model worker's error code.
-fn model_error(e: ErrorBody) -> ApiError {
+pub(crate) fn model_error(e: ErrorBody) -> ApiError {
     let status = match e.code.as_str() {
         "model_not_found" => StatusCode::NOT_FOUND,
         "invalid_request"
@@ -431,7 +430,7 @@ fn model_error(e: ErrorBody) -> ApiError {
 
 /// Nobody answered a call for `model`: `404 model_not_found` when model workers run but none
 /// serves it, `503 model_unavailable` when no model worker runs at all.
-async fn no_responders(state: &AppState, model: &ModelName) -> ApiError {
+pub(crate) async fn no_responders(state: &AppState, model: &ModelName) -> ApiError {
     match state
         .bus
         .discover_service(MODEL_SERVICE, DISCOVERY_FIRST, Duration::ZERO)

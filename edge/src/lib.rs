@@ -7,11 +7,14 @@ mod admin;
 mod agents;
 mod auth;
 mod chat;
+mod embeddings;
 mod error;
 mod events;
 mod extract;
 mod health;
 mod jwks;
+mod memory;
+mod memory_search;
 mod openapi;
 mod run_list;
 mod runs;
@@ -39,6 +42,8 @@ pub struct EdgeOptions {
     pub body_limit: usize,
     /// Which tenants may call: any a token names, or only registered ones.
     pub admission: agentos_bus::Admission,
+    /// Embedded namespaces and the search bound.
+    pub memory: agentos_bus::recall::MemoryConfig,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -50,6 +55,8 @@ pub struct AppState {
     auth: Auth,
     waiters: watch::Waiters,
     tenants: agentos_bus::Tenants,
+    memory: agentos_bus::Memory,
+    memory_config: std::sync::Arc<agentos_bus::recall::MemoryConfig>,
 }
 
 impl AppState {
@@ -107,10 +114,18 @@ impl AppState {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
             tenants: bus.tenants(admission).await?,
+            memory: bus.memory().await?,
+            memory_config: Default::default(),
             bus,
             auth,
             waiters: watch::Waiters::default(),
         })
+    }
+
+    /// The same state with these memory settings (embedded namespaces, search bound).
+    pub fn with_memory(mut self, cfg: agentos_bus::recall::MemoryConfig) -> Self {
+        self.memory_config = std::sync::Arc::new(cfg);
+        self
     }
 
     /// Wakes `/wait` long-polls as run records turn terminal, until `shutdown`; [`serve`] runs it.
@@ -132,6 +147,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(runs::routes())
         .merge(events::routes())
         .merge(chat::routes())
+        .merge(memory::routes())
+        .merge(memory_search::routes())
+        .merge(embeddings::routes())
         .merge(admin::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
@@ -142,7 +160,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 
 /// Serves until `shutdown` fires, then stops accepting and lets in-flight requests finish.
 pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> Result<(), Error> {
-    let state = AppState::new(bus, opts.auth.clone(), opts.admission).await?;
+    let state = AppState::new(bus, opts.auth.clone(), opts.admission)
+        .await?
+        .with_memory(opts.memory.clone());
     let bind = |source| Error::Bind {
         addr: opts.listen,
         source,

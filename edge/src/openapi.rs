@@ -29,6 +29,12 @@ use crate::AppState;
         crate::chat::completions,
         crate::chat::models,
         crate::chat::model,
+        crate::memory::read,
+        crate::memory::write,
+        crate::memory::remove,
+        crate::memory::list,
+        crate::memory_search::search,
+        crate::embeddings::create,
         crate::admin::create,
         crate::admin::list,
         crate::admin::read,
@@ -44,9 +50,18 @@ use crate::AppState;
         crate::admin::UpdateTenant,
         crate::agents::CreateAgent,
         crate::agents::UpdateAgent,
+        crate::agents::MemoryBody,
         crate::runs::CreateRun,
         crate::runs::RunView,
-        crate::run_list::RunList
+        crate::run_list::RunList,
+        crate::memory::PutItem,
+        crate::memory::ItemView,
+        crate::memory::KeyList,
+        crate::memory::KeyView,
+        crate::memory_search::SearchRequest,
+        crate::memory_search::SearchResults,
+        crate::memory_search::SearchHit,
+        crate::embeddings::EmbeddingsBody
     ))
 )]
 pub struct ApiDoc;

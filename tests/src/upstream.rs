@@ -87,6 +87,8 @@ pub struct Upstream {
     pub quirks: Quirks,
     /// The bodies `model` requests arrived with, in order.
     pub requests: Mutex<Vec<Value>>,
+    /// The bodies `POST /v1/embeddings` requests arrived with, in order.
+    pub embedding_requests: Mutex<Vec<Value>>,
 }
 
 impl Upstream {
@@ -387,6 +389,38 @@ async fn act(body: &Value, q: &Quirks) -> Response {
     sse_after(chunks, true, delay)
 }
 
+/// `POST /v1/embeddings`: vector `[i, length of input i, 1]` per input, listed in reverse order
+/// (clients must sort by `index`); the model `broken` fails with a traceback.
+async fn embeddings(State(up): State<Arc<Upstream>>, body: String) -> Response {
+    let body: Value = serde_json::from_str(&body).unwrap_or_default();
+    up.embedding_requests
+        .lock()
+        .expect("lock")
+        .push(body.clone());
+    if body["model"] == "broken" {
+        return traceback();
+    }
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": [i as f64, t.len() as f64, 1.0]}))
+        .collect();
+    axum::Json(
+        json!({"object": "list", "data": data, "model": body["model"],
+        "usage": {"prompt_tokens": 4, "total_tokens": 4}}),
+    )
+    .into_response()
+}
+
 /// Starts the upstream on a random port; it stops when the returned task is dropped… or aborted.
 pub async fn start_upstream() -> (
     std::net::SocketAddr,
@@ -410,6 +444,7 @@ pub async fn start_upstream_with(
     });
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(chat))
+        .route("/v1/embeddings", axum::routing::post(embeddings))
         .with_state(up.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

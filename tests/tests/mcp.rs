@@ -69,6 +69,7 @@ async fn call_with_progress(
         idempotency_key: None,
         timeout_ms: 10_000,
         first_attempt: false,
+        memory_namespaces: Vec::new(),
     };
     let mut replies = p
         .bus

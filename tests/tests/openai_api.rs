@@ -295,6 +295,19 @@ async fn model_workers_with_different_route_tables_serve_side_by_side() {
     for proc in p.procs.iter_mut().filter(|p| p.name.starts_with("model")) {
         proc.kill();
     }
+    // Until NATS has seen the workers' connections close, a request can still be routed to one
+    // of them and then waits out the reply timeout: call once discovery finds no model worker.
+    eventually(
+        "no model worker discovered",
+        Duration::from_secs(30),
+        || async {
+            let (status, models) = p.get("/v1/models").await.ok()?;
+            let none = status == 503 || models["data"].as_array().is_some_and(Vec::is_empty);
+            none.then_some(())
+        },
+    )
+    .await
+    .expect("the killed workers are gone");
     eventually("model_unavailable", Duration::from_secs(30), || async {
         let (status, body) = complete(
             &p,

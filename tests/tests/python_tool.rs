@@ -35,6 +35,7 @@ async fn a_python_tool_worker_serves_an_agent_run() {
         idempotency_key: None,
         timeout_ms: 1000,
         first_attempt: false,
+        memory_namespaces: Vec::new(),
     };
     let reply = eventually(
         "the python worker to answer",

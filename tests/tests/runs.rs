@@ -479,6 +479,7 @@ async fn a_key_whose_call_is_running_answers_in_progress_and_runs_once() {
         idempotency_key: Some(ToolRequest::key_for(&run, 1, &call)),
         timeout_ms: 10_000,
         first_attempt,
+        memory_namespaces: Vec::new(),
     };
     let send = |first_attempt| {
         let (bus, tenant, payload) = (
@@ -547,6 +548,7 @@ async fn a_repeated_idempotency_key_returns_the_recorded_result_without_running_
         idempotency_key: Some(format!("{run}:1:call_1")),
         timeout_ms: 10_000,
         first_attempt,
+        memory_namespaces: Vec::new(),
     };
     let tenant: agentos_bus::id::Tenant = "acme".parse().expect("tenant");
     let mut replies = Vec::new();

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::Envelope;
+use crate::grant::AgentMemory;
 use crate::id::{AgentId, ModelName, Tenant, ToolName};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct AgentSpec {
     pub model_config: serde_json::Value,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The memory namespaces its runs may touch through the memory tools.
+    #[serde(default, skip_serializing_if = "AgentMemory::is_empty")]
+    pub memory: AgentMemory,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

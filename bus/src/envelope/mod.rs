@@ -6,14 +6,18 @@
 //! refused with [`Error::SchemaVersion`], never guessed at.
 
 mod agent;
+mod embedding;
 mod event;
+mod memory;
 mod model;
 mod run;
 mod tenant;
 mod tool;
 
 pub use agent::AgentSpec;
+pub use embedding::{EmbeddingReply, EmbeddingRequest, EmbeddingUsage};
 pub use event::{Event, EventData};
+pub use memory::{MemoryItem, StoredEmbedding};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
 pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
 pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};

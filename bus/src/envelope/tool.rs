@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Envelope, ErrorBody};
-use crate::id::{CallId, RunId, ToolName};
+use crate::id::{CallId, Namespace, RunId, ToolName};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolRequest {
@@ -27,6 +27,11 @@ pub struct ToolRequest {
     /// no earlier attempt can exist and the worker may skip looking for a recorded result.
     #[serde(default)]
     pub first_attempt: bool,
+    /// The memory namespaces this call may touch (and those below them), resolved by the
+    /// orchestrator from the agent's grants for this run. Only platform processes can publish
+    /// on tool subjects, so a tool worker trusts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_namespaces: Vec<Namespace>,
 }
 
 impl Envelope for ToolRequest {

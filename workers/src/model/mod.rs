@@ -4,6 +4,7 @@
 //! one. The route table can be swapped while running; the endpoints follow it.
 
 pub mod compat;
+mod embed;
 mod estimate;
 mod openai;
 pub mod policy;
@@ -13,7 +14,9 @@ mod upstream_error;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use agentos_bus::envelope::{Envelope, ErrorBody, ModelReply, ModelRequest};
+use agentos_bus::envelope::{
+    EmbeddingReply, EmbeddingRequest, Envelope, ErrorBody, ModelReply, ModelRequest,
+};
 use agentos_bus::id::ModelName;
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{Bus, Incoming, MODEL_SERVICE, ServiceSpec};
@@ -23,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use compat::Compat;
+pub use embed::HashEmbed;
 pub use openai::{OpenAi, OpenAiOptions, Secret, arguments_string};
 pub use policy::{CallContext, Hook, TokenCap, UsageLog};
 pub use scripted::Scripted;
@@ -32,6 +36,8 @@ pub use scripted::Scripted;
 pub enum Backend {
     Scripted(Scripted),
     OpenAi(OpenAi),
+    /// The deterministic local embedder (embeddings only).
+    Hash(HashEmbed),
 }
 
 impl Backend {
@@ -39,7 +45,18 @@ impl Backend {
         match self {
             Self::Scripted(_) => "scripted",
             Self::OpenAi(_) => "openai",
+            Self::Hash(_) => "hash",
         }
+    }
+
+    /// Whether the backend answers chat calls (`agentos.model.*.<model>`).
+    pub fn chats(&self) -> bool {
+        !matches!(self, Self::Hash(_))
+    }
+
+    /// Whether the backend answers embedding calls (`agentos.embed.*.<model>`).
+    pub fn embeds(&self) -> bool {
+        matches!(self, Self::OpenAi(_) | Self::Hash(_))
     }
 }
 
@@ -66,6 +83,26 @@ impl Route {
         }
     }
 
+    /// Answers one embedding call.
+    async fn embed(&self, model: &ModelName, req: &EmbeddingRequest) -> EmbeddingReply {
+        match &self.backend {
+            Backend::Hash(h) => h.embed(req),
+            Backend::OpenAi(o) => {
+                o.embed(
+                    self.upstream_model.as_deref().unwrap_or(model.as_str()),
+                    req,
+                )
+                .await
+            }
+            Backend::Scripted(_) => EmbeddingReply::Error {
+                error: ErrorBody::new(
+                    "model_not_found",
+                    format!("model {model} does not make embeddings"),
+                ),
+            },
+        }
+    }
+
     /// Answers one call, streaming deltas through `sink` as they come; returns the `final` or
     /// `error` reply.
     async fn complete(
@@ -75,6 +112,12 @@ impl Route {
         sink: &mut DeltaSink<'_>,
     ) -> ModelReply {
         match &self.backend {
+            Backend::Hash(_) => ModelReply::Error {
+                error: ErrorBody::new(
+                    "model_not_found",
+                    format!("model {model} makes embeddings only"),
+                ),
+            },
             Backend::Scripted(s) => {
                 if req.config.is_null() && !self.config.is_null() {
                     let req = ModelRequest {
@@ -244,8 +287,12 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
         version: crate::VERSION.into(),
         description: "AgentOS model worker".into(),
         endpoints: table
-            .keys()
-            .map(|m| subject::model_filter(m).into())
+            .iter()
+            .flat_map(|(m, r)| {
+                let chat = r.backend.chats().then(|| subject::model_filter(m));
+                let embed = r.backend.embeds().then(|| subject::embed_filter(m));
+                chat.into_iter().chain(embed).map(Into::into)
+            })
             .collect(),
         metadata: table
             .iter()
@@ -260,6 +307,9 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
 }
 
 async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: Incoming) {
+    if subject::parse_embed(req.subject()).is_some() {
+        return handle_embed(bus, routes, req).await;
+    }
     let reply = match decode(bus, &req).await {
         Err(error) => ModelReply::Error { error },
         Ok((tenant, model, mut call)) => match routes.get(&model) {
@@ -300,6 +350,48 @@ async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: 
     };
     if let Err(e) = req.respond(reply.encode()).await {
         tracing::warn!(error = %e, "could not send model reply");
+    }
+}
+
+/// One embedding call: validated like a chat call (malformed ones dead-lettered and answered),
+/// answered with one reply.
+async fn handle_embed(bus: &Bus, routes: &RouteTable, req: Incoming) {
+    let parsed = subject::parse_embed(req.subject());
+    let decoded = EmbeddingRequest::decode(req.schema(), req.payload());
+    let checked = match (parsed, decoded) {
+        (Some((_, model)), Ok(call)) => req.tenant().map(|tenant| (tenant, model, call)),
+        (None, _) => Err(agentos_bus::Error::InvalidId {
+            kind: "embedding subject",
+            value: req.subject().to_owned(),
+            reason: "must be agentos.embed.<tenant>.<model>",
+        }),
+        (_, Err(e)) => Err(e),
+    };
+    let reply = match checked {
+        Err(err) => {
+            req.dead_letter(bus, DlqKind::Model, &err).await;
+            EmbeddingReply::Error {
+                error: crate::refusal(&err),
+            }
+        }
+        Ok((tenant, model, call)) => match routes.get(&model) {
+            None => EmbeddingReply::Error {
+                error: ErrorBody::new(
+                    "model_not_found",
+                    format!("no backend serves model {model}"),
+                ),
+            },
+            Some(route) => {
+                let reply = route.embed(&model, &call).await;
+                if let EmbeddingReply::Vectors { usage, .. } = &reply {
+                    tracing::info!(%tenant, %model, inputs = call.input.len(), tokens = usage.total_tokens, "embeddings");
+                }
+                reply
+            }
+        },
+    };
+    if let Err(e) = req.respond(reply.encode()).await {
+        tracing::warn!(error = %e, "could not send embedding reply");
     }
 }
 

@@ -93,6 +93,36 @@ impl OpenAi {
         })
     }
 
+    /// One POST of `body` to `<base>/<path>`, with the key, within the request timeout; the
+    /// caller reads the answer. Used by the embeddings pass-through.
+    pub(super) async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, ErrorBody> {
+        let mut r = self
+            .http
+            .post(format!("{}/{path}", self.base_url))
+            .json(body);
+        if let Some(key) = &self.api_key {
+            r = r.bearer_auth(&key.0);
+        }
+        match tokio::time::timeout(self.request_timeout, r.send()).await {
+            Err(_) => Err(ErrorBody::new(
+                "upstream_timeout",
+                format!(
+                    "no response from the upstream within {:?}",
+                    self.request_timeout
+                ),
+            )),
+            Ok(Err(e)) => Err(ErrorBody::new(
+                "upstream_unavailable",
+                format!("cannot reach the upstream: {}", without_url(&e)),
+            )),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
     pub(super) async fn complete(
         &self,
         upstream_model: &str,

@@ -2,7 +2,9 @@
 //! `model_config.script` is a list of turns; turn k answers step k:
 //! `{"text": "..."}` (streamed as several deltas) or
 //! `{"tool_calls": [{"name": "...", "arguments": {...}}]}`. With no script it echoes the last
-//! user message. Past the end of the script it answers `script_exhausted`.
+//! user message. Past the end of the script it answers `script_exhausted`. In a text turn,
+//! `{last_tool_output}` stands for the content of the last tool result in the conversation, so
+//! a scripted agent can answer with what a tool found.
 
 use agentos_bus::envelope::{
     ChatMessage, ErrorBody, ModelReply, ModelRequest, Role, ToolCallSpec, Usage,
@@ -60,6 +62,23 @@ fn deltas(text: &str) -> Vec<String> {
     out
 }
 
+/// The placeholder a scripted text turn may hold for the last tool result.
+const LAST_TOOL_OUTPUT: &str = "{last_tool_output}";
+
+fn with_last_tool_output(text: &str, req: &ModelRequest) -> String {
+    if !text.contains(LAST_TOOL_OUTPUT) {
+        return text.to_owned();
+    }
+    let last = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Tool)
+        .and_then(|m| m.content.as_deref())
+        .unwrap_or_default();
+    text.replace(LAST_TOOL_OUTPUT, last)
+}
+
 fn turn_index(req: &ModelRequest) -> usize {
     if req.step > 0 {
         return req.step as usize - 1;
@@ -108,7 +127,9 @@ impl Scripted {
             }
             // An agent run names its step; a chat call is at step "assistant turns so far + 1".
             Some(script) => match script.get(turn_index(req)) {
-                Some(Turn::Text { text }) => Turn::Text { text: text.clone() },
+                Some(Turn::Text { text }) => Turn::Text {
+                    text: with_last_tool_output(text, req),
+                },
                 Some(Turn::ToolCalls { tool_calls }) => Turn::ToolCalls {
                     tool_calls: tool_calls
                         .iter()
@@ -195,5 +216,27 @@ mod tests {
             assert!(!d.is_empty());
         }
         assert_eq!(deltas("The answer is 42.").len(), 2);
+    }
+
+    #[test]
+    fn a_text_turn_can_quote_the_last_tool_result() {
+        let req = ModelRequest {
+            run_id: None,
+            step: 2,
+            messages: vec![
+                ChatMessage::text(Role::User, "hi"),
+                ChatMessage::text(Role::Tool, "first"),
+                ChatMessage::text(Role::Tool, "{\"fact\": \"teal\"}"),
+            ],
+            tools: Vec::new(),
+            config: serde_json::Value::Null,
+            params: Default::default(),
+            stream: false,
+        };
+        assert_eq!(
+            with_last_tool_output("found: {last_tool_output}", &req),
+            "found: {\"fact\": \"teal\"}"
+        );
+        assert_eq!(with_last_tool_output("plain", &req), "plain");
     }
 }

@@ -241,7 +241,7 @@ impl<P: Port> Driver<'_, P> {
                 }
             }
             Next::StartTool(step, call) => self.start_tool(&agent, step, call).await?,
-            Next::InvokeTool(step, call) => self.invoke_tool(step, &call).await?,
+            Next::InvokeTool(step, call) => self.invoke_tool(&agent, step, &call).await?,
             Next::Complete { output } => {
                 let usage = self.state.usage();
                 self.finish(EventData::RunCompleted { output, usage })

@@ -9,7 +9,8 @@
 //! moment, agents edited mid-run. After each schedule the invariants are checked; a failure
 //! names its seed, and `AGENTOS_SIM_SEED=<seed>` replays exactly that schedule.
 //!
-//! `AGENTOS_SIM_SCHEDULES` sets how many schedules run (default 8,000).
+//! `AGENTOS_SIM_SCHEDULES` sets how many schedules run (default 8,000; 200,000 with
+//! `AGENTOS_LONG_TESTS=1`, as `scripts/test-long` runs it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
@@ -35,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 use super::OrchestratorOptions;
 use super::drive::{Attempt, Disposition, drive};
 use super::port::{Port, Replies};
+
+/// Schedules per `cargo test` run, and with `AGENTOS_LONG_TESTS`.
+const SCHEDULES: u64 = 8_000;
+const LONG_SCHEDULES: u64 = 200_000;
 
 /// splitmix64: small, fast, and the same everywhere.
 struct Rng(u64);
@@ -704,6 +709,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             max_steps: 1 + rng.below(5) as u32,
             model_config: json!({ "plan": plan }),
             metadata: Default::default(),
+            memory: Default::default(),
             created_at: now,
             updated_at: now,
         };
@@ -1060,10 +1066,15 @@ fn the_run_state_machine_keeps_its_invariants_under_simulated_faults() {
         }
         return;
     }
+    let default = if std::env::var_os("AGENTOS_LONG_TESTS").is_some() {
+        LONG_SCHEDULES
+    } else {
+        SCHEDULES
+    };
     let schedules: u64 = std::env::var("AGENTOS_SIM_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8_000);
+        .unwrap_or(default);
     // A fresh base each run, printed, so every failure names a replayable seed.
     let base = std::env::var("AGENTOS_SIM_BASE")
         .ok()

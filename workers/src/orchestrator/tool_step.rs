@@ -15,6 +15,7 @@ use std::time::Duration;
 use agentos_bus::envelope::{
     AgentSpec, Envelope, ErrorBody, EventData, ToolCallSpec, ToolReply, ToolRequest,
 };
+use agentos_bus::grant::RunScope;
 use agentos_bus::id::ToolName;
 use agentos_bus::subject;
 use agentos_bus::{CallMeta, Error as BusError};
@@ -63,14 +64,20 @@ impl<P: Port> Driver<'_, P> {
     }
 
     /// Invokes a journaled call and journals its result.
-    pub(super) async fn invoke_tool(&mut self, step: u32, call: &ToolCallSpec) -> Result<(), Stop> {
+    pub(super) async fn invoke_tool(
+        &mut self,
+        agent: &AgentSpec,
+        step: u32,
+        call: &ToolCallSpec,
+    ) -> Result<(), Stop> {
         let first_attempt = self.fresh_call.take() == Some((step, call.id.clone()));
-        let data = self.call_tool(step, call, first_attempt).await?;
+        let data = self.call_tool(agent, step, call, first_attempt).await?;
         self.append(data).await
     }
 
     async fn call_tool(
         &mut self,
+        agent: &AgentSpec,
         step: u32,
         call: &ToolCallSpec,
         first_attempt: bool,
@@ -90,6 +97,14 @@ impl<P: Port> Driver<'_, P> {
         };
         let key = ToolRequest::key_for(&self.req.run_id, step, &call.id);
         let timeout = self.opts.tool_timeout;
+        // The memory the agent grants, resolved for this run from what only the platform knows
+        // (its creator, thread and agent): the tool worker trusts it, since only platform
+        // processes can publish on tool subjects.
+        let memory_namespaces = agent.memory.resolve(&RunScope {
+            principal: self.meta.principal.as_deref(),
+            thread: self.req.thread_id.as_deref(),
+            agent: &agent.id,
+        });
         let request = ToolRequest {
             tool: name.clone(),
             arguments: call.arguments.clone(),
@@ -99,6 +114,7 @@ impl<P: Port> Driver<'_, P> {
             idempotency_key: Some(key.clone()),
             first_attempt,
             timeout_ms: timeout.as_millis() as u64,
+            memory_namespaces,
         };
         let meta = CallMeta {
             idempotency_key: Some(key),

@@ -17,10 +17,17 @@ pub fn tool_defs(names: &[ToolName]) -> Vec<ToolDef> {
                 description: b.description().to_owned(),
                 parameters: b.parameters(),
             },
-            None => ToolDef {
-                name: name.to_string(),
-                description: String::new(),
-                parameters: Value::Null,
+            None => match super::MemoryTool::named(name.as_str()) {
+                Some(m) => ToolDef {
+                    name: name.to_string(),
+                    description: m.description().to_owned(),
+                    parameters: m.parameters(),
+                },
+                None => ToolDef {
+                    name: name.to_string(),
+                    description: String::new(),
+                    parameters: Value::Null,
+                },
             },
         })
         .collect()

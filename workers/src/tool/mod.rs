@@ -7,6 +7,7 @@ mod builtins;
 pub(crate) mod claim;
 mod defs;
 pub mod math;
+mod memory;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ pub use builtins::{Builtin, ToolEnv};
 use claim::Claim;
 pub use claim::LEASE_GRACE;
 pub use defs::tool_defs;
+pub use memory::{MemoryEnv, MemoryTool};
 
 #[derive(Clone, Debug)]
 pub struct ToolWorkerOptions {
@@ -32,6 +34,10 @@ pub struct ToolWorkerOptions {
     /// Hosts `http.get` may reach.
     pub http_allow: Vec<String>,
     pub concurrency: usize,
+    /// Serve the memory tools (`memory.get|put|search|delete`).
+    pub memory_tools: bool,
+    /// Embedded namespaces and the search bound, for the memory tools.
+    pub memory: agentos_bus::recall::MemoryConfig,
 }
 
 impl Default for ToolWorkerOptions {
@@ -40,6 +46,24 @@ impl Default for ToolWorkerOptions {
             tools: Builtin::ALL.to_vec(),
             http_allow: Vec::new(),
             concurrency: 256,
+            memory_tools: true,
+            memory: Default::default(),
+        }
+    }
+}
+
+/// A tool this worker runs.
+#[derive(Clone, Copy, Debug)]
+enum Runnable {
+    Builtin(Builtin),
+    Memory(MemoryTool),
+}
+
+impl Runnable {
+    fn idempotent(self) -> bool {
+        match self {
+            Self::Builtin(b) => b.idempotent(),
+            Self::Memory(m) => m.idempotent(),
         }
     }
 }
@@ -51,6 +75,7 @@ pub struct ToolWorker {
     bus: Bus,
     opts: ToolWorkerOptions,
     env: ToolEnv,
+    memory: Option<MemoryEnv>,
     results: Kv,
 }
 
@@ -62,10 +87,20 @@ impl ToolWorker {
                 source,
             })?;
         let results = bus.kv(Bucket::ToolResults).await?;
+        let memory = if opts.memory_tools {
+            Some(MemoryEnv {
+                memory: bus.memory().await?,
+                config: std::sync::Arc::new(opts.memory.clone()),
+                bus: bus.clone(),
+            })
+        } else {
+            None
+        };
         Ok(Self {
             bus,
             opts,
             env,
+            memory,
             results,
         })
     }
@@ -75,7 +110,13 @@ impl ToolWorker {
             .opts
             .tools
             .iter()
-            .filter_map(|t| ToolName::parse(t.name()).ok())
+            .map(|t| t.name())
+            .chain(
+                self.memory
+                    .iter()
+                    .flat_map(|_| MemoryTool::ALL.map(MemoryTool::name)),
+            )
+            .filter_map(|t| ToolName::parse(t).ok())
             .map(|t| subject::tool_filter(&t).into())
             .collect();
         let mut service = self
@@ -92,7 +133,7 @@ impl ToolWorker {
         let in_flight: InFlight = Arc::default();
         let this = Arc::new(self);
         let mut tasks = JoinSet::new();
-        tracing::info!(tools = ?this.opts.tools.iter().map(|t| t.name()).collect::<Vec<_>>(), "tool worker serving");
+        tracing::info!(tools = ?this.opts.tools.iter().map(|t| t.name()).collect::<Vec<_>>(), memory_tools = this.memory.is_some(), "tool worker serving");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -122,21 +163,33 @@ impl ToolWorker {
                 error,
                 retryable: false,
             },
-            Ok((tenant, call)) => self.call(&tenant, &call, in_flight).await,
+            Ok((tenant, call)) => self.call(&tenant, req.principal(), &call, in_flight).await,
         };
         if let Err(e) = req.respond(reply.encode()).await {
             tracing::warn!(error = %e, "could not send tool reply");
         }
     }
 
-    async fn call(&self, tenant: &Tenant, call: &ToolRequest, in_flight: &InFlight) -> ToolReply {
-        let Some(tool) = self
+    async fn call(
+        &self,
+        tenant: &Tenant,
+        principal: Option<&str>,
+        call: &ToolRequest,
+        in_flight: &InFlight,
+    ) -> ToolReply {
+        let builtin = self
             .opts
             .tools
             .iter()
             .copied()
             .find(|t| t.name() == call.tool.as_str())
-        else {
+            .map(Runnable::Builtin);
+        let memory_tool = self
+            .memory
+            .as_ref()
+            .and_then(|_| MemoryTool::named(call.tool.as_str()))
+            .map(Runnable::Memory);
+        let Some(tool) = builtin.or(memory_tool) else {
             return ToolReply::Error {
                 error: ErrorBody::new("tool_not_found", format!("no tool {}", call.tool)),
                 retryable: false,
@@ -180,8 +233,17 @@ impl ToolWorker {
         if let Some(run) = call.run_id {
             lock(in_flight).insert(run, cancel.clone());
         }
-        let outcome =
-            tokio::time::timeout(timeout, tool.call(&self.env, &call.arguments, &cancel)).await;
+        let run = async {
+            match (tool, &self.memory) {
+                (Runnable::Builtin(b), _) => b.call(&self.env, &call.arguments, &cancel).await,
+                (Runnable::Memory(m), Some(env)) => m.call(env, tenant, principal, call).await,
+                (Runnable::Memory(_), None) => Err(ErrorBody::new(
+                    "tool_not_found",
+                    format!("no tool {}", call.tool),
+                )),
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, run).await;
         if let Some(run) = call.run_id {
             lock(in_flight).remove(&run);
         }
