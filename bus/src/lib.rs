@@ -35,7 +35,7 @@ pub use memory::{Expect, Memory};
 pub use provision::{Bucket, Settings};
 pub use rpc::{
     CallMeta, EndpointSpec, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance,
-    ServiceSpec, model_backend_key,
+    ServiceSpec, TOOL_SPEC_KEY, model_backend_key,
 };
 pub use run_index::{IndexPage, PendingIndex};
 pub use status::{ConsumerStatus, StreamStatus};

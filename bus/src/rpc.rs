@@ -281,6 +281,11 @@ impl Bus {
     }
 }
 
+/// The endpoint metadata key under which a tool's whole definition travels as one JSON object
+/// `{name, description, parameters, idempotent, timeout_ms}` (beside the same fields as flat
+/// keys), the shape the tool declarations of issue 12 read.
+pub const TOOL_SPEC_KEY: &str = "agentos.tool";
+
 /// The micro service name every model worker registers under, in any language.
 pub const MODEL_SERVICE: &str = "agentos-model";
 

@@ -128,6 +128,11 @@ async fn an_agent_calls_two_mcp_tools_and_sees_the_slow_ones_progress_on_sse() {
     let schema: Value = serde_json::from_str(&meta["parameters"]).expect("schema JSON");
     assert_eq!(schema["required"], json!(["a", "b"]));
     assert_eq!(bridge.metadata["mcp_servers"], "fixture");
+    let spec: Value = serde_json::from_str(&meta["agentos.tool"]).expect("tool spec JSON");
+    assert_eq!(
+        (&spec["name"], &spec["parameters"], &spec["timeout_ms"]),
+        (&json!("mcp.fixture.add"), &schema, &json!(120_000))
+    );
 
     p.create_agent(json!({
         "id": "mcp-user", "model": "scripted",

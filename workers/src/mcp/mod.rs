@@ -164,6 +164,17 @@ impl McpBridge {
                         ("timeout_ms".into(), timeout_ms.clone()),
                         ("mcp_server".into(), server.to_string()),
                         ("mcp_tool".into(), tool.mcp_name.clone()),
+                        (
+                            agentos_bus::TOOL_SPEC_KEY.into(),
+                            serde_json::json!({
+                                "name": name,
+                                "description": tool.description,
+                                "parameters": tool.parameters,
+                                "idempotent": tool.idempotent,
+                                "timeout_ms": self.opts.call_timeout.as_millis() as u64,
+                            })
+                            .to_string(),
+                        ),
                     ]),
                 })
                 .collect(),
