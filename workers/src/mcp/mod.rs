@@ -89,7 +89,8 @@ impl McpBridge {
             supervisors.spawn(server::supervise(spec.clone(), tx, stop_servers.clone()));
         }
         let states = Arc::new(states);
-        let mut registry = Registry::default().updated(&states);
+        // Shared with each call: cloning the Arc, not the tools and their schemas.
+        let mut registry = Arc::new(Registry::default().updated(&states));
         let mut service = self.bus.serve(&self.service_spec(&registry)).await?;
         let mut retired = SelectAll::new();
         let mut cancels = self.bus.cancels().await?;
@@ -117,14 +118,14 @@ impl McpBridge {
                 }
                 Some(_) = changes.next() => {
                     let next = registry.updated(&states);
-                    if next != registry {
+                    if next != *registry {
                         // The new endpoints first, then the old ones go: no gap in service, and
                         // the requests that reached the old ones are still served.
                         let fresh = this.bus.serve(&this.service_spec(&next)).await?;
                         let old = std::mem::replace(&mut service, fresh);
                         retired.push(old.retire().await);
                         tracing::info!(tools = ?next.tools.keys().map(ToolName::as_str).collect::<Vec<_>>(), "MCP bridge now serving");
-                        registry = next;
+                        registry = Arc::new(next);
                     }
                 }
                 Some(req) = retired.next(), if tasks.len() < this.opts.concurrency => {
