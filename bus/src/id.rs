@@ -186,6 +186,12 @@ token_id!(
     check_memory_key
 );
 token_id!(
+    /// An MCP server bridged by `agentos worker mcp`: the second part of its tools' names
+    /// (`mcp.<server>.<tool>`).
+    McpServer,
+    "mcp server name"
+);
+token_id!(
     /// A tool call's id within one model turn, as the model named it.
     CallId,
     "call id",

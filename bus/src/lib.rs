@@ -35,8 +35,8 @@ pub use kv::{Kv, Versioned};
 pub use memory::{Expect, Memory};
 pub use provision::{Bucket, Settings};
 pub use rpc::{
-    CallMeta, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance, ServiceSpec,
-    TOOL_SERVICE, TOOL_SPEC_KEY, model_backend_key,
+    CallMeta, EndpointSpec, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance,
+    ServiceSpec, TOOL_SERVICE, TOOL_SPEC_KEY, model_backend_key,
 };
 pub use run_index::{IndexPage, PendingIndex};
 pub use status::{ConsumerStatus, StreamStatus};

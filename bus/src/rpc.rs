@@ -190,7 +190,10 @@ impl Bus {
             )]);
             (subject::tool_filter(&t.name), metadata)
         });
-        let plain = spec.endpoints.iter().map(|s| (s.clone(), HashMap::new()));
+        let plain = spec
+            .endpoints
+            .iter()
+            .map(|e| (e.subject.clone(), e.metadata.clone()));
         for (i, (subject, metadata)) in plain.chain(tools).enumerate() {
             // Endpoint names allow only [A-Za-z0-9_-], and must be unique (`a.b`, `a_b`).
             let mut name: String = subject
@@ -289,6 +292,12 @@ impl Bus {
             .await?
             .into_iter()
             .map(|info| ServiceInstance {
+                endpoint_metadata: info
+                    .endpoints
+                    .iter()
+                    .filter(|e| !e.metadata.is_empty())
+                    .map(|e| (e.subject.clone(), e.metadata.clone()))
+                    .collect(),
                 name: info.name,
                 id: info.id,
                 version: info.version,
@@ -356,11 +365,27 @@ pub struct ServiceSpec {
     pub version: String,
     pub description: String,
     /// Subjects to serve (wildcards allowed); empty for a discoverable process with no API.
-    pub endpoints: Vec<Subject>,
+    pub endpoints: Vec<EndpointSpec>,
     /// Tools to serve besides: one endpoint each, `agentos.tool.*.<tool>`, declaring the tool in
     /// its [`TOOL_SPEC_KEY`] metadata.
     pub tools: Vec<ToolSpec>,
     pub metadata: std::collections::HashMap<String, String>,
+}
+
+/// One endpoint of a service: its subject and its own metadata (a tool's definition, say).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSpec {
+    pub subject: Subject,
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+impl From<Subject> for EndpointSpec {
+    fn from(subject: Subject) -> Self {
+        Self {
+            subject,
+            metadata: std::collections::HashMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -370,6 +395,10 @@ pub struct ServiceInstance {
     pub version: String,
     pub endpoints: Vec<String>,
     pub metadata: std::collections::HashMap<String, String>,
+    /// Each endpoint's own metadata, by subject (endpoints without any are left out).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub endpoint_metadata:
+        std::collections::BTreeMap<String, std::collections::HashMap<String, String>>,
 }
 
 /// A running service; `next` yields its requests.
@@ -393,6 +422,14 @@ impl Service {
             .stop()
             .await
             .map_err(|e| Error::nats("stop service", e))
+    }
+
+    /// Stops the service and hands back the requests that had already reached it: read them
+    /// until the stream ends (once the endpoints are unsubscribed), so a service replaced by
+    /// another loses none.
+    pub async fn retire(self) -> futures::stream::BoxStream<'static, Incoming> {
+        let _ = self.svc.stop().await;
+        self.requests.map(|req| Incoming { req }).boxed()
     }
 }
 

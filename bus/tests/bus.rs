@@ -279,7 +279,7 @@ async fn the_auth_context_travels_in_headers_and_a_foreign_tenant_is_refused() {
             name: "probe".into(),
             version: "0.0.1".into(),
             description: "test".into(),
-            endpoints: vec![s("agentos.tool.*.probe")],
+            endpoints: vec![s("agentos.tool.*.probe").into()],
             metadata: Default::default(),
             tools: Vec::new(),
         })

@@ -92,6 +92,8 @@ pub enum WorkerKind {
     Model(ModelArgs),
     /// Serves the built-in tools.
     Tool(ToolArgs),
+    /// Bridges the MCP servers of `[mcp.servers]` as tools `mcp.<server>.<tool>`.
+    Mcp(McpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,11 +159,23 @@ pub struct ToolArgs {
     pub memory: config::Memory,
 }
 
+/// `agentos worker mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub nats: config::Nats,
+    #[command(flatten)]
+    pub mcp: config::Mcp,
+}
+
 /// `agentos up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub up: config::Up,
+    /// The file's `[mcp]`: `up` starts a bridge when it names servers.
+    #[arg(skip)]
+    pub mcp: config::Mcp,
     /// Start, run the smoke test, stop everything and exit (for CI and first checks).
     #[arg(long, conflicts_with = "detach")]
     pub smoke_only: bool,

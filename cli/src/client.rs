@@ -177,6 +177,21 @@ fn describe(event: &str, data: &Value) -> String {
         "model.delta" => format!("{:?}", d["text"].as_str().unwrap_or("")),
         "tool.started" => format!("{} {}", d["name"].as_str().unwrap_or(""), d["arguments"]),
         "tool.completed" => format!("{} → {}", d["name"].as_str().unwrap_or(""), d["output"]),
+        "tool.progress" => {
+            let of = d["total"]
+                .as_f64()
+                .map(|t| format!("/{t}"))
+                .unwrap_or_default();
+            let msg = d["message"]
+                .as_str()
+                .map(|m| format!(" {m}"))
+                .unwrap_or_default();
+            format!(
+                "{} {}{of}{msg}",
+                d["name"].as_str().unwrap_or(""),
+                d["progress"]
+            )
+        }
         "tool.failed" | "run.failed" => format!(
             "{}: {}",
             d["error"]["code"].as_str().unwrap_or(""),

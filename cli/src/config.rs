@@ -83,6 +83,7 @@ pub struct Config {
     pub model: Model,
     pub tool: Tool,
     pub memory: Memory,
+    pub mcp: Mcp,
     pub up: Up,
 }
 
@@ -267,6 +268,75 @@ pub fn memory(c: &Memory) -> Result<agentos_bus::recall::MemoryConfig> {
         prefixes,
         c.max_scan().max(1),
     ))
+}
+
+section! {
+    /// `[mcp]`: `agentos worker mcp`.
+    pub struct Mcp {
+        /// MCP calls served at once (default 256).
+        #[arg(long, env = "AGENTOS_CONCURRENCY")]
+        concurrency: usize = 256,
+        /// Longest an MCP tool call may run (default 60s); each bridged tool announces it.
+        #[arg(long, env = "AGENTOS_MCP_CALL_TIMEOUT", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        call_timeout: Duration = Duration::from_secs(60),
+        /// Server name → how to reach it; file only.
+        #[arg(skip)]
+        servers: BTreeMap<String, McpServerConfig> = BTreeMap::new(),
+    }
+}
+
+/// `[mcp.servers.<name>]`: a stdio command (`command`, `args`, `env`) or a streamable-HTTP
+/// `url`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct McpServerConfig {
+    /// The program to start (looked up on `PATH`).
+    pub command: Option<String>,
+    pub args: Option<Vec<String>>,
+    /// Variables set for the program, over the bridge's own environment.
+    pub env: Option<BTreeMap<String, String>>,
+    /// A streamable-HTTP MCP endpoint, instead of `command`.
+    pub url: Option<String>,
+}
+
+/// The bridge's options from `[mcp]`: every server validated (name and transport).
+pub fn mcp_bridge(c: &Mcp) -> Result<agentos_workers::mcp::McpBridgeOptions> {
+    use agentos_workers::mcp::{McpServerSpec, McpTransport};
+    let servers = c
+        .servers()
+        .into_iter()
+        .map(|(name, s)| {
+            let at = || format!("[mcp.servers.{name}]");
+            let server = agentos_bus::id::McpServer::parse(name.clone()).with_context(at)?;
+            let transport = match (s.command, s.url) {
+                (Some(command), None) => McpTransport::Stdio {
+                    command,
+                    args: s.args.unwrap_or_default(),
+                    env: s.env.unwrap_or_default(),
+                },
+                (None, Some(url)) if s.args.is_none() && s.env.is_none() => {
+                    anyhow::ensure!(
+                        url.starts_with("http://") || url.starts_with("https://"),
+                        "{}: url must be http:// or https://",
+                        at()
+                    );
+                    McpTransport::Http { url }
+                }
+                (None, Some(_)) => anyhow::bail!("{}: args and env go with command, not url", at()),
+                _ => anyhow::bail!("{}: give either command or url", at()),
+            };
+            Ok(McpServerSpec {
+                name: server,
+                transport,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(agentos_workers::mcp::McpBridgeOptions {
+        servers,
+        concurrency: c.concurrency(),
+        call_timeout: c.call_timeout(),
+    })
 }
 
 section! {
@@ -471,9 +541,16 @@ pub fn layer(cli: &mut Cli, file: Config) {
                 a.tool = take(&mut a.tool).or(file.tool);
                 a.memory = take(&mut a.memory).or(file.memory);
             }
+            WorkerKind::Mcp(a) => {
+                a.nats = take(&mut a.nats).or(file.nats);
+                a.mcp = take(&mut a.mcp).or(file.mcp);
+            }
         },
         Command::Provision(nats) => *nats = take(nats).or(file.nats),
-        Command::Up(a) => a.up = take(&mut a.up).or(file.up),
+        Command::Up(a) => {
+            a.up = take(&mut a.up).or(file.up);
+            a.mcp = file.mcp;
+        }
         Command::Validate(a) => {
             a.nats = take(&mut a.nats).or(file.nats);
             a.home.home = a.home.home.take().or(file.up.home);
@@ -516,6 +593,28 @@ mod tests {
             Some(agentos_bus::Admission::Registered)
         );
         assert!(parse("[tenants]\nadmission = \"closed\"\n").is_err());
+    }
+
+    #[test]
+    fn mcp_servers_are_a_command_or_a_url() {
+        let c = parse(
+            "[mcp.servers.files]\ncommand = \"python3\"\nargs = [\"s.py\"]\nenv = { A = \"1\" }\n\
+             [mcp.servers.web]\nurl = \"http://127.0.0.1:9/mcp\"\n",
+        )
+        .expect("parses");
+        let opts = mcp_bridge(&c.mcp).expect("valid");
+        assert_eq!(opts.servers.len(), 2);
+        assert_eq!(opts.call_timeout, Duration::from_secs(60));
+        for bad in [
+            "[mcp.servers.x]\n",
+            "[mcp.servers.x]\ncommand = \"a\"\nurl = \"http://h/\"\n",
+            "[mcp.servers.x]\nurl = \"ftp://h/\"\n",
+            "[mcp.servers.x]\nurl = \"http://h/\"\nargs = []\n",
+            "[mcp.servers.Bad]\ncommand = \"a\"\n",
+        ] {
+            let c = parse(bad).expect("parses");
+            assert!(mcp_bridge(&c.mcp).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -635,6 +734,12 @@ mod tests {
                 .into_iter()
                 .map(|k| format!("model.routes.*.{k}")),
         );
+        assert!(keys.remove("mcp.servers"), "{keys:?}");
+        keys.extend(
+            Keys::of::<McpServerConfig>()
+                .into_iter()
+                .map(|k| format!("mcp.servers.*.{k}")),
+        );
         assert!(keys.remove("memory.namespaces"), "{keys:?}");
         keys.extend(
             Keys::of::<NamespaceConfig>()
@@ -674,7 +779,10 @@ mod tests {
     fn documented(t: &toml::Table, prefix: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (k, v) in t {
-            let k = if prefix == "model.routes" || prefix == "memory.namespaces" {
+            let k = if prefix == "model.routes"
+                || prefix == "mcp.servers"
+                || prefix == "memory.namespaces"
+            {
                 "*"
             } else {
                 k
@@ -758,6 +866,13 @@ mod tests {
             "memory",
             format!("{:?}", memory.or(Memory::defaults())),
             format!("{:?}", Memory::defaults()),
+        );
+        let mut mcp = c.mcp.clone();
+        mcp.servers = None;
+        show(
+            "mcp",
+            format!("{:?}", mcp.or(Mcp::defaults())),
+            format!("{:?}", Mcp::defaults()),
         );
         show(
             "up",

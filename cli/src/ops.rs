@@ -162,6 +162,33 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
     for w in &services {
         println!("{:<22} {:<25} {}", w.name, w.id, w.version);
     }
+    let bridges: Vec<_> = services
+        .iter()
+        .filter(|w| w.name == agentos_workers::mcp::MCP_SERVICE)
+        .collect();
+    if !bridges.is_empty() {
+        println!("\nMCP SERVER             BRIDGE                    TOOLS");
+        for w in bridges {
+            let servers = w
+                .metadata
+                .get(agentos_workers::mcp::MCP_SERVERS_KEY)
+                .map(String::as_str)
+                .unwrap_or_default();
+            for server in servers.split(',').filter(|s| !s.is_empty()) {
+                let tools = w
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.contains(&format!(".mcp.{server}.")))
+                    .count();
+                let tools = if tools == 0 {
+                    "none yet (not up)".to_owned()
+                } else {
+                    tools.to_string()
+                };
+                println!("{server:<22} {:<25} {tools}", w.id);
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -192,6 +219,12 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
                 match crate::config::routes(&c.model) {
                     Ok(t) => line(true, "models", format!("{} routes", t.len())),
                     Err(e) => line(false, "models", format!("{e:#}")),
+                }
+                // Shown only when the file names MCP servers.
+                match crate::config::mcp_bridge(&c.mcp) {
+                    Ok(m) if m.servers.is_empty() => {}
+                    Ok(m) => line(true, "mcp", format!("{} servers", m.servers.len())),
+                    Err(e) => line(false, "mcp", format!("{e:#}")),
                 }
                 Some(c)
             }

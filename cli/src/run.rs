@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use agentos_bus::{Bus, Settings};
 use agentos_edge::{Auth, EdgeOptions};
+use agentos_workers::mcp::McpBridge;
 use agentos_workers::model::{ModelWorker, ModelWorkerOptions};
 use agentos_workers::orchestrator::{Orchestrator, OrchestratorOptions};
 use agentos_workers::tool::{ToolWorker, ToolWorkerOptions};
@@ -15,7 +16,7 @@ use crate::config;
 
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTOS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,rmcp=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -177,6 +178,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     ..Default::default()
                 };
                 ToolWorker::new(bus, opts)
+                    .await?
+                    .run(shutdown_on_signal())
+                    .await?;
+            }
+            WorkerKind::Mcp(a) => {
+                let opts = config::mcp_bridge(&a.mcp)?;
+                if opts.servers.is_empty() {
+                    bail!(
+                        "no MCP servers to bridge: name them in [mcp.servers.<name>] of agentos.toml"
+                    );
+                }
+                let bus = connect(&a.nats, "agentos-mcp").await?;
+                McpBridge::new(bus, opts)
                     .await?
                     .run(shutdown_on_signal())
                     .await?;

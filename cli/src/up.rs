@@ -128,6 +128,8 @@ pub async fn up(a: UpArgs, config: Option<PathBuf>) -> Result<()> {
         )
     })?;
     let home = a.up.home().canonicalize()?;
+    crate::config::mcp_bridge(&a.mcp)
+        .map_err(|e| anyhow!("{e:#}\n  hint: fix [mcp.servers] in the configuration file"))?;
     let lock = home.join("up.pid");
     if let Ok(pid) = std::fs::read_to_string(&lock)
         && pid
@@ -240,6 +242,10 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             );
         }
     }
+    // One MCP bridge for the servers the file names; it reads them from the same file.
+    if bridges_mcp(a) {
+        components.push(launcher.component("mcp-1".into(), vec!["worker".into(), "mcp".into()])?);
+    }
     println!(
         "      {}",
         components
@@ -327,6 +333,11 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     drop(nats);
     println!("stopped.");
     Ok(())
+}
+
+/// Whether the file names MCP servers, so `up` runs a bridge (`mcp-1`).
+fn bridges_mcp(a: &UpArgs) -> bool {
+    !a.mcp.servers().is_empty()
 }
 
 /// Ctrl-C or SIGTERM while starting: stop here; what was started is stopped on the way out.
@@ -513,7 +524,10 @@ async fn wait_ready(
     home: &Path,
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let want = a.up.orchestrators() + a.up.model_workers() + a.up.tool_workers();
+    let want = a.up.orchestrators()
+        + a.up.model_workers()
+        + a.up.tool_workers()
+        + usize::from(bridges_mcp(a));
     loop {
         for c in components.iter_mut() {
             if let Ok(Some(status)) = c.child.try_wait() {
@@ -599,6 +613,8 @@ async fn detach(a: &UpArgs) -> Result<()> {
     std::fs::create_dir_all(a.up.home().join("logs"))
         .with_context(|| format!("cannot create {}", a.up.home().display()))?;
     let home = a.up.home().canonicalize()?;
+    crate::config::mcp_bridge(&a.mcp)
+        .map_err(|e| anyhow!("{e:#}\n  hint: fix [mcp.servers] in the configuration file"))?;
     if let Some(s) = State::load(&home)? {
         bail!(
             "AgentOS is already running from {} (pid {}); hint: `agentos down` first",

@@ -15,6 +15,14 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    #[error(transparent)]
+    McpSupervisor(#[from] McpSupervisorStopped),
 }
+
+/// The MCP bridge lost a server's supervisor (it panicked): the process stops, so that its
+/// supervisor (`agentos up`, systemd, Kubernetes) starts it afresh.
+#[derive(Debug, thiserror::Error)]
+#[error("an MCP server supervisor stopped: {0}")]
+pub struct McpSupervisorStopped(pub String);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

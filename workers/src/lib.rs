@@ -5,8 +5,10 @@
 //! - [`orchestrator`]: drives runs — the agent loop over the journal.
 //! - [`model`]: serves model calls behind pluggable backends.
 //! - [`tool`]: runs tools from a registry of built-ins.
+//! - [`mcp`]: bridges MCP servers' tools onto the bus.
 
 mod error;
+pub mod mcp;
 pub mod model;
 pub mod orchestrator;
 pub mod tool;

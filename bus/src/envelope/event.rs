@@ -65,6 +65,19 @@ pub enum EventData {
         name: ToolName,
         output: serde_json::Value,
     },
+    /// A started call's progress, as its tool reported it (any number between `tool.started`
+    /// and the call's result; informational: a resumed run ignores them).
+    #[serde(rename = "tool.progress")]
+    ToolProgress {
+        step: u32,
+        call_id: CallId,
+        name: ToolName,
+        progress: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
     /// `name` is what the model asked for, which may not be a valid tool name at all.
     #[serde(rename = "tool.failed")]
     ToolFailed {
@@ -95,6 +108,7 @@ impl EventData {
             Self::ModelDelta { .. } => "model.delta",
             Self::ModelCompleted { .. } => "model.completed",
             Self::ToolStarted { .. } => "tool.started",
+            Self::ToolProgress { .. } => "tool.progress",
             Self::ToolCompleted { .. } => "tool.completed",
             Self::ToolFailed { .. } => "tool.failed",
             Self::RunRequiresAction { .. } => "run.requires_action",

@@ -1,5 +1,6 @@
-//! Tool calls on `agentos.tool.<tenant>.<tool…>`: one request, one reply. Documented for
-//! implementers in other languages in `docs/bus-protocol.md`.
+//! Tool calls on `agentos.tool.<tenant>.<tool…>`: one request; any number of `progress` replies,
+//! then one final reply. Documented for implementers in other languages in
+//! `docs/bus-protocol.md`.
 
 use serde::{Deserialize, Serialize};
 
@@ -83,10 +84,26 @@ pub enum ToolReply {
     InProgress {
         retry_after_ms: u64,
     },
+    /// Not final: how far the call has come (an MCP progress notification, say). A tool sends
+    /// any number before its final reply; the caller journals each as `tool.progress`.
+    Progress {
+        progress: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
 }
 
 impl Envelope for ToolReply {
     const WHAT: &'static str = "tool reply";
+}
+
+impl ToolReply {
+    /// Whether this reply ends the call (everything but `progress`).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Progress { .. })
+    }
 }
 
 /// A worker's claim on a call's key, stored in `agentos-tool-results` under the key before the

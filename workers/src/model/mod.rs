@@ -291,7 +291,7 @@ fn service_spec(table: &RouteTable) -> ServiceSpec {
             .flat_map(|(m, r)| {
                 let chat = r.backend.chats().then(|| subject::model_filter(m));
                 let embed = r.backend.embeds().then(|| subject::embed_filter(m));
-                chat.into_iter().chain(embed)
+                chat.into_iter().chain(embed).map(Into::into)
             })
             .collect(),
         tools: Vec::new(),

@@ -147,6 +147,7 @@ struct Seen {
     duplicate_replies: u64,
     tool_busy: u64,
     tool_replays: u64,
+    tool_progress: u64,
     cancels: u64,
     agent_edits: u64,
     /// Tool calls refused before they started: arguments outside the tool's schema.
@@ -169,6 +170,7 @@ impl Seen {
             (&mut self.duplicate_replies, o.duplicate_replies),
             (&mut self.tool_busy, o.tool_busy),
             (&mut self.tool_replays, o.tool_replays),
+            (&mut self.tool_progress, o.tool_progress),
             (&mut self.cancels, o.cancels),
             (&mut self.agent_edits, o.agent_edits),
             (&mut self.invalid_arguments, o.invalid_arguments),
@@ -194,6 +196,7 @@ impl Seen {
             ("duplicate reply", self.duplicate_replies),
             ("tool in_progress", self.tool_busy),
             ("tool result replayed", self.tool_replays),
+            ("tool progress", self.tool_progress),
             ("cancel", self.cancels),
             ("agent edit", self.agent_edits),
             ("invalid arguments", self.invalid_arguments),
@@ -392,6 +395,16 @@ impl World {
                             self.results.insert(key.clone(), Slot::Claimed { until_ms });
                         }
                     }
+                }
+                // A running tool may report progress (0-2 replies before its final one).
+                for i in 0..self.rng.below(3) {
+                    self.seen.tool_progress += 1;
+                    let progress = ToolReply::Progress {
+                        progress: (i + 1) as f64,
+                        total: Some(2.0),
+                        message: None,
+                    };
+                    self.deliver(job.inbox, reply(&progress));
                 }
                 let run_for = 1 + self.rng.below(job.request.timeout_ms.min(40));
                 self.jobs.push(ToolJob {
@@ -1050,6 +1063,27 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
                 return fail(format!(
                     "call {step}/{call_id} had invalid arguments yet started or ran"
                 ));
+            }
+        }
+        // Progress lies between its call's start and result.
+        let mut open = BTreeSet::new();
+        for e in &journal {
+            match &e.data {
+                EventData::ToolStarted { step, call_id, .. } => {
+                    open.insert((*step, call_id.clone()));
+                }
+                EventData::ToolCompleted { step, call_id, .. }
+                | EventData::ToolFailed { step, call_id, .. } => {
+                    open.remove(&(*step, call_id.clone()));
+                }
+                EventData::ToolProgress { step, call_id, .. }
+                    if !open.contains(&(*step, call_id.clone())) =>
+                {
+                    return fail(format!(
+                        "tool.progress of {step} {call_id} outside its call"
+                    ));
+                }
+                _ => {}
             }
         }
         let Some((rec, _)) = w.records.get(&id) else {

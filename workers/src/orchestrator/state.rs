@@ -97,7 +97,9 @@ impl RunState {
                     self.calls.clear();
                 }
             }
-            EventData::ModelDelta { .. } | EventData::RunRequiresAction { .. } => {}
+            EventData::ModelDelta { .. }
+            | EventData::ToolProgress { .. }
+            | EventData::RunRequiresAction { .. } => {}
             EventData::ModelCompleted {
                 step,
                 message,

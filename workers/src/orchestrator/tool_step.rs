@@ -3,7 +3,9 @@
 //! starts: uniform for tools in every language, and the model sees the validator's message);
 //! then `tool.started` is journaled (under the guard, so one driver wins), the tool is invoked
 //! with the idempotency key `<run_id>:<step>:<call_id>` and its declared timeout (at most the
-//! orchestrator's), and its reply becomes `tool.completed` or `tool.failed`.
+//! orchestrator's), and its reply becomes `tool.completed` or `tool.failed`. A tool may send
+//! `progress` replies before its final one; each is journaled as `tool.progress` (guarded like
+//! every event) while the call goes on, within the call's one deadline.
 //!
 //! At most once per key: the worker claims a key before it runs the call and records the reply
 //! under it; a repeated key gets the recorded reply, or `in_progress` while the claim holder
@@ -145,15 +147,34 @@ impl<P: Port> Driver<'_, P> {
         };
         let subject = subject::tool(&self.req.tenant, &name);
         let mut replies = self.port.call(subject, &meta, request.encode()).await?;
-        let reply = tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => {
-                return Ok(failed(ErrorBody::new("cancelled", "the run was cancelled")));
-            }
-            r = replies.next(timeout + REPLY_GRACE) => r,
-        };
-        Ok(match reply {
-            Ok(r) => match ToolReply::decode(r.schema.as_deref(), &r.payload) {
+        // The whole call, progress replies included, has one deadline.
+        let deadline = tokio::time::Instant::now() + timeout + REPLY_GRACE;
+        loop {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reply = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    return Ok(failed(ErrorBody::new("cancelled", "the run was cancelled")));
+                }
+                r = replies.next(wait) => r,
+            };
+            let reply = match reply {
+                Ok(r) => ToolReply::decode(r.schema.as_deref(), &r.payload),
+                Err(BusError::NoResponders { .. }) => {
+                    return Ok(failed(ErrorBody::new(
+                        "tool_unavailable",
+                        format!("no worker serves tool {}", call.name),
+                    )));
+                }
+                Err(BusError::TimedOut { .. }) => {
+                    return Ok(failed(ErrorBody::new(
+                        "tool_timeout",
+                        format!("no reply from tool {} within {timeout:?}", call.name),
+                    )));
+                }
+                Err(e) => return Err(Stop::Bus(e)),
+            };
+            return Ok(match reply {
                 Ok(ToolReply::Ok { output }) => EventData::ToolCompleted {
                     step,
                     call_id: call.id.clone(),
@@ -164,17 +185,25 @@ impl<P: Port> Driver<'_, P> {
                 Ok(ToolReply::InProgress { retry_after_ms }) => {
                     return Err(Stop::Busy(Duration::from_millis(retry_after_ms.max(100))));
                 }
+                Ok(ToolReply::Progress {
+                    progress,
+                    total,
+                    message,
+                }) => {
+                    // Journaled like every event (guarded), then wait for the next reply.
+                    self.append(EventData::ToolProgress {
+                        step,
+                        call_id: call.id.clone(),
+                        name: name.clone(),
+                        progress,
+                        total,
+                        message,
+                    })
+                    .await?;
+                    continue;
+                }
                 Err(e) => failed(ErrorBody::new("invalid_tool_reply", e.to_string())),
-            },
-            Err(BusError::NoResponders { .. }) => failed(ErrorBody::new(
-                "tool_unavailable",
-                format!("no worker serves tool {}", call.name),
-            )),
-            Err(BusError::TimedOut { after, .. }) => failed(ErrorBody::new(
-                "tool_timeout",
-                format!("no reply from tool {} within {after:?}", call.name),
-            )),
-            Err(e) => return Err(Stop::Bus(e)),
-        })
+            });
+        }
     }
 }

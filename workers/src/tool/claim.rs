@@ -13,7 +13,7 @@ pub const LEASE_GRACE: Duration = Duration::from_secs(5);
 
 /// What a request may do with its key.
 #[derive(Debug)]
-pub(super) enum Claim {
+pub(crate) enum Claim {
     /// The call ran before: this is its reply.
     Recorded(ToolReply),
     /// Another request is running the call: ask again after this long.
@@ -24,7 +24,7 @@ pub(super) enum Claim {
 
 /// Claims `key` for a call with `timeout`. `first_attempt` (the caller journaled the call just
 /// now, so nothing can be recorded yet) skips the lookup.
-pub(super) async fn claim(
+pub(crate) async fn claim(
     results: &Kv,
     key: &Key,
     timeout: Duration,
@@ -98,7 +98,7 @@ async fn lookup(results: &Kv, key: &Key, lease: Duration) -> agentos_bus::Result
 
 /// Replaces our claim with the reply (`None`: releases it, for a call that did not finish and
 /// may be tried again).
-pub(super) async fn settle(
+pub(crate) async fn settle(
     results: &Kv,
     key: &Key,
     revision: Option<u64>,
@@ -124,4 +124,47 @@ pub(super) async fn settle(
     if let Err(e) = outcome {
         tracing::warn!(error = %e, %key, "could not record the tool result");
     }
+}
+
+/// A keyed call run at most once: the recorded reply or `in_progress` when the key is taken,
+/// else `run`'s reply, recorded under the key when `run` says the call finished (a call that
+/// did not finish, or failed in a way that is safe to retry, releases its claim). A request
+/// without a key just runs. Used by workers whose calls are not built-ins (the MCP bridge).
+pub(crate) async fn at_most_once<F>(
+    results: &Kv,
+    tenant: &agentos_bus::id::Tenant,
+    call: &agentos_bus::envelope::ToolRequest,
+    timeout: Duration,
+    run: F,
+) -> ToolReply
+where
+    F: Future<Output = (ToolReply, bool)>,
+{
+    let key = match &call.idempotency_key {
+        None => return run.await.0,
+        Some(key) => match super::record_key(tenant, key) {
+            Some(k) => k,
+            None => {
+                return ToolReply::Error {
+                    error: agentos_bus::envelope::ErrorBody::new(
+                        "invalid_request",
+                        "idempotency_key must be <run_id>:<step>:<call_id>",
+                    ),
+                    retryable: false,
+                };
+            }
+        },
+    };
+    let revision = match claim(results, &key, timeout, call.first_attempt).await {
+        Claim::Recorded(reply) => return reply,
+        Claim::Busy(wait) => {
+            return ToolReply::InProgress {
+                retry_after_ms: wait.as_millis() as u64,
+            };
+        }
+        Claim::Mine(revision) => revision,
+    };
+    let (reply, finished) = run.await;
+    settle(results, &key, revision, finished.then_some(&reply)).await;
+    reply
 }

@@ -4,7 +4,7 @@
 //! repeated key returns the recorded reply instead of running the tool again.
 
 mod builtins;
-mod claim;
+pub(crate) mod claim;
 mod defs;
 pub mod math;
 mod memory;
@@ -155,7 +155,7 @@ impl ToolWorker {
     }
 
     async fn handle(&self, req: Incoming, in_flight: &InFlight) {
-        let reply = match self.decode(&req).await {
+        let reply = match decode(&self.bus, &req).await {
             Err(error) => ToolReply::Error {
                 error,
                 retryable: false,
@@ -164,32 +164,6 @@ impl ToolWorker {
         };
         if let Err(e) = req.respond(reply.encode()).await {
             tracing::warn!(error = %e, "could not send tool reply");
-        }
-    }
-
-    async fn decode(&self, req: &Incoming) -> Result<(Tenant, ToolRequest), ErrorBody> {
-        let parsed = subject::parse_tool(req.subject());
-        let result = match (&parsed, ToolRequest::decode(req.schema(), req.payload())) {
-            (Some((tenant, tool)), Ok(call)) if &call.tool == tool => {
-                req.tenant().map(|_| (tenant.clone(), call))
-            }
-            (Some((_, tool)), Ok(call)) => Err(BusError::Decode {
-                what: "tool request",
-                reason: format!("body names tool {} but the subject names {tool}", call.tool),
-            }),
-            (None, _) => Err(BusError::InvalidId {
-                kind: "tool subject",
-                value: req.subject().to_owned(),
-                reason: "must be agentos.tool.<tenant>.<tool>",
-            }),
-            (_, Err(e)) => Err(e),
-        };
-        match result {
-            Ok(ok) => Ok(ok),
-            Err(err) => {
-                req.dead_letter(&self.bus, DlqKind::Tool, &err).await;
-                Err(crate::refusal(&err))
-            }
         }
     }
 
@@ -312,8 +286,36 @@ fn lock(m: &InFlight) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationTo
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A tool request checked against its subject (tool and tenant); a malformed one is
+/// dead-lettered and answered with the refusal.
+pub(crate) async fn decode(bus: &Bus, req: &Incoming) -> Result<(Tenant, ToolRequest), ErrorBody> {
+    let parsed = subject::parse_tool(req.subject());
+    let result = match (&parsed, ToolRequest::decode(req.schema(), req.payload())) {
+        (Some((tenant, tool)), Ok(call)) if &call.tool == tool => {
+            req.tenant().map(|_| (tenant.clone(), call))
+        }
+        (Some((_, tool)), Ok(call)) => Err(BusError::Decode {
+            what: "tool request",
+            reason: format!("body names tool {} but the subject names {tool}", call.tool),
+        }),
+        (None, _) => Err(BusError::InvalidId {
+            kind: "tool subject",
+            value: req.subject().to_owned(),
+            reason: "must be agentos.tool.<tenant>.<tool>",
+        }),
+        (_, Err(e)) => Err(e),
+    };
+    match result {
+        Ok(ok) => Ok(ok),
+        Err(err) => {
+            req.dead_letter(bus, DlqKind::Tool, &err).await;
+            Err(crate::refusal(&err))
+        }
+    }
+}
+
 /// `<run_id>:<step>:<call_id>` → KV key `<tenant>.<run_id>.<step>.<call_id>`, validated.
-fn record_key(tenant: &Tenant, key: &str) -> Option<Key> {
+pub(crate) fn record_key(tenant: &Tenant, key: &str) -> Option<Key> {
     let mut parts = key.split(':');
     let (run, step, call) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
