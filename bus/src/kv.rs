@@ -165,6 +165,21 @@ impl Kv {
     }
 
     async fn keys_matching(&self, pattern: &str) -> Result<Vec<Key>> {
+        Ok(self
+            .scan(pattern, true)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Every live entry whose key matches `pattern` (KV wildcards), oldest write first: one
+    /// short-lived ordered consumer, however many keys.
+    pub(crate) async fn entries_matching(&self, pattern: &str) -> Result<Vec<(Key, Bytes)>> {
+        self.scan(pattern, false).await
+    }
+
+    async fn scan(&self, pattern: &str, headers_only: bool) -> Result<Vec<(Key, Bytes)>> {
         let op = || self.op("list", pattern);
         let stream_name = format!("KV_{}", self.bucket.name());
         let subject_prefix = format!("$KV.{}.", self.bucket.name());
@@ -177,14 +192,14 @@ impl Kv {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{subject_prefix}{pattern}"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                headers_only: true,
+                headers_only,
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::nats(op(), e))?;
-        let mut keys = Vec::new();
+        let mut entries = Vec::new();
         if consumer.cached_info().num_pending == 0 {
-            return Ok(keys);
+            return Ok(entries);
         }
         let mut messages = consumer
             .messages()
@@ -202,13 +217,13 @@ impl Kv {
                 && let Some(key) = msg.subject.strip_prefix(subject_prefix.as_str())
                 && let Ok(key) = Key::parse(key)
             {
-                keys.push(key);
+                entries.push((key, msg.payload.clone()));
             }
             if pending == 0 {
                 break;
             }
         }
-        Ok(keys)
+        Ok(entries)
     }
 }
 

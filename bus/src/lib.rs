@@ -20,6 +20,7 @@ pub mod server;
 mod status;
 pub mod subject;
 mod tenants;
+mod thread;
 mod work;
 
 pub use connect::ConnectOptions;
@@ -35,6 +36,7 @@ pub use rpc::{
 pub use run_index::{IndexPage, PendingIndex};
 pub use status::{ConsumerStatus, StreamStatus};
 pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};
+pub use thread::Threads;
 pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};
 
 /// A cheap, cloneable handle on one NATS connection and its JetStream context.

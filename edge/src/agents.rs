@@ -1,7 +1,7 @@
 //! Agent definitions: `/v1/agents`. Stored in KV `agentos-agents` under `<tenant>.<agent_id>`.
 
 use agentos_bus::Error as BusError;
-use agentos_bus::envelope::{AgentSpec, now};
+use agentos_bus::envelope::{AgentSpec, HistoryLimit, now};
 use agentos_bus::id::{AgentId, ModelName, ToolName};
 use agentos_bus::key::{self, Key};
 use axum::extract::{Path, State};
@@ -40,6 +40,47 @@ pub struct CreateAgent {
     pub model_config: Value,
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// How much of a thread's history a run sees: `{max_messages = 100, max_tokens?}`.
+    #[schema(value_type = Option<Object>)]
+    pub history: Option<HistoryBody>,
+}
+
+/// The history bound as a client writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryBody {
+    pub max_messages: Option<u32>,
+    pub max_tokens: Option<u32>,
+}
+
+/// Most messages a run may take from its thread.
+pub const MAX_HISTORY_MESSAGES: u32 = 10_000;
+
+fn history(body: Option<HistoryBody>) -> ApiResult<HistoryLimit> {
+    let Some(body) = body else {
+        return Ok(HistoryLimit::default());
+    };
+    let max_messages = body
+        .max_messages
+        .unwrap_or(HistoryLimit::DEFAULT_MAX_MESSAGES);
+    if max_messages > MAX_HISTORY_MESSAGES {
+        return Err(ApiError::bad_request(
+            "invalid_history",
+            format!("history.max_messages must be 0..={MAX_HISTORY_MESSAGES}"),
+        )
+        .with_param("history.max_messages"));
+    }
+    if body.max_tokens == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_history",
+            "history.max_tokens must be at least 1",
+        )
+        .with_param("history.max_tokens"));
+    }
+    Ok(HistoryLimit {
+        max_messages,
+        max_tokens: body.max_tokens,
+    })
 }
 
 /// `PATCH /v1/agents/{id}` body: fields to replace.
@@ -52,6 +93,8 @@ pub struct UpdateAgent {
     pub max_steps: Option<u32>,
     pub model_config: Option<Value>,
     pub metadata: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
+    pub history: Option<HistoryBody>,
 }
 
 fn param<T>(r: agentos_bus::Result<T>, name: &str) -> ApiResult<T> {
@@ -123,6 +166,7 @@ pub async fn create(
         max_steps: max_steps(body.max_steps)?,
         model_config: body.model_config,
         metadata: body.metadata,
+        history: history(body.history)?,
         created_at: ts,
         updated_at: ts,
     };
@@ -193,6 +237,9 @@ pub async fn update(
     }
     if let Some(m) = body.metadata {
         spec.metadata = m;
+    }
+    if body.history.is_some() {
+        spec.history = history(body.history)?;
     }
     spec.updated_at = now();
     match state

@@ -15,6 +15,7 @@ mod jwks;
 mod openapi;
 mod run_list;
 mod runs;
+mod threads;
 mod watch;
 
 use std::net::SocketAddr;
@@ -50,6 +51,7 @@ pub struct AppState {
     auth: Auth,
     waiters: watch::Waiters,
     tenants: agentos_bus::Tenants,
+    threads: agentos_bus::Threads,
 }
 
 impl AppState {
@@ -107,6 +109,7 @@ impl AppState {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
             tenants: bus.tenants(admission).await?,
+            threads: bus.threads().await?,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -130,6 +133,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(health::routes())
         .merge(agents::routes())
         .merge(runs::routes())
+        .merge(threads::routes())
         .merge(events::routes())
         .merge(chat::routes())
         .merge(admin::routes())

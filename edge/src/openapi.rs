@@ -24,6 +24,14 @@ use crate::AppState;
         crate::run_list::list,
         crate::runs::read,
         crate::runs::cancel,
+        crate::threads::create,
+        crate::threads::list,
+        crate::threads::read,
+        crate::threads::update,
+        crate::threads::remove,
+        crate::threads::messages,
+        crate::threads::runs,
+        crate::threads::copy,
         crate::events::events,
         crate::events::wait,
         crate::chat::completions,
@@ -46,7 +54,10 @@ use crate::AppState;
         crate::agents::UpdateAgent,
         crate::runs::CreateRun,
         crate::runs::RunView,
-        crate::run_list::RunList
+        crate::run_list::RunList,
+        crate::threads::CreateThread,
+        crate::threads::UpdateThread,
+        crate::threads::ThreadView
     ))
 )]
 pub struct ApiDoc;

@@ -90,7 +90,7 @@ impl From<RunRecord> for RunView {
             error: r.error,
             usage: r.usage,
             steps: r.steps,
-            thread_id: r.thread_id,
+            thread_id: r.thread_id.map(String::from),
             metadata: r.metadata,
             created_by: r.created_by,
             created_at: r.created_at,
@@ -192,10 +192,18 @@ pub async fn create(
             }
         },
     };
+    let thread_id = body
+        .thread_id
+        .as_deref()
+        .map(|t| crate::threads::parse_thread_id(t, "thread_id"))
+        .transpose()?;
     let agent = agents::load(&state, &auth, &agent_id).await?.value;
     state
         .entitled(&auth.tenant, |e| e.check_agent(&agent))
         .await?;
+    if let Some(thread) = &thread_id {
+        crate::threads::load(&state, &auth, thread).await?;
+    }
     let run_id = match &idempotency_key {
         Some(k) => idempotent_run_id(&state, &auth, k).await?,
         None => RunId::new(),
@@ -210,7 +218,7 @@ pub async fn create(
         agent_id,
         agent: Some(agent),
         input: body.input.clone(),
-        thread_id: body.thread_id.clone(),
+        thread_id: thread_id.clone(),
         metadata: body.metadata.clone(),
         submitted_at: now(),
     };
@@ -249,6 +257,15 @@ pub async fn create(
     } else {
         None
     };
+    // Listed on its thread before it is submitted (idempotent, so replays are harmless).
+    if let Some(thread) = &thread_id {
+        let entry = agentos_bus::envelope::ThreadRun {
+            run_id,
+            agent_id: record.agent_id.clone(),
+            submitted_at: record.created_at,
+        };
+        state.threads.add_run(&auth.tenant, thread, &entry).await?;
+    }
     // Published on replays too: if an earlier attempt died between the record and the publish,
     // this completes it; otherwise Nats-Msg-Id dedups it.
     state

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::Envelope;
+use super::{Envelope, HistoryLimit};
 use crate::id::{AgentId, ModelName, Tenant, ToolName};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +21,9 @@ pub struct AgentSpec {
     pub model_config: serde_json::Value,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// How much of a thread's history its runs see.
+    #[serde(default)]
+    pub history: HistoryLimit,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

@@ -10,6 +10,7 @@ mod event;
 mod model;
 mod run;
 mod tenant;
+mod thread;
 mod tool;
 
 pub use agent::AgentSpec;
@@ -17,6 +18,7 @@ pub use event::{Event, EventData};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
 pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
 pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};
+pub use thread::{HistoryLimit, ThreadRecord, ThreadRun, ThreadTurn};
 pub use tool::{ToolClaim, ToolRecord, ToolReply, ToolRequest};
 
 use bytes::Bytes;

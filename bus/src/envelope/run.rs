@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{AgentSpec, Envelope, ErrorBody, Usage};
-use crate::id::{AgentId, CallId, RunId, Tenant};
+use crate::id::{AgentId, CallId, RunId, Tenant, ThreadId};
 
 /// A new run, published on `agentos.runs.<tenant>.submit` with `Nats-Msg-Id = run_id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,7 +18,7 @@ pub struct RunRequest {
     pub agent: Option<AgentSpec>,
     pub input: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thread_id: Option<String>,
+    pub thread_id: Option<ThreadId>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
@@ -132,7 +132,7 @@ pub struct RunRecord {
     #[serde(default)]
     pub steps: u32,
     #[serde(default)]
-    pub thread_id: Option<String>,
+    pub thread_id: Option<ThreadId>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Who created the run: the caller's `sub` for runs created through the edge,

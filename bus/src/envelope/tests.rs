@@ -74,6 +74,7 @@ fn entitlements_cover_agent_model_and_tools() {
         max_steps: 4,
         model_config: serde_json::Value::Null,
         metadata: Default::default(),
+        history: Default::default(),
         created_at: now(),
         updated_at: now(),
     };

@@ -233,6 +233,12 @@ impl<P: Port> Driver<'_, P> {
                 self.append(EventData::RunStarted { agent: pin }).await?;
                 self.project_started().await?;
             }
+            Next::StartStep(_) if self.needs_history() => {
+                if let Err(error) = self.load_history(&agent).await? {
+                    self.finish(EventData::RunFailed { error }).await?;
+                    return Ok(true);
+                }
+            }
             Next::StartStep(step) => self.append(EventData::StepStarted { step }).await?,
             Next::CallModel(step) => {
                 if let Err(error) = self.call_model(&agent, step).await? {
@@ -258,7 +264,8 @@ impl<P: Port> Driver<'_, P> {
             }
             Next::Finished => {
                 // Make sure the record reflects the end (a previous orchestrator may have died
-                // between the terminal event and the projection).
+                // between the terminal event and the projection), and the thread has its turn.
+                self.record_turn().await?;
                 self.project_terminal().await?;
                 return Ok(true);
             }
@@ -280,6 +287,7 @@ impl<P: Port> Driver<'_, P> {
     /// Appends the terminal event and projects it onto the record.
     pub(super) async fn finish(&mut self, data: EventData) -> Result<(), Stop> {
         self.append(data).await?;
+        self.record_turn().await?;
         self.project_terminal().await
     }
 }

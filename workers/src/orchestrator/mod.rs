@@ -16,6 +16,7 @@ mod projection;
 #[cfg(test)]
 mod sim;
 mod state;
+mod thread;
 mod tool_step;
 
 use std::collections::HashMap;

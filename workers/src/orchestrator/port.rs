@@ -6,11 +6,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use agentos_bus::envelope::{AgentSpec, AuditRecord, Envelope, Event, RunRecord};
-use agentos_bus::id::{AgentId, RunId, Tenant};
+use agentos_bus::envelope::{AgentSpec, AuditRecord, Envelope, Event, RunRecord, ThreadTurn};
+use agentos_bus::id::{AgentId, RunId, Tenant, ThreadId};
 use agentos_bus::subject::Subject;
 use agentos_bus::{
-    Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Versioned, key,
+    Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Threads, Versioned, key,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -87,6 +87,21 @@ pub(crate) trait Port: Send + Sync {
         run: &RunId,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// The thread's turns in the order they were added; `None` when there is no such thread.
+    fn thread_turns(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> impl Future<Output = Result<Option<Vec<ThreadTurn>>>> + Send;
+
+    /// Adds a run's turn to the thread, once (a repeat changes nothing).
+    fn add_thread_turn(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+        turn: &ThreadTurn,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Sends a request (a model or tool call) and returns its replies.
     fn call(
         &self,
@@ -103,6 +118,7 @@ pub(crate) struct BusPort {
     runs: Kv,
     agents: Kv,
     tenants: Tenants,
+    threads: Threads,
 }
 
 impl BusPort {
@@ -111,6 +127,7 @@ impl BusPort {
             runs: bus.kv(Bucket::Runs).await?,
             agents: bus.kv(Bucket::Agents).await?,
             tenants: bus.tenants(admission).await?,
+            threads: bus.threads().await?,
             bus,
         })
     }
@@ -189,6 +206,30 @@ impl Port for BusPort {
             .stored()
             .await
             .map(|_| ())
+    }
+
+    async fn thread_turns(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Vec<ThreadTurn>>> {
+        if self.threads.get(tenant, thread).await?.is_none() {
+            return Ok(None);
+        }
+        self.threads.turns(tenant, thread).await.map(Some)
+    }
+
+    async fn add_thread_turn(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+        turn: &ThreadTurn,
+    ) -> Result<()> {
+        // A thread deleted while the run went on gets no turn.
+        if self.threads.get(tenant, thread).await?.is_none() {
+            return Ok(());
+        }
+        self.threads.add_turn(tenant, thread, turn).await
     }
 
     async fn call(

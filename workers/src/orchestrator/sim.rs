@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{
     AgentSpec, AuditRecord, ChatMessage, Envelope, ErrorBody, Event, EventData, ModelReply,
-    ModelRequest, Role, RunRecord, RunRequest, RunStatus, ToolCallSpec, ToolReply, ToolRequest,
-    Usage,
+    ModelRequest, Role, RunRecord, RunRequest, RunStatus, ThreadTurn, ToolCallSpec, ToolReply,
+    ToolRequest, Usage,
 };
-use agentos_bus::id::{AgentId, CallId, ModelName, RunId, Tenant, ToolName};
+use agentos_bus::id::{AgentId, CallId, ModelName, RunId, Tenant, ThreadId, ToolName};
 use agentos_bus::subject::{self, Subject};
 use agentos_bus::{CallMeta, Error as BusError, Reply, Result, Standing, Stored, Versioned};
 use bytes::Bytes;
@@ -36,6 +36,9 @@ use tokio_util::sync::CancellationToken;
 use super::OrchestratorOptions;
 use super::drive::{Attempt, Disposition, drive};
 use super::port::{Port, Replies};
+
+/// The earlier user message of the simulated thread.
+const EARLIER_QUESTION: &str = "an earlier question";
 
 /// Schedules per `cargo test` run, and with `AGENTOS_LONG_TESTS`.
 const SCHEDULES: u64 = 8_000;
@@ -223,6 +226,10 @@ struct World {
     next_inbox: u64,
     /// The model config each run's model calls carried.
     configs: BTreeMap<RunId, BTreeSet<String>>,
+    /// Threads and their turns, in the order added.
+    threads: BTreeMap<ThreadId, Vec<ThreadTurn>>,
+    /// Runs whose model request lacked the thread's earlier messages.
+    history_missing: BTreeSet<RunId>,
     seen: Seen,
 }
 
@@ -283,6 +290,14 @@ impl World {
                 .entry(run)
                 .or_default()
                 .insert(req.config.to_string());
+            let on_thread = req.config["thread"].as_bool().unwrap_or(false);
+            let has_history = req
+                .messages
+                .iter()
+                .any(|m| m.content.as_deref() == Some(EARLIER_QUESTION));
+            if on_thread != has_history {
+                self.history_missing.insert(run);
+            }
         }
         if self.rng.chance(self.faults.model_timeout) {
             self.seen.model_timeouts += 1;
@@ -592,6 +607,34 @@ impl Port for SimPort {
         Ok(())
     }
 
+    async fn thread_turns(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Vec<ThreadTurn>>> {
+        point().await;
+        let mut w = self.world();
+        w.fail("read thread")?;
+        Ok(w.threads.get(thread).cloned())
+    }
+
+    async fn add_thread_turn(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+        turn: &ThreadTurn,
+    ) -> Result<()> {
+        point().await;
+        let mut w = self.world();
+        w.fail("add thread turn")?;
+        if let Some(turns) = w.threads.get_mut(thread)
+            && !turns.iter().any(|t| t.run_id == turn.run_id)
+        {
+            turns.push(turn.clone());
+        }
+        Ok(())
+    }
+
     async fn call(&self, subject: Subject, _meta: &CallMeta, payload: Bytes) -> Result<SimReplies> {
         point().await;
         let mut w = self.world();
@@ -671,8 +714,23 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         inboxes: BTreeMap::new(),
         next_inbox: 0,
         configs: BTreeMap::new(),
+        threads: BTreeMap::new(),
+        history_missing: BTreeSet::new(),
         seen: Seen::default(),
     }));
+    // One thread with an earlier exchange; some runs continue it.
+    let thread = ThreadId::parse("thread_sim").map_err(|e| e.to_string())?;
+    lock(&world).threads.insert(
+        thread.clone(),
+        vec![ThreadTurn {
+            run_id: sim_run_id(&mut rng)?,
+            messages: vec![
+                ChatMessage::text(Role::User, EARLIER_QUESTION),
+                ChatMessage::text(Role::Assistant, "an earlier answer"),
+            ],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }],
+    );
     let port = SimPort {
         world: world.clone(),
     };
@@ -684,6 +742,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         let steps = rng.below(4);
         let now = lock(&world).now();
         let plan: Vec<u64> = (0..steps).map(|_| rng.below(4)).collect();
+        let on_thread = rng.chance(400);
         let agent = AgentSpec {
             id: AgentId::parse(format!("a{i}")).map_err(|e| e.to_string())?,
             tenant: tenant.clone(),
@@ -694,8 +753,9 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                 ToolName::parse("sleep").map_err(|e| e.to_string())?,
             ],
             max_steps: 1 + rng.below(5) as u32,
-            model_config: json!({ "plan": plan }),
+            model_config: json!({ "plan": plan, "thread": on_thread }),
             metadata: Default::default(),
+            history: Default::default(),
             created_at: now,
             updated_at: now,
         };
@@ -708,7 +768,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             agent_id: agent.id.clone(),
             agent: via_edge.then(|| agent.clone()),
             input: format!("run {i}"),
-            thread_id: None,
+            thread_id: on_thread.then(|| thread.clone()),
             metadata: Default::default(),
             submitted_at: now,
         };
@@ -812,7 +872,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             let mut w = lock(&world);
             w.seen.agent_edits += 1;
             if let Some(agent) = w.agents.get_mut(&runs[idx].req.agent_id) {
-                agent.model_config = json!({"plan": [3, 3, 3, 3, 3]});
+                let thread = agent.model_config["thread"].clone();
+                agent.model_config = json!({"plan": [3, 3, 3, 3, 3], "thread": thread});
                 agent.max_steps = 7;
             }
         }
@@ -944,6 +1005,7 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
             let mark = match &e.data {
                 EventData::RunCreated { .. } => Some("created".to_owned()),
                 EventData::RunStarted { .. } => Some("started".to_owned()),
+                EventData::ThreadHistory { .. } => Some("history".to_owned()),
                 EventData::StepStarted { step } => {
                     steps += 1;
                     Some(format!("step {step}"))
@@ -1015,6 +1077,27 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
         }
         if !w.indexed.contains(&id) {
             return fail("the run is missing from the run index".into());
+        }
+        if w.history_missing.contains(&id) {
+            return fail("a model request did not carry exactly the thread's history".into());
+        }
+        let turns = w
+            .threads
+            .values()
+            .flatten()
+            .filter(|t| t.run_id == id)
+            .collect::<Vec<_>>();
+        let wants_turn = run.req.thread_id.is_some() && status == RunStatus::Completed;
+        match turns.as_slice() {
+            [] if !wants_turn => {}
+            [turn] if wants_turn => {
+                if turn.messages.first().and_then(|m| m.content.as_deref())
+                    != Some(run.req.input.as_str())
+                {
+                    return fail("the run's turn does not begin with its input".into());
+                }
+            }
+            _ => return fail(format!("{} turns on the thread", turns.len())),
         }
     }
     Ok(ended)
