@@ -105,6 +105,11 @@ pub fn thread_run(tenant: &Tenant, thread: &ThreadId, run: &RunId) -> Key {
     Key::joined(&[tenant.as_str(), thread.as_str(), "run", &run.to_string()])
 }
 
+/// `agentos-threads`: `<tenant>.<thread_id>.lock`, the thread's active run under a lease.
+pub fn thread_lock(tenant: &Tenant, thread: &ThreadId) -> Key {
+    Key::joined(&[tenant.as_str(), thread.as_str(), "lock"])
+}
+
 /// Key filters of `agentos-threads` (wildcards: for listing only, never written).
 pub(crate) mod thread_filter {
     use crate::id::{Tenant, ThreadId};

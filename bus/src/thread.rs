@@ -1,7 +1,7 @@
 //! Threads in KV `agentos-threads`: the record, one turn per run that added messages, one entry
 //! per run submitted on the thread. Turns are read back in the order they were written.
 
-use crate::envelope::{Envelope, ThreadRecord, ThreadRun, ThreadTurn};
+use crate::envelope::{Envelope, ThreadLock, ThreadRecord, ThreadRun, ThreadTurn};
 use crate::id::{RunId, Tenant, ThreadId};
 use crate::key::{self, thread_filter};
 use crate::{Bucket, Bus, Error, Kv, Result, Versioned};
@@ -123,6 +123,31 @@ impl Threads {
         {
             Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The thread's lock as stored (held or not).
+    pub async fn lock(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Versioned<ThreadLock>>> {
+        self.kv.get_as(&key::thread_lock(tenant, thread)).await
+    }
+
+    /// Writes the lock: KV `create` when `revision` is `None` ([`Error::AlreadyExists`] if
+    /// someone was first), else compare-and-set ([`Error::WrongRevision`]).
+    pub async fn write_lock(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+        lock: &ThreadLock,
+        revision: Option<u64>,
+    ) -> Result<u64> {
+        let key = key::thread_lock(tenant, thread);
+        match revision {
+            None => self.kv.create_as(&key, lock).await,
+            Some(rev) => self.kv.update_as(&key, lock, rev).await,
         }
     }
 

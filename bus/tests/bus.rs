@@ -128,6 +128,7 @@ async fn two_submits_with_one_msg_id_store_one_message() {
         agent: None,
         input: "hi".into(),
         thread_id: None,
+        multitask_strategy: None,
         metadata: Default::default(),
         submitted_at: now(),
     }));

@@ -15,6 +15,7 @@ mod jwks;
 mod openapi;
 mod run_list;
 mod runs;
+mod thread_lock;
 mod threads;
 mod watch;
 

@@ -18,7 +18,10 @@ pub use event::{Event, EventData};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
 pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
 pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};
-pub use thread::{HistoryLimit, ThreadRecord, ThreadRun, ThreadTurn};
+pub use thread::{
+    HistoryLimit, MultitaskStrategy, REASON_INTERRUPTED, REASON_ROLLBACK, ThreadLock, ThreadRecord,
+    ThreadRun, ThreadTurn,
+};
 pub use tool::{ToolClaim, ToolRecord, ToolReply, ToolRequest};
 
 use bytes::Bytes;

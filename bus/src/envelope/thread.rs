@@ -51,6 +51,68 @@ impl Envelope for ThreadRun {
     const WHAT: &'static str = "thread run";
 }
 
+/// `<tenant>.<thread_id>.lock`: the thread's one active run, held under a lease. Taken with KV
+/// `create` (no lock yet) or compare-and-set on the revision read (a lapsed lease, a holder that
+/// ended, or a release); renewed by the holder the same way. Nothing in any process stands for
+/// it: a holder that dies stops renewing, and the lease lapses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadLock {
+    pub run_id: RunId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// The holder let go (its run ended): free at once.
+    #[serde(default)]
+    pub released: bool,
+}
+
+impl Envelope for ThreadLock {
+    const WHAT: &'static str = "thread lock";
+}
+
+impl ThreadLock {
+    /// Whether the lock still holds at `now` (held, not released, lease not lapsed).
+    pub fn holds(&self, now: OffsetDateTime) -> bool {
+        !self.released && self.expires_at > now
+    }
+}
+
+/// What a run submitted on a busy thread does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultitaskStrategy {
+    /// Refused (`409 thread_busy` at the edge; `run.failed` `thread_busy` for direct publishers).
+    Reject,
+    /// Waits its turn: runs on a thread execute one at a time, in submission (run id) order.
+    #[default]
+    Enqueue,
+    /// The active run is cancelled (reason `interrupted`, its messages so far kept on the
+    /// thread); this run starts once it has ended.
+    Interrupt,
+    /// The active run is cancelled (reason `rollback`) and adds nothing to the thread.
+    Rollback,
+}
+
+impl MultitaskStrategy {
+    pub const ALL: [Self; 4] = [Self::Reject, Self::Enqueue, Self::Interrupt, Self::Rollback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::Enqueue => "enqueue",
+            Self::Interrupt => "interrupt",
+            Self::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// Cancel reasons a multitask strategy gives.
+pub const REASON_INTERRUPTED: &str = "interrupted";
+pub const REASON_ROLLBACK: &str = "rollback";
+
 /// How much of a thread's history a run of this agent sends to its model: the most recent
 /// messages, at most `max_messages` of them and, when set, at most `max_tokens` estimated tokens
 /// (4 characters a token). The cut never starts inside a tool exchange: the kept history begins

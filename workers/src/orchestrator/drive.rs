@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::OrchestratorOptions;
 use super::port::Port;
 use super::state::{Next, RunState};
+use super::thread_lock::{LeaseCell, Taking, keep_lease};
 
 /// How a delivery ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +65,15 @@ pub(crate) async fn drive<P: Port>(
     cancel: &CancellationToken,
     drain: &CancellationToken,
 ) -> Disposition {
+    let lease = LeaseCell::default();
+    let keeper = keep_lease(port, req, &lease, opts.thread_lease);
+    tokio::pin!(keeper);
     let mut driver = Driver {
         port,
         opts,
         req,
         cancel,
+        lease: &lease,
         state: RunState::default(),
         last: 0,
         record: None,
@@ -107,10 +112,18 @@ pub(crate) async fn drive<P: Port>(
         let step = tokio::select! {
             biased;
             _ = drain.cancelled() => Err(Stop::Drain),
+            () = &mut keeper => {
+                // The lock was lost: stop here, and take it again before the next action.
+                keeper.set(keep_lease(port, req, &lease, opts.thread_lease));
+                Err(Stop::Conflict)
+            }
             r = driver.advance() => r,
         };
         match step {
-            Ok(true) => return Disposition::Done,
+            Ok(true) => {
+                driver.release_thread_lock().await;
+                return Disposition::Done;
+            }
             Ok(false) => conflicts = 0,
             Err(Stop::Conflict) => {
                 conflicts += 1;
@@ -137,6 +150,8 @@ pub(crate) struct Driver<'a, P> {
     pub(super) opts: &'a OrchestratorOptions,
     pub(super) req: &'a RunRequest,
     pub(super) cancel: &'a CancellationToken,
+    /// The thread lock this driver holds (runs on a thread).
+    pub(super) lease: &'a LeaseCell,
     /// The run's journal as this driver knows it, folded.
     pub(super) state: RunState,
     /// Stream sequence of the last journaled event: the guard for the next append.
@@ -218,6 +233,19 @@ impl<P: Port> Driver<'_, P> {
         let next = self.state.next(agent.max_steps);
         if self.honour_cancel(&next).await? {
             return Ok(true);
+        }
+        if !matches!(next, Next::Create | Next::Finished) && self.needs_thread_lock() {
+            match self.take_thread_lock().await? {
+                Taking::Taken | Taking::Cancelled => return Ok(false),
+                Taking::Busy => {
+                    let error = ErrorBody::new(
+                        "thread_busy",
+                        "another run is active on the thread (multitask_strategy reject)",
+                    );
+                    self.finish(EventData::RunFailed { error }).await?;
+                    return Ok(true);
+                }
+            }
         }
         match next {
             Next::Create => {

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{
     AgentSpec, AuditRecord, ChatMessage, Envelope, ErrorBody, Event, EventData, ModelReply,
-    ModelRequest, Role, RunRecord, RunRequest, RunStatus, ThreadTurn, ToolCallSpec, ToolReply,
-    ToolRequest, Usage,
+    ModelRequest, MultitaskStrategy, REASON_INTERRUPTED, Role, RunRecord, RunRequest, RunStatus,
+    ThreadLock, ThreadTurn, ToolCallSpec, ToolReply, ToolRequest, Usage,
 };
 use agentos_bus::id::{AgentId, CallId, ModelName, RunId, Tenant, ThreadId, ToolName};
 use agentos_bus::subject::{self, Subject};
@@ -230,6 +230,11 @@ struct World {
     threads: BTreeMap<ThreadId, Vec<ThreadTurn>>,
     /// Runs whose model request lacked the thread's earlier messages.
     history_missing: BTreeSet<RunId>,
+    /// Thread locks with their revisions; the runs submitted on each thread.
+    locks: BTreeMap<ThreadId, (ThreadLock, u64)>,
+    thread_runs: BTreeMap<ThreadId, Vec<RunId>>,
+    /// Each run's cancel signal (what the `ctl` subject reaches).
+    signals: BTreeMap<RunId, CancellationToken>,
     seen: Seen,
 }
 
@@ -635,6 +640,87 @@ impl Port for SimPort {
         Ok(())
     }
 
+    async fn thread_lock(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Versioned<ThreadLock>>> {
+        point().await;
+        let mut w = self.world();
+        w.fail("read thread lock")?;
+        Ok(w.locks.get(thread).map(|(value, revision)| Versioned {
+            value: value.clone(),
+            revision: *revision,
+        }))
+    }
+
+    async fn write_thread_lock(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+        lock: &ThreadLock,
+        revision: Option<u64>,
+    ) -> Result<u64> {
+        point().await;
+        let mut w = self.world();
+        w.fail("write thread lock")?;
+        let current = w.locks.get(thread).map(|(_, rev)| *rev);
+        match (current, revision) {
+            (Some(_), None) => {
+                return Err(BusError::AlreadyExists {
+                    key: thread.to_string(),
+                });
+            }
+            (cur, Some(rev)) if cur != Some(rev) => {
+                return Err(BusError::WrongRevision {
+                    key: thread.to_string(),
+                    expected: rev,
+                });
+            }
+            _ => {}
+        }
+        w.revision += 1;
+        let rev = w.revision;
+        w.locks.insert(thread.clone(), (lock.clone(), rev));
+        Ok(rev)
+    }
+
+    async fn thread_runs(&self, _tenant: &Tenant, thread: &ThreadId) -> Result<Vec<RunId>> {
+        point().await;
+        let mut w = self.world();
+        w.fail("read thread runs")?;
+        Ok(w.thread_runs.get(thread).cloned().unwrap_or_default())
+    }
+
+    async fn request_cancel(&self, _tenant: &Tenant, run: &RunId, reason: &str) -> Result<()> {
+        point().await;
+        let mut w = self.world();
+        w.fail("request cancel")?;
+        if let Some((mut rec, _)) = w.records.get(run).cloned()
+            && !rec.status.is_terminal()
+        {
+            rec.status = RunStatus::Cancelling;
+            rec.cancel_reason = Some(reason.to_owned());
+            w.revision += 1;
+            let rev = w.revision;
+            w.records.insert(*run, (rec, rev));
+        }
+        if let Some(signal) = w.signals.get(run) {
+            signal.cancel();
+        }
+        Ok(())
+    }
+
+    async fn sleep(&self, d: Duration) {
+        let deadline = self.world().now_ms + d.as_millis() as u64;
+        loop {
+            point().await;
+            if self.world().now_ms >= deadline {
+                return;
+            }
+        }
+    }
+
     async fn call(&self, subject: Subject, _meta: &CallMeta, payload: Bytes) -> Result<SimReplies> {
         point().await;
         let mut w = self.world();
@@ -695,6 +781,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         model_timeout: Duration::from_millis(200),
         tool_timeout: Duration::from_millis(100),
         max_attempts: 12,
+        thread_lease: Duration::from_secs(2),
+        thread_poll: Duration::from_millis(50),
         ..OrchestratorOptions::default()
     };
     let world = Arc::new(Mutex::new(World {
@@ -716,6 +804,9 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         configs: BTreeMap::new(),
         threads: BTreeMap::new(),
         history_missing: BTreeSet::new(),
+        locks: BTreeMap::new(),
+        thread_runs: BTreeMap::new(),
+        signals: BTreeMap::new(),
         seen: Seen::default(),
     }));
     // One thread with an earlier exchange; some runs continue it.
@@ -769,6 +860,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             agent: via_edge.then(|| agent.clone()),
             input: format!("run {i}"),
             thread_id: on_thread.then(|| thread.clone()),
+            multitask_strategy: on_thread.then(|| MultitaskStrategy::ALL[rng.below(4) as usize]),
             metadata: Default::default(),
             submitted_at: now,
         };
@@ -782,10 +874,20 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                 w.indexed.insert(req.run_id);
             }
         }
+        let cancel = CancellationToken::new();
+        {
+            let mut w = lock(&world);
+            w.signals.insert(req.run_id, cancel.clone());
+            if let Some(thread) = &req.thread_id {
+                let on_thread = w.thread_runs.entry(thread.clone()).or_default();
+                on_thread.push(req.run_id);
+                on_thread.sort();
+            }
+        }
         runs.push(SimRun {
             req,
             acked: false,
-            cancel: CancellationToken::new(),
+            cancel,
         });
     }
 
@@ -1087,7 +1189,9 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
             .flatten()
             .filter(|t| t.run_id == id)
             .collect::<Vec<_>>();
-        let wants_turn = run.req.thread_id.is_some() && status == RunStatus::Completed;
+        let interrupted = matches!(&last.data, EventData::RunCancelled { reason } if reason == REASON_INTERRUPTED);
+        let wants_turn =
+            run.req.thread_id.is_some() && (status == RunStatus::Completed || interrupted);
         match turns.as_slice() {
             [] if !wants_turn => {}
             [turn] if wants_turn => {

@@ -5,7 +5,9 @@
 //! user input, the model's answers and tool calls, the tool results) become its turn on the
 //! thread: written once, keyed by the run id.
 
-use agentos_bus::envelope::{AgentSpec, ErrorBody, EventData, Role, ThreadTurn};
+use agentos_bus::envelope::{
+    AgentSpec, ChatMessage, ErrorBody, EventData, REASON_INTERRUPTED, Role, ThreadTurn,
+};
 
 use super::drive::{Driver, Stop};
 use super::port::Port;
@@ -59,17 +61,19 @@ impl<P: Port> Driver<'_, P> {
         let Some(ended) = self.state.ended() else {
             return Ok(());
         };
-        if !matches!(ended.data, EventData::RunCompleted { .. }) {
+        let keeps = match &ended.data {
+            EventData::RunCompleted { .. } => true,
+            EventData::RunCancelled { reason } => reason == REASON_INTERRUPTED,
+            _ => false,
+        };
+        if !keeps {
             return Ok(());
         }
         let mut messages = self.state.own_messages(&self.req.input);
-        // The final answer is the last message; a run that ended on tool calls (not possible
-        // for a completed run, kept for safety) would leave calls without results.
-        while messages
-            .last()
-            .is_some_and(|m| m.role == Role::Assistant && !m.tool_calls.is_empty())
-        {
-            messages.pop();
+        // An interrupted run may stop inside a tool exchange: keep the messages up to the last
+        // model message whose tool calls all have results, so no call goes unanswered.
+        if let Some(cut) = unanswered_calls(&messages) {
+            messages.truncate(cut);
         }
         let turn = ThreadTurn {
             run_id: self.req.run_id,
@@ -81,4 +85,17 @@ impl<P: Port> Driver<'_, P> {
             .await?;
         Ok(())
     }
+}
+
+/// The index of the first model message with a tool call that has no result after it.
+fn unanswered_calls(messages: &[ChatMessage]) -> Option<usize> {
+    messages.iter().enumerate().find_map(|(i, m)| {
+        let unanswered = m.role == Role::Assistant
+            && m.tool_calls.iter().any(|call| {
+                !messages[i + 1..]
+                    .iter()
+                    .any(|r| r.role == Role::Tool && r.tool_call_id.as_ref() == Some(&call.id))
+            });
+        unanswered.then_some(i)
+    })
 }
