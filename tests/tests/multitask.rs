@@ -337,6 +337,98 @@ async fn strategies_hold_across_two_edges_and_two_orchestrators() {
         .map(|m| m["content"].clone())
         .collect();
     assert_eq!(contents, vec![json!("kept"), json!("instead")]);
+
+    // And each with 20 at once on a busy thread.
+    storm(&p, &edges, "interrupt").await;
+    storm(&p, &edges, "rollback").await;
+}
+
+/// 20 concurrent `strategy` submissions over both edges on a thread whose run is active: every
+/// run ends, completed or cancelled for `strategy`; no two were ever active at once; the thread
+/// holds the messages of exactly the runs that should have left theirs, in the order they ran.
+async fn storm(p: &Platform, edges: &Edges, strategy: &str) {
+    let reason = if strategy == "interrupt" {
+        "interrupted"
+    } else {
+        "rollback"
+    };
+    let t = thread(p).await;
+    let (_, busy) = edges
+        .submit(
+            p,
+            0,
+            &json!({"agent_id": "slow", "input": "busy", "thread_id": t}),
+        )
+        .await;
+    let busy = busy["id"].as_str().expect("id").to_owned();
+    wait_status(p, &busy, "running").await;
+    let results = futures::future::join_all((0..20).map(|i| {
+        let body = json!({"agent_id": "quick", "input": format!("{strategy} {i}"), "thread_id": t,
+            "multitask_strategy": strategy});
+        async move { edges.submit(p, i, &body).await }
+    }))
+    .await;
+    let mut ids = vec![busy.clone()];
+    for (status, v) in &results {
+        assert_eq!(*status, 201, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    let mut ended = Vec::new();
+    let mut intervals = Vec::new();
+    let mut completed = 0;
+    for id in &ids {
+        let done = p
+            .wait_terminal(id, Duration::from_secs(180))
+            .await
+            .expect("terminal");
+        let events = journal(p, id).await;
+        let last = events.last().expect("events").clone();
+        match &last.data {
+            EventData::RunCompleted { .. } => completed += 1,
+            EventData::RunCancelled { reason: r } => assert_eq!(r, reason, "{id}"),
+            other => panic!("{id} ended {other:?}: {done}"),
+        }
+        if events
+            .iter()
+            .any(|e| matches!(e.data, EventData::RunStarted { .. }))
+        {
+            intervals.push(active(&events));
+        }
+        let input = events
+            .iter()
+            .find_map(|e| match &e.data {
+                EventData::RunCreated { input, .. } => Some(input.clone()),
+                _ => None,
+            })
+            .expect("run.created");
+        let leaves_turn =
+            matches!(last.data, EventData::RunCompleted { .. }) || strategy == "interrupt";
+        if leaves_turn {
+            ended.push((last.ts, input));
+        }
+    }
+    let EventData::RunCancelled { .. } = journal(p, &busy).await.pop().expect("busy").data else {
+        panic!("the busy run was not cancelled");
+    };
+    assert!(completed >= 1, "{strategy}: nothing completed");
+    intervals.sort();
+    for pair in intervals.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "{strategy}: {pair:?} overlap");
+    }
+    ended.sort();
+    let expected: Vec<Value> = ended.into_iter().map(|(_, input)| json!(input)).collect();
+    let on_thread: Vec<Value> = messages(p, &t)
+        .await
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].clone())
+        .collect();
+    assert_eq!(on_thread, expected, "{strategy}");
+    eprintln!(
+        "{strategy}: 21 runs, {completed} completed, {} cancelled ({reason}), {} were active, none at once",
+        21 - completed,
+        intervals.len()
+    );
 }
 
 async fn wait_status(p: &Platform, run: &str, status: &str) {
