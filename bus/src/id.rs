@@ -204,6 +204,20 @@ token_id!(
     check_dotted
 );
 
+token_id!(
+    /// A conversation thread, minted by the platform: `thread_` and a UUIDv7 in simple form
+    /// (time-ordered, so key order is creation order).
+    ThreadId,
+    "thread id"
+);
+
+impl ThreadId {
+    /// A fresh, time-ordered id.
+    pub fn mint() -> Self {
+        Self(format!("thread_{}", Uuid::now_v7().simple()))
+    }
+}
+
 /// A run id: a UUIDv7 (time-ordered, so key order is submission order), rendered hyphenated
 /// lowercase, which is also a valid token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::id::{AgentId, CallId, MemoryKey, Namespace, RunId, Tenant};
+use crate::id::{AgentId, CallId, MemoryKey, Namespace, RunId, Tenant, ThreadId};
 use crate::{Error, Result};
 
 /// One key of a KV bucket: `[-/_=.a-zA-Z0-9]+`, no leading or trailing dot.
@@ -100,6 +100,51 @@ pub fn memory(tenant: &Tenant, namespace: &Namespace, key: &MemoryKey) -> Key {
 /// pass it to the listing, which adds the one level of the item keys).
 pub fn memory_namespace(tenant: &Tenant, namespace: &Namespace) -> Key {
     Key::joined(&[tenant.as_str(), namespace.as_str()])
+}
+
+/// `agentos-threads`: `<tenant>.<thread_id>` holds the thread record.
+pub fn thread(tenant: &Tenant, thread: &ThreadId) -> Key {
+    Key::joined(&[tenant.as_str(), thread.as_str()])
+}
+
+/// `agentos-threads`: `<tenant>.<thread_id>.turn.<run_id>`, the messages one run added.
+pub fn thread_turn(tenant: &Tenant, thread: &ThreadId, run: &RunId) -> Key {
+    Key::joined(&[tenant.as_str(), thread.as_str(), "turn", &run.to_string()])
+}
+
+/// `agentos-threads`: `<tenant>.<thread_id>.run.<run_id>`, a run submitted on the thread.
+pub fn thread_run(tenant: &Tenant, thread: &ThreadId, run: &RunId) -> Key {
+    Key::joined(&[tenant.as_str(), thread.as_str(), "run", &run.to_string()])
+}
+
+/// `agentos-threads`: `<tenant>.<thread_id>.lock`, the thread's active run under a lease.
+pub fn thread_lock(tenant: &Tenant, thread: &ThreadId) -> Key {
+    Key::joined(&[tenant.as_str(), thread.as_str(), "lock"])
+}
+
+/// Key filters of `agentos-threads` (wildcards: for listing only, never written).
+pub(crate) mod thread_filter {
+    use crate::id::{Tenant, ThreadId};
+
+    /// Every thread record of a tenant.
+    pub(crate) fn records(tenant: &Tenant) -> String {
+        format!("{tenant}.*")
+    }
+
+    /// Every turn of a thread.
+    pub(crate) fn turns(tenant: &Tenant, thread: &ThreadId) -> String {
+        format!("{tenant}.{thread}.turn.*")
+    }
+
+    /// Every run entry of a thread.
+    pub(crate) fn runs(tenant: &Tenant, thread: &ThreadId) -> String {
+        format!("{tenant}.{thread}.run.*")
+    }
+
+    /// Everything of a thread but its record.
+    pub(crate) fn all(tenant: &Tenant, thread: &ThreadId) -> String {
+        format!("{tenant}.{thread}.>")
+    }
 }
 
 #[cfg(test)]

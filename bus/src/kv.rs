@@ -173,6 +173,17 @@ impl Kv {
             .collect())
     }
 
+    /// Every live entry whose key matches `pattern` (KV wildcards), oldest write first: one
+    /// short-lived ordered consumer, however many keys.
+    pub(crate) async fn entries_matching(&self, pattern: &str) -> Result<Vec<(Key, Bytes)>> {
+        Ok(self
+            .live_entries(pattern, false)
+            .await?
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect())
+    }
+
     /// The live entries (last value per key, deletes and expiry markers left out) of the keys
     /// matching `pattern` (a subject pattern relative to the bucket: `acme.users.*`), in no
     /// particular order, through a short-lived ordered consumer; `headers_only` skips the values.

@@ -24,6 +24,7 @@ pub mod server;
 mod status;
 pub mod subject;
 mod tenants;
+mod thread;
 mod tool_directory;
 mod work;
 
@@ -41,6 +42,7 @@ pub use rpc::{
 pub use run_index::{IndexPage, PendingIndex};
 pub use status::{ConsumerStatus, StreamStatus};
 pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};
+pub use thread::Threads;
 pub use tool_directory::{Declared, TOOL_CACHE_TTL, ToolDirectory};
 pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};
 

@@ -25,10 +25,11 @@ pub enum Bucket {
     Fwd,
     Peers,
     ToolResults,
+    Threads,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 8] = [
+    pub const ALL: [Bucket; 9] = [
         Self::Runs,
         Self::Agents,
         Self::Memory,
@@ -37,6 +38,7 @@ impl Bucket {
         Self::Fwd,
         Self::Peers,
         Self::ToolResults,
+        Self::Threads,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +51,7 @@ impl Bucket {
             Self::Fwd => "agentos-fwd",
             Self::Peers => "agentos-peers",
             Self::ToolResults => "agentos-tool-results",
+            Self::Threads => "agentos-threads",
         }
     }
 

@@ -42,7 +42,7 @@ async fn provisioning_twice_is_a_no_op() {
         first.items.iter().all(|i| i.outcome == Outcome::Created),
         "{first:?}"
     );
-    assert_eq!(first.items.len(), 13, "5 streams and 8 buckets");
+    assert_eq!(first.items.len(), 14, "5 streams and 9 buckets");
     let second = bus
         .provision(&Settings::default())
         .await
@@ -128,6 +128,7 @@ async fn two_submits_with_one_msg_id_store_one_message() {
         agent: None,
         input: "hi".into(),
         thread_id: None,
+        multitask_strategy: None,
         metadata: Default::default(),
         submitted_at: now(),
     }));

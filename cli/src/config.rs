@@ -206,6 +206,11 @@ section! {
         #[arg(long, env = "AGENTOS_TOOL_TIMEOUT", value_parser = parse_duration)]
         #[serde(deserialize_with = "duration")]
         tool_timeout: Duration = Duration::from_secs(60),
+        /// Lease of a thread's lock: how long a thread waits for a run whose orchestrator went
+        /// silent before the next run may start (default 30s).
+        #[arg(long, env = "AGENTOS_THREAD_LEASE", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        thread_lease: Duration = Duration::from_secs(30),
     }
 }
 

@@ -142,6 +142,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     concurrency: o.concurrency(),
                     model_timeout: o.model_timeout(),
                     tool_timeout: o.tool_timeout(),
+                    thread_lease: o.thread_lease(),
                     admission: a.tenants.admission(),
                     ..Default::default()
                 };

@@ -1,7 +1,7 @@
 //! Agent definitions: `/v1/agents`. Stored in KV `agentos-agents` under `<tenant>.<agent_id>`.
 
 use agentos_bus::Error as BusError;
-use agentos_bus::envelope::{AgentSpec, now};
+use agentos_bus::envelope::{AgentSpec, HistoryLimit, now};
 use agentos_bus::grant::{AgentMemory, NamespaceTemplate};
 use agentos_bus::id::{AgentId, ModelName, ToolName};
 use agentos_bus::key::{self, Key};
@@ -44,6 +44,47 @@ pub struct CreateAgent {
     pub metadata: Map<String, Value>,
     /// Memory namespaces its runs may use through the memory tools.
     pub memory: Option<MemoryBody>,
+    /// How much of a thread's history a run sees: `{max_messages = 100, max_tokens?}`.
+    #[schema(value_type = Option<Object>)]
+    pub history: Option<HistoryBody>,
+}
+
+/// The history bound as a client writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryBody {
+    pub max_messages: Option<u32>,
+    pub max_tokens: Option<u32>,
+}
+
+/// Most messages a run may take from its thread.
+pub const MAX_HISTORY_MESSAGES: u32 = 10_000;
+
+fn history(body: Option<HistoryBody>) -> ApiResult<HistoryLimit> {
+    let Some(body) = body else {
+        return Ok(HistoryLimit::default());
+    };
+    let max_messages = body
+        .max_messages
+        .unwrap_or(HistoryLimit::DEFAULT_MAX_MESSAGES);
+    if max_messages > MAX_HISTORY_MESSAGES {
+        return Err(ApiError::bad_request(
+            "invalid_history",
+            format!("history.max_messages must be 0..={MAX_HISTORY_MESSAGES}"),
+        )
+        .with_param("history.max_messages"));
+    }
+    if body.max_tokens == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_history",
+            "history.max_tokens must be at least 1",
+        )
+        .with_param("history.max_tokens"));
+    }
+    Ok(HistoryLimit {
+        max_messages,
+        max_tokens: body.max_tokens,
+    })
 }
 
 /// `memory` of an agent: namespace templates (`users.{principal}`, `{thread}`, `shared.faq`).
@@ -91,6 +132,8 @@ pub struct UpdateAgent {
     pub model_config: Option<Value>,
     pub metadata: Option<Map<String, Value>>,
     pub memory: Option<MemoryBody>,
+    #[schema(value_type = Option<Object>)]
+    pub history: Option<HistoryBody>,
 }
 
 /// An agent as written by `POST` and `PATCH`: the definition, and what its author should know.
@@ -182,6 +225,7 @@ pub async fn create(
         model_config: body.model_config,
         metadata: body.metadata,
         memory: memory(body.memory)?,
+        history: history(body.history)?,
         created_at: ts,
         updated_at: ts,
     };
@@ -258,6 +302,9 @@ pub async fn update(
     }
     if body.memory.is_some() {
         spec.memory = memory(body.memory)?;
+    }
+    if body.history.is_some() {
+        spec.history = history(body.history)?;
     }
     spec.updated_at = now();
     match state

@@ -18,6 +18,8 @@ mod memory_search;
 mod openapi;
 mod run_list;
 mod runs;
+mod thread_lock;
+mod threads;
 mod tools;
 mod watch;
 
@@ -60,6 +62,7 @@ pub struct AppState {
     memory_config: std::sync::Arc<agentos_bus::recall::MemoryConfig>,
     /// The tools running workers declare (discovery, cached for agent warnings).
     tools: agentos_bus::ToolDirectory,
+    threads: agentos_bus::Threads,
 }
 
 impl AppState {
@@ -120,6 +123,7 @@ impl AppState {
             memory: bus.memory().await?,
             memory_config: Default::default(),
             tools: agentos_bus::ToolDirectory::new(bus.clone()),
+            threads: bus.threads().await?,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -149,6 +153,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(health::routes())
         .merge(agents::routes())
         .merge(runs::routes())
+        .merge(threads::routes())
         .merge(events::routes())
         .merge(chat::routes())
         .merge(memory::routes())

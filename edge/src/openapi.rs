@@ -24,6 +24,14 @@ use crate::AppState;
         crate::run_list::list,
         crate::runs::read,
         crate::runs::cancel,
+        crate::threads::create,
+        crate::threads::list,
+        crate::threads::read,
+        crate::threads::update,
+        crate::threads::remove,
+        crate::threads::messages,
+        crate::threads::runs,
+        crate::threads::copy,
         crate::events::events,
         crate::events::wait,
         crate::chat::completions,
@@ -66,7 +74,10 @@ use crate::AppState;
         crate::memory_search::SearchRequest,
         crate::memory_search::SearchResults,
         crate::memory_search::SearchHit,
-        crate::embeddings::EmbeddingsBody
+        crate::embeddings::EmbeddingsBody,
+        crate::threads::CreateThread,
+        crate::threads::UpdateThread,
+        crate::threads::ThreadView
     ))
 )]
 pub struct ApiDoc;

@@ -2,8 +2,8 @@
 //! with `Nats-Msg-Id = run_id`; the orchestrators do the rest.
 
 use agentos_bus::envelope::{
-    Envelope, ErrorBody, Event, EventData, RunRecord, RunRequest, RunStatus, SubmitMessage, Usage,
-    now,
+    Envelope, ErrorBody, Event, EventData, MultitaskStrategy, RunRecord, RunRequest, RunStatus,
+    SubmitMessage, Usage, now,
 };
 use agentos_bus::id::{AgentId, RunId};
 use agentos_bus::key::{self, Key};
@@ -40,6 +40,9 @@ pub struct CreateRun {
     pub agent_id: String,
     pub input: String,
     pub thread_id: Option<String>,
+    /// What to do when the thread has an active run: `reject` | `enqueue` (default) |
+    /// `interrupt` | `rollback`. Only with `thread_id`.
+    pub multitask_strategy: Option<String>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
     /// Answer with the run's events as SSE instead of the run.
@@ -90,7 +93,7 @@ impl From<RunRecord> for RunView {
             error: r.error,
             usage: r.usage,
             steps: r.steps,
-            thread_id: r.thread_id,
+            thread_id: r.thread_id.map(String::from),
             metadata: r.metadata,
             created_by: r.created_by,
             created_at: r.created_at,
@@ -192,14 +195,44 @@ pub async fn create(
             }
         },
     };
+    let thread_id = body
+        .thread_id
+        .as_deref()
+        .map(|t| crate::threads::parse_thread_id(t, "thread_id"))
+        .transpose()?;
+    let strategy = match body.multitask_strategy.as_deref() {
+        None => None,
+        Some(s) => Some(MultitaskStrategy::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_multitask_strategy",
+                format!(
+                    "multitask_strategy must be reject, enqueue, interrupt or rollback, not {s:?}"
+                ),
+            )
+            .with_param("multitask_strategy")
+        })?),
+    };
+    if strategy.is_some() && thread_id.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_multitask_strategy",
+            "multitask_strategy applies to runs on a thread: give a thread_id",
+        )
+        .with_param("multitask_strategy"));
+    }
     let agent = agents::load(&state, &auth, &agent_id).await?.value;
     state
         .entitled(&auth.tenant, |e| e.check_agent(&agent))
         .await?;
+    if let Some(thread) = &thread_id {
+        crate::threads::load(&state, &auth, thread).await?;
+    }
     let run_id = match &idempotency_key {
         Some(k) => idempotent_run_id(&state, &auth, k).await?,
         None => RunId::new(),
     };
+    if let (Some(thread), Some(MultitaskStrategy::Reject)) = (&thread_id, strategy) {
+        crate::thread_lock::claim_or_refuse(&state, &auth, thread, run_id).await?;
+    }
     let request_id = headers
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -210,7 +243,8 @@ pub async fn create(
         agent_id,
         agent: Some(agent),
         input: body.input.clone(),
-        thread_id: body.thread_id.clone(),
+        thread_id: thread_id.clone(),
+        multitask_strategy: strategy,
         metadata: body.metadata.clone(),
         submitted_at: now(),
     };
@@ -249,6 +283,15 @@ pub async fn create(
     } else {
         None
     };
+    // Listed on its thread before it is submitted (idempotent, so replays are harmless).
+    if let Some(thread) = &thread_id {
+        let entry = agentos_bus::envelope::ThreadRun {
+            run_id,
+            agent_id: record.agent_id.clone(),
+            submitted_at: record.created_at,
+        };
+        state.threads.add_run(&auth.tenant, thread, &entry).await?;
+    }
     // Published on replays too: if an earlier attempt died between the record and the publish,
     // this completes it; otherwise Nats-Msg-Id dedups it.
     state

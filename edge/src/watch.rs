@@ -113,6 +113,7 @@ mod tests {
             agent: None,
             input: String::new(),
             thread_id: None,
+            multitask_strategy: None,
             metadata: Default::default(),
             submitted_at: now(),
         };

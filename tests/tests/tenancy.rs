@@ -27,6 +27,7 @@ async fn submit_direct(p: &Platform, agent: &str) -> RunId {
         agent: None,
         input: "direct".into(),
         thread_id: None,
+        multitask_strategy: None,
         metadata: Default::default(),
         submitted_at: now(),
     };
@@ -285,6 +286,7 @@ async fn messages_claiming_another_tenant_than_their_subject_are_refused() {
         agent: None,
         input: "spoofed".into(),
         thread_id: None,
+        multitask_strategy: None,
         metadata: Default::default(),
         submitted_at: now(),
     }));

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::Envelope;
+use super::{Envelope, HistoryLimit};
 use crate::grant::AgentMemory;
 use crate::id::{AgentId, ModelName, Tenant, ToolName};
 
@@ -25,6 +25,9 @@ pub struct AgentSpec {
     /// The memory namespaces its runs may touch through the memory tools.
     #[serde(default, skip_serializing_if = "AgentMemory::is_empty")]
     pub memory: AgentMemory,
+    /// How much of a thread's history its runs see.
+    #[serde(default)]
+    pub history: HistoryLimit,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

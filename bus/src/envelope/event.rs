@@ -41,6 +41,17 @@ pub enum EventData {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<Box<AgentSpec>>,
     },
+    /// The thread's earlier messages this run sends its model, loaded once before step 1.
+    #[serde(rename = "thread.history")]
+    ThreadHistory { messages: Vec<ChatMessage> },
+    /// The thread's history was longer than the agent's bound: `omitted` older messages are left
+    /// out, `kept` are sent.
+    #[serde(rename = "thread.history_truncated")]
+    ThreadHistoryTruncated {
+        omitted: u32,
+        kept: u32,
+        limit: super::HistoryLimit,
+    },
     #[serde(rename = "step.started")]
     StepStarted { step: u32 },
     #[serde(rename = "model.delta")]
@@ -104,6 +115,8 @@ impl EventData {
         match self {
             Self::RunCreated { .. } => "run.created",
             Self::RunStarted { .. } => "run.started",
+            Self::ThreadHistory { .. } => "thread.history",
+            Self::ThreadHistoryTruncated { .. } => "thread.history_truncated",
             Self::StepStarted { .. } => "step.started",
             Self::ModelDelta { .. } => "model.delta",
             Self::ModelCompleted { .. } => "model.completed",

@@ -12,6 +12,7 @@ mod memory;
 mod model;
 mod run;
 mod tenant;
+mod thread;
 mod tool;
 
 pub use agent::AgentSpec;
@@ -21,6 +22,10 @@ pub use memory::{MemoryItem, StoredEmbedding};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
 pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
 pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};
+pub use thread::{
+    HistoryLimit, MultitaskStrategy, REASON_INTERRUPTED, REASON_ROLLBACK, ThreadLock, ThreadRecord,
+    ThreadRun, ThreadTurn,
+};
 pub use tool::{ToolClaim, ToolRecord, ToolReply, ToolRequest, ToolSpec};
 
 use bytes::Bytes;

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{AgentSpec, Envelope, ErrorBody, Usage};
-use crate::id::{AgentId, CallId, RunId, Tenant};
+use super::{AgentSpec, Envelope, ErrorBody, MultitaskStrategy, Usage};
+use crate::id::{AgentId, CallId, RunId, Tenant, ThreadId};
 
 /// A new run, published on `agentos.runs.<tenant>.submit` with `Nats-Msg-Id = run_id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,7 +18,10 @@ pub struct RunRequest {
     pub agent: Option<AgentSpec>,
     pub input: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thread_id: Option<String>,
+    pub thread_id: Option<ThreadId>,
+    /// What to do when the thread is busy (runs with a `thread_id`; default `enqueue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multitask_strategy: Option<MultitaskStrategy>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
@@ -132,7 +135,7 @@ pub struct RunRecord {
     #[serde(default)]
     pub steps: u32,
     #[serde(default)]
-    pub thread_id: Option<String>,
+    pub thread_id: Option<ThreadId>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Who created the run: the caller's `sub` for runs created through the edge,
@@ -145,6 +148,10 @@ pub struct RunRecord {
     /// Hash of the submitted body when an `Idempotency-Key` was used, to spot a reused key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
+    /// Why a cancel was asked for (`interrupted`, `rollback` by a multitask strategy); none for
+    /// a client's cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
     /// The journal sequence this record reflects.
     #[serde(default)]
     pub last_seq: u64,
@@ -180,6 +187,7 @@ impl RunRecord {
             created_by: None,
             created_by_roles: Vec::new(),
             request_hash: None,
+            cancel_reason: None,
             last_seq: 0,
             created_at: req.submitted_at,
             updated_at: req.submitted_at,

@@ -75,6 +75,7 @@ fn entitlements_cover_agent_model_and_tools() {
         model_config: serde_json::Value::Null,
         metadata: Default::default(),
         memory: Default::default(),
+        history: Default::default(),
         created_at: now(),
         updated_at: now(),
     };

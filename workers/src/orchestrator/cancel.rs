@@ -55,8 +55,17 @@ impl<P: Port> Driver<'_, P> {
         if !self.cancel.is_cancelled() || matches!(next, Next::Finished | Next::Create) {
             return Ok(false);
         }
+        // A multitask strategy says why in the record; a client's cancel does not.
+        let reason = match self
+            .port
+            .read_record(&self.req.tenant, &self.req.run_id)
+            .await
+        {
+            Ok(Some(rec)) => rec.value.cancel_reason,
+            _ => None,
+        };
         self.finish(EventData::RunCancelled {
-            reason: "cancelled by request".into(),
+            reason: reason.unwrap_or_else(|| "cancelled by request".into()),
         })
         .await?;
         Ok(true)

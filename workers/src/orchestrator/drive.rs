@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::OrchestratorOptions;
 use super::port::Port;
 use super::state::{Next, RunState};
+use super::thread_lock::{LeaseCell, Taking, keep_lease};
 
 /// How a delivery ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +65,15 @@ pub(crate) async fn drive<P: Port>(
     cancel: &CancellationToken,
     drain: &CancellationToken,
 ) -> Disposition {
+    let lease = LeaseCell::default();
+    let keeper = keep_lease(port, req, &lease, opts.thread_lease);
+    tokio::pin!(keeper);
     let mut driver = Driver {
         port,
         opts,
         req,
         cancel,
+        lease: &lease,
         state: RunState::default(),
         last: 0,
         record: None,
@@ -107,10 +112,18 @@ pub(crate) async fn drive<P: Port>(
         let step = tokio::select! {
             biased;
             _ = drain.cancelled() => Err(Stop::Drain),
+            () = &mut keeper => {
+                // The lock was lost: stop here, and take it again before the next action.
+                keeper.set(keep_lease(port, req, &lease, opts.thread_lease));
+                Err(Stop::Conflict)
+            }
             r = driver.advance() => r,
         };
         match step {
-            Ok(true) => return Disposition::Done,
+            Ok(true) => {
+                driver.release_thread_lock().await;
+                return Disposition::Done;
+            }
             Ok(false) => conflicts = 0,
             Err(Stop::Conflict) => {
                 conflicts += 1;
@@ -137,6 +150,8 @@ pub(crate) struct Driver<'a, P> {
     pub(super) opts: &'a OrchestratorOptions,
     pub(super) req: &'a RunRequest,
     pub(super) cancel: &'a CancellationToken,
+    /// The thread lock this driver holds (runs on a thread).
+    pub(super) lease: &'a LeaseCell,
     /// The run's journal as this driver knows it, folded.
     pub(super) state: RunState,
     /// Stream sequence of the last journaled event: the guard for the next append.
@@ -219,6 +234,19 @@ impl<P: Port> Driver<'_, P> {
         if self.honour_cancel(&next).await? {
             return Ok(true);
         }
+        if !matches!(next, Next::Create | Next::Finished) && self.needs_thread_lock() {
+            match self.take_thread_lock().await? {
+                Taking::Taken | Taking::Cancelled => return Ok(false),
+                Taking::Busy => {
+                    let error = ErrorBody::new(
+                        "thread_busy",
+                        "another run is active on the thread (multitask_strategy reject)",
+                    );
+                    self.finish(EventData::RunFailed { error }).await?;
+                    return Ok(true);
+                }
+            }
+        }
         match next {
             Next::Create => {
                 self.append(EventData::RunCreated {
@@ -232,6 +260,12 @@ impl<P: Port> Driver<'_, P> {
                 let pin = self.req.agent.is_none().then(|| Box::new(agent.clone()));
                 self.append(EventData::RunStarted { agent: pin }).await?;
                 self.project_started().await?;
+            }
+            Next::StartStep(_) if self.needs_history() => {
+                if let Err(error) = self.load_history(&agent).await? {
+                    self.finish(EventData::RunFailed { error }).await?;
+                    return Ok(true);
+                }
             }
             Next::StartStep(step) => self.append(EventData::StepStarted { step }).await?,
             Next::CallModel(step) => {
@@ -258,7 +292,8 @@ impl<P: Port> Driver<'_, P> {
             }
             Next::Finished => {
                 // Make sure the record reflects the end (a previous orchestrator may have died
-                // between the terminal event and the projection).
+                // between the terminal event and the projection), and the thread has its turn.
+                self.record_turn().await?;
                 self.project_terminal().await?;
                 return Ok(true);
             }
@@ -280,6 +315,7 @@ impl<P: Port> Driver<'_, P> {
     /// Appends the terminal event and projects it onto the record.
     pub(super) async fn finish(&mut self, data: EventData) -> Result<(), Stop> {
         self.append(data).await?;
+        self.record_turn().await?;
         self.project_terminal().await
     }
 }

@@ -16,6 +16,8 @@ mod projection;
 #[cfg(test)]
 mod sim;
 mod state;
+mod thread;
+mod thread_lock;
 mod tool_step;
 
 use std::collections::HashMap;
@@ -46,6 +48,10 @@ pub struct OrchestratorOptions {
     pub drain_grace: Duration,
     /// Which tenants' runs may start.
     pub admission: agentos_bus::Admission,
+    /// Lease of a thread's lock: how long a thread waits for a holder that went silent.
+    pub thread_lease: Duration,
+    /// How often a run waiting for its thread looks again.
+    pub thread_poll: Duration,
 }
 
 impl Default for OrchestratorOptions {
@@ -60,6 +66,8 @@ impl Default for OrchestratorOptions {
             max_attempts: 5,
             drain_grace: Duration::from_secs(10),
             admission: agentos_bus::Admission::default(),
+            thread_lease: Duration::from_secs(30),
+            thread_poll: Duration::from_millis(200),
         }
     }
 }

@@ -7,11 +7,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentos_bus::envelope::{AgentSpec, AuditRecord, Envelope, Event, RunRecord};
-use agentos_bus::id::{AgentId, RunId, Tenant, ToolName};
+use agentos_bus::envelope::{
+    AgentSpec, AuditRecord, Envelope, Event, RunRecord, RunStatus, ThreadLock, ThreadTurn,
+};
+use agentos_bus::id::{AgentId, RunId, Tenant, ThreadId, ToolName};
 use agentos_bus::subject::Subject;
 use agentos_bus::{
-    Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Versioned, key,
+    Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Threads, Versioned, key,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -96,6 +98,56 @@ pub(crate) trait Port: Send + Sync {
         &self,
         names: &[ToolName],
     ) -> impl Future<Output = Result<Vec<Option<Arc<Declared>>>>> + Send;
+    /// The thread's turns in the order they were added; `None` when there is no such thread.
+    fn thread_turns(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> impl Future<Output = Result<Option<Vec<ThreadTurn>>>> + Send;
+
+    /// Adds a run's turn to the thread, once (a repeat changes nothing).
+    fn add_thread_turn(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+        turn: &ThreadTurn,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The thread's lock as stored.
+    fn thread_lock(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> impl Future<Output = Result<Option<Versioned<ThreadLock>>>> + Send;
+
+    /// Creates the lock (`revision: None`) or replaces the one at `revision`
+    /// ([`agentos_bus::Error::AlreadyExists`] / [`agentos_bus::Error::WrongRevision`]).
+    fn write_thread_lock(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+        lock: &ThreadLock,
+        revision: Option<u64>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The runs submitted on the thread, in submission (run id) order.
+    fn thread_runs(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> impl Future<Output = Result<Vec<RunId>>> + Send;
+
+    /// Asks another run to stop, as a client's cancel does, with a reason its `run.cancelled`
+    /// will carry (a run already ended is left alone).
+    fn request_cancel(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+        reason: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Waits `d` (wall time; virtual in the simulation).
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
 
     /// Sends a request (a model or tool call) and returns its replies.
     fn call(
@@ -114,6 +166,7 @@ pub(crate) struct BusPort {
     agents: Kv,
     tenants: Tenants,
     tools: Catalog,
+    threads: Threads,
 }
 
 impl BusPort {
@@ -123,6 +176,7 @@ impl BusPort {
             agents: bus.kv(Bucket::Agents).await?,
             tenants: bus.tenants(admission).await?,
             tools: Catalog::new(agentos_bus::ToolDirectory::new(bus.clone())),
+            threads: bus.threads().await?,
             bus,
         })
     }
@@ -205,6 +259,86 @@ impl Port for BusPort {
 
     async fn tools(&self, names: &[ToolName]) -> Result<Vec<Option<Arc<Declared>>>> {
         self.tools.lookup(names).await
+    }
+
+    async fn thread_turns(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Vec<ThreadTurn>>> {
+        if self.threads.get(tenant, thread).await?.is_none() {
+            return Ok(None);
+        }
+        self.threads.turns(tenant, thread).await.map(Some)
+    }
+
+    async fn add_thread_turn(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+        turn: &ThreadTurn,
+    ) -> Result<()> {
+        // A thread deleted while the run went on gets no turn.
+        if self.threads.get(tenant, thread).await?.is_none() {
+            return Ok(());
+        }
+        self.threads.add_turn(tenant, thread, turn).await
+    }
+
+    async fn thread_lock(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Versioned<ThreadLock>>> {
+        self.threads.lock(tenant, thread).await
+    }
+
+    async fn write_thread_lock(
+        &self,
+        tenant: &Tenant,
+        thread: &ThreadId,
+        lock: &ThreadLock,
+        revision: Option<u64>,
+    ) -> Result<u64> {
+        self.threads
+            .write_lock(tenant, thread, lock, revision)
+            .await
+    }
+
+    async fn thread_runs(&self, tenant: &Tenant, thread: &ThreadId) -> Result<Vec<RunId>> {
+        Ok(self
+            .threads
+            .runs(tenant, thread)
+            .await?
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect())
+    }
+
+    async fn request_cancel(&self, tenant: &Tenant, run: &RunId, reason: &str) -> Result<()> {
+        let key = key::run(tenant, run);
+        for _ in 0..10 {
+            let Some(current) = self.runs.get_as::<RunRecord>(&key).await? else {
+                break;
+            };
+            let mut rec = current.value;
+            if rec.status.is_terminal() {
+                return Ok(());
+            }
+            rec.status = RunStatus::Cancelling;
+            rec.cancel_reason = Some(reason.to_owned());
+            rec.updated_at = agentos_bus::envelope::now();
+            match self.runs.update(&key, rec.encode(), current.revision).await {
+                Ok(_) => break,
+                Err(agentos_bus::Error::WrongRevision { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.bus.publish_cancel(tenant, run).await
+    }
+
+    async fn sleep(&self, d: Duration) {
+        tokio::time::sleep(d).await;
     }
 
     async fn call(

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{
     AgentSpec, AuditRecord, ChatMessage, Envelope, ErrorBody, Event, EventData, ModelReply,
-    ModelRequest, Role, RunRecord, RunRequest, RunStatus, ToolCallSpec, ToolReply, ToolRequest,
-    ToolSpec, Usage,
+    ModelRequest, MultitaskStrategy, REASON_INTERRUPTED, Role, RunRecord, RunRequest, RunStatus,
+    ThreadLock, ThreadTurn, ToolCallSpec, ToolReply, ToolRequest, ToolSpec, Usage,
 };
-use agentos_bus::id::{AgentId, CallId, ModelName, RunId, Tenant, ToolName};
+use agentos_bus::id::{AgentId, CallId, ModelName, RunId, Tenant, ThreadId, ToolName};
 use agentos_bus::subject::{self, Subject};
 use agentos_bus::{CallMeta, Error as BusError, Reply, Result, Standing, Stored, Versioned};
 use bytes::Bytes;
@@ -37,6 +37,9 @@ use super::OrchestratorOptions;
 use super::drive::{Attempt, Disposition, drive};
 use super::port::{Port, Replies};
 use crate::tool::Declared;
+
+/// The earlier user message of the simulated thread.
+const EARLIER_QUESTION: &str = "an earlier question";
 
 /// Schedules per `cargo test` run, and with `AGENTOS_LONG_TESTS`.
 const SCHEDULES: u64 = 8_000;
@@ -233,6 +236,15 @@ struct World {
     configs: BTreeMap<RunId, BTreeSet<String>>,
     /// Tools a model request showed without their declared description and schema.
     undeclared_defs: Vec<String>,
+    /// Threads and their turns, in the order added.
+    threads: BTreeMap<ThreadId, Vec<ThreadTurn>>,
+    /// Runs whose model request lacked the thread's earlier messages.
+    history_missing: BTreeSet<RunId>,
+    /// Thread locks with their revisions; the runs submitted on each thread.
+    locks: BTreeMap<ThreadId, (ThreadLock, u64)>,
+    thread_runs: BTreeMap<ThreadId, Vec<RunId>>,
+    /// Each run's cancel signal (what the `ctl` subject reaches).
+    signals: BTreeMap<RunId, CancellationToken>,
     seen: Seen,
 }
 
@@ -299,6 +311,14 @@ impl World {
                 .entry(run)
                 .or_default()
                 .insert(req.config.to_string());
+            let on_thread = req.config["thread"].as_bool().unwrap_or(false);
+            let has_history = req
+                .messages
+                .iter()
+                .any(|m| m.content.as_deref() == Some(EARLIER_QUESTION));
+            if on_thread != has_history {
+                self.history_missing.insert(run);
+            }
         }
         if self.rng.chance(self.faults.model_timeout) {
             self.seen.model_timeouts += 1;
@@ -653,6 +673,115 @@ impl Port for SimPort {
         Ok(names.iter().map(|n| sim_tool(n.as_str())).collect())
     }
 
+    async fn thread_turns(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Vec<ThreadTurn>>> {
+        point().await;
+        let mut w = self.world();
+        w.fail("read thread")?;
+        Ok(w.threads.get(thread).cloned())
+    }
+
+    async fn add_thread_turn(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+        turn: &ThreadTurn,
+    ) -> Result<()> {
+        point().await;
+        let mut w = self.world();
+        w.fail("add thread turn")?;
+        if let Some(turns) = w.threads.get_mut(thread)
+            && !turns.iter().any(|t| t.run_id == turn.run_id)
+        {
+            turns.push(turn.clone());
+        }
+        Ok(())
+    }
+
+    async fn thread_lock(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+    ) -> Result<Option<Versioned<ThreadLock>>> {
+        point().await;
+        let mut w = self.world();
+        w.fail("read thread lock")?;
+        Ok(w.locks.get(thread).map(|(value, revision)| Versioned {
+            value: value.clone(),
+            revision: *revision,
+        }))
+    }
+
+    async fn write_thread_lock(
+        &self,
+        _tenant: &Tenant,
+        thread: &ThreadId,
+        lock: &ThreadLock,
+        revision: Option<u64>,
+    ) -> Result<u64> {
+        point().await;
+        let mut w = self.world();
+        w.fail("write thread lock")?;
+        let current = w.locks.get(thread).map(|(_, rev)| *rev);
+        match (current, revision) {
+            (Some(_), None) => {
+                return Err(BusError::AlreadyExists {
+                    key: thread.to_string(),
+                });
+            }
+            (cur, Some(rev)) if cur != Some(rev) => {
+                return Err(BusError::WrongRevision {
+                    key: thread.to_string(),
+                    expected: rev,
+                });
+            }
+            _ => {}
+        }
+        w.revision += 1;
+        let rev = w.revision;
+        w.locks.insert(thread.clone(), (lock.clone(), rev));
+        Ok(rev)
+    }
+
+    async fn thread_runs(&self, _tenant: &Tenant, thread: &ThreadId) -> Result<Vec<RunId>> {
+        point().await;
+        let mut w = self.world();
+        w.fail("read thread runs")?;
+        Ok(w.thread_runs.get(thread).cloned().unwrap_or_default())
+    }
+
+    async fn request_cancel(&self, _tenant: &Tenant, run: &RunId, reason: &str) -> Result<()> {
+        point().await;
+        let mut w = self.world();
+        w.fail("request cancel")?;
+        if let Some((mut rec, _)) = w.records.get(run).cloned()
+            && !rec.status.is_terminal()
+        {
+            rec.status = RunStatus::Cancelling;
+            rec.cancel_reason = Some(reason.to_owned());
+            w.revision += 1;
+            let rev = w.revision;
+            w.records.insert(*run, (rec, rev));
+        }
+        if let Some(signal) = w.signals.get(run) {
+            signal.cancel();
+        }
+        Ok(())
+    }
+
+    async fn sleep(&self, d: Duration) {
+        let deadline = self.world().now_ms + d.as_millis() as u64;
+        loop {
+            point().await;
+            if self.world().now_ms >= deadline {
+                return;
+            }
+        }
+    }
+
     async fn call(&self, subject: Subject, _meta: &CallMeta, payload: Bytes) -> Result<SimReplies> {
         point().await;
         let mut w = self.world();
@@ -713,6 +842,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         model_timeout: Duration::from_millis(200),
         tool_timeout: Duration::from_millis(100),
         max_attempts: 12,
+        thread_lease: Duration::from_secs(2),
+        thread_poll: Duration::from_millis(50),
         ..OrchestratorOptions::default()
     };
     let world = Arc::new(Mutex::new(World {
@@ -733,8 +864,26 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         next_inbox: 0,
         configs: BTreeMap::new(),
         undeclared_defs: Vec::new(),
+        threads: BTreeMap::new(),
+        history_missing: BTreeSet::new(),
+        locks: BTreeMap::new(),
+        thread_runs: BTreeMap::new(),
+        signals: BTreeMap::new(),
         seen: Seen::default(),
     }));
+    // One thread with an earlier exchange; some runs continue it.
+    let thread = ThreadId::parse("thread_sim").map_err(|e| e.to_string())?;
+    lock(&world).threads.insert(
+        thread.clone(),
+        vec![ThreadTurn {
+            run_id: sim_run_id(&mut rng)?,
+            messages: vec![
+                ChatMessage::text(Role::User, EARLIER_QUESTION),
+                ChatMessage::text(Role::Assistant, "an earlier answer"),
+            ],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }],
+    );
     let port = SimPort {
         world: world.clone(),
     };
@@ -746,6 +895,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         let steps = rng.below(4);
         let now = lock(&world).now();
         let plan: Vec<u64> = (0..steps).map(|_| rng.below(4)).collect();
+        let on_thread = rng.chance(400);
         let agent = AgentSpec {
             id: AgentId::parse(format!("a{i}")).map_err(|e| e.to_string())?,
             tenant: tenant.clone(),
@@ -756,9 +906,10 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                 ToolName::parse("sleep").map_err(|e| e.to_string())?,
             ],
             max_steps: 1 + rng.below(5) as u32,
-            model_config: json!({ "plan": plan }),
+            model_config: json!({ "plan": plan, "thread": on_thread }),
             metadata: Default::default(),
             memory: Default::default(),
+            history: Default::default(),
             created_at: now,
             updated_at: now,
         };
@@ -771,7 +922,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             agent_id: agent.id.clone(),
             agent: via_edge.then(|| agent.clone()),
             input: format!("run {i}"),
-            thread_id: None,
+            thread_id: on_thread.then(|| thread.clone()),
+            multitask_strategy: on_thread.then(|| MultitaskStrategy::ALL[rng.below(4) as usize]),
             metadata: Default::default(),
             submitted_at: now,
         };
@@ -785,10 +937,20 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                 w.indexed.insert(req.run_id);
             }
         }
+        let cancel = CancellationToken::new();
+        {
+            let mut w = lock(&world);
+            w.signals.insert(req.run_id, cancel.clone());
+            if let Some(thread) = &req.thread_id {
+                let on_thread = w.thread_runs.entry(thread.clone()).or_default();
+                on_thread.push(req.run_id);
+                on_thread.sort();
+            }
+        }
         runs.push(SimRun {
             req,
             acked: false,
-            cancel: CancellationToken::new(),
+            cancel,
         });
     }
 
@@ -875,7 +1037,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             let mut w = lock(&world);
             w.seen.agent_edits += 1;
             if let Some(agent) = w.agents.get_mut(&runs[idx].req.agent_id) {
-                agent.model_config = json!({"plan": [3, 3, 3, 3, 3]});
+                let thread = agent.model_config["thread"].clone();
+                agent.model_config = json!({"plan": [3, 3, 3, 3, 3], "thread": thread});
                 agent.max_steps = 7;
             }
         }
@@ -1013,6 +1176,7 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
             let mark = match &e.data {
                 EventData::RunCreated { .. } => Some("created".to_owned()),
                 EventData::RunStarted { .. } => Some("started".to_owned()),
+                EventData::ThreadHistory { .. } => Some("history".to_owned()),
                 EventData::StepStarted { step } => {
                     steps += 1;
                     Some(format!("step {step}"))
@@ -1134,6 +1298,29 @@ fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
         }
         if !w.indexed.contains(&id) {
             return fail("the run is missing from the run index".into());
+        }
+        if w.history_missing.contains(&id) {
+            return fail("a model request did not carry exactly the thread's history".into());
+        }
+        let turns = w
+            .threads
+            .values()
+            .flatten()
+            .filter(|t| t.run_id == id)
+            .collect::<Vec<_>>();
+        let interrupted = matches!(&last.data, EventData::RunCancelled { reason } if reason == REASON_INTERRUPTED);
+        let wants_turn =
+            run.req.thread_id.is_some() && (status == RunStatus::Completed || interrupted);
+        match turns.as_slice() {
+            [] if !wants_turn => {}
+            [turn] if wants_turn => {
+                if turn.messages.first().and_then(|m| m.content.as_deref())
+                    != Some(run.req.input.as_str())
+                {
+                    return fail("the run's turn does not begin with its input".into());
+                }
+            }
+            _ => return fail(format!("{} turns on the thread", turns.len())),
         }
     }
     Ok(ended)

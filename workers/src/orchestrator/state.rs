@@ -67,6 +67,8 @@ pub struct RunState {
     conversation: Vec<ChatMessage>,
     /// The agent pinned by `run.started` (runs submitted without a snapshot).
     pinned: Option<AgentSpec>,
+    /// The thread's earlier messages (`thread.history`), once loaded.
+    history: Option<Vec<ChatMessage>>,
 }
 
 impl RunState {
@@ -89,6 +91,12 @@ impl RunState {
                     self.pinned = agent.as_deref().cloned();
                 }
             }
+            EventData::ThreadHistory { messages } => {
+                if self.history.is_none() {
+                    self.history = Some(messages.clone());
+                }
+            }
+            EventData::ThreadHistoryTruncated { .. } => {}
             EventData::StepStarted { step } => {
                 self.steps += 1;
                 if *step > self.step {
@@ -190,13 +198,28 @@ impl RunState {
 
     /// The conversation so far, as the model sees it.
     pub fn messages(&self, instructions: &str, input: &str) -> Vec<ChatMessage> {
-        let mut out = Vec::with_capacity(self.conversation.len() + 2);
+        let history = self.history.as_deref().unwrap_or_default();
+        let mut out = Vec::with_capacity(history.len() + self.conversation.len() + 2);
         if !instructions.is_empty() {
             out.push(ChatMessage::text(Role::System, instructions));
         }
+        out.extend(history.iter().cloned());
         out.push(ChatMessage::text(Role::User, input));
         out.extend(self.conversation.iter().cloned());
         out
+    }
+
+    /// This run's own messages: its input, then the model's messages and tool results.
+    pub fn own_messages(&self, input: &str) -> Vec<ChatMessage> {
+        let mut out = Vec::with_capacity(self.conversation.len() + 1);
+        out.push(ChatMessage::text(Role::User, input));
+        out.extend(self.conversation.iter().cloned());
+        out
+    }
+
+    /// Whether `thread.history` is journaled.
+    pub fn history_loaded(&self) -> bool {
+        self.history.is_some()
     }
 
     /// Total usage of the model calls so far.

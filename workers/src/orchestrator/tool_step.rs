@@ -121,7 +121,7 @@ impl<P: Port> Driver<'_, P> {
         // processes can publish on tool subjects.
         let memory_namespaces = agent.memory.resolve(&RunScope {
             principal: self.meta.principal.as_deref(),
-            thread: self.req.thread_id.as_deref(),
+            thread: self.req.thread_id.as_ref().map(|t| t.as_str()),
             agent: &agent.id,
         });
         // The tool's declared timeout, within the orchestrator's own bound.
