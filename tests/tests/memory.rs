@@ -514,7 +514,15 @@ async fn tool_events(p: &Platform, run: &str) -> Result<Vec<agentos_e2e::SseEven
         .collect())
 }
 
-async fn run_on_thread(p: &Platform, agent: &str, thread: &str) -> Result<(String, Value)> {
+/// A run on a new thread (named in its metadata): runs on different threads share no history.
+async fn run_on_thread(p: &Platform, agent: &str, name: &str) -> Result<(String, Value)> {
+    let (s, t) = p
+        .post("/v1/threads", &json!({"metadata": {"name": name}}))
+        .await?;
+    if s != 201 {
+        bail!("create thread: {s} {t}");
+    }
+    let thread = t["id"].as_str().context("thread id")?;
     let (s, v) = p
         .post(
             "/v1/runs",
