@@ -13,7 +13,7 @@ pub const LEASE_GRACE: Duration = Duration::from_secs(5);
 
 /// What a request may do with its key.
 #[derive(Debug)]
-pub(crate) enum Claim {
+enum Claim {
     /// The call ran before: this is its reply.
     Recorded(ToolReply),
     /// Another request is running the call: ask again after this long.
@@ -24,7 +24,7 @@ pub(crate) enum Claim {
 
 /// Claims `key` for a call with `timeout`. `first_attempt` (the caller journaled the call just
 /// now, so nothing can be recorded yet) skips the lookup.
-pub(crate) async fn claim(
+async fn claim(
     results: &Kv,
     key: &Key,
     timeout: Duration,
@@ -98,7 +98,7 @@ async fn lookup(results: &Kv, key: &Key, lease: Duration) -> agentos_bus::Result
 
 /// Replaces our claim with the reply (`None`: releases it, for a call that did not finish and
 /// may be tried again).
-pub(crate) async fn settle(
+async fn settle(
     results: &Kv,
     key: &Key,
     revision: Option<u64>,
@@ -129,7 +129,7 @@ pub(crate) async fn settle(
 /// A keyed call run at most once: the recorded reply or `in_progress` when the key is taken,
 /// else `run`'s reply, recorded under the key when `run` says the call finished (a call that
 /// did not finish, or failed in a way that is safe to retry, releases its claim). A request
-/// without a key just runs. Used by workers whose calls are not built-ins (the MCP bridge).
+/// without a key just runs. The tool worker and the MCP bridge run every call through it.
 pub(crate) async fn at_most_once<F>(
     results: &Kv,
     tenant: &agentos_bus::id::Tenant,
@@ -156,8 +156,12 @@ where
         },
     };
     let revision = match claim(results, &key, timeout, call.first_attempt).await {
-        Claim::Recorded(reply) => return reply,
+        Claim::Recorded(reply) => {
+            tracing::debug!(%key, "returning recorded tool result");
+            return reply;
+        }
         Claim::Busy(wait) => {
+            tracing::info!(%key, "the call is running elsewhere; answering in_progress");
             return ToolReply::InProgress {
                 retry_after_ms: wait.as_millis() as u64,
             };

@@ -23,7 +23,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use builtins::{Builtin, ToolEnv};
-use claim::Claim;
 pub use claim::LEASE_GRACE;
 pub use defs::{Catalog, Declared, builtin, undeclared};
 pub use memory::{MemoryEnv, MemoryTool};
@@ -199,86 +198,53 @@ impl ToolWorker {
                 retryable: false,
             };
         }
-        let record_key = match &call.idempotency_key {
-            None => None,
-            Some(key) => match record_key(tenant, key) {
-                Some(k) => Some(k),
-                None => {
-                    return ToolReply::Error {
-                        error: ErrorBody::new(
-                            "invalid_request",
-                            "idempotency_key must be <run_id>:<step>:<call_id>",
-                        ),
-                        retryable: false,
-                    };
-                }
-            },
-        };
         let timeout = Duration::from_millis(call.timeout_ms.max(1));
-        let revision = match &record_key {
-            None => None,
-            Some(key) => {
-                match claim::claim(&self.results, key, timeout, call.first_attempt).await {
-                    Claim::Recorded(reply) => {
-                        tracing::debug!(%key, "returning recorded tool result");
-                        return reply;
-                    }
-                    Claim::Busy(wait) => {
-                        tracing::info!(%key, "the call is running elsewhere; answering in_progress");
-                        return ToolReply::InProgress {
-                            retry_after_ms: wait.as_millis() as u64,
-                        };
-                    }
-                    Claim::Mine(revision) => revision,
-                }
+        claim::at_most_once(&self.results, tenant, call, timeout, async {
+            let cancel = CancellationToken::new();
+            if let Some(run) = call.run_id {
+                lock(in_flight).insert(run, cancel.clone());
             }
-        };
-        let cancel = CancellationToken::new();
-        if let Some(run) = call.run_id {
-            lock(in_flight).insert(run, cancel.clone());
-        }
-        let run = async {
-            match (tool, &self.memory) {
-                (Runnable::Builtin(b), _) => b.call(&self.env, &call.arguments, &cancel).await,
-                (Runnable::Memory(m), Some(env)) => m.call(env, tenant, principal, call).await,
-                (Runnable::Memory(_), None) => Err(ErrorBody::new(
-                    "tool_not_found",
-                    format!("no tool {}", call.tool),
-                )),
-            }
-        };
-        let outcome = tokio::time::timeout(timeout, run).await;
-        if let Some(run) = call.run_id {
-            lock(in_flight).remove(&run);
-        }
-        let reply = match outcome {
-            Ok(Ok(output)) => ToolReply::Ok { output },
-            Ok(Err(error)) => ToolReply::Error {
-                error,
-                retryable: false,
-            },
-            Err(_) => ToolReply::Error {
-                error: ErrorBody::new(
-                    "tool_timeout",
-                    format!("{} took longer than {timeout:?}", call.tool),
-                ),
-                retryable: tool.idempotent(),
-            },
-        };
-        // Not recorded: a cancelled call (it did not finish) and a retryable error (it may be
-        // tried again with the same key and must then really run); their claim is released.
-        let finished = !cancel.is_cancelled()
-            && !matches!(
-                &reply,
-                ToolReply::Error {
-                    retryable: true,
-                    ..
+            let run = async {
+                match (tool, &self.memory) {
+                    (Runnable::Builtin(b), _) => b.call(&self.env, &call.arguments, &cancel).await,
+                    (Runnable::Memory(m), Some(env)) => m.call(env, tenant, principal, call).await,
+                    (Runnable::Memory(_), None) => Err(ErrorBody::new(
+                        "tool_not_found",
+                        format!("no tool {}", call.tool),
+                    )),
                 }
-            );
-        if let Some(key) = &record_key {
-            claim::settle(&self.results, key, revision, finished.then_some(&reply)).await;
-        }
-        reply
+            };
+            let outcome = tokio::time::timeout(timeout, run).await;
+            if let Some(run) = call.run_id {
+                lock(in_flight).remove(&run);
+            }
+            let reply = match outcome {
+                Ok(Ok(output)) => ToolReply::Ok { output },
+                Ok(Err(error)) => ToolReply::Error {
+                    error,
+                    retryable: false,
+                },
+                Err(_) => ToolReply::Error {
+                    error: ErrorBody::new(
+                        "tool_timeout",
+                        format!("{} took longer than {timeout:?}", call.tool),
+                    ),
+                    retryable: tool.idempotent(),
+                },
+            };
+            // Not recorded: a cancelled call (it did not finish) and a retryable error (it may
+            // be tried again with the same key and must then really run).
+            let finished = !cancel.is_cancelled()
+                && !matches!(
+                    &reply,
+                    ToolReply::Error {
+                        retryable: true,
+                        ..
+                    }
+                );
+            (reply, finished)
+        })
+        .await
     }
 }
 
