@@ -24,12 +24,7 @@ enum Claim {
 
 /// Claims `key` for a call with `timeout`. `first_attempt` (the caller journaled the call just
 /// now, so nothing can be recorded yet) skips the lookup.
-async fn claim(
-    results: &Kv,
-    key: &Key,
-    timeout: Duration,
-    first_attempt: bool,
-) -> Claim {
+async fn claim(results: &Kv, key: &Key, timeout: Duration, first_attempt: bool) -> Claim {
     let lease = timeout + LEASE_GRACE;
     if !first_attempt {
         match lookup(results, key, lease).await {
@@ -98,12 +93,7 @@ async fn lookup(results: &Kv, key: &Key, lease: Duration) -> agentos_bus::Result
 
 /// Replaces our claim with the reply (`None`: releases it, for a call that did not finish and
 /// may be tried again).
-async fn settle(
-    results: &Kv,
-    key: &Key,
-    revision: Option<u64>,
-    reply: Option<&ToolReply>,
-) {
+async fn settle(results: &Kv, key: &Key, revision: Option<u64>, reply: Option<&ToolReply>) {
     let outcome = match (reply, revision) {
         (Some(reply), Some(rev)) => {
             let record = ToolRecord::Replied(reply.clone());
