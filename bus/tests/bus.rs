@@ -11,16 +11,9 @@ use agentos_bus::subject::DlqKind;
 use agentos_bus::{Bucket, Bus, CallMeta, ConnectOptions, Error, Settings};
 use bytes::Bytes;
 
-async fn setup() -> (NatsServer, Bus) {
-    let server = NatsServer::ephemeral().await.expect("nats-server");
-    let bus = Bus::connect(&ConnectOptions::new(server.url()))
-        .await
-        .expect("connect");
-    bus.provision(&Settings::default())
-        .await
-        .expect("provision");
-    (server, bus)
-}
+mod common;
+
+use common::setup;
 
 fn tenant() -> Tenant {
     Tenant::parse("acme").expect("tenant")

@@ -11,16 +11,9 @@ use agentos_bus::server::NatsServer;
 use agentos_bus::{Bus, ConnectOptions, Error, Expect, Settings};
 use serde_json::json;
 
-async fn setup() -> (NatsServer, Bus) {
-    let server = NatsServer::ephemeral().await.expect("nats-server");
-    let bus = Bus::connect(&ConnectOptions::new(server.url()))
-        .await
-        .expect("connect");
-    bus.provision(&Settings::default())
-        .await
-        .expect("provision");
-    (server, bus)
-}
+mod common;
+
+use common::setup;
 
 fn item(v: serde_json::Value) -> MemoryItem {
     MemoryItem {

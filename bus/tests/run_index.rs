@@ -2,19 +2,11 @@
 //! page's cost independent of history size.
 
 use agentos_bus::id::{AgentId, RunId, Tenant};
-use agentos_bus::server::NatsServer;
-use agentos_bus::{Bus, ConnectOptions, IndexPage, Settings};
+use agentos_bus::{Bus, IndexPage};
 
-async fn setup() -> (NatsServer, Bus) {
-    let server = NatsServer::ephemeral().await.expect("nats-server");
-    let bus = Bus::connect(&ConnectOptions::new(server.url()))
-        .await
-        .expect("connect");
-    bus.provision(&Settings::default())
-        .await
-        .expect("provision");
-    (server, bus)
-}
+mod common;
+
+use common::setup;
 
 fn t(s: &str) -> Tenant {
     Tenant::parse(s).expect("tenant")
