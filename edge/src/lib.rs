@@ -16,6 +16,7 @@ mod jwks;
 mod memory;
 mod memory_search;
 mod openapi;
+mod page;
 mod run_list;
 mod runs;
 mod thread_lock;

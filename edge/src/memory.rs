@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
+use crate::page::Page;
 use crate::{AppState, AuthContext};
 
 const DEFAULT_PAGE: usize = 100;
@@ -72,14 +73,6 @@ pub struct ListQuery {
 pub struct KeyView {
     pub key: String,
     pub revision: u64,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct KeyList {
-    pub object: &'static str,
-    pub data: Vec<KeyView>,
-    pub has_more: bool,
-    pub next_cursor: Option<String>,
 }
 
 pub(crate) fn parse_namespace(ns: String) -> ApiResult<Namespace> {
@@ -330,13 +323,13 @@ pub async fn remove(
 
 /// List a namespace's keys (not its nested namespaces'), by key, with a cursor.
 #[utoipa::path(get, path = "/v1/memory/{namespace}", params(("namespace" = String, Path, description = "dotted tokens"), ListQuery),
-    responses((status = 200, description = "a page of keys", body = KeyList)))]
+    responses((status = 200, description = "a page of keys", body = Page<KeyView>)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: AuthContext,
     Path(ns): Path<String>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult<Json<KeyList>> {
+) -> ApiResult<Json<Page<KeyView>>> {
     let ns = parse_namespace(ns)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = match q.limit.unwrap_or(DEFAULT_PAGE) {
@@ -363,12 +356,8 @@ pub async fn list(
         .collect();
     let has_more = page.len() > limit;
     page.truncate(limit);
-    Ok(Json(KeyList {
-        object: "list",
-        next_cursor: has_more
-            .then(|| page.last().map(|k| k.key.clone()))
-            .flatten(),
-        data: page,
-        has_more,
-    }))
+    let next_cursor = has_more
+        .then(|| page.last().map(|k| k.key.clone()))
+        .flatten();
+    Ok(Json(Page::new(page, has_more, next_cursor)))
 }

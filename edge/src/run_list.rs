@@ -7,9 +7,10 @@ use agentos_bus::envelope::RunRecord;
 use agentos_bus::id::{AgentId, RunId};
 use axum::Json;
 use axum::extract::{Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
+use crate::page::Page;
 use crate::runs::{RunView, parse_run_id, parse_status, run_key};
 use crate::{AppState, AuthContext};
 
@@ -32,21 +33,13 @@ pub struct ListQuery {
     pub after: Option<String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RunList {
-    pub object: &'static str,
-    pub data: Vec<RunView>,
-    pub has_more: bool,
-    pub next_cursor: Option<String>,
-}
-
 /// List runs, newest first, with cursor pagination.
-#[utoipa::path(get, path = "/v1/runs", params(ListQuery), responses((status = 200, description = "a page of runs", body = RunList)))]
+#[utoipa::path(get, path = "/v1/runs", params(ListQuery), responses((status = 200, description = "a page of runs", body = Page<RunView>)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: AuthContext,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<RunList>> {
+) -> ApiResult<Json<Page<RunView>>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let status = q.status.as_deref().map(parse_status).transpose()?;
     let agent =
@@ -109,10 +102,9 @@ pub async fn list(
             break (true, cursor);
         }
     };
-    Ok(Json(RunList {
-        object: "list",
-        data: data.into_iter().map(RunView::from).collect(),
+    Ok(Json(Page::new(
+        data.into_iter().map(RunView::from).collect(),
         has_more,
-        next_cursor: next_cursor.map(|id: RunId| id.to_string()),
-    }))
+        next_cursor.map(|id: RunId| id.to_string()),
+    )))
 }

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
+use crate::page::Page;
 use crate::runs::{RunView, run_key};
 use crate::{AppState, AuthContext};
 
@@ -90,15 +91,6 @@ pub struct MessageView {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub created_at: OffsetDateTime,
-}
-
-/// A page of a list.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Page<T> {
-    pub object: &'static str,
-    pub data: Vec<T>,
-    pub has_more: bool,
-    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -177,12 +169,7 @@ fn paginate<T>(mut items: Vec<T>, p: &PageParams, id: impl Fn(&T) -> String) -> 
     let has_more = data.len() > p.limit;
     data.truncate(p.limit);
     let next_cursor = has_more.then(|| data.last().map(&id)).flatten();
-    Ok(Page {
-        object: "list",
-        data,
-        has_more,
-        next_cursor,
-    })
+    Ok(Page::new(data, has_more, next_cursor))
 }
 
 fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
@@ -257,12 +244,7 @@ pub async fn list(
     let p = page_params(query, Order::Desc)?;
     let all = state.threads.list(&auth.tenant).await?;
     let page = paginate(all, &p, |t| t.id.to_string())?;
-    Ok(Json(Page {
-        object: page.object,
-        data: page.data.into_iter().map(ThreadView::from).collect(),
-        has_more: page.has_more,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(page.map(ThreadView::from)))
 }
 
 /// Read a thread.
@@ -378,16 +360,15 @@ pub async fn runs(
         async move { runs.get_as::<RunRecord>(&key).await }
     }))
     .await?;
-    Ok(Json(Page {
-        object: page.object,
-        data: records
+    Ok(Json(Page::new(
+        records
             .into_iter()
             .flatten()
             .map(|r| RunView::from(r.value))
             .collect(),
-        has_more: page.has_more,
-        next_cursor: page.next_cursor,
-    }))
+        page.has_more,
+        page.next_cursor,
+    )))
 }
 
 /// Fork a thread: a new thread with a copy of its messages (not its runs).
