@@ -136,8 +136,15 @@ impl Settings {
             ..Default::default()
         };
         vec![
+            // Submissions, and the expiry timers of waiting runs (message schedules, which the
+            // orchestrators' consumer does not see: it filters on submissions).
             stream::Config {
                 retention: stream::RetentionPolicy::WorkQueue,
+                subjects: vec![
+                    crate::subject::filter::RUNS_SUBMIT.to_owned(),
+                    crate::subject::filter::SCHEDULES.to_owned(),
+                ],
+                allow_message_schedules: true,
                 ..base(STREAM_RUNS, crate::subject::filter::RUNS_SUBMIT, 7 * DAY)
             },
             base(
@@ -276,6 +283,13 @@ fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
             "allow_msg_ttl",
             "true".into(),
             have.allow_message_ttl.to_string(),
+        );
+    }
+    if want.allow_message_schedules {
+        cmp(
+            "allow_msg_schedules",
+            "true".into(),
+            have.allow_message_schedules.to_string(),
         );
     }
     out

@@ -148,7 +148,9 @@ impl Bus {
         self.client
             .flush()
             .await
-            .map_err(|e| Error::nats("flush cancel", e))
+            .map_err(|e| Error::nats("flush cancel", e))?;
+        // A run waiting in `requires_action` has no orchestrator to hear the signal: wake one.
+        self.wake(tenant, run).await
     }
 
     /// Every cancel on the bus, parsed; malformed subjects are skipped with a warning.

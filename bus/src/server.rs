@@ -212,6 +212,22 @@ impl NatsServer {
     pub fn store_dir(&self) -> &Path {
         &self.store
     }
+
+    /// Kills the server (`SIGKILL`) and starts it again on the same port and store: a crash and
+    /// a restart, as clients see them.
+    pub async fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self
+            .store
+            .parent()
+            .ok_or_else(|| Error::Server("store directory has no parent".into()))?
+            .to_path_buf();
+        let mut fresh = Self::spawn(&locate(&[])?, &dir, Some(self.port), &[]).await?;
+        // `fresh` now holds the dead child, reaped when it drops.
+        std::mem::swap(&mut self.child, &mut fresh.child);
+        Ok(())
+    }
 }
 
 fn parse_ports_file(text: &str) -> Option<u16> {

@@ -75,6 +75,13 @@ pub fn runs_submit(tenant: &Tenant) -> Subject {
     Subject(format!("{PREFIX}.runs.{tenant}.submit"))
 }
 
+/// `agentos.sched.<tenant>.<run_id>`: the expiry timer of a run waiting in `requires_action`, a
+/// JetStream message schedule in stream `AGENTOS_RUNS` that fires a wake onto the tenant's runs
+/// subject (one per run: a new schedule replaces the last).
+pub fn schedule(tenant: &Tenant, run: &RunId) -> Subject {
+    Subject(format!("{PREFIX}.sched.{tenant}.{run}"))
+}
+
 /// `agentos.events.<tenant>.<run_id>`: a run's journal (stream `AGENTOS_EVENTS`).
 pub fn events(tenant: &Tenant, run: &RunId) -> Subject {
     Subject(format!("{PREFIX}.events.{tenant}.{run}"))
@@ -185,6 +192,7 @@ impl DlqKind {
 /// Wildcards the pools subscribe to.
 pub mod filter {
     pub const RUNS_SUBMIT: &str = "agentos.runs.*.submit";
+    pub const SCHEDULES: &str = "agentos.sched.*.*";
     pub const EVENTS: &str = "agentos.events.*.*";
     pub const MODEL: &str = "agentos.model.*.>";
     pub const TOOL: &str = "agentos.tool.*.>";

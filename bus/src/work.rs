@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::envelope::{Envelope, SubmitMessage};
+use crate::envelope::{Envelope, SubmitMessage, Wake};
 use crate::id::Tenant;
 use crate::provision::STREAM_RUNS;
 use crate::subject::{self, DlqKind, Subject};
@@ -161,6 +161,63 @@ impl Bus {
                 }
             }
         }
+    }
+
+    /// Asks the orchestrators to look at a run again (a cancel for a run no orchestrator holds
+    /// because it waits in `requires_action`); harmless for any other run.
+    pub async fn wake(&self, tenant: &Tenant, run: &crate::id::RunId) -> Result<()> {
+        let wake = SubmitMessage::Wake(Wake {
+            run_id: *run,
+            tenant: tenant.clone(),
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+        });
+        self.submit(&wake, &SubmitMeta::default()).await.map(|_| ())
+    }
+
+    /// Schedules a wake of `run` at `at` (a JetStream message schedule; it replaces the run's
+    /// previous one). The run's orchestrator then ends it `expired` if it still waits.
+    pub async fn schedule_wake(
+        &self,
+        tenant: &Tenant,
+        run: &crate::id::RunId,
+        at: time::OffsetDateTime,
+    ) -> Result<()> {
+        let subject = String::from(subject::schedule(tenant, run));
+        let at = at
+            .to_offset(time::UtcOffset::UTC)
+            .replace_nanosecond(0)
+            .unwrap_or(at)
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| Error::Decode {
+                what: "schedule time",
+                reason: e.to_string(),
+            })?;
+        let wake = SubmitMessage::Wake(Wake {
+            run_id: *run,
+            tenant: tenant.clone(),
+            nonce: format!("expiry-{}", at),
+        });
+        let mut h = HeaderMap::new();
+        h.insert(
+            headers::SCHEMA,
+            crate::envelope::SCHEMA_VERSION.to_string().as_str(),
+        );
+        h.insert(headers::TENANT, tenant.as_str());
+        h.insert(
+            async_nats::header::NATS_SCHEDULE,
+            format!("@at {at}").as_str(),
+        );
+        h.insert(
+            async_nats::header::NATS_SCHEDULE_TARGET,
+            String::from(subject::runs_submit(tenant)).as_str(),
+        );
+        self.js
+            .publish_with_headers(subject.clone(), h, wake.encode())
+            .await
+            .map_err(|e| Error::nats(format!("schedule {subject}"), e))?
+            .await
+            .map_err(|e| Error::nats(format!("schedule {subject}"), e))?;
+        Ok(())
     }
 
     /// Binds (creating if needed) the pool's durable consumer and streams its deliveries.

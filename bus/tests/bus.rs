@@ -124,6 +124,7 @@ async fn two_submits_with_one_msg_id_store_one_message() {
         multitask_strategy: None,
         metadata: Default::default(),
         submitted_at: now(),
+        expires_at: None,
     }));
     assert!(!bus.submit(&req, &Default::default()).await.expect("first"));
     assert!(bus.submit(&req, &Default::default()).await.expect("second"));
@@ -150,6 +151,7 @@ async fn a_retried_continuation_is_deduplicated_and_a_different_one_is_not() {
                 call_id: "call_1".parse().expect("call id"),
                 output,
             }],
+            approvals: Vec::new(),
         })
     };
     let meta = Default::default();

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::agent_actions::{self, ClientToolBody};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::tools::Warning;
@@ -47,6 +48,12 @@ pub struct CreateAgent {
     /// How much of a thread's history a run sees: `{max_messages = 100, max_tokens?}`.
     #[schema(value_type = Option<Object>)]
     pub history: Option<HistoryBody>,
+    /// Tools the caller implements: a call makes the run wait in `requires_action`.
+    #[serde(default)]
+    pub client_tools: Vec<ClientToolBody>,
+    /// Tools (among `tools`) whose calls wait for the caller's approval.
+    #[serde(default)]
+    pub requires_approval: Vec<String>,
 }
 
 /// The history bound as a client writes it.
@@ -134,6 +141,8 @@ pub struct UpdateAgent {
     pub memory: Option<MemoryBody>,
     #[schema(value_type = Option<Object>)]
     pub history: Option<HistoryBody>,
+    pub client_tools: Option<Vec<ClientToolBody>>,
+    pub requires_approval: Option<Vec<String>>,
 }
 
 /// An agent as written by `POST` and `PATCH`: the definition, and what its author should know.
@@ -226,9 +235,12 @@ pub async fn create(
         metadata: body.metadata,
         memory: memory(body.memory)?,
         history: history(body.history)?,
+        client_tools: agent_actions::client_tools(body.client_tools)?,
+        requires_approval: agent_actions::requires_approval(body.requires_approval)?,
         created_at: ts,
         updated_at: ts,
     };
+    agent_actions::check(&spec)?;
     match state
         .agents
         .create_as(&agent_key(&auth, &spec.id), &spec)
@@ -306,6 +318,13 @@ pub async fn update(
     if body.history.is_some() {
         spec.history = history(body.history)?;
     }
+    if let Some(c) = body.client_tools {
+        spec.client_tools = agent_actions::client_tools(c)?;
+    }
+    if let Some(r) = body.requires_approval {
+        spec.requires_approval = agent_actions::requires_approval(r)?;
+    }
+    agent_actions::check(&spec)?;
     spec.updated_at = now();
     match state
         .agents

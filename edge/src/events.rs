@@ -124,7 +124,8 @@ pub struct WaitQuery {
     pub timeout_s: Option<u64>,
 }
 
-/// Long-poll until the run is terminal or the timeout passes; answers the run either way.
+/// Long-poll until the run is terminal or waits in `requires_action` for the caller, or the
+/// timeout passes; answers the run either way.
 #[utoipa::path(get, path = "/v1/runs/{id}/wait", params(("id" = String, Path), WaitQuery), responses((status = 200, description = "the run", body = RunView)))]
 pub async fn wait(
     State(state): State<AppState>,
@@ -146,7 +147,7 @@ pub async fn wait(
     // unregisters on every way out of this function, a failed read included.
     let mut waiter = state.waiters.register(id);
     let rec = load(&state, &auth, &id).await?.value;
-    if rec.status.is_terminal() {
+    if crate::watch::settled(&rec) {
         return Ok(Json(rec.into()));
     }
     match tokio::time::timeout(Duration::from_secs(timeout_s), waiter.done()).await {

@@ -4,6 +4,7 @@
 //! `agentos-bus`.
 
 mod admin;
+mod agent_actions;
 mod agents;
 mod auth;
 mod chat;
@@ -17,6 +18,7 @@ mod memory;
 mod memory_search;
 mod openapi;
 mod page;
+mod run_actions;
 mod run_list;
 mod runs;
 mod thread_lock;
@@ -169,6 +171,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(health::routes())
         .merge(agents::routes())
         .merge(runs::routes())
+        .merge(run_actions::routes())
         .merge(threads::routes())
         .merge(events::routes())
         .merge(chat::routes())

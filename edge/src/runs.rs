@@ -2,8 +2,8 @@
 //! with `Nats-Msg-Id = run_id`; the orchestrators do the rest.
 
 use agentos_bus::envelope::{
-    Envelope, ErrorBody, Event, EventData, MultitaskStrategy, RunRecord, RunRequest, RunStatus,
-    SubmitMessage, Usage, now,
+    Envelope, ErrorBody, Event, EventData, MAX_EXPIRY, MultitaskStrategy, PendingCall, RunRecord,
+    RunRequest, RunStatus, SubmitMessage, Usage, now,
 };
 use agentos_bus::id::{AgentId, RunId};
 use agentos_bus::key::{self, Key};
@@ -48,6 +48,9 @@ pub struct CreateRun {
     /// Answer with the run's events as SSE instead of the run.
     #[serde(default)]
     pub stream: bool,
+    /// RFC 3339 time at which the run, if it then waits in `requires_action`, ends `expired`
+    /// (future, at most 7 days away).
+    pub expires_at: Option<String>,
 }
 
 /// A run as the API shows it.
@@ -70,6 +73,17 @@ pub struct RunView {
     /// Who created the run: the token's `sub`, or `nats:<tenant>` for a run published
     /// straight onto the bus.
     pub created_by: Option<String>,
+    /// What a run in `requires_action` waits for: its pending calls (`call_id`, `name`,
+    /// `arguments`, `kind`: `client_tool` | `approval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub required_action: Option<RequiredActionView>,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub created_at: OffsetDateTime,
@@ -81,8 +95,23 @@ pub struct RunView {
     pub finished_at: Option<OffsetDateTime>,
 }
 
+/// A waiting run's pending calls.
+#[derive(Debug, Serialize)]
+pub struct RequiredActionView {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub tool_calls: Vec<PendingCall>,
+}
+
 impl From<RunRecord> for RunView {
     fn from(r: RunRecord) -> Self {
+        let required_action = r
+            .required_action
+            .filter(|_| r.status == RunStatus::RequiresAction)
+            .map(|a| RequiredActionView {
+                kind: "submit_tool_outputs",
+                tool_calls: a.tool_calls,
+            });
         Self {
             id: r.id.to_string(),
             object: "run",
@@ -96,6 +125,8 @@ impl From<RunRecord> for RunView {
             thread_id: r.thread_id.map(String::from),
             metadata: r.metadata,
             created_by: r.created_by,
+            required_action,
+            expires_at: r.expires_at,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -130,6 +161,24 @@ pub(crate) async fn load(
         .get_as::<RunRecord>(&run_key(auth, id))
         .await?
         .ok_or_else(|| ApiError::not_found("run_not_found", format!("no run {id}")))
+}
+
+/// `expires_at`: RFC 3339, in the future, at most [`MAX_EXPIRY`] away.
+fn expiry(at: &str, now: OffsetDateTime) -> ApiResult<OffsetDateTime> {
+    let invalid =
+        |m: String| ApiError::bad_request("invalid_expires_at", m).with_param("expires_at");
+    let at = OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| invalid(format!("expires_at must be an RFC 3339 time: {e}")))?;
+    if at <= now {
+        return Err(invalid("expires_at must be in the future".into()));
+    }
+    if at - now > MAX_EXPIRY {
+        return Err(invalid(format!(
+            "expires_at must be at most {} days away",
+            MAX_EXPIRY.whole_days()
+        )));
+    }
+    Ok(at)
 }
 
 /// FNV-1a of the canonical body: enough to tell a reused idempotency key from a retry.
@@ -219,6 +268,12 @@ pub async fn create(
         )
         .with_param("multitask_strategy"));
     }
+    let submitted_at = now();
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|at| expiry(at, submitted_at))
+        .transpose()?;
     let agent = agents::load(&state, &auth, &agent_id).await?.value;
     state
         .entitled(&auth.tenant, |e| e.check_agent(&agent))
@@ -246,7 +301,8 @@ pub async fn create(
         thread_id: thread_id.clone(),
         multitask_strategy: strategy,
         metadata: body.metadata.clone(),
-        submitted_at: now(),
+        submitted_at,
+        expires_at,
     };
     let mut record = RunRecord::queued(&req);
     record.request_hash = idempotency_key.as_ref().map(|_| body_hash(&body));

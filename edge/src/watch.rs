@@ -1,17 +1,29 @@
 //! Waiting for runs to finish without a JetStream consumer per waiter: one core subscription on
-//! the run-record bucket per edge wakes every waiter whose run reached a terminal status.
+//! the run-record bucket per edge wakes every waiter whose run reached a terminal status, or
+//! waits for its caller.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use agentos_bus::Bus;
-use agentos_bus::envelope::RunRecord;
+use agentos_bus::envelope::{RunRecord, RunStatus};
 use agentos_bus::id::RunId;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 type Map = HashMap<RunId, Vec<oneshot::Sender<RunRecord>>>;
+
+/// Whether a run is where `/wait` returns: ended, or waiting for its caller's answer (and not
+/// answered yet).
+pub fn settled(rec: &RunRecord) -> bool {
+    rec.status.is_terminal()
+        || (rec.status == RunStatus::RequiresAction
+            && rec
+                .required_action
+                .as_ref()
+                .is_some_and(|a| a.answered_by.is_none()))
+}
 
 /// One registered waiter; unregisters itself on drop.
 pub struct Waiter {
@@ -67,7 +79,7 @@ impl Waiters {
     }
 
     fn notify(&self, rec: RunRecord) {
-        if !rec.status.is_terminal() {
+        if !settled(&rec) {
             return;
         }
         let Some(list) = self.lock().remove(&rec.id) else {
@@ -116,6 +128,7 @@ mod tests {
             multitask_strategy: None,
             metadata: Default::default(),
             submitted_at: now(),
+            expires_at: None,
         };
         RunRecord {
             status,

@@ -334,7 +334,7 @@ impl Platform {
                 .ok()?;
             matches!(
                 v["status"].as_str(),
-                Some("completed" | "failed" | "cancelled")
+                Some("completed" | "failed" | "cancelled" | "expired")
             )
             .then_some(v)
         })

@@ -30,6 +30,7 @@ async fn submit_direct(p: &Platform, agent: &str) -> RunId {
         multitask_strategy: None,
         metadata: Default::default(),
         submitted_at: now(),
+        expires_at: None,
     };
     let id = req.run_id;
     p.bus
@@ -289,6 +290,7 @@ async fn messages_claiming_another_tenant_than_their_subject_are_refused() {
         multitask_strategy: None,
         metadata: Default::default(),
         submitted_at: now(),
+        expires_at: None,
     }));
     p.bus
         .publish_raw(

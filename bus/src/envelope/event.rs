@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{AgentSpec, ChatMessage, Envelope, ErrorBody, ToolCallSpec, Usage};
+use super::{AgentSpec, Answer, ChatMessage, Envelope, ErrorBody, PendingCall, Usage};
 use crate::id::{AgentId, CallId, RunId, Tenant, ToolName};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,10 +97,26 @@ pub enum EventData {
         name: String,
         error: ErrorBody,
     },
+    /// The run waits for its caller: an output for each client tool call, a decision on each
+    /// call that requires approval (until `expires_at`, when given).
     #[serde(rename = "run.requires_action")]
     RunRequiresAction {
         step: u32,
-        tool_calls: Vec<ToolCallSpec>,
+        tool_calls: Vec<PendingCall>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "time::serde::rfc3339::option"
+        )]
+        expires_at: Option<OffsetDateTime>,
+    },
+    /// The answer the run resumes with, one per pending call; `submission` is the message id of
+    /// the continuation that carried it.
+    #[serde(rename = "run.action_answered")]
+    RunActionAnswered {
+        step: u32,
+        answers: Vec<Answer>,
+        submission: String,
     },
     #[serde(rename = "run.completed")]
     RunCompleted { output: String, usage: Usage },
@@ -108,6 +124,12 @@ pub enum EventData {
     RunFailed { error: ErrorBody },
     #[serde(rename = "run.cancelled")]
     RunCancelled { reason: String },
+    /// Nobody answered `run.requires_action` before the run's `expires_at`.
+    #[serde(rename = "run.expired")]
+    RunExpired {
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
 }
 
 impl EventData {
@@ -125,6 +147,8 @@ impl EventData {
             Self::ToolCompleted { .. } => "tool.completed",
             Self::ToolFailed { .. } => "tool.failed",
             Self::RunRequiresAction { .. } => "run.requires_action",
+            Self::RunActionAnswered { .. } => "run.action_answered",
+            Self::RunExpired { .. } => "run.expired",
             Self::RunCompleted { .. } => "run.completed",
             Self::RunFailed { .. } => "run.failed",
             Self::RunCancelled { .. } => "run.cancelled",
@@ -135,7 +159,10 @@ impl EventData {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Self::RunCompleted { .. } | Self::RunFailed { .. } | Self::RunCancelled { .. }
+            Self::RunCompleted { .. }
+                | Self::RunFailed { .. }
+                | Self::RunCancelled { .. }
+                | Self::RunExpired { .. }
         )
     }
 }

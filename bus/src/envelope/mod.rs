@@ -5,6 +5,7 @@
 //! current version (hand-written tools in other languages may omit it); any other version is
 //! refused with [`Error::SchemaVersion`], never guessed at.
 
+mod action;
 mod agent;
 mod embedding;
 mod event;
@@ -15,12 +16,16 @@ mod tenant;
 mod thread;
 mod tool;
 
-pub use agent::AgentSpec;
+pub use action::{
+    ActionKind, Answer, AnswerError, Approval, Claim, MAX_EXPIRY, PendingCall, RequiredAction,
+    expired,
+};
+pub use agent::{AgentSpec, ClientTool};
 pub use embedding::{EmbeddingReply, EmbeddingRequest, EmbeddingUsage};
 pub use event::{Event, EventData};
 pub use memory::{MemoryItem, StoredEmbedding};
 pub use model::{ChatMessage, ModelReply, ModelRequest, Role, ToolCallSpec, ToolDef, Usage};
-pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput};
+pub use run::{Continuation, RunRecord, RunRequest, RunStatus, SubmitMessage, ToolOutput, Wake};
 pub use tenant::{AuditRecord, Entitlements, NotEntitled, TenantRecord};
 pub use thread::{
     HistoryLimit, MultitaskStrategy, REASON_INTERRUPTED, REASON_ROLLBACK, ThreadLock, ThreadRecord,

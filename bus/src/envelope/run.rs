@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{AgentSpec, Envelope, ErrorBody, MultitaskStrategy, Usage};
+use super::{
+    AgentSpec, Approval, Claim, Envelope, ErrorBody, MultitaskStrategy, RequiredAction, Usage,
+};
 use crate::id::{AgentId, CallId, RunId, Tenant, ThreadId};
 
 /// A new run, published on `agentos.runs.<tenant>.submit` with `Nats-Msg-Id = run_id`.
@@ -26,17 +28,39 @@ pub struct RunRequest {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
     pub submitted_at: OffsetDateTime,
+    /// A run still waiting in `requires_action` at this time ends `expired`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
 }
 
-/// Outputs for a run waiting in `requires_action`.
+/// The answer to a run waiting in `requires_action`: an output for each client tool call, an
+/// approval or rejection for each call that requires approval.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Continuation {
     pub run_id: RunId,
     pub tenant: Tenant,
+    #[serde(default)]
     pub tool_outputs: Vec<ToolOutput>,
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+}
+
+/// Look at a run again: a waiting run whose `expires_at` passed (a scheduled message), or one
+/// a cancel was asked for. Harmless for a run that is not waiting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Wake {
+    pub run_id: RunId,
+    pub tenant: Tenant,
+    /// Tells wakes apart for deduplication.
+    pub nonce: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ToolOutput {
     pub call_id: CallId,
     pub output: serde_json::Value,
@@ -48,6 +72,7 @@ pub struct ToolOutput {
 pub enum SubmitMessage {
     Run(Box<RunRequest>),
     Continuation(Continuation),
+    Wake(Wake),
 }
 
 impl Envelope for SubmitMessage {
@@ -59,6 +84,7 @@ impl SubmitMessage {
         match self {
             Self::Run(r) => r.run_id,
             Self::Continuation(c) => c.run_id,
+            Self::Wake(w) => w.run_id,
         }
     }
 
@@ -66,26 +92,34 @@ impl SubmitMessage {
         match self {
             Self::Run(r) => &r.tenant,
             Self::Continuation(c) => &c.tenant,
+            Self::Wake(w) => &w.tenant,
         }
     }
 
     /// The `Nats-Msg-Id` it is submitted with. A run: its id. A continuation: the run id and a
-    /// digest of its outputs, so a client's retried answer is deduplicated and a different answer
-    /// is not.
+    /// digest of its answers, so a client's retried answer is deduplicated and a different answer
+    /// is not. A wake: its nonce.
     pub fn msg_id(&self) -> String {
         match self {
             Self::Run(r) => r.run_id.to_string(),
-            Self::Continuation(c) => {
-                // A retried answer serializes to the same bytes.
-                let content = serde_json::to_vec(&c.tool_outputs).unwrap_or_default();
-                let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &content);
-                format!("{}:cont:{}", c.run_id, digest.simple())
-            }
+            Self::Continuation(c) => c.msg_id(),
+            Self::Wake(w) => format!("{}:wake:{}", w.run_id, w.nonce),
         }
     }
 }
 
-/// `queued → running → (requires_action ⇄ running) → completed | failed | cancelled`;
+impl Continuation {
+    /// See [`SubmitMessage::msg_id`]; also names the answer that claimed a wait.
+    pub fn msg_id(&self) -> String {
+        // A retried answer serializes to the same bytes.
+        let content =
+            serde_json::to_vec(&(&self.tool_outputs, &self.approvals)).unwrap_or_default();
+        let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &content);
+        format!("{}:cont:{}", self.run_id, digest.simple())
+    }
+}
+
+/// `queued → running → (requires_action ⇄ running) → completed | failed | cancelled | expired`;
 /// `cancelling` is the window between a cancel request and the run acknowledging it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,11 +131,16 @@ pub enum RunStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Waited in `requires_action` past its `expires_at`.
+    Expired,
 }
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::Expired
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +152,7 @@ impl RunStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
 }
@@ -152,6 +192,15 @@ pub struct RunRecord {
     /// a client's cancel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// What a run in `requires_action` waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_action: Option<RequiredAction>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
     /// The journal sequence this record reflects.
     #[serde(default)]
     pub last_seq: u64,
@@ -170,6 +219,29 @@ impl Envelope for RunRecord {
 }
 
 impl RunRecord {
+    /// Claims the wait `wait` for the answer `submission`: the first answer to claim a wait is
+    /// the one its run resumes with, whoever claims it (the edge that took the answer, or the
+    /// orchestrator that holds it).
+    pub fn claim_answer(&mut self, wait: &RequiredAction, submission: &str) -> Claim {
+        match &mut self.required_action {
+            Some(current) if current.seq == wait.seq => match &current.answered_by {
+                Some(by) if by == submission => Claim::Ours,
+                Some(_) => Claim::Taken,
+                None => {
+                    current.answered_by = Some(submission.to_owned());
+                    Claim::Write
+                }
+            },
+            _ => {
+                self.required_action = Some(RequiredAction {
+                    answered_by: Some(submission.to_owned()),
+                    ..wait.clone()
+                });
+                Claim::Write
+            }
+        }
+    }
+
     /// A fresh `queued` record for a request.
     pub fn queued(req: &RunRequest) -> Self {
         Self {
@@ -188,6 +260,8 @@ impl RunRecord {
             created_by_roles: Vec::new(),
             request_hash: None,
             cancel_reason: None,
+            required_action: None,
+            expires_at: req.expires_at,
             last_seq: 0,
             created_at: req.submitted_at,
             updated_at: req.submitted_at,

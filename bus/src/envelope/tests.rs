@@ -76,6 +76,8 @@ fn entitlements_cover_agent_model_and_tools() {
         metadata: Default::default(),
         memory: Default::default(),
         history: Default::default(),
+        client_tools: Vec::new(),
+        requires_approval: Vec::new(),
         created_at: now(),
         updated_at: now(),
     };

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use agentos_bus::envelope::SubmitMessage;
+use agentos_bus::envelope::{RunRequest, SubmitMessage};
+use agentos_bus::id::{RunId, Tenant};
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{Delivery, Error as BusError};
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::cancel::Active;
 use super::drive::{Attempt, Disposition, drive};
+use super::human::Trigger;
+use super::port::Port;
 
 pub(super) async fn process(
     ctx: &Ctx,
@@ -19,36 +22,99 @@ pub(super) async fn process(
     active: &Active,
     drain: &CancellationToken,
 ) {
-    let disposition = match delivery.decode() {
-        Ok(SubmitMessage::Run(req)) => {
+    let (req, trigger) = match delivery.decode() {
+        Ok(SubmitMessage::Run(req)) => (Ok(*req), Trigger::Submission),
+        Ok(SubmitMessage::Continuation(c)) => {
+            let req = resumed_request(ctx, &c.tenant, &c.run_id)
+                .await
+                .and_then(|r| {
+                    r.ok_or_else(|| {
+                        Unfit::Refused(BusError::Decode {
+                            what: "continuation",
+                            reason: format!("no run {}", c.run_id),
+                        })
+                    })
+                });
+            (req, Trigger::Answer(c))
+        }
+        Ok(SubmitMessage::Wake(w)) => {
+            let req = resumed_request(ctx, &w.tenant, &w.run_id).await;
+            (req.and_then(|r| r.ok_or(Unfit::Unknown)), Trigger::Wake)
+        }
+        Err(err) => (Err(Unfit::Refused(err)), Trigger::Wake),
+    };
+    let disposition = match req {
+        Ok(req) => {
             let cancel = active.register(req.run_id);
             let attempt = Attempt {
                 delivered: delivery.delivered(),
                 request_id: delivery.request_id().map(str::to_owned),
+                trigger,
             };
             let work = drive(&ctx.port, &ctx.opts, attempt, &req, &cancel, drain);
             let d = with_progress(ctx, &delivery, work).await;
             active.remove(&req.run_id);
             d
         }
-        Ok(SubmitMessage::Continuation(c)) => {
-            let err = BusError::Decode {
-                what: "continuation",
-                reason: "continuations (requires_action) are not supported by this version".into(),
-            };
-            dead_letter(ctx, &delivery, Some(&c.tenant), &err).await
-        }
-        Err(err) => {
-            let tenant = subject::tenant_of(delivery.subject());
-            dead_letter(ctx, &delivery, tenant.as_ref(), &err).await
-        }
+        Err(Unfit::Refused(err)) => Disposition::Refused(err),
+        Err(Unfit::Unknown) => Disposition::Done,
+        Err(Unfit::Later) => Disposition::Retry(Duration::from_secs(1)),
     };
     let result = match disposition {
         Disposition::Done => delivery.ack().await,
         Disposition::Retry(delay) => delivery.nak(delay).await,
+        Disposition::Refused(err) => {
+            let tenant = subject::tenant_of(delivery.subject());
+            match dead_letter(ctx, &delivery, tenant.as_ref(), &err).await {
+                Disposition::Done => delivery.ack().await,
+                _ => delivery.nak(Duration::from_secs(5)).await,
+            }
+        }
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, subject = delivery.subject(), "could not settle the run delivery; it will be redelivered");
+    }
+}
+
+/// Why a delivery has no run to drive.
+enum Unfit {
+    /// Malformed, or an answer for a run that does not exist: dead-letter it.
+    Refused(BusError),
+    /// A wake for a run that does not exist (or not yet): nothing to do.
+    Unknown,
+    /// The record could not be read: try again.
+    Later,
+}
+
+/// The request of a run that started before, rebuilt from its record (an answer or a wake
+/// carries only the run's id). Its agent is the one `run.started` pinned (every run that can wait
+/// pins it); a resumed run waits its turn on its thread, whatever its strategy.
+async fn resumed_request(
+    ctx: &Ctx,
+    tenant: &Tenant,
+    run: &RunId,
+) -> Result<Option<RunRequest>, Unfit> {
+    match ctx.port.read_record(tenant, run).await {
+        Ok(Some(rec)) => {
+            let rec = rec.value;
+            Ok(Some(RunRequest {
+                run_id: rec.id,
+                tenant: rec.tenant,
+                agent_id: rec.agent_id,
+                agent: None,
+                input: rec.input,
+                thread_id: rec.thread_id,
+                multitask_strategy: None,
+                metadata: rec.metadata,
+                submitted_at: rec.created_at,
+                expires_at: rec.expires_at,
+            }))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            tracing::warn!(error = %e, %run, "could not read the run record");
+            Err(Unfit::Later)
+        }
     }
 }
 

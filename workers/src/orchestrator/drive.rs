@@ -13,17 +13,32 @@ use agentos_bus::{CallMeta, Error as BusError, Versioned};
 use tokio_util::sync::CancellationToken;
 
 use super::OrchestratorOptions;
+use super::human::{Go, Trigger};
 use super::port::Port;
 use super::state::{Next, RunState};
 use super::thread_lock::{LeaseCell, Taking, keep_lease};
 
 /// How a delivery ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Disposition {
-    /// The run reached a terminal state (or was already there): ack.
+    /// The run reached a terminal state (or was already there), or waits for its caller: ack.
     Done,
     /// Not now: give it back for redelivery after the delay.
     Retry(Duration),
+    /// The message cannot be applied (an answer that does not fit the run's wait):
+    /// dead-letter it.
+    Refused(BusError),
+}
+
+/// What one action left the run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Advance {
+    /// More to do.
+    Next,
+    /// The run has ended.
+    Ended,
+    /// The run waits for its caller, holding nothing.
+    Parked,
 }
 
 /// Why the driver stopped before the run ended.
@@ -51,9 +66,11 @@ impl From<BusError> for Stop {
 /// This delivery of the run.
 #[derive(Clone, Debug)]
 pub(crate) struct Attempt {
-    /// How many times the run has been delivered, this time included.
+    /// How many times the message has been delivered, this time included.
     pub(crate) delivered: i64,
     pub(crate) request_id: Option<String>,
+    /// The submission, an answer, or a wake.
+    pub(crate) trigger: Trigger,
 }
 
 /// Drives `req` until it ends, the bus fails, or `drain` fires.
@@ -84,7 +101,8 @@ pub(crate) async fn drive<P: Port>(
             ..CallMeta::new(req.tenant.clone())
         },
     };
-    let resumed = attempt.delivered > 1;
+    let mut trigger = Some(&attempt.trigger).filter(|t| !matches!(t, Trigger::Submission));
+    let resumed = attempt.delivered > 1 || trigger.is_some();
     let mut conflicts = 0u32;
     let mut needs_reload = resumed;
     loop {
@@ -94,6 +112,19 @@ pub(crate) async fn drive<P: Port>(
                 return Disposition::Retry(Duration::from_secs(1));
             }
             needs_reload = false;
+        }
+        // An answer or a wake acts on the journal as read: once.
+        if let Some(t) = trigger {
+            match driver.on_trigger(t).await {
+                Ok(Go::Drive) => trigger = None,
+                Ok(Go::Skip) => return Disposition::Done,
+                Ok(Go::Refuse(e)) => return Disposition::Refused(e),
+                Err(Stop::Conflict) => {
+                    needs_reload = true;
+                    continue;
+                }
+                Err(_) => return Disposition::Retry(Duration::from_secs(1)),
+            }
         }
         if resumed && attempt.delivered > opts.max_attempts && driver.state.ended().is_none() {
             let error = ErrorBody::new(
@@ -120,11 +151,12 @@ pub(crate) async fn drive<P: Port>(
             r = driver.advance() => r,
         };
         match step {
-            Ok(true) => {
+            Ok(Advance::Ended) => {
                 driver.release_thread_lock().await;
                 return Disposition::Done;
             }
-            Ok(false) => conflicts = 0,
+            Ok(Advance::Parked) => return Disposition::Done,
+            Ok(Advance::Next) => conflicts = 0,
             Err(Stop::Conflict) => {
                 conflicts += 1;
                 if conflicts > 20 {
@@ -207,8 +239,8 @@ impl<P: Port> Driver<'_, P> {
         Ok(())
     }
 
-    /// Performs the next action; `Ok(true)` once the run has ended.
-    async fn advance(&mut self) -> Result<bool, Stop> {
+    /// Performs the next action.
+    async fn advance(&mut self) -> Result<Advance, Stop> {
         if self.state.is_empty() {
             self.audit_direct_submission().await?;
         }
@@ -216,7 +248,7 @@ impl<P: Port> Driver<'_, P> {
         if let Some(error) = self.refusal_before_start(&agent).await? {
             self.ensure_created().await?;
             self.finish(EventData::RunFailed { error }).await?;
-            return Ok(true);
+            return Ok(Advance::Ended);
         }
         let agent = match agent {
             Ok(agent) => agent,
@@ -227,23 +259,25 @@ impl<P: Port> Driver<'_, P> {
                 } else {
                     self.finish(EventData::RunFailed { error }).await?;
                 }
-                return Ok(true);
+                return Ok(Advance::Ended);
             }
         };
-        let next = self.state.next(agent.max_steps);
+        let next = self.state.next(&agent);
         if self.honour_cancel(&next).await? {
-            return Ok(true);
+            return Ok(Advance::Ended);
         }
-        if !matches!(next, Next::Create | Next::Finished) && self.needs_thread_lock() {
+        if !matches!(next, Next::Create | Next::Finished | Next::Wait(_))
+            && self.needs_thread_lock()
+        {
             match self.take_thread_lock().await? {
-                Taking::Taken | Taking::Cancelled => return Ok(false),
+                Taking::Taken | Taking::Cancelled => return Ok(Advance::Next),
                 Taking::Busy => {
                     let error = ErrorBody::new(
                         "thread_busy",
                         "another run is active on the thread (multitask_strategy reject)",
                     );
                     self.finish(EventData::RunFailed { error }).await?;
-                    return Ok(true);
+                    return Ok(Advance::Ended);
                 }
             }
         }
@@ -256,31 +290,35 @@ impl<P: Port> Driver<'_, P> {
                 .await?
             }
             Next::Start => {
-                // A run submitted without a snapshot is pinned to the definition it starts with.
-                let pin = self.req.agent.is_none().then(|| Box::new(agent.clone()));
+                // A run submitted without a snapshot is pinned to the definition it starts with;
+                // so is one that may wait for its caller (its answer carries no snapshot).
+                let pin =
+                    (self.req.agent.is_none() || agent.may_wait()).then(|| Box::new(agent.clone()));
                 self.append(EventData::RunStarted { agent: pin }).await?;
                 self.project_started().await?;
             }
             Next::StartStep(_) if self.needs_history() => {
                 if let Err(error) = self.load_history(&agent).await? {
                     self.finish(EventData::RunFailed { error }).await?;
-                    return Ok(true);
+                    return Ok(Advance::Ended);
                 }
             }
             Next::StartStep(step) => self.append(EventData::StepStarted { step }).await?,
             Next::CallModel(step) => {
                 if let Err(error) = self.call_model(&agent, step).await? {
                     self.finish(EventData::RunFailed { error }).await?;
-                    return Ok(true);
+                    return Ok(Advance::Ended);
                 }
             }
             Next::StartTool(step, call) => self.start_tool(&agent, step, call).await?,
             Next::InvokeTool(step, call) => self.invoke_tool(&agent, step, &call).await?,
+            Next::RequireAction(step, calls) => self.require_action(step, calls).await?,
+            Next::Wait(waiting) => return self.park(waiting).await,
             Next::Complete { output } => {
                 let usage = self.state.usage();
                 self.finish(EventData::RunCompleted { output, usage })
                     .await?;
-                return Ok(true);
+                return Ok(Advance::Ended);
             }
             Next::TooManySteps(max) => {
                 let error = ErrorBody::new(
@@ -288,17 +326,17 @@ impl<P: Port> Driver<'_, P> {
                     format!("no final answer within {max} steps"),
                 );
                 self.finish(EventData::RunFailed { error }).await?;
-                return Ok(true);
+                return Ok(Advance::Ended);
             }
             Next::Finished => {
                 // Make sure the record reflects the end (a previous orchestrator may have died
                 // between the terminal event and the projection), and the thread has its turn.
                 self.record_turn().await?;
                 self.project_terminal().await?;
-                return Ok(true);
+                return Ok(Advance::Ended);
             }
         }
-        Ok(false)
+        Ok(Advance::Next)
     }
 
     pub(super) async fn ensure_created(&mut self) -> Result<(), Stop> {

@@ -10,6 +10,7 @@ mod admission;
 mod cancel;
 mod delivery;
 mod drive;
+mod human;
 mod model_step;
 mod port;
 mod projection;

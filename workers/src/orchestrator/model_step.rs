@@ -26,11 +26,13 @@ impl<P: Port> Driver<'_, P> {
     ) -> Result<Result<(), ErrorBody>, Stop> {
         // The model is shown each tool's declaration: description and argument schema.
         let declared = self.port.tools(&agent.tools).await?;
+        // Client tools are declared in the agent itself.
         let tools = agent
             .tools
             .iter()
             .zip(&declared)
             .map(|(name, d)| d.as_ref().map_or_else(|| undeclared(name), |d| d.def()))
+            .chain(agent.client_tools.iter().map(|t| t.def()))
             .collect();
         let request = ModelRequest {
             run_id: Some(self.req.run_id),

@@ -146,6 +146,14 @@ pub(crate) trait Port: Send + Sync {
         reason: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Schedules a wake of a waiting run at `at` (its expiry), replacing the run's previous one.
+    fn schedule_wake(
+        &self,
+        tenant: &Tenant,
+        run: &RunId,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Waits `d` (wall time; virtual in the simulation).
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
 
@@ -335,6 +343,10 @@ impl Port for BusPort {
             }
         }
         self.bus.publish_cancel(tenant, run).await
+    }
+
+    async fn schedule_wake(&self, tenant: &Tenant, run: &RunId, at: OffsetDateTime) -> Result<()> {
+        self.bus.schedule_wake(tenant, run, at).await
     }
 
     async fn sleep(&self, d: Duration) {

@@ -29,6 +29,7 @@ impl<P: Port> Driver<'_, P> {
         let (status, output, error) = match ended.data {
             EventData::RunCompleted { output, .. } => (RunStatus::Completed, Some(output), None),
             EventData::RunFailed { error } => (RunStatus::Failed, None, Some(error)),
+            EventData::RunExpired { .. } => (RunStatus::Expired, None, None),
             _ => (RunStatus::Cancelled, None, None),
         };
         let (usage, steps) = (self.state.usage(), self.state.steps());
@@ -38,6 +39,7 @@ impl<P: Port> Driver<'_, P> {
             rec.error.clone_from(&error);
             rec.usage = usage;
             rec.steps = steps;
+            rec.required_action = None;
             rec.last_seq = ended.seq;
             rec.finished_at = Some(ended.ts);
         })
@@ -48,7 +50,7 @@ impl<P: Port> Driver<'_, P> {
     /// submitted straight onto the bus. The record and revision this driver last wrote are
     /// kept, so the usual case is one write with no read; a stale revision (the edge wrote
     /// `cancelling`, say) re-reads and applies the change again.
-    async fn project(&mut self, change: impl Fn(&mut RunRecord)) -> Result<(), Stop> {
+    pub(super) async fn project(&mut self, change: impl Fn(&mut RunRecord)) -> Result<(), Stop> {
         for _ in 0..10 {
             let current = match self.record.take() {
                 Some(cached) => Some(cached),

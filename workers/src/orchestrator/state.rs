@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 
-use agentos_bus::envelope::{AgentSpec, ChatMessage, Event, EventData, Role, ToolCallSpec, Usage};
+use agentos_bus::envelope::{
+    ActionKind, AgentSpec, Answer, ChatMessage, Event, EventData, PendingCall, Role, ToolCallSpec,
+    Usage,
+};
 use agentos_bus::id::CallId;
 use time::OffsetDateTime;
 
@@ -24,6 +27,11 @@ pub enum Next {
     StartTool(u32, ToolCallSpec),
     /// `tool.started` is journaled but has no result: invoke (again) with the same key.
     InvokeTool(u32, ToolCallSpec),
+    /// Calls of the step wait for the caller (client tools, approvals): journal
+    /// `run.requires_action`.
+    RequireAction(u32, Vec<PendingCall>),
+    /// `run.requires_action` is journaled and unanswered: the run waits.
+    Wait(Waiting),
     /// The model answered without tool calls: the run is complete.
     Complete { output: String },
     /// `max_steps` reached without a final answer.
@@ -38,6 +46,16 @@ enum Call {
     /// `tool.started`, no result yet.
     Started,
     Done,
+}
+
+/// The run's open `run.requires_action`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiting {
+    pub step: u32,
+    /// Sequence of the `run.requires_action` event.
+    pub seq: u64,
+    pub calls: Vec<PendingCall>,
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// The terminal event, once journaled.
@@ -69,6 +87,12 @@ pub struct RunState {
     pinned: Option<AgentSpec>,
     /// The thread's earlier messages (`thread.history`), once loaded.
     history: Option<Vec<ChatMessage>>,
+    /// The open `run.requires_action`, until answered.
+    waiting: Option<Waiting>,
+    /// The current step's approved calls, with the caller's replacement arguments if any.
+    approved: HashMap<CallId, Option<serde_json::Value>>,
+    /// The submission of the latest `run.action_answered`.
+    last_answer: Option<String>,
 }
 
 impl RunState {
@@ -103,11 +127,33 @@ impl RunState {
                     self.step = *step;
                     self.answer = None;
                     self.calls.clear();
+                    self.approved.clear();
                 }
             }
-            EventData::ModelDelta { .. }
-            | EventData::ToolProgress { .. }
-            | EventData::RunRequiresAction { .. } => {}
+            EventData::ModelDelta { .. } | EventData::ToolProgress { .. } => {}
+            EventData::RunRequiresAction {
+                step,
+                tool_calls,
+                expires_at,
+            } => {
+                self.waiting = Some(Waiting {
+                    step: *step,
+                    seq: event.seq,
+                    calls: tool_calls.clone(),
+                    expires_at: *expires_at,
+                });
+            }
+            EventData::RunActionAnswered {
+                step,
+                answers,
+                submission,
+            } => {
+                self.waiting = None;
+                self.last_answer = Some(submission.clone());
+                for answer in answers {
+                    self.take_answer(*step, answer);
+                }
+            }
             EventData::ModelCompleted {
                 step,
                 message,
@@ -146,7 +192,8 @@ impl RunState {
             }
             EventData::RunCompleted { .. }
             | EventData::RunFailed { .. }
-            | EventData::RunCancelled { .. } => {
+            | EventData::RunCancelled { .. }
+            | EventData::RunExpired { .. } => {
                 if self.ended.is_none() {
                     self.ended = Some(Ended {
                         seq: event.seq,
@@ -158,14 +205,44 @@ impl RunState {
         }
     }
 
+    /// A client tool's output and a rejection answer the call (the model sees them as the
+    /// tool's result); an approval lets the call start.
+    fn take_answer(&mut self, step: u32, answer: &Answer) {
+        match answer {
+            Answer::Output { call_id, output } => {
+                let content = match output {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                self.conversation.push(tool_message(call_id, content));
+                self.done(step, call_id);
+            }
+            Answer::Rejected { call_id, reason } => {
+                let error = serde_json::json!({ "error": {
+                    "code": "rejected",
+                    "message": reason.as_deref().unwrap_or("the call was not approved"),
+                }});
+                self.conversation
+                    .push(tool_message(call_id, error.to_string()));
+                self.done(step, call_id);
+            }
+            Answer::Approved { call_id, arguments } => {
+                if step == self.step {
+                    self.approved.insert(call_id.clone(), arguments.clone());
+                }
+            }
+        }
+    }
+
     fn done(&mut self, step: u32, call: &CallId) {
         if step == self.step {
             self.calls.insert(call.clone(), Call::Done);
         }
     }
 
-    /// What to do next.
-    pub fn next(&self, max_steps: u32) -> Next {
+    /// What to do next, for a run of `agent`.
+    pub fn next(&self, agent: &AgentSpec) -> Next {
+        let max_steps = agent.max_steps;
         if self.seq == 0 {
             return Next::Create;
         }
@@ -186,14 +263,55 @@ impl RunState {
                 output: answer.content.clone().unwrap_or_default(),
             };
         }
+        // Calls that need no one run first, in order; those waiting for the caller are asked
+        // for together once the others are done.
+        let mut pending = Vec::new();
         for call in &answer.tool_calls {
             match self.calls.get(&call.id) {
                 Some(Call::Done) => continue,
-                Some(Call::Started) => return Next::InvokeTool(self.step, call.clone()),
-                None => return Next::StartTool(self.step, call.clone()),
+                Some(Call::Started) => return Next::InvokeTool(self.step, self.effective(call)),
+                None => match agent.action_for(&call.name) {
+                    None => return Next::StartTool(self.step, call.clone()),
+                    Some(ActionKind::Approval) if self.approved.contains_key(&call.id) => {
+                        return Next::StartTool(self.step, self.effective(call));
+                    }
+                    Some(kind) => pending.push(PendingCall {
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                        kind,
+                    }),
+                },
             }
         }
-        start_step(self.step + 1, max_steps)
+        if pending.is_empty() {
+            return start_step(self.step + 1, max_steps);
+        }
+        match &self.waiting {
+            Some(waiting) if waiting.step == self.step => Next::Wait(waiting.clone()),
+            _ => Next::RequireAction(self.step, pending),
+        }
+    }
+
+    /// The call as it runs: with the arguments its approver gave, if any.
+    fn effective(&self, call: &ToolCallSpec) -> ToolCallSpec {
+        match self.approved.get(&call.id) {
+            Some(Some(arguments)) => ToolCallSpec {
+                arguments: arguments.clone(),
+                ..call.clone()
+            },
+            _ => call.clone(),
+        }
+    }
+
+    /// The open `run.requires_action`, if the run waits.
+    pub fn waiting(&self) -> Option<&Waiting> {
+        self.waiting.as_ref()
+    }
+
+    /// The submission of the latest answer journaled.
+    pub fn last_answer(&self) -> Option<&str> {
+        self.last_answer.as_deref()
     }
 
     /// The conversation so far, as the model sees it.
@@ -289,8 +407,27 @@ mod tests {
             .collect()
     }
 
+    fn agent(max_steps: u32) -> AgentSpec {
+        AgentSpec {
+            id: AgentId::parse("a").expect("a"),
+            tenant: Tenant::parse("t").expect("tenant"),
+            model: "m".parse().expect("model"),
+            instructions: String::new(),
+            tools: vec![],
+            max_steps,
+            model_config: json!({}),
+            metadata: Default::default(),
+            memory: Default::default(),
+            history: Default::default(),
+            client_tools: vec![],
+            requires_approval: vec![],
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
     fn next(journal: &[Event], max_steps: u32) -> Next {
-        RunState::fold(journal).next(max_steps)
+        RunState::fold(journal).next(&agent(max_steps))
     }
 
     fn messages(instructions: &str, input: &str, journal: &[Event]) -> Vec<ChatMessage> {

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::OrchestratorOptions;
 use super::drive::{Attempt, Disposition, drive};
+use super::human::Trigger;
 use check::{Seen, check};
 use port::SimPort;
 use world::*;
@@ -200,6 +201,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             metadata: Default::default(),
             memory: Default::default(),
             history: Default::default(),
+            client_tools: Vec::new(),
+            requires_approval: Vec::new(),
             created_at: now,
             updated_at: now,
         };
@@ -216,6 +219,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             multitask_strategy: on_thread.then(|| MultitaskStrategy::ALL[rng.below(4) as usize]),
             metadata: Default::default(),
             submitted_at: now,
+            expires_at: None,
         };
         {
             let mut w = lock(&world);
@@ -259,6 +263,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         let attempt = Attempt {
             delivered,
             request_id: None,
+            trigger: Trigger::Submission,
         };
         Task {
             run: idx,
@@ -349,6 +354,9 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                         let delay = (delay.as_millis() as u64).clamp(1, 300);
                         deliveries.push((now + delay, t.run, t.delivered + 1));
                     }
+                }
+                Disposition::Refused(e) => {
+                    return Err(format!("a run submission was refused: {e}"));
                 }
             }
         }

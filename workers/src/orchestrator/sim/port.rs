@@ -313,6 +313,11 @@ impl Port for SimPort {
         Ok(())
     }
 
+    async fn schedule_wake(&self, _: &Tenant, _: &RunId, _: OffsetDateTime) -> Result<()> {
+        // The simulated runs never wait for a caller.
+        Ok(())
+    }
+
     async fn sleep(&self, d: Duration) {
         let deadline = self.world().now_ms + d.as_millis() as u64;
         loop {
