@@ -37,6 +37,27 @@ pub struct RunRequest {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+impl RunRequest {
+    /// The request of a run that started before, rebuilt from its record (an answer or a wake
+    /// carries only the run's id). Its agent is the one `run.started` pinned (every run whose
+    /// agent may wait pins it); a resumed run waits its turn on its thread, whatever its
+    /// strategy.
+    pub fn resumed(rec: &RunRecord) -> Self {
+        Self {
+            run_id: rec.id,
+            tenant: rec.tenant.clone(),
+            agent_id: rec.agent_id.clone(),
+            agent: None,
+            input: rec.input.clone(),
+            thread_id: rec.thread_id.clone(),
+            multitask_strategy: None,
+            metadata: rec.metadata.clone(),
+            submitted_at: rec.created_at,
+            expires_at: rec.expires_at,
+        }
+    }
+}
+
 /// The answer to a run waiting in `requires_action`: an output for each client tool call, an
 /// approval or rejection for each call that requires approval.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -86,31 +86,14 @@ enum Unfit {
     Later,
 }
 
-/// The request of a run that started before, rebuilt from its record (an answer or a wake
-/// carries only the run's id). Its agent is the one `run.started` pinned (every run that can wait
-/// pins it); a resumed run waits its turn on its thread, whatever its strategy.
+/// The request of a run that started before, from its record (`None`: no such run).
 async fn resumed_request(
     ctx: &Ctx,
     tenant: &Tenant,
     run: &RunId,
 ) -> Result<Option<RunRequest>, Unfit> {
     match ctx.port.read_record(tenant, run).await {
-        Ok(Some(rec)) => {
-            let rec = rec.value;
-            Ok(Some(RunRequest {
-                run_id: rec.id,
-                tenant: rec.tenant,
-                agent_id: rec.agent_id,
-                agent: None,
-                input: rec.input,
-                thread_id: rec.thread_id,
-                multitask_strategy: None,
-                metadata: rec.metadata,
-                submitted_at: rec.created_at,
-                expires_at: rec.expires_at,
-            }))
-        }
-        Ok(None) => Ok(None),
+        Ok(rec) => Ok(rec.map(|r| RunRequest::resumed(&r.value))),
         Err(e) => {
             tracing::warn!(error = %e, %run, "could not read the run record");
             Err(Unfit::Later)

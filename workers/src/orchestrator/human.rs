@@ -49,7 +49,9 @@ impl<P: Port> Driver<'_, P> {
     /// Decides, from the journal just read, what a continuation or a wake does.
     pub(super) async fn on_trigger(&mut self, trigger: &Trigger) -> Result<Go, Stop> {
         if self.state.ended().is_some() {
-            return Ok(Go::Skip);
+            // Drive on to make sure the record shows the end: the carrier that journaled it may
+            // have died before projecting it (found by the simulation).
+            return Ok(Go::Drive);
         }
         match trigger {
             Trigger::Submission => Ok(Go::Drive),
@@ -61,13 +63,16 @@ impl<P: Port> Driver<'_, P> {
 
     async fn take_answer(&mut self, answer: &Continuation) -> Result<Go, Stop> {
         let submission = answer.msg_id();
+        if self.state.answered(&submission) {
+            // Journaled already. The latest answer's delivery carries the run on (its first
+            // carrier died, maybe before it parked the run at its next wait: found by the
+            // simulation); an older one is a late copy.
+            let latest = self.state.last_answer() == Some(submission.as_str());
+            return Ok(if latest { Go::Drive } else { Go::Skip });
+        }
         let Some(waiting) = self.state.waiting().cloned() else {
-            // Already journaled: this delivery carries the run on after its first carrier died.
-            let ours = self.state.last_answer() == Some(submission.as_str());
-            if !ours {
-                tracing::info!(run = %self.req.run_id, "an answer for a run that does not wait; ignored");
-            }
-            return Ok(if ours { Go::Drive } else { Go::Skip });
+            tracing::info!(run = %self.req.run_id, "an answer for a run that does not wait; ignored");
+            return Ok(Go::Skip);
         };
         if self.cancel.is_cancelled() {
             // A cancel came first: the run ends cancelled.

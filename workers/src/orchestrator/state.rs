@@ -91,7 +91,8 @@ pub struct RunState {
     waiting: Option<Waiting>,
     /// The current step's approved calls, with the caller's replacement arguments if any.
     approved: HashMap<CallId, Option<serde_json::Value>>,
-    /// The submission of the latest `run.action_answered`.
+    /// The submissions of the `run.action_answered` so far, and the latest.
+    answers: std::collections::HashSet<String>,
     last_answer: Option<String>,
 }
 
@@ -149,6 +150,7 @@ impl RunState {
                 submission,
             } => {
                 self.waiting = None;
+                self.answers.insert(submission.clone());
                 self.last_answer = Some(submission.clone());
                 for answer in answers {
                     self.take_answer(*step, answer);
@@ -312,6 +314,11 @@ impl RunState {
     /// The submission of the latest answer journaled.
     pub fn last_answer(&self) -> Option<&str> {
         self.last_answer.as_deref()
+    }
+
+    /// Whether the answer `submission` is journaled.
+    pub fn answered(&self, submission: &str) -> bool {
+        self.answers.contains(submission)
     }
 
     /// The conversation so far, as the model sees it.

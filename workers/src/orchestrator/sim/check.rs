@@ -4,11 +4,12 @@
 use std::collections::BTreeSet;
 
 use agentos_bus::envelope::{
-    ErrorBody, Event, EventData, REASON_INTERRUPTED, RunStatus, ToolRequest, Usage,
+    Answer, ErrorBody, Event, EventData, REASON_INTERRUPTED, RunStatus, ToolRequest, Usage,
 };
 
-use super::SimRun;
-use super::world::World;
+use super::world::{ASK, World};
+use super::{Accepted, Msg, SimRun};
+use crate::orchestrator::human::Trigger;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Seen {
@@ -27,9 +28,19 @@ pub(super) struct Seen {
     pub(super) agent_edits: u64,
     /// Tool calls refused before they started: arguments outside the tool's schema.
     pub(super) invalid_arguments: u64,
+    /// Human in the loop: waits journaled, answers published (retries and racing ones
+    /// included), answers dead-lettered, claims lost to another answer, answers journaled,
+    /// expiry timers fired.
+    pub(super) waits: u64,
+    pub(super) answers_sent: u64,
+    pub(super) answers_refused: u64,
+    pub(super) answer_conflicts: u64,
+    pub(super) answered: u64,
+    pub(super) expiry_timers: u64,
     pub(super) completed: u64,
     pub(super) failed: u64,
     pub(super) cancelled: u64,
+    pub(super) expired: u64,
 }
 
 impl Seen {
@@ -49,9 +60,16 @@ impl Seen {
             (&mut self.cancels, o.cancels),
             (&mut self.agent_edits, o.agent_edits),
             (&mut self.invalid_arguments, o.invalid_arguments),
+            (&mut self.waits, o.waits),
+            (&mut self.answers_sent, o.answers_sent),
+            (&mut self.answers_refused, o.answers_refused),
+            (&mut self.answer_conflicts, o.answer_conflicts),
+            (&mut self.answered, o.answered),
+            (&mut self.expiry_timers, o.expiry_timers),
             (&mut self.completed, o.completed),
             (&mut self.failed, o.failed),
             (&mut self.cancelled, o.cancelled),
+            (&mut self.expired, o.expired),
         ];
         for (sum, n) in fields {
             *sum += n;
@@ -75,9 +93,16 @@ impl Seen {
             ("cancel", self.cancels),
             ("agent edit", self.agent_edits),
             ("invalid arguments", self.invalid_arguments),
+            ("wait for the caller", self.waits),
+            ("answer sent", self.answers_sent),
+            ("answer refused", self.answers_refused),
+            ("answer lost its claim", self.answer_conflicts),
+            ("answer journaled", self.answered),
+            ("expiry timer", self.expiry_timers),
             ("run completed", self.completed),
             ("run failed", self.failed),
             ("run cancelled", self.cancelled),
+            ("run expired", self.expired),
         ];
         all.into_iter()
             .filter(|(_, n)| *n == 0)
@@ -87,7 +112,12 @@ impl Seen {
 }
 
 /// The simulated world: bus, buckets, workers and clock.
-pub(super) fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, String> {
+pub(super) fn check(
+    w: &World,
+    runs: &[SimRun],
+    msgs: &[Msg],
+    accepted: &[Accepted],
+) -> std::result::Result<Seen, String> {
     let mut ended = Seen::default();
     for (key, n) in &w.executions {
         if *n > 1 {
@@ -123,7 +153,25 @@ pub(super) fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, Str
         }
         let terminals = journal.iter().filter(|e| e.data.is_terminal()).count();
         if terminals != 1 {
-            return fail(format!("{terminals} terminal events"));
+            let rec = w
+                .records
+                .get(&id)
+                .map(|(r, rev)| (r.status, r.required_action.clone(), r.last_seq, *rev));
+            let carried: Vec<String> = msgs
+                .iter()
+                .filter(|m| runs.get(m.run).is_some_and(|r| r.req.run_id == id))
+                .map(|m| {
+                    let kind = match &m.trigger {
+                        Trigger::Submission => "submission".to_owned(),
+                        Trigger::Wake => "wake".to_owned(),
+                        Trigger::Answer(c) => format!("answer {}", c.msg_id()),
+                    };
+                    format!("{kind} acked={}", m.acked)
+                })
+                .collect();
+            return fail(format!(
+                "{terminals} terminal events (record: {rec:?}; messages: {carried:?})"
+            ));
         }
         let Some(last) = journal.last() else {
             return fail("empty journal".into());
@@ -153,6 +201,8 @@ pub(super) fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, Str
                 | EventData::ToolFailed { step, call_id, .. } => {
                     Some(format!("tool result {step} {call_id}"))
                 }
+                EventData::RunRequiresAction { step, .. } => Some(format!("wait {step}")),
+                EventData::RunActionAnswered { step, .. } => Some(format!("answer {step}")),
                 _ => None,
             };
             if let Some(mark) = mark
@@ -211,19 +261,27 @@ pub(super) fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, Str
                 _ => {}
             }
         }
+        if let Err(e) = check_waits(w, &journal, msgs, accepted, &mut ended) {
+            return fail(e);
+        }
         let Some((rec, _)) = w.records.get(&id) else {
             return fail("no run record".into());
         };
+        if rec.required_action.is_some() {
+            return fail("an ended run's record still shows a wait".into());
+        }
         let (status, output, error) = match &last.data {
             EventData::RunCompleted { output, .. } => {
                 (RunStatus::Completed, Some(output.clone()), None)
             }
             EventData::RunFailed { error } => (RunStatus::Failed, None, Some(error.clone())),
+            EventData::RunExpired { .. } => (RunStatus::Expired, None, None),
             _ => (RunStatus::Cancelled, None, None::<ErrorBody>),
         };
         match status {
             RunStatus::Completed => ended.completed += 1,
             RunStatus::Failed => ended.failed += 1,
+            RunStatus::Expired => ended.expired += 1,
             _ => ended.cancelled += 1,
         }
         let projected = (status, output, error, usage, steps, last.seq);
@@ -285,4 +343,106 @@ pub(super) fn check(w: &World, runs: &[SimRun]) -> std::result::Result<Seen, Str
         }
     }
     Ok(ended)
+}
+
+/// A run's waits for its caller: while it waits nothing happens but its answer or its end; each
+/// wait is answered at most once, with an answer that covers exactly its calls, that was
+/// published, that fits, and that is the one a caller was told was taken; a rejected call never
+/// starts, a client tool never runs on the server; a run expires only while waiting, and not
+/// before its time.
+fn check_waits(
+    w: &World,
+    journal: &[&Event],
+    msgs: &[Msg],
+    accepted: &[Accepted],
+    seen: &mut Seen,
+) -> Result<(), String> {
+    for (i, e) in journal.iter().enumerate() {
+        match &e.data {
+            EventData::RunRequiresAction { tool_calls, .. } => {
+                seen.waits += 1;
+                let Some(next) = journal.get(i + 1) else {
+                    return Err("the journal ends waiting".into());
+                };
+                match &next.data {
+                    EventData::RunActionAnswered {
+                        answers,
+                        submission,
+                        ..
+                    } => {
+                        seen.answered += 1;
+                        let mut asked: Vec<_> = tool_calls.iter().map(|c| &c.call_id).collect();
+                        let mut given: Vec<_> = answers.iter().map(Answer::call_id).collect();
+                        asked.sort();
+                        given.sort();
+                        if asked != given {
+                            return Err(format!("answer {given:?} for calls {asked:?}"));
+                        }
+                        let sent = msgs.iter().filter(|m| {
+                            matches!(&m.trigger, Trigger::Answer(c) if c.msg_id() == *submission)
+                        });
+                        let mut any = false;
+                        for m in sent {
+                            any = true;
+                            if m.invalid {
+                                return Err("an invalid answer was applied".into());
+                            }
+                        }
+                        if !any {
+                            return Err(format!("answer {submission} was never sent"));
+                        }
+                        if let Some(a) = accepted.iter().find(|a| {
+                            a.run == e.run_id && a.seq == e.seq && a.submission != *submission
+                        }) {
+                            return Err(format!(
+                                "the caller of {} was told its answer was taken, yet {submission} was applied",
+                                a.submission
+                            ));
+                        }
+                    }
+                    EventData::RunCancelled { .. } | EventData::RunFailed { .. } => {}
+                    EventData::RunExpired { expires_at } => {
+                        if next.ts < *expires_at {
+                            return Err(format!("expired at {} before {expires_at}", next.ts));
+                        }
+                    }
+                    other => {
+                        return Err(format!("{} while waiting", other.type_name()));
+                    }
+                }
+            }
+            EventData::RunExpired { .. }
+                if !matches!(
+                    i.checked_sub(1)
+                        .and_then(|p| journal.get(p))
+                        .map(|p| &p.data),
+                    Some(EventData::RunRequiresAction { .. })
+                ) =>
+            {
+                return Err("expired while not waiting".into());
+            }
+            EventData::RunActionAnswered { step, answers, .. } => {
+                for a in answers {
+                    if let Answer::Rejected { call_id, .. } = a {
+                        let key = format!(
+                            "{}:{}",
+                            e.tenant,
+                            ToolRequest::key_for(&e.run_id, *step, call_id)
+                        );
+                        let started = journal.iter().any(|s| {
+                            matches!(&s.data, EventData::ToolStarted { step: st, call_id: c, .. } if st == step && c == call_id)
+                        });
+                        if started || w.executions.contains_key(&key) {
+                            return Err(format!("rejected call {step}/{call_id} started or ran"));
+                        }
+                    }
+                }
+            }
+            EventData::ToolStarted { name, .. } if name.as_str() == ASK => {
+                return Err("a client tool started on the server".into());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //! driver runs next, and which fault strikes at each await — a driver dropped mid-step and its
 //! run redelivered, one delivery driven by two orchestrators at once, bus errors, appends that
 //! time out after being stored, model and tool timeouts, duplicate replies, cancels at any
-//! moment, agents edited mid-run. After each schedule the invariants are checked; a failure
+//! moment, agents edited mid-run; runs that wait for their caller (client tools, approvals) and
+//! are answered — late, twice, by two racing callers, wrongly — or expire. After each schedule the invariants are checked; a failure
 //! names its seed, and `AGENTOS_SIM_SEED=<seed>` replays exactly that schedule.
 //!
 //! `AGENTOS_SIM_SCHEDULES` sets how many schedules run (default 8,000; 200,000 with
@@ -24,8 +25,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use agentos_bus::envelope::{
-    AgentSpec, ChatMessage, Event, EventData, MultitaskStrategy, Role, RunRecord, RunRequest,
-    RunStatus, ThreadTurn,
+    ActionKind, AgentSpec, Approval, ChatMessage, Claim, Continuation, Event, EventData,
+    MultitaskStrategy, Role, RunRecord, RunRequest, RunStatus, ThreadTurn, ToolOutput,
 };
 use agentos_bus::id::{AgentId, ModelName, RunId, Tenant, ThreadId, ToolName};
 use serde_json::json;
@@ -112,15 +113,30 @@ impl Faults {
 type DriveFuture = Pin<Box<dyn Future<Output = Disposition> + Send>>;
 
 struct Task {
-    run: usize,
+    msg: usize,
     delivered: i64,
     fut: DriveFuture,
 }
 
 struct SimRun {
     req: RunRequest,
-    acked: bool,
     cancel: CancellationToken,
+}
+
+/// A message on the runs subject, acked once processed.
+pub(super) struct Msg {
+    pub(super) run: usize,
+    pub(super) trigger: Trigger,
+    pub(super) acked: bool,
+    /// An answer that does not fit its wait (a direct publisher's mistake): never applied.
+    pub(super) invalid: bool,
+}
+
+/// An answer a caller was told was taken (`202`): it claimed the wait at `seq`.
+pub(super) struct Accepted {
+    pub(super) run: RunId,
+    pub(super) seq: u64,
+    pub(super) submission: String,
 }
 
 /// One schedule: `runs` runs through the orchestrator under the seed's faults. Returns what
@@ -160,6 +176,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         locks: BTreeMap::new(),
         thread_runs: BTreeMap::new(),
         signals: BTreeMap::new(),
+        outbox: Vec::new(),
+        timers: BTreeMap::new(),
         seen: Seen::default(),
     }));
     // One thread with an earlier exchange; some runs continue it.
@@ -187,6 +205,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         let now = lock(&world).now();
         let plan: Vec<u64> = (0..steps).map(|_| rng.below(4)).collect();
         let on_thread = rng.chance(400);
+        // Some agents' runs wait for their caller: a client tool, and approvals for `sleep`.
+        let may_wait = rng.chance(350);
         let agent = AgentSpec {
             id: AgentId::parse(format!("a{i}")).map_err(|e| e.to_string())?,
             tenant: tenant.clone(),
@@ -201,8 +221,16 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             metadata: Default::default(),
             memory: Default::default(),
             history: Default::default(),
-            client_tools: Vec::new(),
-            requires_approval: Vec::new(),
+            client_tools: if may_wait {
+                vec![ask_tool()]
+            } else {
+                Vec::new()
+            },
+            requires_approval: if may_wait {
+                vec![ToolName::parse("sleep").map_err(|e| e.to_string())?]
+            } else {
+                Vec::new()
+            },
             created_at: now,
             updated_at: now,
         };
@@ -219,7 +247,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             multitask_strategy: on_thread.then(|| MultitaskStrategy::ALL[rng.below(4) as usize]),
             metadata: Default::default(),
             submitted_at: now,
-            expires_at: None,
+            expires_at: (may_wait && rng.chance(300))
+                .then(|| now + Duration::from_millis(rng.below(3_000))),
         };
         {
             let mut w = lock(&world);
@@ -241,35 +270,50 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                 on_thread.sort();
             }
         }
-        runs.push(SimRun {
-            req,
-            acked: false,
-            cancel,
-        });
+        runs.push(SimRun { req, cancel });
     }
 
+    // Every message on the runs subject: the submissions, then answers and wakes as they come.
+    let mut msgs: Vec<Msg> = (0..n_runs)
+        .map(|run| Msg {
+            run,
+            trigger: Trigger::Submission,
+            acked: false,
+            invalid: false,
+        })
+        .collect();
     let mut deliveries: Vec<(u64, usize, i64)> =
         (0..n_runs).map(|i| (rng.below(10), i, 1)).collect();
     let mut tasks: Vec<Task> = Vec::new();
+    let mut accepted: Vec<Accepted> = Vec::new();
     let never = CancellationToken::new();
-    let spawn = |run: &SimRun, idx: usize, delivered: i64| -> Task {
-        let (port, opts, req, cancel, drain) = (
+    let spawn = |msgs: &[Msg], m: usize, delivered: i64| -> Option<Task> {
+        let msg = &msgs[m];
+        let run = &runs[msg.run];
+        // An answer or a wake carries only the run's id: its request comes from the record.
+        let req = match &msg.trigger {
+            Trigger::Submission => run.req.clone(),
+            _ => {
+                let w = lock(&world);
+                RunRequest::resumed(&w.records.get(&run.req.run_id)?.0)
+            }
+        };
+        let (port, opts, cancel, drain) = (
             port.clone(),
             opts.clone(),
-            run.req.clone(),
             run.cancel.clone(),
             never.clone(),
         );
         let attempt = Attempt {
             delivered,
             request_id: None,
-            trigger: Trigger::Submission,
+            trigger: msg.trigger.clone(),
         };
-        Task {
-            run: idx,
+        Some(Task {
+            msg: m,
             delivered,
             fut: Box::pin(async move { drive(&port, &opts, attempt, &req, &cancel, &drain).await }),
-        }
+        })
     };
     let mut cx = Context::from_waker(Waker::noop());
     let mut ticks = 0u64;
@@ -296,30 +340,59 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
             for job in due {
                 w.tool_phase(job);
             }
+            // Wakes published by cancels, and expiry timers that fired.
+            let mut woken: Vec<(u64, RunId)> = std::mem::take(&mut w.outbox);
+            let fired: Vec<RunId> = w
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(run, _)| *run)
+                .collect();
+            for run in fired {
+                w.timers.remove(&run);
+                w.seen.expiry_timers += 1;
+                woken.push((now, run));
+            }
+            for (at, run) in woken {
+                if let Some(idx) = runs.iter().position(|r| r.req.run_id == run) {
+                    msgs.push(Msg {
+                        run: idx,
+                        trigger: Trigger::Wake,
+                        acked: false,
+                        invalid: false,
+                    });
+                    deliveries.push((at.max(now), msgs.len() - 1, 1));
+                }
+            }
             now
         };
         // Deliveries that are due.
         let (due, later): (Vec<_>, Vec<_>) =
             deliveries.into_iter().partition(|(at, _, _)| *at <= now);
         deliveries = later;
-        for (_, idx, delivered) in due {
-            if !runs[idx].acked {
-                tasks.push(spawn(&runs[idx], idx, delivered));
+        for (_, m, delivered) in due {
+            if !msgs[m].acked {
+                match spawn(&msgs, m, delivered) {
+                    Some(task) => tasks.push(task),
+                    None => msgs[m].acked = true,
+                }
             }
         }
         // Faults between awaits.
         if !tasks.is_empty() && rng.chance(faults.crash) {
             let t = tasks.swap_remove(rng.below(tasks.len() as u64) as usize);
             lock(&world).seen.crashes += 1;
-            if !runs[t.run].acked {
-                deliveries.push((now + 5 + rng.below(50), t.run, t.delivered + 1));
+            if !msgs[t.msg].acked {
+                deliveries.push((now + 5 + rng.below(50), t.msg, t.delivered + 1));
             }
         }
         if !tasks.is_empty() && rng.chance(faults.duplicate) {
             let t = &tasks[rng.below(tasks.len() as u64) as usize];
-            let (idx, delivered) = (t.run, t.delivered + 1);
+            let (m, delivered) = (t.msg, t.delivered + 1);
             lock(&world).seen.duplicate_drivers += 1;
-            tasks.push(spawn(&runs[idx], idx, delivered));
+            if let Some(task) = spawn(&msgs, m, delivered) {
+                tasks.push(task);
+            }
         }
         if rng.chance(faults.cancel) {
             let idx = rng.below(n_runs as u64) as usize;
@@ -337,9 +410,24 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
                 agent.max_steps = 7;
             }
         }
+        // Callers answer waiting runs now and then (and always, once nothing else moves).
+        let idle = tasks.is_empty() && deliveries.is_empty() && {
+            let w = lock(&world);
+            w.jobs.is_empty() && w.outbox.is_empty()
+        };
+        if idle || rng.chance(40) {
+            let mut w = lock(&world);
+            for (m, a) in answer_waiting(&mut w, &mut rng, &runs, &mut msgs, idle) {
+                deliveries.push((now + rng.below(20), m, 1));
+                accepted.extend(a);
+            }
+        }
         if tasks.is_empty() {
-            let pending_jobs = !lock(&world).jobs.is_empty();
-            if deliveries.is_empty() && !pending_jobs {
+            let pending = {
+                let w = lock(&world);
+                !w.jobs.is_empty() || !w.outbox.is_empty() || !w.timers.is_empty()
+            };
+            if deliveries.is_empty() && !pending {
                 break;
             }
             continue;
@@ -348,21 +436,26 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         if let Poll::Ready(d) = tasks[i].fut.as_mut().poll(&mut cx) {
             let t = tasks.swap_remove(i);
             match d {
-                Disposition::Done => runs[t.run].acked = true,
+                Disposition::Done => msgs[t.msg].acked = true,
                 Disposition::Retry(delay) => {
-                    if !runs[t.run].acked {
+                    if !msgs[t.msg].acked {
                         let delay = (delay.as_millis() as u64).clamp(1, 300);
-                        deliveries.push((now + delay, t.run, t.delivered + 1));
+                        deliveries.push((now + delay, t.msg, t.delivered + 1));
                     }
                 }
-                Disposition::Refused(e) => {
-                    return Err(format!("a run submission was refused: {e}"));
-                }
+                Disposition::Refused(e) => match &msgs[t.msg].trigger {
+                    // Dead-lettered: an answer that does not fit the run's wait.
+                    Trigger::Answer(_) => {
+                        msgs[t.msg].acked = true;
+                        lock(&world).seen.answers_refused += 1;
+                    }
+                    _ => return Err(format!("a submission or wake was refused: {e}")),
+                },
             }
         }
     }
     let w = lock(&world);
-    let mut seen = check(&w, &runs)?;
+    let mut seen = check(&w, &runs, &msgs, &accepted)?;
     seen.add(&w.seen);
     Ok(seen)
 }
@@ -420,7 +513,114 @@ fn edge_cancel(w: &mut World, run: &SimRun) {
     w.records.insert(id, (rec, rev));
     if !cancelled_now {
         run.cancel.cancel();
+        // `Bus::publish_cancel`: a wake follows, for a run no orchestrator holds.
+        let now = w.now_ms;
+        w.outbox.push((now, id));
     }
+}
+
+/// Callers answering waiting runs, as the edge does it: an answer for every pending call (an
+/// output per client tool call, an approval or a rejection per approval), published, then
+/// claimed in the record. Sometimes the same answer twice (a retry), sometimes a second,
+/// different answer racing it, now and then one that does not fit (a direct publisher's
+/// mistake, never claimed). `all`: answer every waiting run. Returns the messages published,
+/// each with the acceptance it got.
+fn answer_waiting(
+    w: &mut World,
+    rng: &mut Rng,
+    runs: &[SimRun],
+    msgs: &mut Vec<Msg>,
+    all: bool,
+) -> Vec<(usize, Option<Accepted>)> {
+    let mut out = Vec::new();
+    for (idx, run) in runs.iter().enumerate() {
+        let id = run.req.run_id;
+        let Some((rec, _)) = w.records.get(&id).cloned() else {
+            continue;
+        };
+        let Some(wait) = rec.required_action.clone() else {
+            continue;
+        };
+        if rec.status != RunStatus::RequiresAction || wait.answered_by.is_some() {
+            continue;
+        }
+        if !all && !rng.chance(300) {
+            continue;
+        }
+        let answers = 1 + usize::from(rng.chance(200));
+        for k in 0..answers {
+            let mut c = Continuation {
+                run_id: id,
+                tenant: run.req.tenant.clone(),
+                tool_outputs: Vec::new(),
+                approvals: Vec::new(),
+            };
+            for call in &wait.tool_calls {
+                match call.kind {
+                    ActionKind::ClientTool => c.tool_outputs.push(ToolOutput {
+                        call_id: call.call_id.clone(),
+                        output: json!(format!("answer {k} to {}", call.call_id)),
+                    }),
+                    ActionKind::Approval => c.approvals.push(Approval {
+                        call_id: call.call_id.clone(),
+                        approve: rng.chance(600),
+                        arguments: None,
+                        reason: Some(format!("answer {k}")),
+                    }),
+                }
+            }
+            let invalid = rng.chance(60);
+            if invalid {
+                c.tool_outputs.clear();
+                c.approvals.clear();
+            }
+            let submission = c.msg_id();
+            let copies = 1 + usize::from(rng.chance(200));
+            for _ in 0..copies {
+                msgs.push(Msg {
+                    run: idx,
+                    trigger: Trigger::Answer(c.clone()),
+                    acked: false,
+                    invalid,
+                });
+                w.seen.answers_sent += 1;
+                out.push((msgs.len() - 1, None));
+            }
+            if invalid {
+                continue;
+            }
+            // The edge's claim, right after publishing.
+            let Some((mut current, _)) = w.records.get(&id).cloned() else {
+                continue;
+            };
+            let same_wait = current.status == RunStatus::RequiresAction
+                && current.required_action.as_ref().map(|a| a.seq) == Some(wait.seq);
+            if !same_wait {
+                continue;
+            }
+            let took = match current.claim_answer(&wait, &submission) {
+                Claim::Ours => true,
+                Claim::Taken => {
+                    w.seen.answer_conflicts += 1;
+                    false
+                }
+                Claim::Write => {
+                    w.revision += 1;
+                    let rev = w.revision;
+                    w.records.insert(id, (current, rev));
+                    true
+                }
+            };
+            if took && let Some(last) = out.last_mut() {
+                last.1 = Some(Accepted {
+                    run: id,
+                    seq: wait.seq,
+                    submission,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The invariants, checked on the final state; returns how the runs ended.

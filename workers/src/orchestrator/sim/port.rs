@@ -310,11 +310,18 @@ impl Port for SimPort {
         if let Some(signal) = w.signals.get(run) {
             signal.cancel();
         }
+        // As `Bus::publish_cancel`: a wake follows, for a run no orchestrator holds.
+        let now = w.now_ms;
+        w.outbox.push((now, *run));
         Ok(())
     }
 
-    async fn schedule_wake(&self, _: &Tenant, _: &RunId, _: OffsetDateTime) -> Result<()> {
-        // The simulated runs never wait for a caller.
+    async fn schedule_wake(&self, _tenant: &Tenant, run: &RunId, at: OffsetDateTime) -> Result<()> {
+        point().await;
+        let mut w = self.world();
+        w.fail("schedule wake")?;
+        let due = w.ms_of(at);
+        w.timers.insert(*run, due);
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use agentos_bus::envelope::{
-    AgentSpec, AuditRecord, ChatMessage, Envelope, Event, ModelReply, ModelRequest, Role,
-    RunRecord, ThreadLock, ThreadTurn, ToolCallSpec, ToolReply, ToolRequest, ToolSpec, Usage,
+    AgentSpec, AuditRecord, ChatMessage, ClientTool, Envelope, Event, ModelReply, ModelRequest,
+    Role, RunRecord, ThreadLock, ThreadTurn, ToolCallSpec, ToolReply, ToolRequest, ToolSpec, Usage,
 };
 use agentos_bus::id::{AgentId, CallId, RunId, ThreadId, ToolName};
 use agentos_bus::subject::{self};
@@ -81,6 +81,10 @@ pub(super) struct World {
     pub(super) thread_runs: BTreeMap<ThreadId, Vec<RunId>>,
     /// Each run's cancel signal (what the `ctl` subject reaches).
     pub(super) signals: BTreeMap<RunId, CancellationToken>,
+    /// Wakes published onto the runs subject by cancels, and each waiting run's expiry timer
+    /// (a message schedule: one per run), due at a virtual millisecond.
+    pub(super) outbox: Vec<(u64, RunId)>,
+    pub(super) timers: BTreeMap<RunId, u64>,
     pub(super) seen: Seen,
 }
 
@@ -100,6 +104,12 @@ impl World {
         OffsetDateTime::UNIX_EPOCH
             + Duration::from_secs(1_800_000_000)
             + Duration::from_millis(self.now_ms)
+    }
+
+    /// The virtual millisecond of a wall time.
+    pub(super) fn ms_of(&self, at: OffsetDateTime) -> u64 {
+        let ahead = (at - self.now()).whole_milliseconds().max(0);
+        self.now_ms + u64::try_from(ahead).unwrap_or(u64::MAX / 2)
     }
 
     pub(super) fn deliver(&mut self, inbox: u64, reply: Reply) {
@@ -137,7 +147,9 @@ impl World {
     /// The scripted model: `config.plan[k]` tool calls at step k+1, then a final answer.
     pub(super) fn model_call(&mut self, inbox: u64, req: &ModelRequest) {
         for def in &req.tools {
-            let declared = sim_tool(&def.name).map(|d| d.def());
+            let declared = sim_tool(&def.name)
+                .map(|d| d.def())
+                .or_else(|| (def.name == ASK).then(|| ask_tool().def()));
             if declared.as_ref() != Some(def) {
                 self.undeclared_defs.push(def.name.clone());
             }
@@ -182,7 +194,7 @@ impl World {
                         name: if i == 2 {
                             "forbidden".into()
                         } else {
-                            req.tools[(i as usize) % req.tools.len().max(1)]
+                            req.tools[(i + u64::from(req.step)) as usize % req.tools.len().max(1)]
                                 .name
                                 .clone()
                         },
@@ -312,6 +324,17 @@ pub(super) fn sim_tool(name: &str) -> Option<Arc<Declared>> {
         .collect()
     });
     TOOLS.get(name).cloned()
+}
+
+/// The client tool of agents whose runs may wait: the caller answers it.
+pub(super) const ASK: &str = "ask";
+
+pub(super) fn ask_tool() -> ClientTool {
+    ClientTool {
+        name: ToolName::parse(ASK).unwrap_or_else(|_| unreachable!("a valid literal name")),
+        description: "asks the caller".into(),
+        parameters: json!({"type": "object"}),
+    }
 }
 
 pub(super) fn unreachable_id() -> CallId {
