@@ -144,6 +144,13 @@ pub async fn submit(
     let rec = load(&state, &auth, &id).await?.value;
     let wait = match (&rec.required_action, rec.status) {
         (Some(wait), RunStatus::RequiresAction) => wait.clone(),
+        // A retry of the answer the run already resumed with is accepted again.
+        _ if answers_after(&state, &auth, &id, 0)
+            .await?
+            .contains(&answer.msg_id()) =>
+        {
+            return Ok((StatusCode::ACCEPTED, Json(rec.into())));
+        }
         _ => return Err(not_waiting(&rec)),
     };
     wait.answers(&answer).map_err(|e| {
@@ -227,16 +234,27 @@ async fn moved_on(
     wait: &RequiredAction,
     submission: &str,
 ) -> ApiResult<RunRecord> {
-    let journal = state.bus.read_journal(&auth.tenant, &rec.id).await?;
-    let answered = journal.iter().find_map(|s| match &s.event.data {
-        EventData::RunActionAnswered { submission: by, .. } if s.event.seq > wait.seq => {
-            Some(by.clone())
-        }
-        _ => None,
-    });
-    match answered {
+    match answers_after(state, auth, &rec.id, wait.seq).await?.first() {
         Some(by) if by == submission => Ok(rec),
         Some(_) => Err(already_answered(&rec.id)),
         None => Err(not_waiting(&rec)),
     }
+}
+
+/// The submissions of the answers journaled after event `after`, in order.
+async fn answers_after(
+    state: &AppState,
+    auth: &AuthContext,
+    run: &RunId,
+    after: u64,
+) -> ApiResult<Vec<String>> {
+    let journal = state.bus.read_journal(&auth.tenant, run).await?;
+    Ok(journal
+        .into_iter()
+        .filter(|s| s.event.seq > after)
+        .filter_map(|s| match s.event.data {
+            EventData::RunActionAnswered { submission, .. } => Some(submission),
+            _ => None,
+        })
+        .collect())
 }

@@ -109,6 +109,25 @@ async fn a_waiting_run_survives_every_orchestrator_and_nats_and_resumes_once() {
     let call_id = calls[0]["call_id"].as_str().expect("call id").to_owned();
     let events = journal(&p, &run).await;
     assert_eq!(count(&events, "run.requires_action"), 1);
+    // The SSE stream emits it (and stays open: the run is not over).
+    let mut sse = p
+        .req(reqwest::Method::GET, &format!("/v1/runs/{run}/events"))
+        .send()
+        .await
+        .expect("events");
+    let mut text = String::new();
+    let saw = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(chunk)) = sse.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("event: run.requires_action") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(saw, Ok(true), "SSE so far: {text}");
+    drop(sse);
     // It holds no message: nothing pending or unacked on the orchestrators' consumer.
     let queue = eventually("an empty run queue", Duration::from_secs(10), || async {
         let c = p
@@ -203,6 +222,10 @@ async fn a_waiting_run_survives_every_orchestrator_and_nats_and_resumes_once() {
     assert_eq!(count(&events, "model.completed"), 2);
     assert_eq!(count(&events, "run.completed"), 1);
 
+    // The same answer once more (a late retry): accepted, nothing changes.
+    let (status, v) = p.post(&path, &answer).await.expect("retry");
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(count(&journal(&p, &run).await, "run.action_answered"), 1);
     // A different answer afterwards, and any answer to a run that does not wait: 409.
     let other = json!({"tool_outputs": [{"call_id": call_id, "output": "other"}]});
     let (status, v) = p.post(&path, &other).await.expect("post");
