@@ -25,6 +25,13 @@ async fn wait_for(p: &Platform, run: &str, status: &str) -> Value {
     .unwrap_or_else(|e| panic!("run {run} never {status}: {e}"))
 }
 
+/// `POST /v1/runs`, expecting `201`: the run's id.
+async fn create(p: &Platform, body: Value) -> String {
+    let (status, v) = p.post("/v1/runs", &body).await.expect("post run");
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().expect("run id").to_owned()
+}
+
 async fn journal(p: &Platform, run: &str) -> Vec<EventData> {
     let run = RunId::parse(run).expect("run id");
     let tenant = Tenant::parse("acme").expect("tenant");
@@ -364,15 +371,11 @@ async fn a_wait_expires_a_cancel_ends_it_and_a_bus_answer_resumes_it_holding_its
     let at = at
         .format(&time::format_description::well_known::Rfc3339)
         .expect("time");
-    let (status, v) = p
-        .post(
-            "/v1/runs",
-            &json!({"agent_id": "asker", "input": "x", "expires_at": at}),
-        )
-        .await
-        .expect("post");
-    assert_eq!(status, 201, "{v}");
-    let expiring = v["id"].as_str().expect("id").to_owned();
+    let expiring = create(
+        &p,
+        json!({"agent_id": "asker", "input": "x", "expires_at": at}),
+    )
+    .await;
     wait_for(&p, &expiring, "requires_action").await;
     let expired = p
         .wait_terminal(&expiring, Duration::from_secs(30))
@@ -398,23 +401,17 @@ async fn a_wait_expires_a_cancel_ends_it_and_a_bus_answer_resumes_it_holding_its
     // On a thread: the waiting run holds it, so the next run (enqueue) starts only after it.
     let (_, thread) = p.post("/v1/threads", &json!({})).await.expect("thread");
     let thread = thread["id"].as_str().expect("thread id").to_owned();
-    let (_, first) = p
-        .post(
-            "/v1/runs",
-            &json!({"agent_id": "asker", "input": "one", "thread_id": thread}),
-        )
-        .await
-        .expect("first");
-    let first = first["id"].as_str().expect("id").to_owned();
+    let first = create(
+        &p,
+        json!({"agent_id": "asker", "input": "one", "thread_id": thread}),
+    )
+    .await;
     let waiting = wait_for(&p, &first, "requires_action").await;
-    let (_, second) = p
-        .post(
-            "/v1/runs",
-            &json!({"agent_id": "plain", "input": "two", "thread_id": thread}),
-        )
-        .await
-        .expect("second");
-    let second = second["id"].as_str().expect("id").to_owned();
+    let second = create(
+        &p,
+        json!({"agent_id": "plain", "input": "two", "thread_id": thread}),
+    )
+    .await;
     // Answered straight on the bus, as a NATS client would.
     let call_id = waiting["required_action"]["tool_calls"][0]["call_id"]
         .as_str()
