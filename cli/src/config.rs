@@ -171,6 +171,12 @@ section! {
         /// The claim holding the roles, an array or a space-separated string (default roles).
         #[arg(long, env = "AGENTOS_ROLES_CLAIM")]
         roles_claim: String = "roles".into(),
+        /// Requests in flight at once; beyond it `503 overloaded` (default 4096).
+        #[arg(long, env = "AGENTOS_MAX_IN_FLIGHT")]
+        max_in_flight: usize = agentos_edge::DEFAULT_MAX_IN_FLIGHT,
+        /// SSE streams one tenant may keep open; beyond it `429 too_many_streams` (default 256).
+        #[arg(long, env = "AGENTOS_MAX_STREAMS_PER_TENANT")]
+        max_streams_per_tenant: usize = agentos_edge::DEFAULT_MAX_STREAMS_PER_TENANT,
     }
 }
 

@@ -131,6 +131,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
                 admission: a.tenants.admission(),
                 memory: config::memory(&a.memory)?,
+                limits: agentos_edge::Limits::new(
+                    a.edge.max_in_flight(),
+                    a.edge.max_streams_per_tenant(),
+                ),
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }

@@ -85,6 +85,12 @@ impl ApiError {
         self
     }
 
+    /// Tells the client, in `Retry-After`, how many seconds to wait before retrying.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

@@ -41,6 +41,7 @@ pub(crate) async fn sse(
     run: RunId,
     after: u64,
 ) -> ApiResult<Response> {
+    let slot = state.limits.open_stream(&auth.tenant)?;
     let last = state.bus.last_event(&auth.tenant, &run).await?;
     let finished = last.is_some_and(|s| s.event.data.is_terminal() && s.event.seq <= after);
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
@@ -73,7 +74,9 @@ pub(crate) async fn sse(
                     }
                     None
                 });
-            Box::pin(events.map(|event| {
+            Box::pin(events.map(move |event| {
+                // The tenant's stream slot, freed when the stream ends or the client leaves.
+                let _held = &slot;
                 let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
                 Ok(SseEvent::default()
                     .id(event.seq.to_string())

@@ -14,6 +14,7 @@ mod events;
 mod extract;
 mod health;
 mod jwks;
+mod limits;
 mod memory;
 mod memory_search;
 mod openapi;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{Auth, AuthContext, Claims, ROLE_ADMIN, ROLE_MEMBER, ROLE_TENANT_ADMIN, mint};
 pub use error::{ApiError, Error};
 pub use jwks::{Jwks, JwksSource, JwtRules};
+pub use limits::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_STREAMS_PER_TENANT, Limits};
 
 /// Largest accepted request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -50,6 +52,8 @@ pub struct EdgeOptions {
     pub admission: agentos_bus::Admission,
     /// Embedded namespaces and the search bound.
     pub memory: agentos_bus::recall::MemoryConfig,
+    /// Requests in flight and SSE streams per tenant.
+    pub limits: Limits,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -80,6 +84,7 @@ pub struct Shared {
     /// The tools running workers declare (discovery, cached for agent warnings).
     tools: agentos_bus::ToolDirectory,
     threads: agentos_bus::Threads,
+    limits: Limits,
 }
 
 impl AppState {
@@ -144,7 +149,15 @@ impl AppState {
             bus,
             auth,
             waiters: watch::Waiters::default(),
+            limits: Limits::default(),
         })))
+    }
+
+    /// The same state with these caps.
+    pub fn with_limits(self, limits: Limits) -> Self {
+        let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
+        shared.limits = limits;
+        Self(std::sync::Arc::new(shared))
     }
 
     /// The same state with these memory settings (embedded namespaces, search bound).
@@ -183,6 +196,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::shed,
+        ))
         .layer(axum::middleware::from_fn(extract::request_id))
         .with_state(state)
 }
@@ -191,7 +208,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> Result<(), Error> {
     let state = AppState::new(bus, opts.auth.clone(), opts.admission)
         .await?
-        .with_memory(opts.memory.clone());
+        .with_memory(opts.memory.clone())
+        .with_limits(opts.limits.clone());
     let bind = |source| Error::Bind {
         addr: opts.listen,
         source,

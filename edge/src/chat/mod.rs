@@ -187,6 +187,10 @@ pub async fn completions(
         roles: auth.roles.clone(),
         ..CallMeta::new(auth.tenant.clone())
     };
+    // A streamed answer holds one of the tenant's stream slots while it lasts.
+    let slot = stream
+        .then(|| state.limits.open_stream(&auth.tenant))
+        .transpose()?;
     let mut replies = state
         .bus
         .call(subject::model(&auth.tenant, &model), &meta, req.encode())
@@ -326,8 +330,9 @@ pub async fn completions(
         },
     )
     .flatten();
-    let events = start
-        .chain(body)
-        .map(|data| Ok::<_, Infallible>(SseEvent::default().data(data)));
+    let events = start.chain(body).map(move |data| {
+        let _held = &slot;
+        Ok::<_, Infallible>(SseEvent::default().data(data))
+    });
     Ok(Sse::new(events).into_response())
 }
