@@ -189,6 +189,11 @@ impl Settings {
 pub enum Outcome {
     Created,
     Unchanged,
+    /// The stream existed without something this version adds (subjects, message schedules),
+    /// and was updated in place: one line per change.
+    Upgraded {
+        changes: Vec<String>,
+    },
     /// The resource exists with settings that differ: one line per differing field.
     Drift {
         differences: Vec<String>,
@@ -399,6 +404,14 @@ impl Bus {
 
     async fn reconcile_stream(&self, want: &stream::Config, create: bool) -> Result<Outcome> {
         if let Some(have) = self.stream_config(&want.name).await? {
+            if create && let Some((upgraded, changes)) = additions(want, &have) {
+                self.js
+                    .update_stream(upgraded)
+                    .await
+                    .map_err(|e| Error::nats(format!("upgrade stream {}", want.name), e))?;
+                tracing::info!(stream = %want.name, ?changes, "stream upgraded in place");
+                return Ok(Outcome::Upgraded { changes });
+            }
             return Ok(drift_outcome(want, &have));
         }
         if !create {
@@ -427,6 +440,27 @@ impl Bus {
             },
         }
     }
+}
+
+/// `have` with what `want` adds and an update can safely add (subjects, message schedules),
+/// when nothing else differs: the config to update it to, and the changes.
+fn additions(
+    want: &stream::Config,
+    have: &stream::Config,
+) -> Option<(stream::Config, Vec<String>)> {
+    let mut upgraded = have.clone();
+    let mut changes = Vec::new();
+    for subject in &want.subjects {
+        if !upgraded.subjects.contains(subject) {
+            upgraded.subjects.push(subject.clone());
+            changes.push(format!("subject {subject} added"));
+        }
+    }
+    if want.allow_message_schedules && !have.allow_message_schedules {
+        upgraded.allow_message_schedules = true;
+        changes.push("message schedules allowed".into());
+    }
+    (!changes.is_empty() && differences(want, &upgraded).is_empty()).then_some((upgraded, changes))
 }
 
 fn drift_outcome(want: &stream::Config, have: &stream::Config) -> Outcome {

@@ -71,6 +71,59 @@ async fn a_changed_setting_is_reported_as_drift_and_left_alone() {
     );
 }
 
+/// A platform provisioned by the previous version (its runs stream without the expiry timers'
+/// subject and message schedules) is upgraded in place, keeping what it holds.
+#[tokio::test]
+async fn an_older_runs_stream_is_upgraded_in_place() {
+    use async_nats::jetstream::stream;
+    let server = NatsServer::ephemeral().await.expect("nats-server");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let old = js
+        .create_stream(stream::Config {
+            name: STREAM_RUNS.into(),
+            subjects: vec!["agentos.runs.*.submit".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .expect("old stream");
+    js.publish("agentos.runs.acme.submit", Bytes::from_static(b"{}"))
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    drop(old);
+    let bus = Bus::connect(&ConnectOptions::new(server.url()))
+        .await
+        .expect("connect");
+    let report = bus
+        .provision(&Settings::default())
+        .await
+        .expect("provision");
+    let runs = report
+        .items
+        .iter()
+        .find(|i| i.name == STREAM_RUNS)
+        .expect("runs stream");
+    assert!(
+        matches!(&runs.outcome, Outcome::Upgraded { changes } if changes.len() == 2),
+        "{runs:?}"
+    );
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(
+        bus.stream_status(STREAM_RUNS)
+            .await
+            .expect("status")
+            .messages,
+        1,
+        "what it held is kept"
+    );
+}
+
 #[tokio::test]
 async fn kv_create_and_update_fail_with_typed_errors() {
     let (_server, bus) = setup().await;
