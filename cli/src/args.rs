@@ -26,6 +26,8 @@ pub struct Cli {
     /// Configuration file (default: ./agentos.toml when present).
     #[arg(long, global = true, env = "AGENTOS_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: config::Security,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -94,6 +96,18 @@ pub enum WorkerKind {
     Tool(ToolArgs),
     /// Bridges the MCP servers of `[mcp.servers]` as tools `mcp.<server>.<tool>`.
     Mcp(McpArgs),
+}
+
+impl WorkerKind {
+    /// How the worker connects to NATS.
+    pub fn nats(&self) -> &config::Nats {
+        match self {
+            Self::Orchestrator(a) => &a.nats,
+            Self::Model(a) => &a.nats,
+            Self::Tool(a) => &a.nats,
+            Self::Mcp(a) => &a.nats,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -85,6 +85,16 @@ pub struct Config {
     pub memory: Memory,
     pub mcp: Mcp,
     pub up: Up,
+    pub security: Security,
+}
+
+section! {
+    /// `[security]`: read by every component.
+    pub struct Security {
+        /// `development` (default) or `production`, which refuses development settings at start.
+        #[arg(long, global = true, env = "AGENTOS_PROFILE", value_enum)]
+        profile: crate::profile::Profile = crate::profile::Profile::Development,
+    }
 }
 
 section! {
@@ -530,6 +540,7 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 /// accessors supply the defaults last.
 pub fn layer(cli: &mut Cli, file: Config) {
     use std::mem::take;
+    cli.security = take(&mut cli.security).or(file.security);
     match &mut cli.command {
         Command::Edge(a) => {
             a.nats = take(&mut a.nats).or(file.nats);

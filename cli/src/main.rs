@@ -9,6 +9,7 @@ mod args;
 mod client;
 mod config;
 mod ops;
+mod profile;
 mod run;
 mod secret;
 mod state;

@@ -121,8 +121,12 @@ async fn edge_auth(a: &config::Edge) -> anyhow::Result<Auth> {
 
 /// Runs the command; the result is the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Worker { kind } = &cli.command {
+        crate::profile::check_worker(cli.security.profile(), kind.nats())?;
+    }
     match cli.command {
         Command::Edge(a) => {
+            crate::profile::check_edge(cli.security.profile(), &a.edge, &a.nats)?;
             let auth = edge_auth(&a.edge).await?;
             let bus = connect(&a.nats, "agentos-edge").await?;
             let opts = EdgeOptions {

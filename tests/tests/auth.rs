@@ -18,6 +18,8 @@ async fn the_edge_accepts_rs256_tokens_from_a_jwks_file() {
                 format!("{FIXTURES}/jwks-a.json"),
             ),
             ("AGENTOS_JWT_AUDIENCE".into(), "agentos".into()),
+            // Every process under the production profile: this configuration passes it.
+            ("AGENTOS_PROFILE".into(), "production".into()),
         ],
         ..Options::default()
     })
