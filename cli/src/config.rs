@@ -868,6 +868,11 @@ mod tests {
             format!("{:?}", Tenants::defaults()),
         );
         show(
+            "security",
+            format!("{:?}", c.security.clone().or(Security::defaults())),
+            format!("{:?}", Security::defaults()),
+        );
+        show(
             "orchestrator",
             format!("{:?}", c.orchestrator.clone().or(Orchestrator::defaults())),
             format!("{:?}", Orchestrator::defaults()),
