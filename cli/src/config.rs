@@ -181,6 +181,11 @@ section! {
         /// The claim holding the roles, an array or a space-separated string (default roles).
         #[arg(long, env = "AGENTOS_ROLES_CLAIM")]
         roles_claim: String = "roles".into(),
+        /// Longest lifetime (exp - iat) of a JWKS token; longer ones, and ones without iat, are
+        /// refused (default: no limit).
+        #[arg(long, env = "AGENTOS_MAX_TOKEN_LIFETIME", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        max_token_lifetime: Duration,
         /// Requests in flight at once; beyond it `503 overloaded` (default 4096).
         #[arg(long, env = "AGENTOS_MAX_IN_FLIGHT")]
         max_in_flight: usize = agentos_edge::DEFAULT_MAX_IN_FLIGHT,

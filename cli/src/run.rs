@@ -88,6 +88,7 @@ async fn edge_auth(a: &config::Edge) -> anyhow::Result<Auth> {
             audience: a.jwt_audience(),
             tenant_claim: a.tenant_claim(),
             roles_claim: a.roles_claim(),
+            max_lifetime_secs: a.max_token_lifetime().map(|d| d.as_secs()),
             ..JwtRules::default()
         };
         let jwks = Jwks::load(source, rules)

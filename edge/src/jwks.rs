@@ -34,6 +34,8 @@ pub struct JwtRules {
     pub tenant_claim: String,
     pub roles_claim: String,
     pub leeway_secs: u64,
+    /// Longest lifetime (`exp - iat`) a token may have; such tokens must carry `iat`.
+    pub max_lifetime_secs: Option<u64>,
 }
 
 impl Default for JwtRules {
@@ -44,6 +46,7 @@ impl Default for JwtRules {
             tenant_claim: "tenant".into(),
             roles_claim: "roles".into(),
             leeway_secs: 30,
+            max_lifetime_secs: None,
         }
     }
 }
@@ -238,6 +241,7 @@ impl Jwks {
         let data =
             jsonwebtoken::decode::<Value>(token, &key, &v).map_err(crate::auth::token_error)?;
         let claims = data.claims;
+        self.check_lifetime(&claims)?;
         let tenant = claims[&self.rules.tenant_claim].as_str().ok_or_else(|| {
             unauthorized(
                 "invalid_token",
@@ -261,6 +265,33 @@ impl Jwks {
             roles,
             token: Some(token.to_owned()),
         })
+    }
+}
+
+impl Jwks {
+    /// A token valid for longer than the maximum lifetime is refused, whatever is left of it: a
+    /// leaked long-lived token must not work at all.
+    fn check_lifetime(&self, claims: &Value) -> Result<(), ApiError> {
+        let Some(max) = self.rules.max_lifetime_secs else {
+            return Ok(());
+        };
+        let Some(iat) = claims["iat"].as_u64() else {
+            return Err(unauthorized(
+                "missing_iat",
+                "the token has no iat claim, so its lifetime cannot be checked",
+            ));
+        };
+        let exp = claims["exp"].as_u64().unwrap_or(u64::MAX);
+        if exp.saturating_sub(iat) > max {
+            return Err(unauthorized(
+                "token_lifetime_too_long",
+                format!(
+                    "the token is valid for {} s; at most {max} s is accepted",
+                    exp.saturating_sub(iat)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -82,6 +82,46 @@ fn rules() -> JwtRules {
     }
 }
 
+#[tokio::test]
+async fn tokens_valid_for_longer_than_the_maximum_lifetime_are_refused() {
+    let (base, _) = jwks_server("jwks-a.json").await;
+    let jwks = Jwks::load(
+        JwksSource::Url(format!("{base}/jwks.json")),
+        JwtRules {
+            max_lifetime_secs: Some(3600),
+            ..rules()
+        },
+    )
+    .await
+    .expect("jwks");
+    let auth = Auth::Jwks(Arc::new(jwks));
+    let rs = |c: &Value| sign(Algorithm::RS256, Some("rsa-a"), "rsa-a.pem", c);
+    let t = now();
+    assert_eq!(
+        code(
+            &auth,
+            Some(&rs(&claims(json!({"iat": t, "exp": t + 3600}))))
+        )
+        .await,
+        "ok:acme"
+    );
+    // A year-long token is refused even in its last minutes.
+    assert_eq!(
+        code(
+            &auth,
+            Some(&rs(&claims(
+                json!({"iat": t - 365 * 86_400, "exp": t + 60})
+            )))
+        )
+        .await,
+        "token_lifetime_too_long"
+    );
+    assert_eq!(
+        code(&auth, Some(&rs(&claims(json!({}))))).await,
+        "missing_iat"
+    );
+}
+
 async fn code(auth: &Auth, token: Option<&str>) -> String {
     match auth.authenticate(token).await {
         Ok(ctx) => format!("ok:{}", ctx.tenant),
