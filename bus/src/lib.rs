@@ -44,7 +44,7 @@ pub use status::{ConsumerStatus, StreamStatus};
 pub use tenants::{Admission, Standing, TENANT_CACHE_TTL, Tenants};
 pub use thread::Threads;
 pub use tool_directory::{Declared, TOOL_CACHE_TTL, ToolDirectory};
-pub use work::{Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};
+pub use work::{DEFAULT_ACK_WAIT, Delivery, ORCHESTRATOR_DURABLE, QueueOptions, SubmitMeta};
 
 /// A cheap, cloneable handle on one NATS connection and its JetStream context.
 #[derive(Clone)]

@@ -25,12 +25,24 @@ pub struct QueueOptions {
     pub max_ack_pending: i64,
 }
 
+/// How long a run whose orchestrator went silent waits before another takes it over, by
+/// default: a live orchestrator acks progress four times per ack wait.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(2);
+
 impl Default for QueueOptions {
     fn default() -> Self {
         Self {
-            ack_wait: Duration::from_secs(30),
+            ack_wait: DEFAULT_ACK_WAIT,
             max_ack_pending: 10_000,
         }
+    }
+}
+
+impl QueueOptions {
+    /// How often a driver acks progress: a quarter of the ack wait (at least 100 ms), so that
+    /// three missed beats in a row still do not hand a live run to another orchestrator.
+    pub fn progress_interval(&self) -> Duration {
+        (self.ack_wait / 4).max(Duration::from_millis(100))
     }
 }
 
@@ -232,18 +244,17 @@ impl Bus {
             .get_stream_no_info(STREAM_RUNS)
             .await
             .map_err(|e| Error::nats("open runs stream", e))?;
+        // Created, or updated in place (a changed ack wait applies to the whole pool: every
+        // orchestrator of a pool should run with the same one).
         let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                ORCHESTRATOR_DURABLE,
-                consumer::pull::Config {
-                    durable_name: Some(ORCHESTRATOR_DURABLE.to_owned()),
-                    filter_subject: subject::filter::RUNS_SUBMIT.to_owned(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: opts.ack_wait,
-                    max_ack_pending: opts.max_ack_pending,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(ORCHESTRATOR_DURABLE.to_owned()),
+                filter_subject: subject::filter::RUNS_SUBMIT.to_owned(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: opts.ack_wait,
+                max_ack_pending: opts.max_ack_pending,
+                ..Default::default()
+            })
             .await
             .map_err(|e| Error::nats("bind orchestrator consumer", e))?;
         let messages = consumer

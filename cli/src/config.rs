@@ -215,10 +215,11 @@ section! {
         /// Runs driven at once (default 256).
         #[arg(long, env = "AGENTOS_CONCURRENCY")]
         concurrency: usize = 256,
-        /// Redelivery delay of a run whose orchestrator went silent (default 30s).
+        /// How long a run whose orchestrator went silent waits before another takes it over;
+        /// progress is acked four times as often (default 2s; the same for the whole pool).
         #[arg(long, env = "AGENTOS_ACK_WAIT", value_parser = parse_duration)]
         #[serde(deserialize_with = "duration")]
-        ack_wait: Duration = Duration::from_secs(30),
+        ack_wait: Duration = agentos_bus::DEFAULT_ACK_WAIT,
         /// Longest wait for the next model reply chunk (default 120s).
         #[arg(long, env = "AGENTOS_MODEL_TIMEOUT", value_parser = parse_duration)]
         #[serde(deserialize_with = "duration")]
@@ -611,7 +612,7 @@ mod tests {
     #[test]
     fn the_example_file_parses_and_sets_every_section() {
         let c = parse(EXAMPLE).expect("example parses");
-        assert_eq!(c.orchestrator.ack_wait, Some(Duration::from_secs(30)));
+        assert_eq!(c.orchestrator.ack_wait, Some(Duration::from_secs(2)));
         assert_eq!(c.up.orchestrators, Some(1));
         assert_eq!(c.tenants.admission, Some(agentos_bus::Admission::Implicit));
         let c = parse("[tenants]\nadmission = \"registered\"\n").expect("registered");

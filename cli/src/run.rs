@@ -1,7 +1,5 @@
 //! Running one component: connect, provision, serve until SIGINT/SIGTERM, drain.
 
-use std::time::Duration;
-
 use agentos_bus::{Bus, Settings};
 use agentos_edge::{Auth, EdgeOptions};
 use agentos_workers::mcp::McpBridge;
@@ -156,7 +154,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     ..Default::default()
                 };
                 opts.queue.ack_wait = o.ack_wait();
-                opts.progress_interval = (o.ack_wait() / 3).max(Duration::from_millis(100));
+                opts.progress_interval = opts.queue.progress_interval();
                 Orchestrator::new(bus, opts)
                     .await?
                     .run(shutdown_on_signal())

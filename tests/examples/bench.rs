@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use agentos_bus::{Bucket, Error};
-use agentos_e2e::{Options, Platform, millis, percentile};
+use agentos_e2e::{Options, Platform, cpu_secs, millis, percentile};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -63,16 +63,6 @@ async fn nats_limits(p: &Platform, n: usize) -> Result<()> {
         n as f64 / t.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// CPU seconds (user + system) a process has used, from /proc (clock ticks at 100 Hz).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn cpu_report(p: &Platform) -> Vec<(String, f64)> {

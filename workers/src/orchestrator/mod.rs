@@ -60,7 +60,7 @@ impl Default for OrchestratorOptions {
         let queue = QueueOptions::default();
         Self {
             concurrency: 256,
-            progress_interval: queue.ack_wait / 3,
+            progress_interval: queue.progress_interval(),
             queue,
             model_timeout: Duration::from_secs(120),
             tool_timeout: Duration::from_secs(60),
