@@ -18,6 +18,7 @@ mod kv;
 pub mod memory;
 pub mod provision;
 pub mod recall;
+mod revocation;
 mod rpc;
 mod run_index;
 pub mod server;
@@ -35,6 +36,7 @@ pub use key::Key;
 pub use kv::{Kv, Versioned};
 pub use memory::{Expect, Memory};
 pub use provision::{Bucket, Settings};
+pub use revocation::{Revoked, revocation_key};
 pub use rpc::{
     CallMeta, EndpointSpec, Incoming, MODEL_SERVICE, Replies, Reply, Service, ServiceInstance,
     ServiceSpec, TOOL_SERVICE, TOOL_SPEC_KEY, model_backend_key,

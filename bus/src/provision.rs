@@ -26,10 +26,12 @@ pub enum Bucket {
     Peers,
     ToolResults,
     Threads,
+    /// Revoked token ids (`jti`), until the tokens expire.
+    Revoked,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 9] = [
+    pub const ALL: [Bucket; 10] = [
         Self::Runs,
         Self::Agents,
         Self::Memory,
@@ -39,6 +41,7 @@ impl Bucket {
         Self::Peers,
         Self::ToolResults,
         Self::Threads,
+        Self::Revoked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Bucket {
             Self::Peers => "agentos-peers",
             Self::ToolResults => "agentos-tool-results",
             Self::Threads => "agentos-threads",
+            Self::Revoked => "agentos-revoked",
         }
     }
 
@@ -67,7 +71,7 @@ impl Bucket {
     /// server then leaves a delete marker, kept [`MARKER_TTL`], when an item expires.
     fn limit_markers(self) -> Option<Duration> {
         match self {
-            Self::Memory => Some(MARKER_TTL),
+            Self::Memory | Self::Revoked => Some(MARKER_TTL),
             _ => None,
         }
     }

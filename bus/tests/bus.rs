@@ -35,7 +35,7 @@ async fn provisioning_twice_is_a_no_op() {
         first.items.iter().all(|i| i.outcome == Outcome::Created),
         "{first:?}"
     );
-    assert_eq!(first.items.len(), 14, "5 streams and 9 buckets");
+    assert_eq!(first.items.len(), 15, "5 streams and 10 buckets");
     let second = bus
         .provision(&Settings::default())
         .await

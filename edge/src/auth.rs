@@ -30,6 +30,8 @@ pub struct AuthContext {
     pub roles: Vec<String>,
     /// The bearer token, forwarded on the bus for federation re-verification.
     pub token: Option<String>,
+    /// The token's id (`jti`), checked against the revocation list.
+    pub token_id: Option<String>,
 }
 
 impl AuthContext {
@@ -53,6 +55,8 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// How the edge authenticates callers.
@@ -101,6 +105,7 @@ impl Auth {
                     tenant: tenant.clone(),
                     roles: vec![ROLE_ADMIN.into()],
                     token: None,
+                    token_id: None,
                 });
             }
             Self::Hs256 { key, validation } => (key, validation),
@@ -115,6 +120,7 @@ impl Auth {
             tenant,
             roles: data.claims.roles,
             token: Some(token.to_owned()),
+            token_id: data.claims.jti,
         })
     }
 }
@@ -175,6 +181,7 @@ pub fn mint(
         exp: exp.as_secs(),
         iss: None,
         aud: None,
+        jti: None,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -202,6 +209,16 @@ impl FromRequestParts<AppState> for AuthContext {
             }
         };
         let ctx = state.auth.authenticate(bearer).await?;
+        if ctx
+            .token_id
+            .as_deref()
+            .is_some_and(|jti| state.revoked.is_revoked(jti))
+        {
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "the token has been revoked",
+            ));
+        }
         // Platform admins keep access to a disabled tenant (to enable it again).
         if !ctx.is_admin() {
             state.admit(&ctx.tenant).await?;

@@ -264,6 +264,7 @@ impl Jwks {
             tenant,
             roles,
             token: Some(token.to_owned()),
+            token_id: claims["jti"].as_str().map(str::to_owned),
         })
     }
 }

@@ -19,6 +19,7 @@ mod memory;
 mod memory_search;
 mod openapi;
 mod page;
+mod revocation;
 mod run_actions;
 mod run_list;
 mod runs;
@@ -85,6 +86,8 @@ pub struct Shared {
     tools: agentos_bus::ToolDirectory,
     threads: agentos_bus::Threads,
     limits: Limits,
+    /// Revoked token ids, kept current by [`AppState::follow_revocations`].
+    revoked: revocation::Revocations,
 }
 
 impl AppState {
@@ -150,6 +153,7 @@ impl AppState {
             auth,
             waiters: watch::Waiters::default(),
             limits: Limits::default(),
+            revoked: revocation::Revocations::default(),
         })))
     }
 
@@ -193,6 +197,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(embeddings::routes())
         .merge(tools::routes())
         .merge(admin::routes())
+        .merge(revocation::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -221,6 +226,11 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
     tracing::info!(listen = %local, auth = ?opts.auth, "edge listening");
     let watch = state.clone().watch(shutdown.clone());
     let watcher = async { watch.await.map_err(Error::from) };
+    let revocations = state
+        .revoked
+        .clone()
+        .follow(state.bus.clone(), shutdown.clone());
+    let revocations = async { revocations.await.map_err(Error::from) };
     let http = async {
         // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs hold chunks back for ~40 ms.
@@ -234,6 +244,6 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
             .await
             .map_err(Error::Serve)
     };
-    tokio::try_join!(http, watcher)?;
+    tokio::try_join!(http, watcher, revocations)?;
     Ok(())
 }

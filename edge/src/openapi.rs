@@ -53,6 +53,7 @@ use crate::AppState;
         crate::admin::enable,
         crate::admin::disable,
         crate::admin::audit_log,
+        crate::revocation::revoke,
     ),
     components(schemas(
         crate::chat::ChatRequest,
@@ -80,7 +81,8 @@ use crate::AppState;
         crate::embeddings::EmbeddingsBody,
         crate::threads::CreateThread,
         crate::threads::UpdateThread,
-        crate::threads::ThreadView
+        crate::threads::ThreadView,
+        crate::revocation::RevokeToken
     ))
 )]
 pub struct ApiDoc;
