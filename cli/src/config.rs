@@ -186,6 +186,10 @@ section! {
         #[arg(long, env = "AGENTOS_MAX_TOKEN_LIFETIME", value_parser = parse_duration)]
         #[serde(deserialize_with = "duration")]
         max_token_lifetime: Duration,
+        /// How long a client may take to send a request's headers (slowloris; default 10s).
+        #[arg(long, env = "AGENTOS_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        header_read_timeout: Duration = agentos_edge::DEFAULT_HEADER_READ_TIMEOUT,
         /// Requests in flight at once; beyond it `503 overloaded` (default 4096).
         #[arg(long, env = "AGENTOS_MAX_IN_FLIGHT")]
         max_in_flight: usize = agentos_edge::DEFAULT_MAX_IN_FLIGHT,

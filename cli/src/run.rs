@@ -138,6 +138,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     a.edge.max_in_flight(),
                     a.edge.max_streams_per_tenant(),
                 ),
+                header_read_timeout: a.edge.header_read_timeout(),
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }

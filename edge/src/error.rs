@@ -20,9 +20,6 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The HTTP server stopped with an I/O error.
-    #[error("HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
     /// A JWKS (or OIDC discovery document) could not be fetched: unreachable, or not a 2xx.
     #[error("fetching {url}: {reason}")]
     JwksFetch { url: String, reason: String },

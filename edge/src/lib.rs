@@ -15,6 +15,7 @@ mod extract;
 mod health;
 mod jwks;
 mod limits;
+mod listener;
 mod memory;
 mod memory_search;
 mod openapi;
@@ -40,6 +41,7 @@ pub use auth::{Auth, AuthContext, Claims, ROLE_ADMIN, ROLE_MEMBER, ROLE_TENANT_A
 pub use error::{ApiError, Error};
 pub use jwks::{Jwks, JwksSource, JwtRules};
 pub use limits::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_STREAMS_PER_TENANT, Limits};
+pub use listener::DEFAULT_HEADER_READ_TIMEOUT;
 
 /// Largest accepted request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -55,6 +57,8 @@ pub struct EdgeOptions {
     pub memory: agentos_bus::recall::MemoryConfig,
     /// Requests in flight and SSE streams per tenant.
     pub limits: Limits,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: std::time::Duration,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -232,17 +236,9 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
         .follow(state.bus.clone(), shutdown.clone());
     let revocations = async { revocations.await.map_err(Error::from) };
     let http = async {
-        // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and
-        // delayed ACKs hold chunks back for ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, router(state, opts.body_limit))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(Error::Serve)
+        let app = router(state, opts.body_limit);
+        listener::serve(listener, app, opts.header_read_timeout, shutdown.clone()).await;
+        Ok::<(), Error>(())
     };
     tokio::try_join!(http, watcher, revocations)?;
     Ok(())

@@ -144,3 +144,39 @@ async fn an_edge_sheds_load_past_its_caps_and_recovers() {
     .expect("slot freed");
     drop(second);
 }
+
+/// A client that sends its headers too slowly (slowloris) is cut off after the header read
+/// timeout; a normal client is served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_header_sender_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Platform::start(Options {
+        env: vec![("AGENTOS_HEADER_READ_TIMEOUT".into(), "1s".into())],
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let addr = p.edge_url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let (status, _) = p.get("/healthz").await.expect("health");
+    assert_eq!(status, 200, "others are served meanwhile");
+    // The server closes the connection (possibly after a 408): reading reaches its end.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "still open after 30 s: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    eprintln!(
+        "slow client cut off after {:?}: {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&buf).lines().next()
+    );
+}
