@@ -237,6 +237,7 @@ impl Bus {
             .map_err(|e| Error::nats(format!("dead-letter to {subject}"), e))?
             .await
             .map_err(|e| Error::nats(format!("dead-letter to {subject}"), e))?;
+        crate::metric_definitions::dead_lettered(kind.as_str(), error.code());
         tracing::warn!(%subject, original = original_subject, code = error.code(), %reason, "dead-lettered");
         Ok(())
     }

@@ -126,6 +126,8 @@ pub struct EdgeArgs {
     pub tenants: config::Tenants,
     #[command(flatten)]
     pub memory: config::Memory,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker orchestrator`.
@@ -137,6 +139,8 @@ pub struct OrchestratorArgs {
     pub orchestrator: config::Orchestrator,
     #[command(flatten)]
     pub tenants: config::Tenants,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker model`.
@@ -146,6 +150,8 @@ pub struct ModelArgs {
     pub nats: config::Nats,
     #[command(flatten)]
     pub model: config::Model,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker tool`.
@@ -157,6 +163,8 @@ pub struct ToolArgs {
     pub tool: config::Tool,
     #[command(flatten)]
     pub memory: config::Memory,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker mcp`.
@@ -166,6 +174,8 @@ pub struct McpArgs {
     pub nats: config::Nats,
     #[command(flatten)]
     pub mcp: config::Mcp,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos up`.

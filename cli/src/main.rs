@@ -8,12 +8,14 @@ mod accounts;
 mod args;
 mod client;
 mod config;
+mod metrics;
 mod ops;
 mod run;
 mod secret;
 mod state;
 mod tenant;
 mod up;
+mod up_metrics;
 
 use clap::Parser;
 

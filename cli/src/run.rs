@@ -124,6 +124,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Edge(a) => {
             let auth = edge_auth(&a.edge).await?;
+            let metrics = crate::metrics::install(&a.metrics, true)?.handle();
             let bus = connect(&a.nats, "agentos-edge").await?;
             let opts = EdgeOptions {
                 listen: a.edge.listen(),
@@ -131,11 +132,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
                 admission: a.tenants.admission(),
                 memory: config::memory(&a.memory)?,
+                metrics,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(a) => {
+                let metrics = crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-orchestrator").await?;
                 let o = &a.orchestrator;
                 let mut opts = OrchestratorOptions {
@@ -144,6 +147,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     tool_timeout: o.tool_timeout(),
                     thread_lease: o.thread_lease(),
                     admission: a.tenants.admission(),
+                    queue_gauges: metrics.is_on().then_some(crate::metrics::QUEUE_GAUGES),
                     ..Default::default()
                 };
                 opts.queue.ack_wait = o.ack_wait();
@@ -154,6 +158,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     .await?;
             }
             WorkerKind::Model(a) => {
+                crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-model").await?;
                 let file = config::locate(cli.config.as_deref());
                 let (mut opts, routes) = ModelWorkerOptions::new(config::routes(&a.model)?);
@@ -171,6 +176,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
             WorkerKind::Tool(a) => {
+                crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-tool").await?;
                 let opts = ToolWorkerOptions {
                     concurrency: a.tool.concurrency(),
@@ -190,6 +196,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                         "no MCP servers to bridge: name them in [mcp.servers.<name>] of agentos.toml"
                     );
                 }
+                crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-mcp").await?;
                 McpBridge::new(bus, opts)
                     .await?

@@ -73,7 +73,9 @@ pub(crate) async fn sse(
                     }
                     None
                 });
-            Box::pin(events.map(|event| {
+            let open = crate::metric_definitions::OpenSse::open();
+            Box::pin(events.map(move |event| {
+                let _open = &open;
                 let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
                 Ok(SseEvent::default()
                     .id(event.seq.to_string())

@@ -15,6 +15,8 @@ mod health;
 mod jwks;
 mod memory;
 mod memory_search;
+pub mod metric_definitions;
+mod metrics;
 mod openapi;
 mod page;
 mod run_list;
@@ -48,6 +50,8 @@ pub struct EdgeOptions {
     pub admission: agentos_bus::Admission,
     /// Embedded namespaces and the search bound.
     pub memory: agentos_bus::recall::MemoryConfig,
+    /// Serve `GET /metrics` from this recorder on the API listener.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -78,6 +82,8 @@ pub struct Shared {
     /// The tools running workers declare (discovery, cached for agent warnings).
     tools: agentos_bus::ToolDirectory,
     threads: agentos_bus::Threads,
+    /// The process's Prometheus recorder, when `/metrics` is served on the API listener.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -139,6 +145,7 @@ impl AppState {
             memory_config: Default::default(),
             tools: agentos_bus::ToolDirectory::new(bus.clone()),
             threads: bus.threads().await?,
+            metrics: None,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -149,6 +156,13 @@ impl AppState {
     pub fn with_memory(self, cfg: agentos_bus::recall::MemoryConfig) -> Self {
         let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
         shared.memory_config = std::sync::Arc::new(cfg);
+        Self(std::sync::Arc::new(shared))
+    }
+
+    /// The same state serving `GET /metrics` from this recorder.
+    pub fn with_metrics(self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
+        shared.metrics = Some(handle);
         Self(std::sync::Arc::new(shared))
     }
 
@@ -178,8 +192,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(tools::routes())
         .merge(admin::routes())
         .merge(openapi::routes())
+        .merge(metrics::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(extract::request_id))
         .with_state(state)
 }
@@ -189,6 +205,10 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
     let state = AppState::new(bus, opts.auth.clone(), opts.admission)
         .await?
         .with_memory(opts.memory.clone());
+    let state = match opts.metrics.clone() {
+        Some(handle) => state.with_metrics(handle),
+        None => state,
+    };
     let bind = |source| Error::Bind {
         addr: opts.listen,
         source,

@@ -304,6 +304,9 @@ pub async fn create(
         )
         .await?;
     tracing::info!(run = %run_id, tenant = %auth.tenant, "run submitted");
+    if status == StatusCode::CREATED {
+        crate::metric_definitions::run_submitted(&auth.tenant);
+    }
     if let Some(Err(e)) = match index {
         Some(p) => Some(p.stored().await),
         None => None,

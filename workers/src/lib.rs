@@ -9,6 +9,7 @@
 
 mod error;
 pub mod mcp;
+pub mod metric_definitions;
 pub mod model;
 pub mod orchestrator;
 pub mod tool;

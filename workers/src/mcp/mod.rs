@@ -208,8 +208,12 @@ impl McpBridge {
                 retryable: false,
             },
             Ok((tenant, call)) => {
-                self.call(&req, &tenant, &call, registry, states, in_flight)
-                    .await
+                let since = std::time::Instant::now();
+                let reply = self
+                    .call(&req, &tenant, &call, registry, states, in_flight)
+                    .await;
+                crate::metric_definitions::tool_call(&call.tool, &reply, since.elapsed());
+                reply
             }
         };
         if let Err(e) = req

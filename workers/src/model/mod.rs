@@ -164,10 +164,15 @@ pub fn default_routes() -> RouteTable {
 pub struct DeltaSink<'a> {
     bus: &'a Bus,
     req: &'a Incoming,
+    /// When the request arrived, and the model, until the first chunk (time to first token).
+    first: Option<(std::time::Instant, &'a ModelName)>,
 }
 
 impl DeltaSink<'_> {
     async fn emit(&mut self, reply: ModelReply) {
+        if let Some((since, model)) = self.first.take() {
+            crate::metric_definitions::model_first_token(model, since.elapsed());
+        }
         if let Err(e) = self.req.chunk(self.bus, reply.encode()).await {
             tracing::warn!(error = %e, "could not send a model reply chunk");
         }
@@ -335,13 +340,20 @@ async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: 
                         break;
                     }
                 }
+                let since = std::time::Instant::now();
                 let reply = match refused {
                     Some(error) => ModelReply::Error { error },
                     None => {
-                        let mut sink = DeltaSink { bus, req: &req };
+                        let first = Some((since, &model));
+                        let mut sink = DeltaSink {
+                            bus,
+                            req: &req,
+                            first,
+                        };
                         route.complete(&model, &call, &mut sink).await
                     }
                 };
+                crate::metric_definitions::model_call(&tenant, &model, &reply, since.elapsed());
                 for hook in &opts.hooks {
                     hook.after(&ctx, &reply).await;
                 }

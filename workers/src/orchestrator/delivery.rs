@@ -22,6 +22,7 @@ pub(super) async fn process(
     let disposition = match delivery.decode() {
         Ok(SubmitMessage::Run(req)) => {
             let cancel = active.register(req.run_id);
+            let _active = crate::metric_definitions::ActiveRun::start(delivery.delivered());
             let attempt = Attempt {
                 delivered: delivery.delivered(),
                 request_id: delivery.request_id().map(str::to_owned),

@@ -314,7 +314,15 @@ impl<P: Port> Driver<'_, P> {
 
     /// Appends the terminal event and projects it onto the record.
     pub(super) async fn finish(&mut self, data: EventData) -> Result<(), Stop> {
+        let outcome = crate::metric_definitions::run_outcome(&data);
         self.append(data).await?;
+        crate::metric_definitions::run_ended(
+            &self.req.tenant,
+            &self.req.run_id,
+            outcome,
+            self.state.steps(),
+            self.port.now(),
+        );
         self.record_turn().await?;
         self.project_terminal().await
     }

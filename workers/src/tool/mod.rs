@@ -159,7 +159,12 @@ impl ToolWorker {
                 error,
                 retryable: false,
             },
-            Ok((tenant, call)) => self.call(&tenant, req.principal(), &call, in_flight).await,
+            Ok((tenant, call)) => {
+                let since = std::time::Instant::now();
+                let reply = self.call(&tenant, req.principal(), &call, in_flight).await;
+                crate::metric_definitions::tool_call(&call.tool, &reply, since.elapsed());
+                reply
+            }
         };
         if let Err(e) = req.respond(reply.encode()).await {
             tracing::warn!(error = %e, "could not send tool reply");
