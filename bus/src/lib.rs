@@ -28,6 +28,7 @@ pub mod subject;
 mod tenants;
 mod thread;
 mod tool_directory;
+pub mod trace;
 mod work;
 
 pub use connect::ConnectOptions;

@@ -63,6 +63,11 @@ impl Delivery {
             .map(|v| v.as_str())
     }
 
+    /// The submitter's trace context (W3C `traceparent`), the parent of this delivery's span.
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        crate::trace::from_headers(self.msg.headers.as_ref())
+    }
+
     pub fn request_id(&self) -> Option<&str> {
         self.header(headers::REQUEST_ID)
     }
@@ -131,6 +136,7 @@ impl Bus {
         if let Some(rid) = meta.request_id {
             h.insert(headers::REQUEST_ID, rid);
         }
+        crate::trace::inject(&mut h);
         let payload = msg.encode();
         let mut attempt = 0;
         loop {

@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod metrics;
 mod ops;
+mod otel;
 mod run;
 mod secret;
 mod state;
@@ -33,7 +34,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     config::layer(&mut cli, file);
-    run::init_tracing(cli.log_format);
+    let _traces = match run::init_tracing(cli.log_format, run::service_name(&cli.command)) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

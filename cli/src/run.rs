@@ -14,15 +14,39 @@ use tokio_util::sync::CancellationToken;
 use crate::args::{Cli, Command, LogFormat, TokenCommand, WorkerKind};
 use crate::config;
 
-pub fn init_tracing(format: LogFormat) {
+/// Logs to stderr, and spans to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+/// (the guard flushes them at exit).
+pub fn init_tracing(format: LogFormat, service: &str) -> anyhow::Result<crate::otel::Guard> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,rmcp=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let (otel, guard) = crate::otel::layer(service)?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(fmt)
+        .init();
+    Ok(guard)
+}
+
+/// The OpenTelemetry service name of the process a command runs.
+pub fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Edge(_) => "agentos-edge",
+        Command::Worker { kind } => match kind {
+            WorkerKind::Orchestrator(_) => "agentos-orchestrator",
+            WorkerKind::Model(_) => "agentos-model",
+            WorkerKind::Tool(_) => "agentos-tool",
+            WorkerKind::Mcp(_) => "agentos-mcp",
+        },
+        _ => "agentos",
     }
 }
 

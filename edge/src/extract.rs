@@ -56,6 +56,11 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let h = req.headers();
+    agentos_bus::trace::adopt(
+        &span,
+        agentos_bus::trace::from_lookup(|k| h.get(k)?.to_str().ok()),
+    );
     let mut resp = {
         use tracing::Instrument;
         REQUEST_ID.scope(id, next.run(req)).instrument(span).await

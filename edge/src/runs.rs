@@ -70,6 +70,9 @@ pub struct RunView {
     /// Who created the run: the token's `sub`, or `nats:<tenant>` for a run published
     /// straight onto the bus.
     pub created_by: Option<String>,
+    /// The run's trace (W3C trace id), when the platform exports traces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub created_at: OffsetDateTime,
@@ -96,6 +99,7 @@ impl From<RunRecord> for RunView {
             thread_id: r.thread_id.map(String::from),
             metadata: r.metadata,
             created_by: r.created_by,
+            trace_id: r.trace_id,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -365,6 +369,7 @@ pub async fn cancel(
                 run_id: id,
                 tenant: auth.tenant.clone(),
                 ts: now(),
+                trace_id: rec.trace_id.clone(),
                 data: EventData::RunCancelled {
                     reason: "cancelled before start".into(),
                 },

@@ -152,6 +152,9 @@ pub struct RunRecord {
     /// a client's cancel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// The trace the run belongs to (W3C trace id, 32 hex digits), when traces are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The journal sequence this record reflects.
     #[serde(default)]
     pub last_seq: u64,
@@ -188,6 +191,9 @@ impl RunRecord {
             created_by_roles: Vec::new(),
             request_hash: None,
             cancel_reason: None,
+            // The trace of the request that creates the record (the edge's, or the run's first
+            // delivery for direct publishers).
+            trace_id: crate::trace::current_trace_id(),
             last_seq: 0,
             created_at: req.submitted_at,
             updated_at: req.submitted_at,

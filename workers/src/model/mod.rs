@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use compat::Compat;
 pub use embed::HashEmbed;
@@ -266,7 +267,8 @@ impl ModelWorker {
                     let (bus, opts) = (self.bus.clone(), self.opts.clone());
                     // Each call sees the table as it was when the call arrived.
                     let routes = opts.routes.borrow().clone();
-                    tasks.spawn(async move { handle(&bus, &opts, &routes, req).await });
+                    let span = crate::trace::call_span("model", &req);
+                    tasks.spawn(async move { handle(&bus, &opts, &routes, req).await }.instrument(span));
                 }
             }
         }

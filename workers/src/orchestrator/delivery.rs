@@ -8,6 +8,7 @@ use agentos_bus::envelope::SubmitMessage;
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{Delivery, Error as BusError};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Ctx;
 use super::cancel::Active;
@@ -27,7 +28,8 @@ pub(super) async fn process(
                 delivered: delivery.delivered(),
                 request_id: delivery.request_id().map(str::to_owned),
             };
-            let work = drive(&ctx.port, &ctx.opts, attempt, &req, &cancel, drain);
+            let span = crate::trace::run_span(&req, delivery.trace_context());
+            let work = drive(&ctx.port, &ctx.opts, attempt, &req, &cancel, drain).instrument(span);
             let d = with_progress(ctx, &delivery, work).await;
             active.remove(&req.run_id);
             d
