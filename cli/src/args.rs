@@ -344,6 +344,13 @@ pub enum RunCommand {
         edge: EdgeClientArgs,
         id: String,
     },
+    /// The run's timeline from its journal: steps, model and tool calls with their durations,
+    /// as a waterfall, and its trace id.
+    Trace {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        id: String,
+    },
 }
 
 impl Command {
@@ -370,7 +377,8 @@ impl Command {
                 RunCommand::Create { edge, .. }
                 | RunCommand::Get { edge, .. }
                 | RunCommand::List { edge, .. }
-                | RunCommand::Cancel { edge, .. } => &mut edge.home,
+                | RunCommand::Cancel { edge, .. }
+                | RunCommand::Trace { edge, .. } => &mut edge.home,
             }),
             Command::Edge(_)
             | Command::Worker { .. }

@@ -12,6 +12,7 @@ mod metrics;
 mod ops;
 mod otel;
 mod run;
+mod run_trace;
 mod secret;
 mod state;
 mod tenant;

@@ -188,4 +188,24 @@ async fn one_run_with_two_tool_calls_is_one_trace_across_four_processes() {
         2,
         "{all:#?}"
     );
+
+    // The operator's view: `agentos run trace` draws the run's waterfall and names its trace.
+    let out = std::process::Command::new(agentos_e2e::agentos_bin().expect("bin"))
+        .args(["run", "trace", &id])
+        .env("AGENTOS_EDGE_URL", &p.edge_url)
+        .env("AGENTOS_TOKEN", &p.token)
+        .output()
+        .expect("run trace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("trace {client_trace}")), "{text}");
+    assert!(text.contains("run (completed)"), "{text}");
+    assert_eq!(text.matches("tool echo").count(), 2, "{text}");
+    assert_eq!(text.matches("  model").count(), 2, "{text}");
+    assert!(text.contains("step 2"), "{text}");
+    eprintln!("{text}");
 }
