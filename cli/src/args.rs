@@ -192,6 +192,9 @@ pub struct UpArgs {
     /// Return once the platform is ready; it keeps running in the background (`agentos down`).
     #[arg(long)]
     pub detach: bool,
+    /// Also start Debian's Prometheus and Alertmanager (if installed) against the platform.
+    #[arg(long)]
+    pub observability: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ mod state;
 mod tenant;
 mod up;
 mod up_metrics;
+mod up_observability;
 
 use clap::Parser;
 

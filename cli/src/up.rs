@@ -320,6 +320,13 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         edge_url,
         targets.display()
     );
+    let _observability = match a.observability {
+        true => Some(crate::up_observability::start(home, &targets)?),
+        false => None,
+    };
+    for (name, url) in _observability.iter().flat_map(|o| &o.urls) {
+        println!("  {name}: {url}");
+    }
     if a.smoke_only {
         println!("\n--smoke-only: stopping.");
     } else {
