@@ -202,6 +202,7 @@ impl FromRequestParts<AppState> for AuthContext {
             }
         };
         let ctx = state.auth.authenticate(bearer).await?;
+        tracing::Span::current().record("tenant", ctx.tenant.as_str());
         // Platform admins keep access to a disabled tenant (to enable it again).
         if !ctx.is_admin() {
             state.admit(&ctx.tenant).await?;
