@@ -39,6 +39,25 @@ impl Extractor for Found {
     }
 }
 
+struct Pairs(Vec<(String, String)>);
+
+impl Injector for Pairs {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
+}
+
+/// The current span's trace context as header name/value pairs (`traceparent`, `tracestate`),
+/// for an outgoing HTTP request; none when the span has no trace context.
+pub fn current_headers() -> Vec<(String, String)> {
+    let cx = tracing::Span::current().context();
+    let mut out = Pairs(Vec::new());
+    if cx.span().span_context().is_valid() {
+        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut out));
+    }
+    out.0
+}
+
 /// Adds the current span's trace context to `h`, if it has one.
 pub(crate) fn inject(h: &mut HeaderMap) {
     let cx = tracing::Span::current().context();

@@ -209,3 +209,68 @@ async fn one_run_with_two_tool_calls_is_one_trace_across_four_processes() {
     assert!(text.contains("step 2"), "{text}");
     eprintln!("{text}");
 }
+
+#[tokio::test]
+async fn a_chat_completion_carries_the_clients_trace_to_the_upstream() {
+    let spans = Spans::default();
+    let port = free_port().expect("port");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    let app = axum::Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(spans.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, up, _server) = agentos_e2e::upstream::start_upstream().await;
+    let key = tempfile::NamedTempFile::new().expect("key file");
+    std::fs::write(key.path(), "sk-test-key\n").expect("write key");
+    let p = Platform::start(Options {
+        config: Some(format!(
+            "[model.routes.up-ok]\nbackend = \"openai\"\nbase-url = \"http://{addr}/v1\"\nupstream-model = \"ok\"\napi-key-file = \"{}\"\n",
+            key.path().display()
+        )),
+        env: vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://127.0.0.1:{port}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ],
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let client_trace = "0af7651916cd43dd8448eb211c80319c";
+    let r = p
+        .req(reqwest::Method::POST, "/v1/chat/completions")
+        .header(
+            "traceparent",
+            format!("00-{client_trace}-b7ad6b7169203331-01"),
+        )
+        .json(&json!({"model": "up-ok", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(r.status(), 200);
+    // The upstream got the trace, as a child of the model worker's span for the call.
+    let sent = up.traceparents.lock().expect("lock").clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let parts: Vec<&str> = sent[0].split('-').collect();
+    assert_eq!(parts[1], client_trace, "{sent:?}");
+    let model = eventually(
+        "the model worker's span",
+        Duration::from_secs(30),
+        || async {
+            spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|s| s.name == "model" && s.trace_id == client_trace)
+                .cloned()
+        },
+    )
+    .await
+    .expect("span");
+    assert_eq!(model.service, "agentos-model");
+    assert_eq!(parts[2], model.span_id, "{sent:?} {model:?}");
+}
