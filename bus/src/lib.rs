@@ -16,7 +16,9 @@ mod journal;
 pub mod key;
 mod kv;
 pub mod memory;
+pub mod metric_definitions;
 pub mod provision;
+mod queue_gauges;
 pub mod recall;
 mod revocation;
 mod rpc;
@@ -27,6 +29,7 @@ pub mod subject;
 mod tenants;
 mod thread;
 mod tool_directory;
+pub mod trace;
 mod work;
 
 pub use connect::ConnectOptions;

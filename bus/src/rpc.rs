@@ -70,8 +70,9 @@ impl CallMeta {
         if let Some(v) = &self.idempotency_key {
             h.insert(headers::IDEMPOTENCY_KEY, v.as_str());
         }
-        if let Some(v) = &self.traceparent {
-            h.insert(headers::TRACEPARENT, v.as_str());
+        match &self.traceparent {
+            Some(v) => h.insert(headers::TRACEPARENT, v.as_str()),
+            None => crate::trace::inject(&mut h),
         }
         h
     }
@@ -482,6 +483,11 @@ impl Incoming {
     }
 
     /// The authenticated caller named by the edge, if any.
+    /// The caller's trace context (W3C `traceparent`), the parent of this request's span.
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        crate::trace::from_headers(self.req.message.headers.as_ref())
+    }
+
     pub fn principal(&self) -> Option<&str> {
         self.header(headers::PRINCIPAL)
     }

@@ -20,6 +20,8 @@ pub struct ConsumerStatus {
     pub name: String,
     pub pending: u64,
     pub ack_pending: usize,
+    /// The consumer's `max_ack_pending` (-1: unlimited).
+    pub max_ack_pending: i64,
     pub redelivered: usize,
     pub waiting: usize,
 }
@@ -60,6 +62,7 @@ impl Bus {
             name: name.to_owned(),
             pending: info.num_pending,
             ack_pending: info.num_ack_pending,
+            max_ack_pending: info.config.max_ack_pending,
             redelivered: info.num_redelivered,
             waiting: info.num_waiting,
         })

@@ -75,6 +75,11 @@ impl Delivery {
             .map(|v| v.as_str())
     }
 
+    /// The submitter's trace context (W3C `traceparent`), the parent of this delivery's span.
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        crate::trace::from_headers(self.msg.headers.as_ref())
+    }
+
     pub fn request_id(&self) -> Option<&str> {
         self.header(headers::REQUEST_ID)
     }
@@ -143,6 +148,7 @@ impl Bus {
         if let Some(rid) = meta.request_id {
             h.insert(headers::REQUEST_ID, rid);
         }
+        crate::trace::inject(&mut h);
         let payload = msg.encode();
         let mut attempt = 0;
         loop {
@@ -305,6 +311,7 @@ impl Bus {
             .map_err(|e| Error::nats(format!("dead-letter to {subject}"), e))?
             .await
             .map_err(|e| Error::nats(format!("dead-letter to {subject}"), e))?;
+        crate::metric_definitions::dead_lettered(kind.as_str(), error.code());
         tracing::warn!(%subject, original = original_subject, code = error.code(), %reason, "dead-lettered");
         Ok(())
     }

@@ -234,6 +234,7 @@ async fn only_one_append_wins_a_journal_position() {
         run_id: run,
         tenant: tenant(),
         ts: now(),
+        trace_id: None,
         data: EventData::StepStarted { step: 1 },
     };
     assert!(
@@ -386,6 +387,7 @@ async fn journal_start_finds_each_event_among_irregularly_interleaved_others() {
         run_id,
         tenant: t.clone(),
         ts: now(),
+        trace_id: None,
         data: EventData::StepStarted { step: 1 },
     };
     let (mut last, mut counts) = ([0_u64; 4], [0_u64; 3]);

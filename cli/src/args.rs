@@ -140,6 +140,8 @@ pub struct EdgeArgs {
     pub tenants: config::Tenants,
     #[command(flatten)]
     pub memory: config::Memory,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker orchestrator`.
@@ -151,6 +153,8 @@ pub struct OrchestratorArgs {
     pub orchestrator: config::Orchestrator,
     #[command(flatten)]
     pub tenants: config::Tenants,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker model`.
@@ -160,6 +164,8 @@ pub struct ModelArgs {
     pub nats: config::Nats,
     #[command(flatten)]
     pub model: config::Model,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker tool`.
@@ -171,6 +177,8 @@ pub struct ToolArgs {
     pub tool: config::Tool,
     #[command(flatten)]
     pub memory: config::Memory,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos worker mcp`.
@@ -180,6 +188,8 @@ pub struct McpArgs {
     pub nats: config::Nats,
     #[command(flatten)]
     pub mcp: config::Mcp,
+    #[command(flatten)]
+    pub metrics: config::Metrics,
 }
 
 /// `agentos up`.
@@ -196,6 +206,9 @@ pub struct UpArgs {
     /// Return once the platform is ready; it keeps running in the background (`agentos down`).
     #[arg(long)]
     pub detach: bool,
+    /// Also start Debian's Prometheus and Alertmanager (if installed) against the platform.
+    #[arg(long)]
+    pub observability: bool,
 }
 
 #[derive(Debug, Args)]
@@ -348,6 +361,13 @@ pub enum RunCommand {
         edge: EdgeClientArgs,
         id: String,
     },
+    /// The run's timeline from its journal: steps, model and tool calls with their durations,
+    /// as a waterfall, and its trace id.
+    Trace {
+        #[command(flatten)]
+        edge: EdgeClientArgs,
+        id: String,
+    },
 }
 
 impl Command {
@@ -374,7 +394,8 @@ impl Command {
                 RunCommand::Create { edge, .. }
                 | RunCommand::Get { edge, .. }
                 | RunCommand::List { edge, .. }
-                | RunCommand::Cancel { edge, .. } => &mut edge.home,
+                | RunCommand::Cancel { edge, .. }
+                | RunCommand::Trace { edge, .. } => &mut edge.home,
             }),
             Command::Edge(_)
             | Command::Worker { .. }

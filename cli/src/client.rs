@@ -161,6 +161,50 @@ pub async fn run(cmd: RunCommand) -> Result<i32> {
             }
             Ok(0)
         }
+        RunCommand::Trace { edge, id } => {
+            let e = Edge::new(&edge)?;
+            let record = e.get(&format!("/v1/runs/{id}")).await?;
+            let terminal = matches!(
+                record["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            );
+            let resp = e
+                .http
+                .get(format!("{}/v1/runs/{id}/events", e.url))
+                .bearer_auth(&e.token)
+                .send()
+                .await?
+                .error_for_status()?;
+            // A run still going: what its journal holds so far (the stream stays open).
+            let wait = std::time::Duration::from_secs(if terminal { 60 } else { 1 });
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut body = resp.bytes_stream();
+            let mut text = String::new();
+            while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, body.next()).await {
+                text.push_str(&String::from_utf8_lossy(&chunk?));
+            }
+            let events: Vec<agentos_bus::envelope::Event> = text
+                .split("\n\n")
+                .filter_map(|block| {
+                    let data: String = block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    serde_json::from_str(&data).ok()
+                })
+                .collect();
+            println!(
+                "run {id}  {}  trace {}",
+                record["status"].as_str().unwrap_or("?"),
+                record["trace_id"].as_str().unwrap_or("- (traces off)")
+            );
+            print!(
+                "{}",
+                crate::run_trace::render(&crate::run_trace::bars(&events), 40)
+            );
+            Ok(0)
+        }
         RunCommand::Cancel { edge, id } => print_json(
             &Edge::new(&edge)?
                 .post(&format!("/v1/runs/{id}/cancel"), &Value::Null)

@@ -84,6 +84,7 @@ pub struct Config {
     pub tool: Tool,
     pub memory: Memory,
     pub mcp: Mcp,
+    pub metrics: Metrics,
     pub up: Up,
     pub security: Security,
 }
@@ -262,6 +263,24 @@ section! {
         /// Hosts (`host` or `host:port`) the `http.get` tool may fetch, comma-separated (none).
         #[arg(long, env = "AGENTOS_HTTP_ALLOW", value_delimiter = ',')]
         http_allow: Vec<String> = Vec::new(),
+    }
+}
+
+section! {
+    /// `[metrics]`: Prometheus metrics, read by the edge and every worker.
+    pub struct Metrics {
+        /// Serve this process's metrics on their own listener (workers: without it they export
+        /// none; the edge: instead of `/metrics` on its API listener).
+        #[arg(id = "metrics_listen", long = "metrics-listen", env = "AGENTOS_METRICS_LISTEN")]
+        listen: SocketAddr,
+        /// Tenants whose metrics carry their own `tenant` label, comma-separated; every other
+        /// tenant's are labelled `other` (none).
+        #[arg(id = "metrics_tenants", long = "metrics-tenants", env = "AGENTOS_METRICS_TENANTS", value_delimiter = ',')]
+        tenants: Vec<String> = Vec::new(),
+        /// A series that has not changed for this long is dropped (default 10m).
+        #[arg(id = "metrics_idle_timeout", long = "metrics-idle-timeout", env = "AGENTOS_METRICS_IDLE_TIMEOUT", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        idle_timeout: Duration = Duration::from_secs(600),
     }
 }
 
@@ -557,25 +576,30 @@ pub fn layer(cli: &mut Cli, file: Config) {
             a.edge = take(&mut a.edge).or(file.edge);
             a.tenants = take(&mut a.tenants).or(file.tenants);
             a.memory = take(&mut a.memory).or(file.memory);
+            a.metrics = take(&mut a.metrics).or(file.metrics);
         }
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(a) => {
                 a.nats = take(&mut a.nats).or(file.nats);
                 a.orchestrator = take(&mut a.orchestrator).or(file.orchestrator);
                 a.tenants = take(&mut a.tenants).or(file.tenants);
+                a.metrics = take(&mut a.metrics).or(file.metrics);
             }
             WorkerKind::Model(a) => {
                 a.nats = take(&mut a.nats).or(file.nats);
                 a.model = take(&mut a.model).or(file.model);
+                a.metrics = take(&mut a.metrics).or(file.metrics);
             }
             WorkerKind::Tool(a) => {
                 a.nats = take(&mut a.nats).or(file.nats);
                 a.tool = take(&mut a.tool).or(file.tool);
                 a.memory = take(&mut a.memory).or(file.memory);
+                a.metrics = take(&mut a.metrics).or(file.metrics);
             }
             WorkerKind::Mcp(a) => {
                 a.nats = take(&mut a.nats).or(file.nats);
                 a.mcp = take(&mut a.mcp).or(file.mcp);
+                a.metrics = take(&mut a.metrics).or(file.metrics);
             }
         },
         Command::Provision(nats) => *nats = take(nats).or(file.nats),
@@ -910,6 +934,11 @@ mod tests {
             "mcp",
             format!("{:?}", mcp.or(Mcp::defaults())),
             format!("{:?}", Mcp::defaults()),
+        );
+        show(
+            "metrics",
+            format!("{:?}", c.metrics.clone().or(Metrics::defaults())),
+            format!("{:?}", Metrics::defaults()),
         );
         show(
             "up",

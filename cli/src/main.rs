@@ -8,13 +8,18 @@ mod accounts;
 mod args;
 mod client;
 mod config;
+mod metrics;
 mod ops;
+mod otel;
 mod profile;
 mod run;
+mod run_trace;
 mod secret;
 mod state;
 mod tenant;
 mod up;
+mod up_metrics;
+mod up_observability;
 
 use clap::Parser;
 
@@ -32,7 +37,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     config::layer(&mut cli, file);
-    run::init_tracing(cli.log_format);
+    let _traces = match run::init_tracing(cli.log_format, run::service_name(&cli.command)) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

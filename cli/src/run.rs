@@ -12,15 +12,39 @@ use tokio_util::sync::CancellationToken;
 use crate::args::{Cli, Command, LogFormat, TokenCommand, WorkerKind};
 use crate::config;
 
-pub fn init_tracing(format: LogFormat) {
+/// Logs to stderr, and spans to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+/// (the guard flushes them at exit).
+pub fn init_tracing(format: LogFormat, service: &str) -> anyhow::Result<crate::otel::Guard> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,rmcp=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let (otel, guard) = crate::otel::layer(service)?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(fmt)
+        .init();
+    Ok(guard)
+}
+
+/// The OpenTelemetry service name of the process a command runs.
+pub fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Edge(_) => "agentos-edge",
+        Command::Worker { kind } => match kind {
+            WorkerKind::Orchestrator(_) => "agentos-orchestrator",
+            WorkerKind::Model(_) => "agentos-model",
+            WorkerKind::Tool(_) => "agentos-tool",
+            WorkerKind::Mcp(_) => "agentos-mcp",
+        },
+        _ => "agentos",
     }
 }
 
@@ -127,6 +151,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Edge(a) => {
             crate::profile::check_edge(cli.security.profile(), &a.edge, &a.nats)?;
             let auth = edge_auth(&a.edge).await?;
+            let metrics = crate::metrics::install(&a.metrics, true)?.handle();
             let bus = connect(&a.nats, "agentos-edge").await?;
             let opts = EdgeOptions {
                 listen: a.edge.listen(),
@@ -139,11 +164,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     a.edge.max_streams_per_tenant(),
                 ),
                 header_read_timeout: a.edge.header_read_timeout(),
+                metrics,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(a) => {
+                let metrics = crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-orchestrator").await?;
                 let o = &a.orchestrator;
                 let mut opts = OrchestratorOptions {
@@ -152,6 +179,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     tool_timeout: o.tool_timeout(),
                     thread_lease: o.thread_lease(),
                     admission: a.tenants.admission(),
+                    queue_gauges: metrics.is_on().then_some(crate::metrics::QUEUE_GAUGES),
                     ..Default::default()
                 };
                 opts.queue.ack_wait = o.ack_wait();
@@ -162,6 +190,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     .await?;
             }
             WorkerKind::Model(a) => {
+                crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-model").await?;
                 let file = config::locate(cli.config.as_deref());
                 let (mut opts, routes) = ModelWorkerOptions::new(config::routes(&a.model)?);
@@ -179,6 +208,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
             WorkerKind::Tool(a) => {
+                crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-tool").await?;
                 let opts = ToolWorkerOptions {
                     concurrency: a.tool.concurrency(),
@@ -198,6 +228,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                         "no MCP servers to bridge: name them in [mcp.servers.<name>] of agentos.toml"
                     );
                 }
+                crate::metrics::install(&a.metrics, false)?;
                 let bus = connect(&a.nats, "agentos-mcp").await?;
                 McpBridge::new(bus, opts)
                     .await?

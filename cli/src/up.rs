@@ -237,15 +237,22 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         ("tool", a.up.tool_workers()),
     ] {
         for i in 1..=n {
-            components.push(
-                launcher.component(format!("{kind}-{i}"), vec!["worker".into(), kind.into()])?,
-            );
+            let args = crate::up_metrics::worker_args(kind)?;
+            components.push(launcher.component(format!("{kind}-{i}"), args)?);
         }
     }
     // One MCP bridge for the servers the file names; it reads them from the same file.
     if bridges_mcp(a) {
-        components.push(launcher.component("mcp-1".into(), vec!["worker".into(), "mcp".into()])?);
+        let args = crate::up_metrics::worker_args("mcp")?;
+        components.push(launcher.component("mcp-1".into(), args)?);
     }
+    let targets = crate::up_metrics::write_targets(
+        home,
+        a.up.listen(),
+        components
+            .iter()
+            .map(|c| (c.name.as_str(), c.args.as_slice())),
+    )?;
     println!(
         "      {}",
         components
@@ -308,6 +315,18 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     );
     println!("  logs:   agentos logs --home {}", home.display());
     println!("  report: {}", report_file.display());
+    println!(
+        "  metrics: {}/metrics and the workers' own listeners (Prometheus file_sd: {})",
+        edge_url,
+        targets.display()
+    );
+    let _observability = match a.observability {
+        true => Some(crate::up_observability::start(home, &targets)?),
+        false => None,
+    };
+    for (name, url) in _observability.iter().flat_map(|o| &o.urls) {
+        println!("  {name}: {url}");
+    }
     if a.smoke_only {
         println!("\n--smoke-only: stopping.");
     } else {

@@ -219,6 +219,7 @@ impl FromRequestParts<AppState> for AuthContext {
                 "the token has been revoked",
             ));
         }
+        tracing::Span::current().record("tenant", ctx.tenant.as_str());
         // Platform admins keep access to a disabled tenant (to enable it again).
         if !ctx.is_admin() {
             state.admit(&ctx.tenant).await?;

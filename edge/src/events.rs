@@ -74,9 +74,11 @@ pub(crate) async fn sse(
                     }
                     None
                 });
+            let open = crate::metric_definitions::OpenSse::open();
             Box::pin(events.map(move |event| {
-                // The tenant's stream slot, freed when the stream ends or the client leaves.
-                let _held = &slot;
+                // The open-streams gauge and the tenant's stream slot, both released when the
+                // stream ends or the client leaves.
+                let _held = (&open, &slot);
                 let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
                 Ok(SseEvent::default()
                     .id(event.seq.to_string())

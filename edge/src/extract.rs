@@ -55,7 +55,15 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path(), tenant = tracing::field::Empty, trace_id = tracing::field::Empty);
+    let h = req.headers();
+    agentos_bus::trace::adopt(
+        &span,
+        agentos_bus::trace::from_lookup(|k| h.get(k)?.to_str().ok()),
+    );
+    if let Some(trace) = span.in_scope(agentos_bus::trace::current_trace_id) {
+        span.record("trace_id", trace);
+    }
     let mut resp = {
         use tracing::Instrument;
         REQUEST_ID.scope(id, next.run(req)).instrument(span).await

@@ -18,6 +18,8 @@ mod limits;
 mod listener;
 mod memory;
 mod memory_search;
+pub mod metric_definitions;
+mod metrics;
 mod openapi;
 mod page;
 mod revocation;
@@ -59,6 +61,8 @@ pub struct EdgeOptions {
     pub limits: Limits,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: std::time::Duration,
+    /// Serve `GET /metrics` from this recorder on the API listener.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -90,8 +94,10 @@ pub struct Shared {
     tools: agentos_bus::ToolDirectory,
     threads: agentos_bus::Threads,
     limits: Limits,
-    /// Revoked token ids, kept current by [`AppState::follow_revocations`].
+    /// Revoked token ids, kept current while [`serve`] runs.
     revoked: revocation::Revocations,
+    /// The process's Prometheus recorder, when `/metrics` is served on the API listener.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -153,6 +159,7 @@ impl AppState {
             memory_config: Default::default(),
             tools: agentos_bus::ToolDirectory::new(bus.clone()),
             threads: bus.threads().await?,
+            metrics: None,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -172,6 +179,13 @@ impl AppState {
     pub fn with_memory(self, cfg: agentos_bus::recall::MemoryConfig) -> Self {
         let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
         shared.memory_config = std::sync::Arc::new(cfg);
+        Self(std::sync::Arc::new(shared))
+    }
+
+    /// The same state serving `GET /metrics` from this recorder.
+    pub fn with_metrics(self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
+        shared.metrics = Some(handle);
         Self(std::sync::Arc::new(shared))
     }
 
@@ -203,12 +217,14 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(admin::routes())
         .merge(revocation::routes())
         .merge(openapi::routes())
+        .merge(metrics::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.limits.clone(),
             limits::shed,
         ))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(extract::request_id))
         .with_state(state)
 }
@@ -219,6 +235,10 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
         .await?
         .with_memory(opts.memory.clone())
         .with_limits(opts.limits.clone());
+    let state = match opts.metrics.clone() {
+        Some(handle) => state.with_metrics(handle),
+        None => state,
+    };
     let bind = |source| Error::Bind {
         addr: opts.listen,
         source,

@@ -1,8 +1,8 @@
 //! Bounds that keep an overloaded edge answering instead of queueing without end: a cap on the
 //! requests in flight (beyond it `503 overloaded` with `Retry-After`, at once), and a cap on the
 //! SSE streams one tenant keeps open (beyond it `429 too_many_streams`), so that one tenant's
-//! followers cannot hold every connection. Health, readiness and the OpenAPI document are never
-//! shed: an orchestrator of edges must still see an overloaded edge alive.
+//! followers cannot hold every connection. Health, readiness, metrics and the OpenAPI document
+//! are never shed: an orchestrator of edges must still see an overloaded edge alive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -94,7 +94,10 @@ impl Drop for StreamSlot {
 
 /// Middleware: refuses a request at once when the edge already has its maximum in flight.
 pub async fn shed(State(limits): State<Limits>, req: Request, next: Next) -> Response {
-    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/openapi.json") {
+    if matches!(
+        req.uri().path(),
+        "/healthz" | "/readyz" | "/openapi.json" | "/metrics"
+    ) {
         return next.run(req).await;
     }
     match limits.in_flight.clone().try_acquire_owned() {

@@ -15,6 +15,7 @@ use crate::AppState;
     paths(
         crate::health::healthz,
         crate::health::readyz,
+        crate::metrics::render,
         crate::agents::create,
         crate::agents::list,
         crate::agents::read,

@@ -84,6 +84,9 @@ pub struct RunView {
     )]
     #[schema(value_type = Option<String>)]
     pub expires_at: Option<OffsetDateTime>,
+    /// The run's trace (W3C trace id), when the platform exports traces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub created_at: OffsetDateTime,
@@ -127,6 +130,7 @@ impl From<RunRecord> for RunView {
             created_by: r.created_by,
             required_action,
             expires_at: r.expires_at,
+            trace_id: r.trace_id,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -360,6 +364,9 @@ pub async fn create(
         )
         .await?;
     tracing::info!(run = %run_id, tenant = %auth.tenant, "run submitted");
+    if status == StatusCode::CREATED {
+        crate::metric_definitions::run_submitted(&auth.tenant);
+    }
     if let Some(Err(e)) = match index {
         Some(p) => Some(p.stored().await),
         None => None,
@@ -418,6 +425,7 @@ pub async fn cancel(
                 run_id: id,
                 tenant: auth.tenant.clone(),
                 ts: now(),
+                trace_id: rec.trace_id.clone(),
                 data: EventData::RunCancelled {
                     reason: "cancelled before start".into(),
                 },

@@ -101,6 +101,7 @@ async fn journal(edge: &Edge, tenant: &str, run: &str, other: &str, n: u64) {
                 run_id: agentos_bus::id::RunId::parse(id).expect("run id"),
                 tenant: tenant.clone(),
                 ts: now(),
+                trace_id: None,
                 data,
             };
             last[i] = edge.bus.append(&event, last[i]).await.expect("append");

@@ -18,6 +18,7 @@ async fn a_taken_listen_address_is_a_bind_error_not_a_bus_error() {
         memory: Default::default(),
         limits: Default::default(),
         header_read_timeout: agentos_edge::DEFAULT_HEADER_READ_TIMEOUT,
+        metrics: None,
     };
     let err = agentos_edge::serve(edge.bus.clone(), opts, CancellationToken::new())
         .await

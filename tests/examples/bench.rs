@@ -89,6 +89,8 @@ async fn main() -> Result<()> {
     let (n, c) = agentos_e2e::bench_args(2000);
     let p = Platform::start(Options {
         orchestrators: 2,
+        // Every process records and exports its metrics, as in production.
+        metrics: true,
         ..Options::default()
     })
     .await

@@ -130,6 +130,10 @@ pub struct Platform {
     pub http: reqwest::Client,
     pub procs: Vec<Proc>,
     worker_env: Vec<(String, String)>,
+    /// Each worker's own metrics listener (`host:port`) by process name, when started with
+    /// [`Options::metrics`]; the edge serves `/metrics` on its API listener.
+    pub metrics_targets: Vec<(String, String)>,
+    metrics: bool,
     /// The agentos.toml every process reads, kept alive as long as they run.
     _config: Option<tempfile::NamedTempFile>,
 }
@@ -144,6 +148,8 @@ pub struct Options {
     pub ack_wait: &'static str,
     pub http_allow: Vec<String>,
     pub tenant: &'static str,
+    /// Give every worker its own metrics listener on a free port ([`Platform::metrics_targets`]).
+    pub metrics: bool,
 }
 
 impl Default for Options {
@@ -155,6 +161,7 @@ impl Default for Options {
             ack_wait: "30s",
             http_allow: Vec::new(),
             tenant: "acme",
+            metrics: false,
         }
     }
 }
@@ -195,6 +202,8 @@ impl Platform {
             token,
             http: reqwest::Client::new(),
             procs: Vec::new(),
+            metrics_targets: Vec::new(),
+            metrics: opts.metrics,
         };
         p.spawn("edge", &["edge", "--listen", &format!("127.0.0.1:{port}")])?;
         p.spawn("model", &["worker", "model"])?;
@@ -218,8 +227,15 @@ impl Platform {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<&mut Proc> {
+        let mut metrics_env = Vec::new();
+        if self.metrics && args.first() == Some(&"worker") {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            self.metrics_targets.push((name.to_owned(), addr.clone()));
+            metrics_env.push(("AGENTOS_METRICS_LISTEN", addr));
+        }
         let child = Command::new(agentos_bin()?)
             .args(args)
+            .envs(metrics_env)
             .envs(
                 self.worker_env
                     .iter()

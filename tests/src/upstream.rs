@@ -94,6 +94,8 @@ pub struct Upstream {
     pub requests: Mutex<Vec<Value>>,
     /// The bodies `POST /v1/embeddings` requests arrived with, in order.
     pub embedding_requests: Mutex<Vec<Value>>,
+    /// The `traceparent` headers chat requests arrived with, in order.
+    pub traceparents: Mutex<Vec<String>>,
 }
 
 impl Upstream {
@@ -154,6 +156,9 @@ async fn chat(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: String)
     up.hits.fetch_add(1, Ordering::SeqCst);
     if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         up.auth.lock().expect("lock").push(a.to_owned());
+    }
+    if let Some(t) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        up.traceparents.lock().expect("lock").push(t.to_owned());
     }
     let body: Value = serde_json::from_str(&body).unwrap_or_default();
     let model = body["model"].as_str().unwrap_or("").to_owned();

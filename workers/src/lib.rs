@@ -9,9 +9,11 @@
 
 mod error;
 pub mod mcp;
+pub mod metric_definitions;
 pub mod model;
 pub mod orchestrator;
 pub mod tool;
+mod trace;
 
 pub use error::{Error, Result};
 pub use tokio_util::sync::CancellationToken;

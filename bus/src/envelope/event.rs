@@ -14,6 +14,9 @@ pub struct Event {
     pub tenant: Tenant,
     #[serde(with = "time::serde::rfc3339")]
     pub ts: OffsetDateTime,
+    /// The run's trace (W3C trace id, 32 hex digits), when traces are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(flatten)]
     pub data: EventData,
 }

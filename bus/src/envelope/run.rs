@@ -222,6 +222,9 @@ pub struct RunRecord {
         with = "time::serde::rfc3339::option"
     )]
     pub expires_at: Option<OffsetDateTime>,
+    /// The trace the run belongs to (W3C trace id, 32 hex digits), when traces are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The journal sequence this record reflects.
     #[serde(default)]
     pub last_seq: u64,
@@ -283,6 +286,9 @@ impl RunRecord {
             cancel_reason: None,
             required_action: None,
             expires_at: req.expires_at,
+            // The trace of the request that creates the record (the edge's, or the run's first
+            // delivery for direct publishers).
+            trace_id: crate::trace::current_trace_id(),
             last_seq: 0,
             created_at: req.submitted_at,
             updated_at: req.submitted_at,

@@ -10,6 +10,7 @@ fn sample_event() -> Event {
         run_id: RunId::new(),
         tenant: Tenant::parse("acme").expect("tenant"),
         ts: now(),
+        trace_id: None,
         data: EventData::ToolStarted {
             step: 1,
             call_id: CallId::parse("call_1").expect("call"),

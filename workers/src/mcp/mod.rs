@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use server::ServerState;
 pub use server::{BridgedTool, McpServerSpec, McpTransport};
@@ -130,12 +131,14 @@ impl McpBridge {
                 }
                 Some(req) = retired.next(), if tasks.len() < this.opts.concurrency => {
                     let (this, registry, states, in_flight) = (this.clone(), registry.clone(), states.clone(), in_flight.clone());
-                    tasks.spawn(async move { this.handle(req, &registry, &states, &in_flight).await });
+                    let span = crate::trace::call_span("tool", &req);
+                    tasks.spawn(async move { this.handle(req, &registry, &states, &in_flight).await }.instrument(span));
                 }
                 req = service.next(), if tasks.len() < this.opts.concurrency => {
                     let Some(req) = req else { break };
                     let (this, registry, states, in_flight) = (this.clone(), registry.clone(), states.clone(), in_flight.clone());
-                    tasks.spawn(async move { this.handle(req, &registry, &states, &in_flight).await });
+                    let span = crate::trace::call_span("tool", &req);
+                    tasks.spawn(async move { this.handle(req, &registry, &states, &in_flight).await }.instrument(span));
                 }
             }
         }
@@ -208,8 +211,12 @@ impl McpBridge {
                 retryable: false,
             },
             Ok((tenant, call)) => {
-                self.call(&req, &tenant, &call, registry, states, in_flight)
-                    .await
+                let since = std::time::Instant::now();
+                let reply = self
+                    .call(&req, &tenant, &call, registry, states, in_flight)
+                    .await;
+                crate::metric_definitions::tool_call(&call.tool, &reply, since.elapsed());
+                reply
             }
         };
         if let Err(e) = req

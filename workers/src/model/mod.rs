@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use compat::Compat;
 pub use embed::HashEmbed;
@@ -164,10 +165,15 @@ pub fn default_routes() -> RouteTable {
 pub struct DeltaSink<'a> {
     bus: &'a Bus,
     req: &'a Incoming,
+    /// When the request arrived, and the model, until the first chunk (time to first token).
+    first: Option<(std::time::Instant, &'a ModelName)>,
 }
 
 impl DeltaSink<'_> {
     async fn emit(&mut self, reply: ModelReply) {
+        if let Some((since, model)) = self.first.take() {
+            crate::metric_definitions::model_first_token(model, since.elapsed());
+        }
         if let Err(e) = self.req.chunk(self.bus, reply.encode()).await {
             tracing::warn!(error = %e, "could not send a model reply chunk");
         }
@@ -261,7 +267,8 @@ impl ModelWorker {
                     let (bus, opts) = (self.bus.clone(), self.opts.clone());
                     // Each call sees the table as it was when the call arrived.
                     let routes = opts.routes.borrow().clone();
-                    tasks.spawn(async move { handle(&bus, &opts, &routes, req).await });
+                    let span = crate::trace::call_span("model", &req);
+                    tasks.spawn(async move { handle(&bus, &opts, &routes, req).await }.instrument(span));
                 }
             }
         }
@@ -335,13 +342,20 @@ async fn handle(bus: &Bus, opts: &ModelWorkerOptions, routes: &RouteTable, req: 
                         break;
                     }
                 }
+                let since = std::time::Instant::now();
                 let reply = match refused {
                     Some(error) => ModelReply::Error { error },
                     None => {
-                        let mut sink = DeltaSink { bus, req: &req };
+                        let first = Some((since, &model));
+                        let mut sink = DeltaSink {
+                            bus,
+                            req: &req,
+                            first,
+                        };
                         route.complete(&model, &call, &mut sink).await
                     }
                 };
+                crate::metric_definitions::model_call(&tenant, &model, &reply, since.elapsed());
                 for hook in &opts.hooks {
                     hook.after(&ctx, &reply).await;
                 }

@@ -141,6 +141,10 @@ impl OpenAi {
             if let Some(key) = &self.api_key {
                 r = r.bearer_auth(&key.0);
             }
+            // The upstream joins the run's trace, as a child of this model call's span.
+            for (name, value) in agentos_bus::trace::current_headers() {
+                r = r.header(name, value);
+            }
             let resp = tokio::time::timeout(self.request_timeout, r.send())
                 .await
                 .map_err(|_| Failure {

@@ -9,6 +9,7 @@ use agentos_bus::id::{RunId, Tenant};
 use agentos_bus::subject::{self, DlqKind};
 use agentos_bus::{Delivery, Error as BusError};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Ctx;
 use super::cancel::Active;
@@ -46,12 +47,14 @@ pub(super) async fn process(
     let disposition = match req {
         Ok(req) => {
             let cancel = active.register(req.run_id);
+            let _active = crate::metric_definitions::ActiveRun::start(delivery.delivered());
             let attempt = Attempt {
                 delivered: delivery.delivered(),
                 request_id: delivery.request_id().map(str::to_owned),
                 trigger,
             };
-            let work = drive(&ctx.port, &ctx.opts, attempt, &req, &cancel, drain);
+            let span = crate::trace::run_span(&req, delivery.trace_context());
+            let work = drive(&ctx.port, &ctx.opts, attempt, &req, &cancel, drain).instrument(span);
             let d = with_progress(ctx, &delivery, work).await;
             active.remove(&req.run_id);
             d

@@ -96,6 +96,7 @@ pub(crate) async fn drive<P: Port>(
         record: None,
         agent: None,
         fresh_call: None,
+        trace_id: agentos_bus::trace::current_trace_id(),
         meta: CallMeta {
             request_id: attempt.request_id.clone(),
             ..CallMeta::new(req.tenant.clone())
@@ -195,6 +196,8 @@ pub(crate) struct Driver<'a, P> {
     pub(super) agent: Option<Result<AgentSpec, ErrorBody>>,
     /// The tool call whose `tool.started` this driver itself just appended: its first attempt.
     pub(super) fresh_call: Option<(u32, CallId)>,
+    /// The run's trace, named in every event this driver appends.
+    pub(super) trace_id: Option<String>,
 }
 
 impl<P: Port> Driver<'_, P> {
@@ -227,6 +230,7 @@ impl<P: Port> Driver<'_, P> {
             run_id: self.req.run_id,
             tenant: self.req.tenant.clone(),
             ts: self.port.now(),
+            trace_id: self.trace_id.clone(),
             data,
         }
     }
@@ -352,7 +356,15 @@ impl<P: Port> Driver<'_, P> {
 
     /// Appends the terminal event and projects it onto the record.
     pub(super) async fn finish(&mut self, data: EventData) -> Result<(), Stop> {
+        let outcome = crate::metric_definitions::run_outcome(&data);
         self.append(data).await?;
+        crate::metric_definitions::run_ended(
+            &self.req.tenant,
+            &self.req.run_id,
+            outcome,
+            self.state.steps(),
+            self.port.now(),
+        );
         self.record_turn().await?;
         self.project_terminal().await
     }

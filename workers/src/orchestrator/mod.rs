@@ -53,6 +53,9 @@ pub struct OrchestratorOptions {
     pub thread_lease: Duration,
     /// How often a run waiting for its thread looks again.
     pub thread_poll: Duration,
+    /// How often to publish the work queue's gauges (backlog, ack pending, redeliveries) as
+    /// metrics; `None` when this process exports no metrics.
+    pub queue_gauges: Option<Duration>,
 }
 
 impl Default for OrchestratorOptions {
@@ -69,6 +72,7 @@ impl Default for OrchestratorOptions {
             admission: agentos_bus::Admission::default(),
             thread_lease: Duration::from_secs(30),
             thread_poll: Duration::from_millis(200),
+            queue_gauges: None,
         }
     }
 }
@@ -109,6 +113,10 @@ impl Orchestrator {
         let active = Active::default();
         let drain = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        if let Some(every) = ctx.opts.queue_gauges {
+            let (bus, stop) = (bus.clone(), shutdown.clone());
+            tokio::spawn(async move { bus.poll_queue_gauges(every, stop.cancelled_owned()).await });
+        }
         tracing::info!(
             concurrency = ctx.opts.concurrency,
             "orchestrator pulling runs"

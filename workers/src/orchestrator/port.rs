@@ -208,7 +208,9 @@ impl Port for BusPort {
     }
 
     async fn append(&self, event: &Event, expected_last: u64) -> Result<u64> {
-        self.bus.append(event, expected_last).await
+        let stored = self.bus.append(event, expected_last).await;
+        crate::metric_definitions::journal_append(&stored);
+        stored
     }
 
     async fn send_append(
@@ -217,7 +219,11 @@ impl Port for BusPort {
         expected_last: u64,
     ) -> Result<BoxFuture<'static, Result<u64>>> {
         let pending = self.bus.send_append(event, expected_last).await?;
-        Ok(Box::pin(pending.stored()))
+        Ok(Box::pin(async move {
+            let stored = pending.stored().await;
+            crate::metric_definitions::journal_append(&stored);
+            stored
+        }))
     }
 
     async fn read_record(

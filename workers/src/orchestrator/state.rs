@@ -409,6 +409,7 @@ mod tests {
                 run_id: run,
                 tenant: tenant.clone(),
                 ts: now(),
+                trace_id: None,
                 data,
             })
             .collect()

@@ -21,6 +21,7 @@ use agentos_bus::{Bucket, Bus, Error as BusError, Incoming, Kv, ServiceSpec, TOO
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use builtins::{Builtin, ToolEnv};
 pub use claim::LEASE_GRACE;
@@ -144,7 +145,8 @@ impl ToolWorker {
                 req = service.next(), if tasks.len() < this.opts.concurrency => {
                     let Some(req) = req else { break };
                     let (this, in_flight) = (this.clone(), in_flight.clone());
-                    tasks.spawn(async move { this.handle(req, &in_flight).await });
+                    let span = crate::trace::call_span("tool", &req);
+                    tasks.spawn(async move { this.handle(req, &in_flight).await }.instrument(span));
                 }
             }
         }
@@ -159,7 +161,12 @@ impl ToolWorker {
                 error,
                 retryable: false,
             },
-            Ok((tenant, call)) => self.call(&tenant, req.principal(), &call, in_flight).await,
+            Ok((tenant, call)) => {
+                let since = std::time::Instant::now();
+                let reply = self.call(&tenant, req.principal(), &call, in_flight).await;
+                crate::metric_definitions::tool_call(&call.tool, &reply, since.elapsed());
+                reply
+            }
         };
         if let Err(e) = req.respond(reply.encode()).await {
             tracing::warn!(error = %e, "could not send tool reply");

@@ -495,6 +495,7 @@ fn edge_cancel(w: &mut World, run: &SimRun) {
             run_id: id,
             tenant: run.req.tenant.clone(),
             ts: w.now(),
+            trace_id: None,
             data: EventData::RunCancelled {
                 reason: "cancelled before start".into(),
             },
