@@ -17,6 +17,7 @@ pub mod key;
 mod kv;
 pub mod memory;
 pub mod provision;
+pub mod quota;
 pub mod recall;
 mod rpc;
 mod run_index;

@@ -126,6 +126,8 @@ pub struct EdgeArgs {
     pub tenants: config::Tenants,
     #[command(flatten)]
     pub memory: config::Memory,
+    #[command(flatten)]
+    pub quotas: config::Quotas,
 }
 
 /// `agentos worker orchestrator`.
@@ -137,6 +139,8 @@ pub struct OrchestratorArgs {
     pub orchestrator: config::Orchestrator,
     #[command(flatten)]
     pub tenants: config::Tenants,
+    #[command(flatten)]
+    pub quotas: config::Quotas,
 }
 
 /// `agentos worker model`.

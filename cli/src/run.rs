@@ -131,6 +131,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
                 admission: a.tenants.admission(),
                 memory: config::memory(&a.memory)?,
+                prices: a.quotas.price_table(),
+                hold_lease: a.quotas.hold_lease(),
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
@@ -144,6 +146,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     tool_timeout: o.tool_timeout(),
                     thread_lease: o.thread_lease(),
                     admission: a.tenants.admission(),
+                    prices: a.quotas.price_table(),
+                    hold_lease: a.quotas.hold_lease(),
                     ..Default::default()
                 };
                 opts.queue.ack_wait = o.ack_wait();

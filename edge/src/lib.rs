@@ -17,6 +17,7 @@ mod memory;
 mod memory_search;
 mod openapi;
 mod page;
+mod quota;
 mod run_list;
 mod runs;
 mod thread_lock;
@@ -48,6 +49,10 @@ pub struct EdgeOptions {
     pub admission: agentos_bus::Admission,
     /// Embedded namespaces and the search bound.
     pub memory: agentos_bus::recall::MemoryConfig,
+    /// Model prices (cost budgets of chat completions).
+    pub prices: std::sync::Arc<agentos_bus::quota::Prices>,
+    /// How long a chat completion's budget hold lives if its edge dies.
+    pub hold_lease: std::time::Duration,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -78,6 +83,9 @@ pub struct Shared {
     /// The tools running workers declare (discovery, cached for agent warnings).
     tools: agentos_bus::ToolDirectory,
     threads: agentos_bus::Threads,
+    budgets: agentos_bus::quota::Budgets,
+    prices: std::sync::Arc<agentos_bus::quota::Prices>,
+    hold_lease: std::time::Duration,
 }
 
 impl AppState {
@@ -139,6 +147,9 @@ impl AppState {
             memory_config: Default::default(),
             tools: agentos_bus::ToolDirectory::new(bus.clone()),
             threads: bus.threads().await?,
+            budgets: bus.budgets().await?,
+            prices: Default::default(),
+            hold_lease: agentos_bus::quota::DEFAULT_HOLD_LEASE,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -149,6 +160,18 @@ impl AppState {
     pub fn with_memory(self, cfg: agentos_bus::recall::MemoryConfig) -> Self {
         let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
         shared.memory_config = std::sync::Arc::new(cfg);
+        Self(std::sync::Arc::new(shared))
+    }
+
+    /// The same state with these model prices and budget hold lease.
+    pub fn with_quotas(
+        self,
+        prices: std::sync::Arc<agentos_bus::quota::Prices>,
+        hold_lease: std::time::Duration,
+    ) -> Self {
+        let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
+        shared.prices = prices;
+        shared.hold_lease = hold_lease;
         Self(std::sync::Arc::new(shared))
     }
 
@@ -177,6 +200,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(embeddings::routes())
         .merge(tools::routes())
         .merge(admin::routes())
+        .merge(quota::usage::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -188,7 +212,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> Result<(), Error> {
     let state = AppState::new(bus, opts.auth.clone(), opts.admission)
         .await?
-        .with_memory(opts.memory.clone());
+        .with_memory(opts.memory.clone())
+        .with_quotas(opts.prices.clone(), opts.hold_lease);
     let bind = |source| Error::Bind {
         addr: opts.listen,
         source,

@@ -16,6 +16,8 @@ async fn a_taken_listen_address_is_a_bind_error_not_a_bus_error() {
         body_limit: agentos_edge::DEFAULT_BODY_LIMIT,
         admission: agentos_bus::Admission::Implicit,
         memory: Default::default(),
+        prices: Default::default(),
+        hold_lease: std::time::Duration::from_secs(600),
     };
     let err = agentos_edge::serve(edge.bus.clone(), opts, CancellationToken::new())
         .await

@@ -37,6 +37,9 @@ pub(crate) enum Stop {
     /// Another driver may be working on the run (a tool call it started is still within its
     /// lease): hand the run back and look again after this long.
     Busy(Duration),
+    /// The run waits, not started, for a concurrency slot of its tenant (`budget`): hand it
+    /// back to the queue and look again after this long.
+    Queued(Duration),
 }
 
 impl From<BusError> for Stop {
@@ -95,7 +98,13 @@ pub(crate) async fn drive<P: Port>(
             }
             needs_reload = false;
         }
-        if resumed && attempt.delivered > opts.max_attempts && driver.state.ended().is_none() {
+        // A run that never started did nothing a retry repeats: waiting for a concurrency slot
+        // (handed back each time) does not use up its attempts.
+        if resumed
+            && attempt.delivered > opts.max_attempts
+            && driver.state.has_started()
+            && driver.state.ended().is_none()
+        {
             let error = ErrorBody::new(
                 "too_many_attempts",
                 format!("gave up after {} deliveries", attempt.delivered),
@@ -122,6 +131,7 @@ pub(crate) async fn drive<P: Port>(
         match step {
             Ok(true) => {
                 driver.release_thread_lock().await;
+                driver.release_budget().await;
                 return Disposition::Done;
             }
             Ok(false) => conflicts = 0,
@@ -140,6 +150,7 @@ pub(crate) async fn drive<P: Port>(
                 tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
                 return Disposition::Retry(wait);
             }
+            Err(Stop::Queued(wait)) => return Disposition::Retry(wait),
             Err(Stop::Drain) => return Disposition::Retry(Duration::ZERO),
         }
     }

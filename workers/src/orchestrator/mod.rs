@@ -7,6 +7,7 @@
 //! against an in-memory bus that injects faults.
 
 mod admission;
+mod budget;
 mod cancel;
 mod delivery;
 mod drive;
@@ -52,6 +53,13 @@ pub struct OrchestratorOptions {
     pub thread_lease: Duration,
     /// How often a run waiting for its thread looks again.
     pub thread_poll: Duration,
+    /// Model prices, for cost budgets.
+    pub prices: std::sync::Arc<agentos_bus::quota::Prices>,
+    /// How long a budget hold outlives its last settle (its run was lost).
+    pub hold_lease: Duration,
+    /// How long a run over its tenant's concurrency limit waits in the queue before it looks
+    /// again.
+    pub quota_poll: Duration,
 }
 
 impl Default for OrchestratorOptions {
@@ -68,6 +76,9 @@ impl Default for OrchestratorOptions {
             admission: agentos_bus::Admission::default(),
             thread_lease: Duration::from_secs(30),
             thread_poll: Duration::from_millis(200),
+            prices: Default::default(),
+            hold_lease: agentos_bus::quota::DEFAULT_HOLD_LEASE,
+            quota_poll: Duration::from_millis(250),
         }
     }
 }

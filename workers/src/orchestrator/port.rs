@@ -11,6 +11,8 @@ use agentos_bus::envelope::{
     AgentSpec, AuditRecord, Envelope, Event, RunRecord, RunStatus, ThreadLock, ThreadTurn,
 };
 use agentos_bus::id::{AgentId, RunId, Tenant, ThreadId, ToolName};
+use agentos_bus::key::Scope;
+use agentos_bus::quota::{Applied, Budgets, LedgerOp};
 use agentos_bus::subject::Subject;
 use agentos_bus::{
     Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Threads, Versioned, key,
@@ -146,6 +148,14 @@ pub(crate) trait Port: Send + Sync {
         reason: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Applies `op` to the tenant's budget ledger of `scope`, atomically (compare-and-set).
+    fn ledger(
+        &self,
+        tenant: &Tenant,
+        scope: &Scope,
+        op: &LedgerOp,
+    ) -> impl Future<Output = Result<Applied>> + Send;
+
     /// Waits `d` (wall time; virtual in the simulation).
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
 
@@ -167,6 +177,7 @@ pub(crate) struct BusPort {
     tenants: Tenants,
     tools: Catalog,
     threads: Threads,
+    budgets: Budgets,
 }
 
 impl BusPort {
@@ -177,6 +188,7 @@ impl BusPort {
             tenants: bus.tenants(admission).await?,
             tools: Catalog::new(agentos_bus::ToolDirectory::new(bus.clone())),
             threads: bus.threads().await?,
+            budgets: bus.budgets().await?,
             bus,
         })
     }
@@ -335,6 +347,10 @@ impl Port for BusPort {
             }
         }
         self.bus.publish_cancel(tenant, run).await
+    }
+
+    async fn ledger(&self, tenant: &Tenant, scope: &Scope, op: &LedgerOp) -> Result<Applied> {
+        self.budgets.apply(&key::ledger(tenant, scope), op).await
     }
 
     async fn sleep(&self, d: Duration) {

@@ -159,6 +159,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         locks: BTreeMap::new(),
         thread_runs: BTreeMap::new(),
         signals: BTreeMap::new(),
+        ledgers: BTreeMap::new(),
         seen: Seen::default(),
     }));
     // One thread with an earlier exchange; some runs continue it.

@@ -313,6 +313,20 @@ impl Port for SimPort {
         Ok(())
     }
 
+    async fn ledger(
+        &self,
+        tenant: &Tenant,
+        scope: &agentos_bus::key::Scope,
+        op: &agentos_bus::quota::LedgerOp,
+    ) -> Result<agentos_bus::quota::Applied> {
+        point().await;
+        let mut w = self.world();
+        w.fail("ledger")?;
+        let now = w.now();
+        let key = agentos_bus::key::ledger(tenant, scope);
+        Ok(w.ledgers.entry(key).or_default().apply(op, now))
+    }
+
     async fn sleep(&self, d: Duration) {
         let deadline = self.world().now_ms + d.as_millis() as u64;
         loop {

@@ -81,6 +81,9 @@ pub(super) struct World {
     pub(super) thread_runs: BTreeMap<ThreadId, Vec<RunId>>,
     /// Each run's cancel signal (what the `ctl` subject reaches).
     pub(super) signals: BTreeMap<RunId, CancellationToken>,
+    /// Budget ledgers by key (`Port::ledger`; the simulated tenant has no quota settings, so
+    /// they stay empty unless a scenario gives it some).
+    pub(super) ledgers: BTreeMap<agentos_bus::Key, agentos_bus::quota::Ledger>,
     pub(super) seen: Seen,
 }
 
