@@ -52,6 +52,8 @@ use crate::AppState;
         crate::admin::enable,
         crate::admin::disable,
         crate::admin::audit_log,
+        crate::quota::usage::own,
+        crate::quota::usage::any,
     ),
     components(schemas(
         crate::chat::ChatRequest,

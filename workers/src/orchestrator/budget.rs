@@ -15,6 +15,7 @@
 //! `budget_exceeded` and keeps its partial output.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentos_bus::Standing;
 use agentos_bus::envelope::{AgentSpec, AuditRecord, ErrorBody, Role, TenantRecord};
@@ -23,6 +24,25 @@ use agentos_bus::quota::{Applied, LedgerOp, ScopeLimits, reservation};
 
 use super::drive::{Driver, Stop};
 use super::port::Port;
+
+/// This orchestrator's runs waiting in place for a concurrency slot, counted while one waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize, most: usize) -> Option<Self> {
+        if count.fetch_add(1, Ordering::SeqCst) >= most {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The error code of a run stopped by a budget or a cap.
 pub(crate) const BUDGET_EXCEEDED: &str = "budget_exceeded";
@@ -54,12 +74,37 @@ impl<P: Port> Driver<'_, P> {
     }
 
     /// On the run's start step (after `run.created`, before `run.started`): takes the run's
-    /// hold in every scope. `Ok(Some(_))` fails the run; [`Stop::Queued`] hands it back to wait
-    /// for a concurrency slot. A hold already taken (a resumed run) is renewed, not doubled.
+    /// hold in every scope. `Ok(Some(_))` fails the run. Over the concurrency limit the run
+    /// waits here, polling, while fewer than a quarter of this orchestrator's slots wait so;
+    /// beyond that [`Stop::Queued`] hands it back to the queue for a while, so one tenant's
+    /// backlog never takes the slots other tenants' runs need. A hold already taken (a resumed
+    /// run) is renewed, not doubled.
     pub(super) async fn reserve_budget(
         &self,
         agent: &AgentSpec,
     ) -> Result<Option<ErrorBody>, Stop> {
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            match self.try_reserve(agent).await {
+                Err(Stop::Queued(_)) => {}
+                other => return other,
+            }
+            if waiting.is_none() {
+                let most = (self.opts.concurrency / 4).max(1);
+                waiting = Some(
+                    Waiting::enter(&self.opts.quota_waiters, most)
+                        .ok_or(Stop::Queued(self.opts.quota_requeue))?,
+                );
+            }
+            if self.cancel.is_cancelled() {
+                // The next action cancels the run.
+                return Ok(None);
+            }
+            self.port.sleep(self.opts.quota_poll).await;
+        }
+    }
+
+    async fn try_reserve(&self, agent: &AgentSpec) -> Result<Option<ErrorBody>, Stop> {
         if self.state.is_empty() || self.state.has_started() {
             return Ok(None);
         }

@@ -37,8 +37,8 @@ pub(crate) enum Stop {
     /// Another driver may be working on the run (a tool call it started is still within its
     /// lease): hand the run back and look again after this long.
     Busy(Duration),
-    /// The run waits, not started, for a concurrency slot of its tenant (`budget`): hand it
-    /// back to the queue and look again after this long.
+    /// The run waits, not started, for a concurrency slot of its tenant, and this orchestrator
+    /// has enough such runs waiting (`budget`): hand it back to the queue for this long.
     Queued(Duration),
 }
 

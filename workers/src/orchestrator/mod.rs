@@ -57,9 +57,12 @@ pub struct OrchestratorOptions {
     pub prices: std::sync::Arc<agentos_bus::quota::Prices>,
     /// How long a budget hold outlives its last settle (its run was lost).
     pub hold_lease: Duration,
-    /// How long a run over its tenant's concurrency limit waits in the queue before it looks
-    /// again.
+    /// How often a run over its tenant's concurrency limit looks for a free slot.
     pub quota_poll: Duration,
+    /// How long such a run waits in the queue when too many already wait in this orchestrator.
+    pub quota_requeue: Duration,
+    /// This orchestrator's runs waiting for a concurrency slot (shared by clones).
+    pub quota_waiters: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for OrchestratorOptions {
@@ -78,7 +81,9 @@ impl Default for OrchestratorOptions {
             thread_poll: Duration::from_millis(200),
             prices: Default::default(),
             hold_lease: agentos_bus::quota::DEFAULT_HOLD_LEASE,
-            quota_poll: Duration::from_millis(250),
+            quota_poll: Duration::from_millis(100),
+            quota_requeue: Duration::from_secs(2),
+            quota_waiters: Default::default(),
         }
     }
 }
