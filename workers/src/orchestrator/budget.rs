@@ -261,16 +261,20 @@ impl<P: Port> Driver<'_, P> {
         Ok(())
     }
 
-    /// What a run stopped by its budget keeps as output: the model's last text.
+    /// What a run stopped by its budget keeps as output: the model's last text, else the last
+    /// tool result.
     pub(super) fn partial_output(&self, error: &ErrorBody) -> Option<String> {
         if error.code != BUDGET_EXCEEDED {
             return None;
         }
-        self.state
-            .own_messages("")
-            .into_iter()
-            .rev()
-            .filter(|m| m.role == Role::Assistant)
-            .find_map(|m| m.content.filter(|c| !c.is_empty()))
+        let messages = self.state.own_messages("");
+        let last = |role: Role| {
+            messages
+                .iter()
+                .rev()
+                .filter(|m| m.role == role)
+                .find_map(|m| m.content.clone().filter(|c| !c.is_empty()))
+        };
+        last(Role::Assistant).or_else(|| last(Role::Tool))
     }
 }
