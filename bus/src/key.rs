@@ -146,6 +146,15 @@ pub fn ledger(tenant: &Tenant, scope: &Scope) -> Key {
     }
 }
 
+/// `agentos-usage`: the cluster-wide request-rate state of one scope: `<tenant>.rate`,
+/// `<tenant>.agent.<agent_id>.rate`, `<tenant>.principal.<uuidv5>.rate`.
+pub fn rate(tenant: &Tenant, scope: &Scope) -> Key {
+    match scope {
+        Scope::Tenant => Key::joined(&[tenant.as_str(), "rate"]),
+        other => Key(format!("{}.rate", ledger(tenant, other))),
+    }
+}
+
 /// Key filters of `agentos-threads` (wildcards: for listing only, never written).
 pub(crate) mod thread_filter {
     use crate::id::{Tenant, ThreadId};

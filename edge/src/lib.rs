@@ -84,6 +84,8 @@ pub struct Shared {
     tools: agentos_bus::ToolDirectory,
     threads: agentos_bus::Threads,
     budgets: agentos_bus::quota::Budgets,
+    /// This edge's request-rate limiters (the fast path before the cluster-wide state).
+    rates: std::sync::Arc<quota::rate::LocalRates>,
     prices: std::sync::Arc<agentos_bus::quota::Prices>,
     hold_lease: std::time::Duration,
 }
@@ -148,6 +150,7 @@ impl AppState {
             tools: agentos_bus::ToolDirectory::new(bus.clone()),
             threads: bus.threads().await?,
             budgets: bus.budgets().await?,
+            rates: Default::default(),
             prices: Default::default(),
             hold_lease: agentos_bus::quota::DEFAULT_HOLD_LEASE,
             bus,

@@ -556,3 +556,133 @@ async fn kill_9_of_the_orchestrator_holding_a_reserved_run_returns_the_reservati
         "metered == the run's usage"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_of_10_per_second_holds_across_two_edges_and_the_openai_sdk_backs_off() {
+    let mut p = Platform::start(Options::default()).await.expect("platform");
+    let edge2 = second_edge(&mut p).await;
+    let edges = [p.edge_url.clone(), edge2];
+    let (s, v) = admin_create_tenant(
+        &p,
+        json!({"id": "acme", "quotas": {"rate": {"requests_per_second": 10, "burst": 10}}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Eight clients hammer both edges for 10 s.
+    let window = Duration::from_secs(10);
+    let started = Instant::now();
+    let clients = (0..8).map(|c| {
+        let (p, edges) = (&p, edges.clone());
+        async move {
+            let (mut ok, mut limited, mut first_429) = (0u32, 0u32, None);
+            let mut i = c;
+            while started.elapsed() < window {
+                let (s, v, h) = send(
+                    p,
+                    &edges[i % 2],
+                    &p.token,
+                    reqwest::Method::GET,
+                    "/v1/agents",
+                    None,
+                )
+                .await;
+                i += 1;
+                match s {
+                    200 => ok += 1,
+                    429 => {
+                        limited += 1;
+                        first_429.get_or_insert((v, h));
+                    }
+                    other => panic!("unexpected {other}: {v}"),
+                }
+            }
+            (ok, limited, first_429)
+        }
+    });
+    let results = futures::future::join_all(clients).await;
+    let admitted: u32 = results.iter().map(|r| r.0).sum();
+    let refused: u32 = results.iter().map(|r| r.1).sum();
+    eprintln!("10 s at 10/s (burst 10) over two edges: {admitted} admitted, {refused} refused");
+    // Documented drift on one machine (no clock skew): rate × T + burst.
+    assert!(
+        (95..=111).contains(&admitted),
+        "{admitted} admitted in 10 s"
+    );
+    let (body, headers) = results.iter().find_map(|r| r.2.clone()).expect("a 429");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    let ms: u64 = headers["retry-after-ms"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("ms");
+    assert!((1..=100).contains(&ms), "retry-after-ms {ms} at 10/s");
+    assert_eq!(headers["x-ratelimit-limit-requests"], "10");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+
+    // Tokens refill: after a quiet second, a burst of 10 passes again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut burst = 0;
+    for i in 0..10 {
+        let (s, _, _) = send(
+            &p,
+            &edges[i % 2],
+            &p.token,
+            reqwest::Method::GET,
+            "/v1/agents",
+            None,
+        )
+        .await;
+        burst += u32::from(s == 200);
+    }
+    assert!(burst >= 9, "{burst} of 10 after a refill");
+
+    // The official SDK's retry honours Retry-After: at 2/s with no burst, four calls in a row
+    // meet 429s and all succeed.
+    let admin = mint_with_roles("ops", "admin").expect("admin token");
+    let (s, v, _) = send(
+        &p,
+        &p.edge_url,
+        &admin,
+        reqwest::Method::PATCH,
+        "/v1/admin/tenants/acme",
+        Some(&json!({"quotas": {"rate": {"requests_per_second": 2, "burst": 1}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // The other edge's tenant cache (2 s) may still have the old rate: this edge forgot it.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_rate_limit.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("AGENTOS_BASE_URL", format!("{}/v1", p.edge_url))
+        .env("AGENTOS_TOKEN", &p.token)
+        .output()
+        .await
+        .expect("python3 with the openai package (tests/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    eprintln!("openai SDK under 2/s: {report}");
+    assert_eq!(
+        report["answers"],
+        json!(["call 0", "call 1", "call 2", "call 3"])
+    );
+    let limited = report["limited"].as_array().expect("list");
+    assert!(!limited.is_empty(), "the SDK met 429s: {report}");
+    assert!(
+        limited
+            .iter()
+            .all(|l| l["retry_after"] == "1" && l["remaining"] == "0"),
+        "{report}"
+    );
+    // Four calls at 2/s cannot take less than 1.5 s: the SDK waited, it did not hammer.
+    assert!(
+        report["elapsed_s"].as_f64().unwrap_or(0.0) >= 1.4,
+        "{report}"
+    );
+}

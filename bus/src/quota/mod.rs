@@ -4,12 +4,14 @@
 //! edge and orchestrator reserves and settles against the same ledgers.
 
 mod ledger;
+mod rate;
 mod settings;
 mod store;
 
 use std::collections::BTreeMap;
 
 pub use ledger::{Amount, Applied, Hold, Ledger, LedgerOp, Period, Refusal, ScopeLimits, Window};
+pub use rate::{Gcra, RateDecision, interval_ms};
 use serde::{Deserialize, Serialize};
 pub use settings::{Limits, OverConcurrency, Periods, QuotaError, Quotas, Rate, RunCaps};
 pub use store::Budgets;

@@ -65,6 +65,39 @@ impl Budgets {
     }
 }
 
+impl Budgets {
+    /// Takes one request from the cluster-wide rate state at `key` (compare-and-set).
+    pub async fn take_rate(&self, key: &Key, rate: &super::Rate) -> Result<super::RateDecision> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let current = self.kv.get_as::<super::Gcra>(key).await?;
+            let (mut gcra, revision) = match current {
+                Some(v) => (v.value, Some(v.revision)),
+                None => (super::Gcra::default(), None),
+            };
+            let now_ms = (crate::envelope::now().unix_timestamp_nanos() / 1_000_000) as i64;
+            let decision = gcra.take(rate, now_ms);
+            if !decision.allowed {
+                return Ok(decision);
+            }
+            let written = match revision {
+                Some(rev) => self.kv.update(key, gcra.encode(), rev).await,
+                None => self.kv.create(key, gcra.encode()).await,
+            };
+            match written {
+                Ok(_) => return Ok(decision),
+                Err(Error::WrongRevision { .. } | Error::AlreadyExists { .. }) => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::TimedOut {
+            op: format!("update rate state {key}"),
+            after: Duration::ZERO,
+        })
+    }
+}
+
 /// A random pause under a cap that grows with the attempts (up to 8 ms), so writers that lost
 /// a race do not collide again in lockstep.
 pub(crate) fn backoff(attempt: u32) -> Duration {

@@ -4,6 +4,7 @@
 //! routes ([`usage`]). Runs are held by the orchestrators (`workers/src/orchestrator/budget.rs`),
 //! which also see runs that never pass an edge.
 
+pub(crate) mod rate;
 pub(crate) mod usage;
 
 use agentos_bus::envelope::Usage;
