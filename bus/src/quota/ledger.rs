@@ -206,8 +206,13 @@ pub enum LedgerOp {
         total: Amount,
         lease: time::Duration,
     },
-    /// Count what is left of `total` and drop the hold.
+    /// Count what is left of `total` and drop the hold. Only the holder that ended the run
+    /// (or request) releases so.
     Release { hold: String, total: Amount },
+    /// Drop the hold, counting nothing more: a driver that found the run already ended, or a
+    /// reservation undone. A stale driver may have taken the hold anew after the release;
+    /// dropping (not counting) keeps the count exact.
+    Drop { hold: String },
 }
 
 /// Which limit refused, and when it frees up.
@@ -380,22 +385,13 @@ impl Ledger {
                             h.settled = h.settled.max(*total);
                             h.expires = expires;
                         }
+                        true
                     }
-                    // The hold lapsed while its run went on (no settle for a whole lease): it
-                    // is taken again, and what was used since the last settle is not counted.
-                    None => {
-                        self.holds.insert(
-                            hold.clone(),
-                            Hold {
-                                run: true,
-                                reserved: *total,
-                                settled: *total,
-                                expires,
-                            },
-                        );
-                    }
+                    // The hold is gone: released (the run ended; this driver is stale) or
+                    // lapsed (no settle for a whole lease). Counting now could count twice, so
+                    // nothing is counted: the accounting errs low, never high.
+                    None => false,
                 }
-                true
             }
             LedgerOp::Release { hold, total } => match self.holds.remove(hold) {
                 Some(h) => {
@@ -404,6 +400,7 @@ impl Ledger {
                 }
                 None => false,
             },
+            LedgerOp::Drop { hold } => self.holds.remove(hold).is_some(),
         };
         if changed || rolled {
             Applied::Changed

@@ -4,9 +4,10 @@
 //! scope its tenant's settings name (the tenant, an agent override, a principal override), each
 //! an atomic compare-and-set on that scope's ledger ([`agentos_bus::quota`]). Every model call
 //! settles what the run has used so far (the journal's total, so a repeat counts nothing twice);
-//! the run's end settles the rest and releases the hold, refunding what it did not use. A run
-//! whose orchestrator died is resumed by another, which adopts the hold (same run id); a run
-//! lost for good is reclaimed when its hold's lease lapses.
+//! the run's end settles the rest and releases the hold, refunding what it did not use (only the
+//! driver that journaled the end counts; a driver that finds the run ended drops what is left).
+//! A run whose orchestrator died is resumed by another, which adopts the hold (same run id); a
+//! run lost for good is reclaimed when its hold's lease lapses.
 //!
 //! Over the concurrency limit a run waits, not started, handed back to the queue (`nak` with a
 //! delay) so it holds no orchestrator slot and other tenants' runs pass it; with
@@ -134,10 +135,7 @@ impl<P: Port> Driver<'_, P> {
             };
             // Let go of what the earlier scopes granted.
             for (earlier, _, _) in &scopes[..i] {
-                let release = LedgerOp::Release {
-                    hold: hold.clone(),
-                    total: Default::default(),
-                };
+                let release = LedgerOp::Drop { hold: hold.clone() };
                 self.port
                     .ledger(&self.req.tenant, earlier, &release)
                     .await?;
@@ -204,15 +202,18 @@ impl<P: Port> Driver<'_, P> {
         Ok(())
     }
 
-    /// Once the run has ended (any end): settles the rest and releases its holds, refunding
-    /// what it did not use, and records its usage on the audit stream (once: a repeat finds no
-    /// hold). Best effort: a failure leaves the hold to its lease.
-    pub(super) async fn release_budget(&mut self) {
+    /// Once the run has ended (any end). The driver that journaled the end (`counted`)
+    /// settles the rest and releases the run's holds, refunding what it did not use, and
+    /// records its usage on the audit stream (once: a repeat finds no hold); any other driver
+    /// that finds the run ended only drops what holds are left, counting nothing (it may be
+    /// stale, its hold taken after the release). Best effort: a failure leaves the hold to its
+    /// lease.
+    pub(super) async fn release_budget(&mut self, counted: bool) {
         let agent = match self.agent().await {
             Ok(Ok(agent)) => agent,
             _ => return,
         };
-        if let Err(e) = self.release_holds(&agent).await {
+        if let Err(e) = self.release_holds(&agent, counted).await {
             let error = match e {
                 Stop::Bus(e) => e.to_string(),
                 _ => "stopped".into(),
@@ -221,7 +222,7 @@ impl<P: Port> Driver<'_, P> {
         }
     }
 
-    async fn release_holds(&self, agent: &AgentSpec) -> Result<(), Stop> {
+    async fn release_holds(&self, agent: &AgentSpec, counted: bool) -> Result<(), Stop> {
         let Some(rec) = self.quota_record().await? else {
             return Ok(());
         };
@@ -232,12 +233,14 @@ impl<P: Port> Driver<'_, P> {
             .into_iter()
             .enumerate()
         {
-            let op = LedgerOp::Release {
-                hold: self.req.run_id.to_string(),
-                total,
+            let hold = self.req.run_id.to_string();
+            let op = if counted {
+                LedgerOp::Release { hold, total }
+            } else {
+                LedgerOp::Drop { hold }
             };
             let applied = self.port.ledger(&self.req.tenant, &scope, &op).await?;
-            released |= i == 0 && applied == Applied::Changed;
+            released |= counted && i == 0 && applied == Applied::Changed;
         }
         if released {
             let record = AuditRecord {

@@ -131,7 +131,7 @@ pub(crate) async fn drive<P: Port>(
         match step {
             Ok(true) => {
                 driver.release_thread_lock().await;
-                driver.release_budget().await;
+                driver.release_budget(false).await;
                 return Disposition::Done;
             }
             Ok(false) => conflicts = 0,
@@ -327,6 +327,8 @@ impl<P: Port> Driver<'_, P> {
     pub(super) async fn finish(&mut self, data: EventData) -> Result<(), Stop> {
         self.append(data).await?;
         self.record_turn().await?;
-        self.project_terminal().await
+        self.project_terminal().await?;
+        self.release_budget(true).await;
+        Ok(())
     }
 }

@@ -186,8 +186,9 @@ impl Port for SimPort {
 
     async fn standing(&self, _tenant: &Tenant) -> Result<Standing> {
         point().await;
-        self.world().fail("read tenant")?;
-        Ok(Standing::Active(None))
+        let mut w = self.world();
+        w.fail("read tenant")?;
+        Ok(Standing::Active(w.quotas.clone()))
     }
 
     fn forget_tenant(&self, _tenant: &Tenant) {}

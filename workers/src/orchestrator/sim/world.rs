@@ -84,6 +84,8 @@ pub(super) struct World {
     /// Budget ledgers by key (`Port::ledger`; the simulated tenant has no quota settings, so
     /// they stay empty unless a scenario gives it some).
     pub(super) ledgers: BTreeMap<agentos_bus::Key, agentos_bus::quota::Ledger>,
+    /// The tenant's record with quota settings (half the schedules), else none.
+    pub(super) quotas: Option<std::sync::Arc<agentos_bus::envelope::TenantRecord>>,
     pub(super) seen: Seen,
 }
 
