@@ -167,6 +167,16 @@ async fn main() -> Result<()> {
         millis(percentile(&lat, 0.5)),
         millis(percentile(&lat, 0.99))
     );
+    if !quotas.is_empty() {
+        let (status, usage) = p.get("/v1/usage?period=day").await?;
+        anyhow::ensure!(status == 200, "GET /v1/usage: {status} {usage}");
+        println!(
+            "metered by the budget ledger: {} tokens over {} runs, {} holds left",
+            usage["scopes"][0]["total"]["tokens"],
+            n + 220,
+            usage["scopes"][0]["holds"]
+        );
+    }
     println!("CPU during the throughput phase (seconds, over {secs:.1} s wall):");
     for ((name, after), (_, before)) in cpu_report(&p).into_iter().zip(before) {
         println!("  {name:<14} {:>6.2}", after - before);
