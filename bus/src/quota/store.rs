@@ -1,8 +1,12 @@
-//! Ledgers in KV `agentos-usage`, changed only by compare-and-set: read, apply the operation,
+//! Ledgers in KV `agentos-usage`, changed only by compare-and-set: read, apply the operations,
 //! write at the revision read; on a lost race, read again (jittered backoff). A refusal writes
-//! nothing.
+//! nothing. Within a process, operations on one ledger are batched (group commit).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use super::ledger::{Applied, Ledger, LedgerOp};
 use crate::envelope::Envelope;
@@ -11,16 +15,21 @@ use crate::{Bucket, Bus, Error, Key, Kv, Result, Versioned};
 /// Compare-and-set attempts before giving up (each lost to another writer of the same ledger).
 const MAX_ATTEMPTS: u32 = 500;
 
-/// Cheap to clone.
+/// Cheap to clone; clones share the batches in flight.
 #[derive(Clone)]
 pub struct Budgets {
     kv: Kv,
+    batches: Arc<Mutex<HashMap<Key, Vec<Waiter>>>>,
 }
+
+/// An operation waiting for its batch, and where its outcome goes.
+type Waiter = (LedgerOp, oneshot::Sender<Result<Applied>>);
 
 impl Bus {
     pub async fn budgets(&self) -> Result<Budgets> {
         Ok(Budgets {
             kv: self.kv(Bucket::Usage).await?,
+            batches: Arc::default(),
         })
     }
 }
@@ -38,20 +47,87 @@ impl Budgets {
         }
     }
 
-    /// Applies `op` to the ledger at `key` atomically.
+    /// Applies `op` to the ledger at `key` atomically. Operations on the same ledger that
+    /// arrive while a write is in flight in this process wait and go together in the next
+    /// write (group commit): one compare-and-set per batch, so concurrent runs of one tenant
+    /// contend only across processes, not with each other.
     pub async fn apply(&self, key: &Key, op: &LedgerOp) -> Result<Applied> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+            match batches.get_mut(key) {
+                Some(waiting) => {
+                    waiting.push((op.clone(), tx));
+                    false
+                }
+                None => {
+                    batches.insert(key.clone(), vec![(op.clone(), tx)]);
+                    true
+                }
+            }
+        };
+        if lead {
+            // The leader writes batches until none waits; on its own task, so a caller that
+            // goes away does not strand the others.
+            let (me, key) = (self.clone(), key.clone());
+            tokio::spawn(async move { me.lead(key).await });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::TimedOut {
+                op: "budget ledger batch dropped".into(),
+                after: Duration::ZERO,
+            })
+        })
+    }
+
+    async fn lead(&self, key: Key) {
+        loop {
+            let batch = {
+                let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+                match batches.get_mut(&key) {
+                    Some(waiting) if !waiting.is_empty() => std::mem::take(waiting),
+                    _ => {
+                        batches.remove(&key);
+                        return;
+                    }
+                }
+            };
+            let ops: Vec<&LedgerOp> = batch.iter().map(|(op, _)| op).collect();
+            match self.apply_batch(&key, &ops).await {
+                Ok(outcomes) => {
+                    for ((_, tx), outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = tx.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for (_, tx) in batch {
+                        let _ = tx.send(Err(Error::TimedOut {
+                            op: format!("update budget ledger {key}: {why}"),
+                            after: Duration::ZERO,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One compare-and-set of the ledger with every operation of the batch applied in order;
+    /// a lost race applies them all again to what won.
+    async fn apply_batch(&self, key: &Key, ops: &[&LedgerOp]) -> Result<Vec<Applied>> {
         for attempt in 0..MAX_ATTEMPTS {
             let current = self.read(key).await?;
             let (mut ledger, revision) = match current {
                 Some(v) => (v.value, Some(v.revision)),
                 None => (Ledger::default(), None),
             };
-            let applied = ledger.apply(op, crate::envelope::now());
-            if applied != Applied::Changed {
-                return Ok(applied);
+            let now = crate::envelope::now();
+            let outcomes: Vec<Applied> = ops.iter().map(|op| ledger.apply(op, now)).collect();
+            if !outcomes.contains(&Applied::Changed) {
+                return Ok(outcomes);
             }
             match self.write(key, &ledger, revision).await {
-                Ok(_) => return Ok(applied),
+                Ok(_) => return Ok(outcomes),
                 Err(Error::WrongRevision { .. } | Error::AlreadyExists { .. }) => {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
