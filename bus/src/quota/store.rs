@@ -19,17 +19,83 @@ const MAX_ATTEMPTS: u32 = 500;
 #[derive(Clone)]
 pub struct Budgets {
     kv: Kv,
-    batches: Arc<Mutex<HashMap<Key, Vec<Waiter>>>>,
+    batches: Arc<Batches<LedgerOp, Applied>>,
+    rates: Arc<Batches<super::Rate, super::RateDecision>>,
 }
 
-/// An operation waiting for its batch, and where its outcome goes.
-type Waiter = (LedgerOp, oneshot::Sender<Result<Applied>>);
+/// Operations waiting, per key, for the next write of their batch, and where each outcome goes.
+struct Batches<O, R>(Mutex<HashMap<Key, Vec<(O, oneshot::Sender<Result<R>>)>>>);
+
+impl<O, R> Default for Batches<O, R> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<O, R> Batches<O, R> {
+    /// Queues `op`; `true` when no batch of `key` was under way (the caller starts its leader).
+    fn join(&self, key: &Key, op: O) -> (bool, oneshot::Receiver<Result<R>>) {
+        let (tx, rx) = oneshot::channel();
+        let mut batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let lead = match batches.get_mut(key) {
+            Some(waiting) => {
+                waiting.push((op, tx));
+                false
+            }
+            None => {
+                batches.insert(key.clone(), vec![(op, tx)]);
+                true
+            }
+        };
+        (lead, rx)
+    }
+
+    /// The next batch of `key`; `None` (and the key forgotten) when none waits.
+    fn next(&self, key: &Key) -> Option<Vec<(O, oneshot::Sender<Result<R>>)>> {
+        let mut batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match batches.get_mut(key) {
+            Some(waiting) if !waiting.is_empty() => Some(std::mem::take(waiting)),
+            _ => {
+                batches.remove(key);
+                None
+            }
+        }
+    }
+}
+
+/// Hands each waiter its outcome (or the batch's failure).
+fn answer<O, R>(key: &Key, batch: Vec<(O, oneshot::Sender<Result<R>>)>, outcomes: Result<Vec<R>>) {
+    match outcomes {
+        Ok(outcomes) => {
+            for ((_, tx), outcome) in batch.into_iter().zip(outcomes) {
+                let _ = tx.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for (_, tx) in batch {
+                let _ = tx.send(Err(Error::TimedOut {
+                    op: format!("update {key}: {why}"),
+                    after: Duration::ZERO,
+                }));
+            }
+        }
+    }
+}
+
+fn dropped<R>(_: oneshot::error::RecvError) -> Result<R> {
+    Err(Error::TimedOut {
+        op: "budget batch dropped".into(),
+        after: Duration::ZERO,
+    })
+}
 
 impl Bus {
     pub async fn budgets(&self) -> Result<Budgets> {
         Ok(Budgets {
             kv: self.kv(Bucket::Usage).await?,
             batches: Arc::default(),
+            rates: Arc::default(),
         })
     }
 }
@@ -52,64 +118,20 @@ impl Budgets {
     /// write (group commit): one compare-and-set per batch, so concurrent runs of one tenant
     /// contend only across processes, not with each other.
     pub async fn apply(&self, key: &Key, op: &LedgerOp) -> Result<Applied> {
-        let (tx, rx) = oneshot::channel();
-        let lead = {
-            let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
-            match batches.get_mut(key) {
-                Some(waiting) => {
-                    waiting.push((op.clone(), tx));
-                    false
-                }
-                None => {
-                    batches.insert(key.clone(), vec![(op.clone(), tx)]);
-                    true
-                }
-            }
-        };
+        let (lead, rx) = self.batches.join(key, op.clone());
         if lead {
             // The leader writes batches until none waits; on its own task, so a caller that
             // goes away does not strand the others.
             let (me, key) = (self.clone(), key.clone());
-            tokio::spawn(async move { me.lead(key).await });
+            tokio::spawn(async move {
+                while let Some(batch) = me.batches.next(&key) {
+                    let ops: Vec<&LedgerOp> = batch.iter().map(|(op, _)| op).collect();
+                    let outcomes = me.apply_batch(&key, &ops).await;
+                    answer(&key, batch, outcomes);
+                }
+            });
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(Error::TimedOut {
-                op: "budget ledger batch dropped".into(),
-                after: Duration::ZERO,
-            })
-        })
-    }
-
-    async fn lead(&self, key: Key) {
-        loop {
-            let batch = {
-                let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
-                match batches.get_mut(&key) {
-                    Some(waiting) if !waiting.is_empty() => std::mem::take(waiting),
-                    _ => {
-                        batches.remove(&key);
-                        return;
-                    }
-                }
-            };
-            let ops: Vec<&LedgerOp> = batch.iter().map(|(op, _)| op).collect();
-            match self.apply_batch(&key, &ops).await {
-                Ok(outcomes) => {
-                    for ((_, tx), outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = tx.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    for (_, tx) in batch {
-                        let _ = tx.send(Err(Error::TimedOut {
-                            op: format!("update budget ledger {key}: {why}"),
-                            after: Duration::ZERO,
-                        }));
-                    }
-                }
-            }
-        }
+        rx.await.unwrap_or_else(dropped)
     }
 
     /// One compare-and-set of the ledger with every operation of the batch applied in order;
@@ -142,8 +164,28 @@ impl Budgets {
 }
 
 impl Budgets {
-    /// Takes one request from the cluster-wide rate state at `key` (compare-and-set).
+    /// Takes one request from the cluster-wide rate state at `key` (compare-and-set; the
+    /// requests of this process that arrive meanwhile go in the same write).
     pub async fn take_rate(&self, key: &Key, rate: &super::Rate) -> Result<super::RateDecision> {
+        let (lead, rx) = self.rates.join(key, *rate);
+        if lead {
+            let (me, key) = (self.clone(), key.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = me.rates.next(&key) {
+                    let rates: Vec<super::Rate> = batch.iter().map(|(r, _)| *r).collect();
+                    let outcomes = me.take_rates(&key, &rates).await;
+                    answer(&key, batch, outcomes);
+                }
+            });
+        }
+        rx.await.unwrap_or_else(dropped)
+    }
+
+    async fn take_rates(
+        &self,
+        key: &Key,
+        rates: &[super::Rate],
+    ) -> Result<Vec<super::RateDecision>> {
         for attempt in 0..MAX_ATTEMPTS {
             let current = self.kv.get_as::<super::Gcra>(key).await?;
             let (mut gcra, revision) = match current {
@@ -151,16 +193,16 @@ impl Budgets {
                 None => (super::Gcra::default(), None),
             };
             let now_ms = (crate::envelope::now().unix_timestamp_nanos() / 1_000_000) as i64;
-            let decision = gcra.take(rate, now_ms);
-            if !decision.allowed {
-                return Ok(decision);
+            let decisions: Vec<_> = rates.iter().map(|r| gcra.take(r, now_ms)).collect();
+            if !decisions.iter().any(|d| d.allowed) {
+                return Ok(decisions);
             }
             let written = match revision {
                 Some(rev) => self.kv.update(key, gcra.encode(), rev).await,
                 None => self.kv.create(key, gcra.encode()).await,
             };
             match written {
-                Ok(_) => return Ok(decision),
+                Ok(_) => return Ok(decisions),
                 Err(Error::WrongRevision { .. } | Error::AlreadyExists { .. }) => {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
