@@ -24,7 +24,10 @@ pub struct Budgets {
 }
 
 /// Operations waiting, per key, for the next write of their batch, and where each outcome goes.
-struct Batches<O, R>(Mutex<HashMap<Key, Vec<(O, oneshot::Sender<Result<R>>)>>>);
+struct Batches<O, R>(Mutex<HashMap<Key, Batch<O, R>>>);
+
+/// Operations queued for one write, each with where its outcome goes.
+type Batch<O, R> = Vec<(O, oneshot::Sender<Result<R>>)>;
 
 impl<O, R> Default for Batches<O, R> {
     fn default() -> Self {
@@ -51,7 +54,7 @@ impl<O, R> Batches<O, R> {
     }
 
     /// The next batch of `key`; `None` (and the key forgotten) when none waits.
-    fn next(&self, key: &Key) -> Option<Vec<(O, oneshot::Sender<Result<R>>)>> {
+    fn next(&self, key: &Key) -> Option<Batch<O, R>> {
         let mut batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match batches.get_mut(key) {
             Some(waiting) if !waiting.is_empty() => Some(std::mem::take(waiting)),
@@ -64,7 +67,7 @@ impl<O, R> Batches<O, R> {
 }
 
 /// Hands each waiter its outcome (or the batch's failure).
-fn answer<O, R>(key: &Key, batch: Vec<(O, oneshot::Sender<Result<R>>)>, outcomes: Result<Vec<R>>) {
+fn answer<O, R>(key: &Key, batch: Batch<O, R>, outcomes: Result<Vec<R>>) {
     match outcomes {
         Ok(outcomes) => {
             for ((_, tx), outcome) in batch.into_iter().zip(outcomes) {
