@@ -245,6 +245,30 @@ async fn a_budget_for_exactly_50_admits_50_of_200_runs_and_50_of_200_chat_comple
     assert_eq!(v["scopes"][0]["used"]["tokens"], used);
     assert_eq!(v["scopes"][0]["remaining"]["tokens"], 0);
 
+    // A run published straight onto NATS is held to the same budget, by the orchestrator.
+    let direct = agentos_bus::envelope::RunRequest {
+        run_id: RunId::new(),
+        tenant: Tenant::parse("acme").expect("tenant"),
+        agent_id: agentos_bus::id::AgentId::parse("echo").expect("agent id"),
+        agent: None,
+        input: "one two three".into(),
+        thread_id: None,
+        multitask_strategy: None,
+        metadata: Default::default(),
+        submitted_at: agentos_bus::envelope::now(),
+    };
+    let direct_id = direct.run_id.to_string();
+    p.bus
+        .submit(
+            &agentos_bus::envelope::SubmitMessage::Run(Box::new(direct)),
+            &agentos_bus::SubmitMeta::default(),
+        )
+        .await
+        .expect("direct submit");
+    let r = wait_terminal_as(&p, &p.edge_url, &p.token, &direct_id).await;
+    assert_eq!(r["error"]["code"], "budget_exceeded", "{r}");
+    assert_eq!(r["created_by"], "nats:acme", "{r}");
+
     // The chat API: 200 concurrent completions, a budget for 50.
     let body =
         json!({"model": "scripted", "messages": [{"role": "user", "content": "one two three"}]});
