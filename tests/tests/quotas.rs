@@ -710,3 +710,44 @@ async fn a_rate_of_10_per_second_holds_across_two_edges_and_the_openai_sdk_backs
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_stopped_by_its_cap_fails_budget_exceeded_and_keeps_its_partial_output() {
+    let p = Platform::start(Options::default()).await.expect("platform");
+    let (s, v) = admin_create_tenant(
+        &p,
+        json!({"id": "acme", "quotas": {"run": {"max_steps": 1}}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    p.create_agent(json!({"id": "two-steps", "model": "scripted", "tools": ["echo"], "model_config": {"script": [
+        {"tool_calls": [{"name": "echo", "arguments": {"text": "halfway there"}}]},
+        {"text": "done"}
+    ]}}))
+    .await
+    .expect("agent");
+    let run = p.start_run("two-steps", "go").await.expect("run");
+    let r = p
+        .wait_terminal(&run, Duration::from_secs(60))
+        .await
+        .expect("terminal");
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "budget_exceeded", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("run.max_steps"),
+        "{r}"
+    );
+    // Step 2 started; its model call was refused before it was made.
+    assert_eq!(r["steps"], 2, "{r}");
+    assert!(
+        r["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("halfway there"),
+        "the partial output is kept: {r}"
+    );
+    assert!(r["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0, "{r}");
+}
