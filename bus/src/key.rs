@@ -122,6 +122,39 @@ pub fn thread_lock(tenant: &Tenant, thread: &ThreadId) -> Key {
     Key::joined(&[tenant.as_str(), thread.as_str(), "lock"])
 }
 
+/// Whose budget a ledger in `agentos-usage` keeps: the tenant's, one agent's, or one principal's
+/// (an API key or token subject) when the tenant's quota settings override them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    Tenant,
+    Agent(AgentId),
+    /// A principal (the token's `sub`, any string): keyed by its digest.
+    Principal(String),
+}
+
+/// `agentos-usage`: the budget ledger of one scope: `<tenant>.ledger`,
+/// `<tenant>.agent.<agent_id>`, or `<tenant>.principal.<uuidv5(tenant NUL principal)>`.
+pub fn ledger(tenant: &Tenant, scope: &Scope) -> Key {
+    match scope {
+        Scope::Tenant => Key::joined(&[tenant.as_str(), "ledger"]),
+        Scope::Agent(agent) => Key::joined(&[tenant.as_str(), "agent", agent.as_str()]),
+        Scope::Principal(principal) => {
+            let name = format!("{tenant}\u{0}{principal}");
+            let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+            Key::joined(&[tenant.as_str(), "principal", &digest.simple().to_string()])
+        }
+    }
+}
+
+/// `agentos-usage`: the cluster-wide request-rate state of one scope: `<tenant>.rate`,
+/// `<tenant>.agent.<agent_id>.rate`, `<tenant>.principal.<uuidv5>.rate`.
+pub fn rate(tenant: &Tenant, scope: &Scope) -> Key {
+    match scope {
+        Scope::Tenant => Key::joined(&[tenant.as_str(), "rate"]),
+        other => Key(format!("{}.rate", ledger(tenant, other))),
+    }
+}
+
 /// Key filters of `agentos-threads` (wildcards: for listing only, never written).
 pub(crate) mod thread_filter {
     use crate::id::{Tenant, ThreadId};
@@ -173,6 +206,13 @@ mod tests {
         let mk = MemoryKey::parse("Fact_1").expect("key");
         assert_eq!(memory(&t, &ns, &mk).as_str(), "acme.users.alice.Fact_1");
         assert_eq!(memory_namespace(&t, &ns).as_str(), "acme.users.alice");
+        assert_eq!(ledger(&t, &Scope::Tenant).as_str(), "acme.ledger");
+        assert_eq!(
+            ledger(&t, &Scope::Agent(a.clone())).as_str(),
+            "acme.agent.helper"
+        );
+        let p = ledger(&t, &Scope::Principal("any sub / at all".into()));
+        assert!(p.as_str().starts_with("acme.principal.") && Key::parse(p.as_str()).is_ok());
         for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>"] {
             assert!(Key::parse(bad).is_err(), "{bad:?}");
         }

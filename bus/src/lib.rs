@@ -19,6 +19,7 @@ pub mod memory;
 pub mod metric_definitions;
 pub mod provision;
 mod queue_gauges;
+pub mod quota;
 pub mod recall;
 mod revocation;
 mod rpc;

@@ -142,6 +142,8 @@ pub struct EdgeArgs {
     pub memory: config::Memory,
     #[command(flatten)]
     pub metrics: config::Metrics,
+    #[command(flatten)]
+    pub quotas: config::Quotas,
 }
 
 /// `agentos worker orchestrator`.
@@ -155,6 +157,8 @@ pub struct OrchestratorArgs {
     pub tenants: config::Tenants,
     #[command(flatten)]
     pub metrics: config::Metrics,
+    #[command(flatten)]
+    pub quotas: config::Quotas,
 }
 
 /// `agentos worker model`.

@@ -85,6 +85,7 @@ pub struct Config {
     pub memory: Memory,
     pub mcp: Mcp,
     pub metrics: Metrics,
+    pub quotas: Quotas,
     pub up: Up,
     pub security: Security,
 }
@@ -238,6 +239,27 @@ section! {
         #[arg(long, env = "AGENTOS_THREAD_LEASE", value_parser = parse_duration)]
         #[serde(deserialize_with = "duration")]
         thread_lease: Duration = Duration::from_secs(30),
+    }
+}
+
+section! {
+    /// `[quotas]`: read by the edge and the orchestrators (cost budgets, budget holds).
+    pub struct Quotas {
+        /// How long a budget hold outlives its run's last model call before it is reclaimed
+        /// (its run was lost) (default 10m).
+        #[arg(long = "quota-hold-lease", env = "AGENTOS_QUOTA_LEASE", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        hold_lease: Duration = agentos_bus::quota::DEFAULT_HOLD_LEASE,
+        /// Public model name → price in US dollars per million tokens (`input`, `output`);
+        /// file only.
+        #[arg(skip)]
+        prices: BTreeMap<String, agentos_bus::quota::Price> = BTreeMap::new(),
+    }
+}
+
+impl Quotas {
+    pub fn price_table(&self) -> std::sync::Arc<agentos_bus::quota::Prices> {
+        std::sync::Arc::new(agentos_bus::quota::Prices(self.prices()))
     }
 }
 
@@ -577,6 +599,7 @@ pub fn layer(cli: &mut Cli, file: Config) {
             a.tenants = take(&mut a.tenants).or(file.tenants);
             a.memory = take(&mut a.memory).or(file.memory);
             a.metrics = take(&mut a.metrics).or(file.metrics);
+            a.quotas = take(&mut a.quotas).or(file.quotas);
         }
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(a) => {
@@ -584,6 +607,7 @@ pub fn layer(cli: &mut Cli, file: Config) {
                 a.orchestrator = take(&mut a.orchestrator).or(file.orchestrator);
                 a.tenants = take(&mut a.tenants).or(file.tenants);
                 a.metrics = take(&mut a.metrics).or(file.metrics);
+                a.quotas = take(&mut a.quotas).or(file.quotas);
             }
             WorkerKind::Model(a) => {
                 a.nats = take(&mut a.nats).or(file.nats);
@@ -796,6 +820,9 @@ mod tests {
                 .into_iter()
                 .map(|k| format!("mcp.servers.*.{k}")),
         );
+        assert!(keys.remove("quotas.prices"), "{keys:?}");
+        // A price's two numbers (the walker answers every leaf with a string).
+        keys.extend(["input", "output"].map(|k| format!("quotas.prices.*.{k}")));
         assert!(keys.remove("memory.namespaces"), "{keys:?}");
         keys.extend(
             Keys::of::<NamespaceConfig>()
@@ -838,6 +865,7 @@ mod tests {
             let k = if prefix == "model.routes"
                 || prefix == "mcp.servers"
                 || prefix == "memory.namespaces"
+                || prefix == "quotas.prices"
             {
                 "*"
             } else {
@@ -915,6 +943,13 @@ mod tests {
             "model",
             format!("{:?}", model.or(Model::defaults())),
             format!("{:?}", Model::defaults()),
+        );
+        let mut quotas = c.quotas.clone();
+        quotas.prices = None;
+        show(
+            "quotas",
+            format!("{:?}", quotas.or(Quotas::defaults())),
+            format!("{:?}", Quotas::defaults()),
         );
         show(
             "tool",

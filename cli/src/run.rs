@@ -165,6 +165,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 ),
                 header_read_timeout: a.edge.header_read_timeout(),
                 metrics,
+                prices: a.quotas.price_table(),
+                hold_lease: a.quotas.hold_lease(),
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
@@ -180,6 +182,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     thread_lease: o.thread_lease(),
                     admission: a.tenants.admission(),
                     queue_gauges: metrics.is_on().then_some(crate::metrics::QUEUE_GAUGES),
+                    prices: a.quotas.price_table(),
+                    hold_lease: a.quotas.hold_lease(),
                     ..Default::default()
                 };
                 opts.queue.ack_wait = o.ack_wait();

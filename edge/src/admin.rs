@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::auth::ROLE_TENANT_ADMIN;
 use crate::error::{ApiError, ApiResult, REQUEST_ID};
@@ -158,9 +158,9 @@ pub struct CreateTenant {
     pub enabled: Option<bool>,
     #[serde(default)]
     pub entitlements: EntitlementsInput,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub quotas: Map<String, Value>,
+    /// Quota settings (see api.md): validated, the error naming the wrong field.
+    #[schema(value_type = Option<Object>)]
+    pub quotas: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -170,7 +170,7 @@ pub struct UpdateTenant {
     pub enabled: Option<bool>,
     pub entitlements: Option<EntitlementsInput>,
     #[schema(value_type = Option<Object>)]
-    pub quotas: Option<Map<String, Value>>,
+    pub quotas: Option<Value>,
 }
 
 /// What a tenant may use; an empty (or absent) list allows everything of its kind.
@@ -219,13 +219,19 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<TenantRecord>)> {
     let id = parse_tenant(&body.id)?;
     let entitlements = body.entitlements.validate()?;
+    let quotas = body
+        .quotas
+        .as_ref()
+        .map(crate::quota::validate)
+        .transpose()?
+        .unwrap_or_default();
     let ts = now();
     let rec = TenantRecord {
         id: id.clone(),
         name: body.name,
         enabled: body.enabled.unwrap_or(true),
         entitlements,
-        quotas: body.quotas,
+        quotas,
         created_at: ts,
         updated_at: ts,
     };
@@ -337,6 +343,11 @@ pub async fn update(
         .entitlements
         .map(EntitlementsInput::validate)
         .transpose()?;
+    let quotas = body
+        .quotas
+        .as_ref()
+        .map(crate::quota::validate)
+        .transpose()?;
     let rec = change(&state, &auth, &id, "tenant.update", |t| {
         if let Some(n) = &body.name {
             t.name.clone_from(n);
@@ -347,7 +358,7 @@ pub async fn update(
         if let Some(e) = &entitlements {
             t.entitlements = e.clone();
         }
-        if let Some(q) = &body.quotas {
+        if let Some(q) = &quotas {
             t.quotas = q.clone();
         }
     })

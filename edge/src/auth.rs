@@ -222,7 +222,8 @@ impl FromRequestParts<AppState> for AuthContext {
         tracing::Span::current().record("tenant", ctx.tenant.as_str());
         // Platform admins keep access to a disabled tenant (to enable it again).
         if !ctx.is_admin() {
-            state.admit(&ctx.tenant).await?;
+            let rec = state.admit(&ctx.tenant).await?;
+            crate::quota::rate::check(state, &ctx, rec.as_deref()).await?;
         }
         Ok(ctx)
     }

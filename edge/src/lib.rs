@@ -22,6 +22,7 @@ pub mod metric_definitions;
 mod metrics;
 mod openapi;
 mod page;
+mod quota;
 mod revocation;
 mod run_actions;
 mod run_list;
@@ -63,6 +64,10 @@ pub struct EdgeOptions {
     pub header_read_timeout: std::time::Duration,
     /// Serve `GET /metrics` from this recorder on the API listener.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Model prices (cost budgets of chat completions).
+    pub prices: std::sync::Arc<agentos_bus::quota::Prices>,
+    /// How long a chat completion's budget hold lives if its edge dies.
+    pub hold_lease: std::time::Duration,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -98,6 +103,11 @@ pub struct Shared {
     revoked: revocation::Revocations,
     /// The process's Prometheus recorder, when `/metrics` is served on the API listener.
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    budgets: agentos_bus::quota::Budgets,
+    /// This edge's request-rate limiters (the fast path before the cluster-wide state).
+    rates: std::sync::Arc<quota::rate::LocalRates>,
+    prices: std::sync::Arc<agentos_bus::quota::Prices>,
+    hold_lease: std::time::Duration,
 }
 
 impl AppState {
@@ -160,6 +170,10 @@ impl AppState {
             tools: agentos_bus::ToolDirectory::new(bus.clone()),
             threads: bus.threads().await?,
             metrics: None,
+            budgets: bus.budgets().await?,
+            rates: Default::default(),
+            prices: Default::default(),
+            hold_lease: agentos_bus::quota::DEFAULT_HOLD_LEASE,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -186,6 +200,18 @@ impl AppState {
     pub fn with_metrics(self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
         let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
         shared.metrics = Some(handle);
+        Self(std::sync::Arc::new(shared))
+    }
+
+    /// The same state with these model prices and budget hold lease.
+    pub fn with_quotas(
+        self,
+        prices: std::sync::Arc<agentos_bus::quota::Prices>,
+        hold_lease: std::time::Duration,
+    ) -> Self {
+        let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
+        shared.prices = prices;
+        shared.hold_lease = hold_lease;
         Self(std::sync::Arc::new(shared))
     }
 
@@ -216,6 +242,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(tools::routes())
         .merge(admin::routes())
         .merge(revocation::routes())
+        .merge(quota::usage::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
@@ -234,7 +261,8 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
     let state = AppState::new(bus, opts.auth.clone(), opts.admission)
         .await?
         .with_memory(opts.memory.clone())
-        .with_limits(opts.limits.clone());
+        .with_limits(opts.limits.clone())
+        .with_quotas(opts.prices.clone(), opts.hold_lease);
     let state = match opts.metrics.clone() {
         Some(handle) => state.with_metrics(handle),
         None => state,

@@ -55,6 +55,8 @@ use crate::AppState;
         crate::admin::disable,
         crate::admin::audit_log,
         crate::revocation::revoke,
+        crate::quota::usage::own,
+        crate::quota::usage::any,
     ),
     components(schemas(
         crate::chat::ChatRequest,

@@ -19,6 +19,8 @@ async fn a_taken_listen_address_is_a_bind_error_not_a_bus_error() {
         limits: Default::default(),
         header_read_timeout: agentos_edge::DEFAULT_HEADER_READ_TIMEOUT,
         metrics: None,
+        prices: Default::default(),
+        hold_lease: std::time::Duration::from_secs(600),
     };
     let err = agentos_edge::serve(edge.bus.clone(), opts, CancellationToken::new())
         .await

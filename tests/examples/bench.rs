@@ -95,14 +95,36 @@ async fn main() -> Result<()> {
     })
     .await
     .context("platform")?;
+    // AGENTOS_BENCH_QUOTAS=budget: the bench tenant has a concurrency limit, a day's token
+    // budget and run caps none of the runs reach (every run reserves, settles and releases);
+    // =all adds a request rate none reaches (every HTTP request takes from it).
+    let quotas = std::env::var("AGENTOS_BENCH_QUOTAS").unwrap_or_default();
+    if !quotas.is_empty() {
+        let mut q = json!({"concurrent_runs": 100_000, "tokens": {"per_day": 1_000_000_000_000u64},
+            "run": {"max_tokens": 100_000}});
+        if quotas == "all" {
+            q["rate"] = json!({"requests_per_second": 1_000_000, "burst": 1_000_000});
+        }
+        let admin = agentos_e2e::mint_with_roles("ops", "admin")?;
+        let (s, v) = p
+            .send_as(
+                &admin,
+                reqwest::Method::POST,
+                "/v1/admin/tenants",
+                Some(&json!({"id": "acme", "quotas": q})),
+            )
+            .await?;
+        anyhow::ensure!(s == 201, "tenant with quotas: {s} {v}");
+    }
     p.create_agent(json!({
         "id": "bench", "model": "scripted", "tools": ["echo"],
         "model_config": {"script": [{"tool_calls": [{"name": "echo", "arguments": {"n": 1}}]}, {"text": "ok"}]}
     }))
     .await?;
     println!(
-        "machine: {} cores; runs: scripted model + 1 echo tool call; 2 orchestrators",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "machine: {} cores; runs: scripted model + 1 echo tool call; 2 orchestrators; quotas: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if quotas.is_empty() { "none" } else { &quotas }
     );
     nats_limits(&p, 2000).await?;
 
@@ -137,6 +159,16 @@ async fn main() -> Result<()> {
         millis(percentile(&lat, 0.5)),
         millis(percentile(&lat, 0.99))
     );
+    if !quotas.is_empty() {
+        let (status, usage) = p.get("/v1/usage?period=day").await?;
+        anyhow::ensure!(status == 200, "GET /v1/usage: {status} {usage}");
+        println!(
+            "metered by the budget ledger: {} tokens over {} runs, {} holds left",
+            usage["scopes"][0]["total"]["tokens"],
+            n + 220,
+            usage["scopes"][0]["holds"]
+        );
+    }
     println!("CPU during the throughput phase (seconds, over {secs:.1} s wall):");
     for ((name, after), (_, before)) in cpu_report(&p).into_iter().zip(before) {
         println!("  {name:<14} {:>6.2}", after - before);

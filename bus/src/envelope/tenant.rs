@@ -16,9 +16,10 @@ pub struct TenantRecord {
     /// Models, tools and agents the tenant may use; an empty list means "all".
     #[serde(default)]
     pub entitlements: Entitlements,
-    /// Quota settings, enforced by the quotas work (`requests_per_minute`, `concurrent_runs`, …).
-    #[serde(default)]
-    pub quotas: serde_json::Map<String, serde_json::Value>,
+    /// Quota settings: rate, concurrency, token and cost budgets, run caps; overrides per agent
+    /// and per principal ([`crate::quota::Quotas`]).
+    #[serde(default, skip_serializing_if = "crate::quota::Quotas::is_empty")]
+    pub quotas: crate::quota::Quotas,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

@@ -181,6 +181,7 @@ pub async fn completions(
     state
         .entitled(&auth.tenant, |e| e.check_model(model.as_str()))
         .await?;
+    let hold = crate::quota::hold_chat(&state, &auth, model.as_str()).await?;
     let meta = CallMeta {
         request_id: crate::error::REQUEST_ID.try_with(Clone::clone).ok(),
         principal: Some(auth.subject.clone()),
@@ -216,6 +217,9 @@ pub async fn completions(
                     usage_estimated,
                     logprobs,
                 } => {
+                    if let Some(hold) = hold {
+                        hold.settle(&usage);
+                    }
                     let mut msg =
                         json!({"role": "assistant", "content": message.content, "refusal": null});
                     if !message.tool_calls.is_empty() {
@@ -257,6 +261,7 @@ pub async fn completions(
     };
     struct St {
         replies: Replies,
+        hold: Option<crate::quota::ChatHold>,
         pending: Option<ModelReply>,
         streamed_text: bool,
         streamed_calls: bool,
@@ -266,7 +271,7 @@ pub async fn completions(
         chunk(json!({"role": "assistant", "content": ""}), None).to_string()
     ]);
     let body = futures::stream::unfold(
-        St { replies, pending: Some(first), streamed_text: false, streamed_calls: false, done: false },
+        St { replies, hold, pending: Some(first), streamed_text: false, streamed_calls: false, done: false },
         move |mut st| {
             let (chunk, usage_chunk) = (chunk.clone(), usage_chunk.clone());
             async move {
@@ -299,6 +304,9 @@ pub async fn completions(
                     }
                     ModelReply::Final { message, usage, finish_reason, usage_estimated, logprobs } => {
                         st.done = true;
+                        if let Some(hold) = st.hold.take() {
+                            hold.settle(&usage);
+                        }
                         let mut out = Vec::new();
                         if !st.streamed_text && let Some(text) = message.content.filter(|t| !t.is_empty()) {
                             out.push(chunk(json!({"content": text}), None).to_string());

@@ -46,7 +46,10 @@ impl<P: Port> Driver<'_, P> {
             return Ok(None);
         }
         Ok(match agent {
-            Ok(agent) => self.admit(Some(agent)).await?.err(),
+            Ok(agent) => match self.admit(Some(agent)).await?.err() {
+                None => self.reserve_budget(agent).await?,
+                refused => refused,
+            },
             Err(error) => Some(
                 self.admit(None)
                     .await?

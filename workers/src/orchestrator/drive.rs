@@ -52,6 +52,9 @@ pub(crate) enum Stop {
     /// Another driver may be working on the run (a tool call it started is still within its
     /// lease): hand the run back and look again after this long.
     Busy(Duration),
+    /// The run waits, not started, for a concurrency slot of its tenant, and this orchestrator
+    /// has enough such runs waiting (`budget`): hand it back to the queue for this long.
+    Queued(Duration),
 }
 
 impl From<BusError> for Stop {
@@ -127,7 +130,13 @@ pub(crate) async fn drive<P: Port>(
                 Err(_) => return Disposition::Retry(Duration::from_secs(1)),
             }
         }
-        if resumed && attempt.delivered > opts.max_attempts && driver.state.ended().is_none() {
+        // A run that never started did nothing a retry repeats: waiting for a concurrency slot
+        // (handed back each time) does not use up its attempts.
+        if resumed
+            && attempt.delivered > opts.max_attempts
+            && driver.state.has_started()
+            && driver.state.ended().is_none()
+        {
             let error = ErrorBody::new(
                 "too_many_attempts",
                 format!("gave up after {} deliveries", attempt.delivered),
@@ -154,6 +163,7 @@ pub(crate) async fn drive<P: Port>(
         match step {
             Ok(Advance::Ended) => {
                 driver.release_thread_lock().await;
+                driver.release_budget(false).await;
                 return Disposition::Done;
             }
             Ok(Advance::Parked) => return Disposition::Done,
@@ -173,6 +183,7 @@ pub(crate) async fn drive<P: Port>(
                 tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
                 return Disposition::Retry(wait);
             }
+            Err(Stop::Queued(wait)) => return Disposition::Retry(wait),
             Err(Stop::Drain) => return Disposition::Retry(Duration::ZERO),
         }
     }
@@ -366,6 +377,8 @@ impl<P: Port> Driver<'_, P> {
             self.port.now(),
         );
         self.record_turn().await?;
-        self.project_terminal().await
+        self.project_terminal().await?;
+        self.release_budget(true).await;
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! against an in-memory bus that injects faults.
 
 mod admission;
+mod budget;
 mod cancel;
 mod delivery;
 mod drive;
@@ -56,6 +57,16 @@ pub struct OrchestratorOptions {
     /// How often to publish the work queue's gauges (backlog, ack pending, redeliveries) as
     /// metrics; `None` when this process exports no metrics.
     pub queue_gauges: Option<Duration>,
+    /// Model prices, for cost budgets.
+    pub prices: std::sync::Arc<agentos_bus::quota::Prices>,
+    /// How long a budget hold outlives its last settle (its run was lost).
+    pub hold_lease: Duration,
+    /// How often a run over its tenant's concurrency limit looks for a free slot.
+    pub quota_poll: Duration,
+    /// How long such a run waits in the queue when too many already wait in this orchestrator.
+    pub quota_requeue: Duration,
+    /// This orchestrator's runs waiting for a concurrency slot (shared by clones).
+    pub quota_waiters: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for OrchestratorOptions {
@@ -73,6 +84,11 @@ impl Default for OrchestratorOptions {
             thread_lease: Duration::from_secs(30),
             thread_poll: Duration::from_millis(200),
             queue_gauges: None,
+            prices: Default::default(),
+            hold_lease: agentos_bus::quota::DEFAULT_HOLD_LEASE,
+            quota_poll: Duration::from_millis(100),
+            quota_requeue: Duration::from_secs(2),
+            quota_waiters: Default::default(),
         }
     }
 }

@@ -24,6 +24,9 @@ impl<P: Port> Driver<'_, P> {
         agent: &AgentSpec,
         step: u32,
     ) -> Result<Result<(), ErrorBody>, Stop> {
+        if let Some(error) = self.cap_refusal(agent, step).await? {
+            return Ok(Err(error));
+        }
         // The model is shown each tool's declaration: description and argument schema.
         let declared = self.port.tools(&agent.tools).await?;
         // Client tools are declared in the agent itself.
@@ -94,6 +97,7 @@ impl<P: Port> Driver<'_, P> {
                     usage,
                 })
                 .await?;
+                self.settle_budget(agent).await?;
                 Ok(Ok(()))
             }
             Some(Err(error)) => Ok(Err(error)),

@@ -11,6 +11,8 @@ use agentos_bus::envelope::{
     AgentSpec, AuditRecord, Envelope, Event, RunRecord, RunStatus, ThreadLock, ThreadTurn,
 };
 use agentos_bus::id::{AgentId, RunId, Tenant, ThreadId, ToolName};
+use agentos_bus::key::Scope;
+use agentos_bus::quota::{Applied, Budgets, LedgerOp};
 use agentos_bus::subject::Subject;
 use agentos_bus::{
     Bucket, Bus, CallMeta, Kv, Reply, Result, Standing, Stored, Tenants, Threads, Versioned, key,
@@ -153,6 +155,13 @@ pub(crate) trait Port: Send + Sync {
         run: &RunId,
         at: OffsetDateTime,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Applies `op` to the tenant's budget ledger of `scope`, atomically (compare-and-set).
+    fn ledger(
+        &self,
+        tenant: &Tenant,
+        scope: &Scope,
+        op: &LedgerOp,
+    ) -> impl Future<Output = Result<Applied>> + Send;
 
     /// Waits `d` (wall time; virtual in the simulation).
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
@@ -175,6 +184,7 @@ pub(crate) struct BusPort {
     tenants: Tenants,
     tools: Catalog,
     threads: Threads,
+    budgets: Budgets,
 }
 
 impl BusPort {
@@ -185,6 +195,7 @@ impl BusPort {
             tenants: bus.tenants(admission).await?,
             tools: Catalog::new(agentos_bus::ToolDirectory::new(bus.clone())),
             threads: bus.threads().await?,
+            budgets: bus.budgets().await?,
             bus,
         })
     }
@@ -353,6 +364,10 @@ impl Port for BusPort {
 
     async fn schedule_wake(&self, tenant: &Tenant, run: &RunId, at: OffsetDateTime) -> Result<()> {
         self.bus.schedule_wake(tenant, run, at).await
+    }
+
+    async fn ledger(&self, tenant: &Tenant, scope: &Scope, op: &LedgerOp) -> Result<Applied> {
+        self.budgets.apply(&key::ledger(tenant, scope), op).await
     }
 
     async fn sleep(&self, d: Duration) {

@@ -28,7 +28,9 @@ impl<P: Port> Driver<'_, P> {
         };
         let (status, output, error) = match ended.data {
             EventData::RunCompleted { output, .. } => (RunStatus::Completed, Some(output), None),
-            EventData::RunFailed { error } => (RunStatus::Failed, None, Some(error)),
+            EventData::RunFailed { error } => {
+                (RunStatus::Failed, self.partial_output(&error), Some(error))
+            }
             EventData::RunExpired { .. } => (RunStatus::Expired, None, None),
             _ => (RunStatus::Cancelled, None, None),
         };

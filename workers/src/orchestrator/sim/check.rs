@@ -37,6 +37,8 @@ pub(super) struct Seen {
     pub(super) answer_conflicts: u64,
     pub(super) answered: u64,
     pub(super) expiry_timers: u64,
+    /// Runs whose budget hold was released by the end (schedules with quota settings).
+    pub(super) budget_released: u64,
     pub(super) completed: u64,
     pub(super) failed: u64,
     pub(super) cancelled: u64,
@@ -66,6 +68,7 @@ impl Seen {
             (&mut self.answer_conflicts, o.answer_conflicts),
             (&mut self.answered, o.answered),
             (&mut self.expiry_timers, o.expiry_timers),
+            (&mut self.budget_released, o.budget_released),
             (&mut self.completed, o.completed),
             (&mut self.failed, o.failed),
             (&mut self.cancelled, o.cancelled),
@@ -99,6 +102,7 @@ impl Seen {
             ("answer lost its claim", self.answer_conflicts),
             ("answer journaled", self.answered),
             ("expiry timer", self.expiry_timers),
+            ("budget hold released", self.budget_released),
             ("run completed", self.completed),
             ("run failed", self.failed),
             ("run cancelled", self.cancelled),
@@ -342,6 +346,7 @@ pub(super) fn check(
             _ => return fail(format!("{} turns on the thread", turns.len())),
         }
     }
+    budgets(w, runs, &mut ended)?;
     Ok(ended)
 }
 
@@ -444,5 +449,44 @@ fn check_waits(
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// With quota settings (half the schedules): the tenant's budget ledger never counts more than
+/// the runs' journals hold, however drivers crash, repeat and race (settles carry running
+/// totals); a hold left behind belongs to a run of the schedule (its release met a fault, and
+/// its lease reclaims it).
+fn budgets(w: &World, runs: &[SimRun], ended: &mut Seen) -> std::result::Result<(), String> {
+    if w.quotas.is_none() {
+        return Ok(());
+    }
+    let Some(run) = runs.first() else {
+        return Ok(());
+    };
+    let key = agentos_bus::key::ledger(&run.req.tenant, &agentos_bus::key::Scope::Tenant);
+    let ledger = w.ledgers.get(&key).cloned().unwrap_or_default();
+    let journaled: u64 = runs
+        .iter()
+        .flat_map(|r| w.journals.get(&r.req.run_id).into_iter().flatten())
+        .filter_map(|s| match &s.event.data {
+            EventData::ModelCompleted { usage, .. } => Some(usage.total_tokens),
+            _ => None,
+        })
+        .sum();
+    if ledger.total.tokens > journaled {
+        return Err(format!(
+            "the budget ledger counted {} tokens; the journals hold {journaled}",
+            ledger.total.tokens
+        ));
+    }
+    for hold in ledger.holds.keys() {
+        if !runs.iter().any(|r| r.req.run_id.to_string() == *hold) {
+            return Err(format!("a budget hold {hold} of no run"));
+        }
+    }
+    ended.budget_released += runs
+        .iter()
+        .filter(|r| !ledger.holds.contains_key(&r.req.run_id.to_string()))
+        .count() as u64;
     Ok(())
 }

@@ -139,6 +139,33 @@ pub(super) struct Accepted {
     pub(super) submission: String,
 }
 
+/// The simulated tenant with quota settings: a day's token budget and run caps no run reaches.
+fn sim_tenant(tenant: &Tenant) -> agentos_bus::envelope::TenantRecord {
+    let quotas = agentos_bus::quota::Quotas {
+        limits: agentos_bus::quota::Limits {
+            tokens: agentos_bus::quota::Periods {
+                per_day: Some(1_000_000_000),
+                ..Default::default()
+            },
+            run: agentos_bus::quota::RunCaps {
+                max_tokens: Some(1_000_000),
+                max_steps: None,
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    agentos_bus::envelope::TenantRecord {
+        id: tenant.clone(),
+        name: String::new(),
+        enabled: true,
+        entitlements: Default::default(),
+        quotas,
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        updated_at: OffsetDateTime::UNIX_EPOCH,
+    }
+}
+
 /// One schedule: `runs` runs through the orchestrator under the seed's faults. Returns what
 /// went wrong, if anything.
 fn schedule(seed: u64) -> std::result::Result<Seen, String> {
@@ -178,6 +205,10 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         signals: BTreeMap::new(),
         outbox: Vec::new(),
         timers: BTreeMap::new(),
+        ledgers: BTreeMap::new(),
+        // Odd seeds: budgets no run reaches, so every run reserves, settles and releases
+        // (drawn from the seed, not the generator, so the other draws stay as they were).
+        quotas: (seed % 2 == 1).then(|| Arc::new(sim_tenant(&tenant))),
         seen: Seen::default(),
     }));
     // One thread with an earlier exchange; some runs continue it.

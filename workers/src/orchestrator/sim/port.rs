@@ -186,8 +186,9 @@ impl Port for SimPort {
 
     async fn standing(&self, _tenant: &Tenant) -> Result<Standing> {
         point().await;
-        self.world().fail("read tenant")?;
-        Ok(Standing::Active(None))
+        let mut w = self.world();
+        w.fail("read tenant")?;
+        Ok(Standing::Active(w.quotas.clone()))
     }
 
     fn forget_tenant(&self, _tenant: &Tenant) {}
@@ -323,6 +324,20 @@ impl Port for SimPort {
         let due = w.ms_of(at);
         w.timers.insert(*run, due);
         Ok(())
+    }
+
+    async fn ledger(
+        &self,
+        tenant: &Tenant,
+        scope: &agentos_bus::key::Scope,
+        op: &agentos_bus::quota::LedgerOp,
+    ) -> Result<agentos_bus::quota::Applied> {
+        point().await;
+        let mut w = self.world();
+        w.fail("ledger")?;
+        let now = w.now();
+        let key = agentos_bus::key::ledger(tenant, scope);
+        Ok(w.ledgers.entry(key).or_default().apply(op, now))
     }
 
     async fn sleep(&self, d: Duration) {

@@ -85,6 +85,11 @@ pub(super) struct World {
     /// (a message schedule: one per run), due at a virtual millisecond.
     pub(super) outbox: Vec<(u64, RunId)>,
     pub(super) timers: BTreeMap<RunId, u64>,
+    /// Budget ledgers by key (`Port::ledger`; the simulated tenant has no quota settings, so
+    /// they stay empty unless a scenario gives it some).
+    pub(super) ledgers: BTreeMap<agentos_bus::Key, agentos_bus::quota::Ledger>,
+    /// The tenant's record with quota settings (half the schedules), else none.
+    pub(super) quotas: Option<std::sync::Arc<agentos_bus::envelope::TenantRecord>>,
     pub(super) seen: Seen,
 }
 

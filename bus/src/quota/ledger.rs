@@ -1,0 +1,574 @@
+//! One scope's budget ledger (a value in KV `agentos-usage`): what was used in the current
+//! minute, day and month, and the holds of the runs and requests in flight, each with what it
+//! reserved, what of it is settled, and a lease. Every change is a pure [`Ledger::apply`] of a
+//! [`LedgerOp`]; the store applies it under compare-and-set, so a reservation is checked and
+//! taken in one atomic write, never read-then-write. Every operation is idempotent per hold: a
+//! repeated reserve renews, a settle carries the hold's running total (not a delta), a repeated
+//! release finds nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::{Date, Month, OffsetDateTime, Time};
+
+use super::settings::{Limits, OverConcurrency};
+
+/// Tokens and cost (micro-dollars: millionths of a US dollar).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    pub tokens: u64,
+    pub cost_micros: u64,
+}
+
+impl Amount {
+    fn add(&mut self, o: Amount) {
+        self.tokens = self.tokens.saturating_add(o.tokens);
+        self.cost_micros = self.cost_micros.saturating_add(o.cost_micros);
+    }
+
+    fn minus(self, o: Amount) -> Amount {
+        Amount {
+            tokens: self.tokens.saturating_sub(o.tokens),
+            cost_micros: self.cost_micros.saturating_sub(o.cost_micros),
+        }
+    }
+
+    fn max(self, o: Amount) -> Amount {
+        Amount {
+            tokens: self.tokens.max(o.tokens),
+            cost_micros: self.cost_micros.max(o.cost_micros),
+        }
+    }
+}
+
+/// The calendar periods budgets count in (UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Minute,
+    Day,
+    Month,
+}
+
+impl Period {
+    pub const ALL: [Period; 3] = [Self::Minute, Self::Day, Self::Month];
+
+    /// The settings' field name (`per_day`).
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Minute => "per_minute",
+            Self::Day => "per_day",
+            Self::Month => "per_month",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "minute" => Some(Self::Minute),
+            "day" => Some(Self::Day),
+            "month" => Some(Self::Month),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+
+    /// Where the period holding `t` starts.
+    pub fn start(self, t: OffsetDateTime) -> OffsetDateTime {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        match self {
+            Self::Minute => {
+                t.replace_time(Time::from_hms(t.hour(), t.minute(), 0).unwrap_or(Time::MIDNIGHT))
+            }
+            Self::Day => t.replace_time(Time::MIDNIGHT),
+            Self::Month => Date::from_calendar_date(t.year(), t.month(), 1)
+                .map_or(t, |d| d.midnight().assume_utc()),
+        }
+    }
+
+    /// Where the period holding `t` ends (the next one starts).
+    pub fn end(self, t: OffsetDateTime) -> OffsetDateTime {
+        let start = self.start(t);
+        match self {
+            Self::Minute => start + time::Duration::MINUTE,
+            Self::Day => start + time::Duration::DAY,
+            Self::Month => {
+                let (y, m) = match start.month() {
+                    Month::December => (start.year() + 1, Month::January),
+                    m => (start.year(), m.next()),
+                };
+                Date::from_calendar_date(y, m, 1).map_or(start + time::Duration::days(31), |d| {
+                    d.midnight().assume_utc()
+                })
+            }
+        }
+    }
+
+    fn of<T: Copy>(self, p: &super::settings::Periods<T>) -> Option<T> {
+        match self {
+            Self::Minute => p.per_minute,
+            Self::Day => p.per_day,
+            Self::Month => p.per_month,
+        }
+    }
+}
+
+/// What was used in one period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Unix seconds where the period starts.
+    pub start: i64,
+    pub used: Amount,
+}
+
+/// A run's or a request's claim on the budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// A run (counts against `concurrent_runs`); else a single request (a chat completion).
+    pub run: bool,
+    pub reserved: Amount,
+    /// What of it is used and counted in the windows.
+    pub settled: Amount,
+    /// Unix seconds after which the hold is reclaimed (its holder was lost).
+    pub expires: i64,
+}
+
+impl Hold {
+    /// What the hold still keeps from others.
+    fn outstanding(&self) -> Amount {
+        self.reserved.minus(self.settled)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    #[serde(default)]
+    pub minute: Window,
+    #[serde(default)]
+    pub day: Window,
+    #[serde(default)]
+    pub month: Window,
+    /// Everything ever settled here.
+    #[serde(default)]
+    pub total: Amount,
+    #[serde(default)]
+    pub holds: BTreeMap<String, Hold>,
+}
+
+impl crate::envelope::Envelope for Ledger {
+    const WHAT: &'static str = "budget ledger";
+}
+
+/// What a scope limits, in the ledger's units.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScopeLimits {
+    pub concurrent_runs: Option<u32>,
+    pub over_concurrency: OverConcurrency,
+    pub tokens: super::settings::Periods<u64>,
+    /// Micro-dollars.
+    pub cost_micros: super::settings::Periods<u64>,
+}
+
+impl From<&Limits> for ScopeLimits {
+    fn from(l: &Limits) -> Self {
+        let micros = |v: Option<f64>| v.map(|usd| (usd * 1e6).floor() as u64);
+        Self {
+            concurrent_runs: l.concurrent_runs,
+            over_concurrency: l.over_concurrency.unwrap_or_default(),
+            tokens: l.tokens,
+            cost_micros: super::settings::Periods {
+                per_minute: micros(l.cost_usd.per_minute),
+                per_day: micros(l.cost_usd.per_day),
+                per_month: micros(l.cost_usd.per_month),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LedgerOp {
+    /// Take a hold of `amount` unless it would pass a limit (a hold already there is renewed).
+    Reserve {
+        hold: String,
+        run: bool,
+        amount: Amount,
+        limits: ScopeLimits,
+        lease: time::Duration,
+    },
+    /// The hold's holder has used `total` so far: count what was not counted yet, renew.
+    Settle {
+        hold: String,
+        total: Amount,
+        lease: time::Duration,
+    },
+    /// Count what is left of `total` and drop the hold. Only the holder that ended the run
+    /// (or request) releases so.
+    Release { hold: String, total: Amount },
+    /// Drop the hold, counting nothing more: a driver that found the run already ended, or a
+    /// reservation undone. A stale driver may have taken the hold anew after the release;
+    /// dropping (not counting) keeps the count exact.
+    Drop { hold: String },
+}
+
+/// Which limit refused, and when it frees up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The setting: `tokens.per_day`, `cost_usd.per_month`, `concurrent_runs`.
+    pub limit: String,
+    /// The setting's value (tokens, micro-dollars, runs).
+    pub value: u64,
+    /// When the period resets (`None` for `concurrent_runs`: when a run ends).
+    pub resets_at: Option<OffsetDateTime>,
+    /// `concurrent_runs` with `over_concurrency = queue`: wait for a slot.
+    pub wait: bool,
+}
+
+impl Refusal {
+    /// `budget_exceeded` for tokens and cost, `quota_exceeded` for concurrency.
+    pub fn code(&self) -> &'static str {
+        if self.limit == "concurrent_runs" {
+            "quota_exceeded"
+        } else {
+            "budget_exceeded"
+        }
+    }
+
+    pub fn message(&self) -> String {
+        let value = if self.limit.starts_with("cost_usd") {
+            format!("{:.6} USD", self.value as f64 / 1e6)
+        } else {
+            self.value.to_string()
+        };
+        match self.resets_at {
+            Some(at) => format!(
+                "quota {} ({value}) would be exceeded; it resets at {}",
+                self.limit,
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+            None => format!(
+                "quota {} ({value}) reached; a slot frees when a run ends",
+                self.limit
+            ),
+        }
+    }
+}
+
+/// What applying an operation did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// Changed the ledger (write it).
+    Changed,
+    /// Nothing to change (a release of a hold that is gone).
+    Unchanged,
+    Refused(Refusal),
+}
+
+impl Ledger {
+    fn window_mut(&mut self, p: Period) -> &mut Window {
+        match p {
+            Period::Minute => &mut self.minute,
+            Period::Day => &mut self.day,
+            Period::Month => &mut self.month,
+        }
+    }
+
+    pub fn window(&self, p: Period) -> &Window {
+        match p {
+            Period::Minute => &self.minute,
+            Period::Day => &self.day,
+            Period::Month => &self.month,
+        }
+    }
+
+    /// What the holds keep from others.
+    pub fn outstanding(&self) -> Amount {
+        let mut a = Amount::default();
+        for h in self.holds.values() {
+            a.add(h.outstanding());
+        }
+        a
+    }
+
+    /// Runs holding a slot.
+    pub fn running(&self) -> usize {
+        self.holds.values().filter(|h| h.run).count()
+    }
+
+    /// Starts new periods and reclaims lapsed holds; whether anything changed.
+    pub fn roll(&mut self, now: OffsetDateTime) -> bool {
+        let mut changed = false;
+        for p in Period::ALL {
+            let start = p.start(now).unix_timestamp();
+            let w = self.window_mut(p);
+            if w.start != start {
+                *w = Window {
+                    start,
+                    used: Amount::default(),
+                };
+                changed = true;
+            }
+        }
+        let t = now.unix_timestamp();
+        let before = self.holds.len();
+        self.holds.retain(|id, h| {
+            let keep = h.expires >= t;
+            if !keep {
+                tracing::info!(hold = %id, "budget hold lapsed; reclaimed");
+            }
+            keep
+        });
+        changed || self.holds.len() != before
+    }
+
+    /// What the windows still allow in `p` (tokens, micro-dollars), `None` where unlimited.
+    pub fn remaining(&self, limits: &ScopeLimits, p: Period) -> (Option<u64>, Option<u64>) {
+        let used = self.window(p).used;
+        let out = self.outstanding();
+        (
+            p.of(&limits.tokens)
+                .map(|l| l.saturating_sub(used.tokens + out.tokens)),
+            p.of(&limits.cost_micros)
+                .map(|l| l.saturating_sub(used.cost_micros + out.cost_micros)),
+        )
+    }
+
+    fn count(&mut self, delta: Amount) {
+        for p in Period::ALL {
+            self.window_mut(p).used.add(delta);
+        }
+        self.total.add(delta);
+    }
+
+    /// Applies `op` at `now` (periods rolled and lapsed holds reclaimed first).
+    pub fn apply(&mut self, op: &LedgerOp, now: OffsetDateTime) -> Applied {
+        let rolled = self.roll(now);
+        let t = now.unix_timestamp();
+        let changed = match op {
+            LedgerOp::Reserve {
+                hold,
+                run,
+                amount,
+                limits,
+                lease,
+            } => {
+                let expires = t + lease.whole_seconds();
+                if let Some(h) = self.holds.get_mut(hold) {
+                    h.expires = expires;
+                    return Applied::Changed;
+                }
+                if let Some(refusal) = self.refusal(*run, *amount, limits, now) {
+                    return Applied::Refused(refusal);
+                }
+                self.holds.insert(
+                    hold.clone(),
+                    Hold {
+                        run: *run,
+                        reserved: *amount,
+                        settled: Amount::default(),
+                        expires,
+                    },
+                );
+                true
+            }
+            LedgerOp::Settle { hold, total, lease } => {
+                let expires = t + lease.whole_seconds();
+                match self.holds.get(hold).copied() {
+                    Some(h) => {
+                        self.count(total.minus(h.settled));
+                        if let Some(h) = self.holds.get_mut(hold) {
+                            h.settled = h.settled.max(*total);
+                            h.expires = expires;
+                        }
+                        true
+                    }
+                    // The hold is gone: released (the run ended; this driver is stale) or
+                    // lapsed (no settle for a whole lease). Counting now could count twice, so
+                    // nothing is counted: the accounting errs low, never high.
+                    None => false,
+                }
+            }
+            LedgerOp::Release { hold, total } => match self.holds.remove(hold) {
+                Some(h) => {
+                    self.count(total.minus(h.settled));
+                    true
+                }
+                None => false,
+            },
+            LedgerOp::Drop { hold } => self.holds.remove(hold).is_some(),
+        };
+        if changed || rolled {
+            Applied::Changed
+        } else {
+            Applied::Unchanged
+        }
+    }
+
+    fn refusal(
+        &self,
+        run: bool,
+        amount: Amount,
+        limits: &ScopeLimits,
+        now: OffsetDateTime,
+    ) -> Option<Refusal> {
+        if run
+            && let Some(max) = limits.concurrent_runs
+            && self.running() >= max as usize
+        {
+            return Some(Refusal {
+                limit: "concurrent_runs".into(),
+                value: u64::from(max),
+                resets_at: None,
+                wait: limits.over_concurrency == OverConcurrency::Queue,
+            });
+        }
+        let out = self.outstanding();
+        for p in Period::ALL {
+            let used = self.window(p).used;
+            let over = |limit: Option<u64>, used: u64, out: u64, want: u64, name: &str| {
+                limit
+                    .filter(|l| used.saturating_add(out).saturating_add(want) > *l)
+                    .map(|l| Refusal {
+                        limit: format!("{name}.{}", p.field()),
+                        value: l,
+                        resets_at: Some(p.end(now)),
+                        wait: false,
+                    })
+            };
+            if let Some(r) = over(
+                p.of(&limits.tokens),
+                used.tokens,
+                out.tokens,
+                amount.tokens,
+                "tokens",
+            )
+            .or_else(|| {
+                over(
+                    p.of(&limits.cost_micros),
+                    used.cost_micros,
+                    out.cost_micros,
+                    amount.cost_micros,
+                    "cost_usd",
+                )
+            }) {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::quota::settings::Periods;
+
+    fn limits(tokens_per_day: u64, runs: Option<u32>) -> ScopeLimits {
+        ScopeLimits {
+            concurrent_runs: runs,
+            tokens: Periods {
+                per_day: Some(tokens_per_day),
+                ..Periods::default()
+            },
+            ..ScopeLimits::default()
+        }
+    }
+
+    fn reserve(id: &str, tokens: u64, l: &ScopeLimits) -> LedgerOp {
+        LedgerOp::Reserve {
+            hold: id.into(),
+            run: true,
+            amount: Amount {
+                tokens,
+                cost_micros: 0,
+            },
+            limits: l.clone(),
+            lease: time::Duration::minutes(10),
+        }
+    }
+
+    fn tokens(t: u64) -> Amount {
+        Amount {
+            tokens: t,
+            cost_micros: 0,
+        }
+    }
+
+    #[test]
+    fn reserve_settle_release_refund_and_refuse_at_the_limit() {
+        let now = datetime!(2026-12-04 16:30:10 UTC);
+        let l = limits(100, None);
+        let mut led = Ledger::default();
+        assert_eq!(led.apply(&reserve("a", 60, &l), now), Applied::Changed);
+        // 60 held: 50 more would pass 100.
+        let Applied::Refused(r) = led.apply(&reserve("b", 50, &l), now) else {
+            panic!("must refuse")
+        };
+        assert_eq!(r.limit, "tokens.per_day");
+        assert_eq!(r.code(), "budget_exceeded");
+        assert_eq!(r.resets_at, Some(datetime!(2026-12-05 00:00:00 UTC)));
+        // A repeated reserve renews, never doubles.
+        assert_eq!(led.apply(&reserve("a", 60, &l), now), Applied::Changed);
+        assert_eq!(led.outstanding(), tokens(60));
+        // Settling is by running total: repeats count nothing more.
+        let settle = LedgerOp::Settle {
+            hold: "a".into(),
+            total: tokens(20),
+            lease: time::Duration::minutes(10),
+        };
+        led.apply(&settle, now);
+        led.apply(&settle, now);
+        assert_eq!(led.day.used, tokens(20));
+        assert_eq!(led.outstanding(), tokens(40));
+        // Release at 30 used refunds the other 30.
+        let release = LedgerOp::Release {
+            hold: "a".into(),
+            total: tokens(30),
+        };
+        assert_eq!(led.apply(&release, now), Applied::Changed);
+        assert_eq!(led.apply(&release, now), Applied::Unchanged);
+        assert_eq!((led.day.used, led.outstanding()), (tokens(30), tokens(0)));
+        assert_eq!(led.apply(&reserve("b", 50, &l), now), Applied::Changed);
+        // The next day starts from zero.
+        let tomorrow = datetime!(2026-12-05 00:00:01 UTC);
+        led.apply(
+            &LedgerOp::Release {
+                hold: "b".into(),
+                total: tokens(50),
+            },
+            now,
+        );
+        assert_eq!(led.day.used, tokens(80));
+        led.roll(tomorrow);
+        assert_eq!((led.day.used, led.month.used), (tokens(0), tokens(80)));
+    }
+
+    #[test]
+    fn concurrency_and_lapsed_holds() {
+        let now = datetime!(2026-12-31 23:59:59 UTC);
+        let l = limits(1_000_000, Some(2));
+        let mut led = Ledger::default();
+        led.apply(&reserve("a", 1, &l), now);
+        led.apply(&reserve("b", 1, &l), now);
+        let Applied::Refused(r) = led.apply(&reserve("c", 1, &l), now) else {
+            panic!("third run must wait")
+        };
+        assert!(r.wait && r.code() == "quota_exceeded" && r.resets_at.is_none());
+        // The holders were lost: their leases lapse and the slot frees.
+        let later = now + time::Duration::minutes(11);
+        assert_eq!(led.apply(&reserve("c", 1, &l), later), Applied::Changed);
+        assert_eq!(led.running(), 1);
+        assert_eq!(Period::Month.end(now), datetime!(2027-01-01 00:00:00 UTC));
+        assert_eq!(
+            Period::Minute.start(later),
+            datetime!(2027-01-01 00:10:00 UTC)
+        );
+    }
+}

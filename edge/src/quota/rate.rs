@@ -1,0 +1,111 @@
+//! Request rates, cluster-wide. Every authenticated request of a tenant with a `rate` setting
+//! (its principal's override, else the tenant's) passes two checks: this edge's own `governor`
+//! limiter at the same rate, which refuses at once when this edge alone is over (no round trip),
+//! then the shared GCRA state in KV `agentos-usage`, advanced by compare-and-set, which holds
+//! the rate for the sum over every edge. A refusal is `429 rate_limited` with `Retry-After`,
+//! `retry-after-ms` and OpenAI's `x-ratelimit-*-requests` headers, so SDKs back off on their own.
+//!
+//! Drift: the shared state is exact up to the edges' clock skew (it compares each edge's wall
+//! clock with the stored arrival time), so over `T` seconds at most `rate × T + burst + rate ×
+//! skew` requests pass; the local fast path never admits alone, it only refuses early, and may
+//! refuse a request the cluster would have let through only while this edge alone is over the rate.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use agentos_bus::envelope::TenantRecord;
+use agentos_bus::key::{self, Key};
+use agentos_bus::quota::{Rate, RateDecision, interval_ms};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, AuthContext};
+
+/// This edge's limiters, one per scope and rate (a changed setting gets a fresh one).
+#[derive(Default)]
+pub(crate) struct LocalRates(Mutex<HashMap<Key, (Rate, Arc<DefaultDirectRateLimiter>)>>);
+
+impl LocalRates {
+    fn limiter(&self, key: &Key, rate: Rate) -> Arc<DefaultDirectRateLimiter> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((r, l)) = map.get(key)
+            && *r == rate
+        {
+            return l.clone();
+        }
+        let period = Duration::from_millis(interval_ms(&rate) as u64);
+        let burst = NonZeroU32::new(rate.burst()).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        let limiter = Arc::new(DefaultDirectRateLimiter::direct(quota));
+        map.insert(key.clone(), (rate, limiter.clone()));
+        limiter
+    }
+}
+
+/// Refuses the request when its tenant's (or principal's) rate is spent, here or cluster-wide.
+pub(crate) async fn check(
+    state: &AppState,
+    auth: &AuthContext,
+    rec: Option<&TenantRecord>,
+) -> ApiResult<()> {
+    let Some((scope, rate)) = rec.and_then(|r| r.quotas.rate(Some(&auth.subject))) else {
+        return Ok(());
+    };
+    let key = key::rate(&auth.tenant, &scope);
+    if let Err(not_until) = state.rates.limiter(&key, rate).check() {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let ms = (wait.as_millis() as u64).max(1);
+        return Err(limited(&RateDecision {
+            allowed: false,
+            limit: rate.burst(),
+            remaining: 0,
+            retry_after_ms: ms,
+            reset_ms: ms,
+        }));
+    }
+    let decision = state.budgets.take_rate(&key, &rate).await?;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(limited(&decision))
+    }
+}
+
+/// `429 rate_limited` with the headers SDKs honour.
+fn limited(d: &RateDecision) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "request rate limit reached ({} at once); retry after {} ms",
+            d.limit, d.retry_after_ms
+        ),
+    )
+    .with_param("quotas.rate");
+    e.retry_after = Some(d.retry_after_ms.div_ceil(1000).max(1));
+    let header = |name: &'static str, value: String| {
+        HeaderValue::from_str(&value)
+            .ok()
+            .map(|v| (HeaderName::from_static(name), v))
+    };
+    e.headers.extend(
+        [
+            header("retry-after-ms", d.retry_after_ms.to_string()),
+            header("x-ratelimit-limit-requests", d.limit.to_string()),
+            header("x-ratelimit-remaining-requests", d.remaining.to_string()),
+            header(
+                "x-ratelimit-reset-requests",
+                format!("{}ms", d.reset_ms.max(d.retry_after_ms)),
+            ),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    e
+}
