@@ -206,6 +206,7 @@ async fn claim(
         match rec.claim_answer(wait, submission) {
             Claim::Ours => return Ok(rec),
             Claim::Taken => return Err(already_answered(&rec.id)),
+            Claim::Moved => return moved_on(state, auth, rec, wait, submission).await,
             Claim::Write => {}
         }
         rec.updated_at = agentos_bus::envelope::now();

@@ -217,8 +217,14 @@ async fn prometheus_scrapes_runs_by_outcome_and_tokens_by_model() {
     assert_eq!(tenants.get("other"), Some(&1.0), "{tenants:?}");
 
     // Every process is up, and none exceeded the scrape limits.
-    let up = by(&prom.query(&p.http, "up").await.expect("up"), "instance");
-    assert_eq!(up.len(), targets(&p).len(), "{up:?}");
+    // (Prometheus scrapes each target on its own schedule: wait until it has seen them all.)
+    let want = targets(&p).len();
+    let up = eventually("every target scraped", Duration::from_secs(30), || async {
+        let up = by(&prom.query(&p.http, "up").await?, "instance");
+        (up.len() == want).then_some(up)
+    })
+    .await
+    .expect("up");
     assert!(up.values().all(|v| *v == 1.0), "{up:?}");
 
     // HTTP requests by matched route (a template, never a raw path) and status class.

@@ -137,7 +137,9 @@ async fn one_run_with_two_tool_calls_is_one_trace_across_four_processes() {
             .cloned()
             .collect();
         let tool_calls = all.iter().filter(|s| s.name == "tool").count();
-        (tool_calls >= 2 && all.iter().any(|s| s.name == "model")).then_some(all)
+        // Each process exports on its own schedule: wait for the orchestrator's too.
+        let orchestrator = all.iter().any(|s| s.service == "agentos-orchestrator");
+        (tool_calls >= 2 && orchestrator && all.iter().any(|s| s.name == "model")).then_some(all)
     })
     .await
     .expect("spans");

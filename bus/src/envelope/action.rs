@@ -256,6 +256,8 @@ pub enum Claim {
     Ours,
     /// Another answer claimed it first.
     Taken,
+    /// The run is past this wait (answered and resumed, or ended): read its journal again.
+    Moved,
 }
 
 /// How far from submission a run's `expires_at` may be: the run queue's age limit, which the

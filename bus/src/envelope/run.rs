@@ -247,6 +247,12 @@ impl RunRecord {
     /// the one its run resumes with, whoever claims it (the edge that took the answer, or the
     /// orchestrator that holds it).
     pub fn claim_answer(&mut self, wait: &RequiredAction, submission: &str) -> Claim {
+        // A run that has moved past this wait (or ended) takes no answer for it: a driver
+        // holding a stale journal must not write a wait back into the record (found by the
+        // simulation).
+        if self.status.is_terminal() || self.last_seq > wait.seq {
+            return Claim::Moved;
+        }
         match &mut self.required_action {
             Some(current) if current.seq == wait.seq => match &current.answered_by {
                 Some(by) if by == submission => Claim::Ours,

@@ -13,6 +13,10 @@ use time::{Date, Month, OffsetDateTime, Time};
 
 use super::settings::{Limits, OverConcurrency};
 
+/// Seconds an ended hold is kept as a marker, so that a stale driver (one still acting on a
+/// journal read before the run ended) neither takes it anew nor counts its usage again.
+pub const ENDED_KEPT: i64 = 120;
+
 /// Tokens and cost (micro-dollars: millionths of a US dollar).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amount {
@@ -136,11 +140,20 @@ pub struct Hold {
     pub settled: Amount,
     /// Unix seconds after which the hold is reclaimed (its holder was lost).
     pub expires: i64,
+    /// Ended (released by its run's finisher, or dropped by a driver that found the run ended):
+    /// it keeps nothing and counts nothing more, is never taken anew (a stale driver's
+    /// reserve), and still lets a finisher that comes after a drop count exactly the rest.
+    /// Lapses [`ENDED_KEPT`] seconds later.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
 }
 
 impl Hold {
     /// What the hold still keeps from others.
     fn outstanding(&self) -> Amount {
+        if self.dropped {
+            return Amount::default();
+        }
         self.reserved.minus(self.settled)
     }
 }
@@ -209,10 +222,13 @@ pub enum LedgerOp {
     /// Count what is left of `total` and drop the hold. Only the holder that ended the run
     /// (or request) releases so.
     Release { hold: String, total: Amount },
-    /// Drop the hold, counting nothing more: a driver that found the run already ended, or a
-    /// reservation undone. A stale driver may have taken the hold anew after the release;
-    /// dropping (not counting) keeps the count exact.
+    /// Drop the hold, counting nothing more: a driver that found the run already ended. A
+    /// stale driver may have taken the hold anew after the release; dropping (not counting)
+    /// keeps the count exact. A dropped hold stays, inert, until the finisher's release or its
+    /// lease, so it is never taken anew in between.
     Drop { hold: String },
+    /// Remove a reservation taken a moment ago and not used (another scope refused the run).
+    Undo { hold: String },
 }
 
 /// Which limit refused, and when it frees up.
@@ -297,7 +313,7 @@ impl Ledger {
 
     /// Runs holding a slot.
     pub fn running(&self) -> usize {
-        self.holds.values().filter(|h| h.run).count()
+        self.holds.values().filter(|h| h.run && !h.dropped).count()
     }
 
     /// Starts new periods and reclaims lapsed holds; whether anything changed.
@@ -338,6 +354,16 @@ impl Ledger {
         )
     }
 
+    /// Marks a hold ended: it keeps and counts nothing more, and lapses after [`ENDED_KEPT`].
+    fn end(&mut self, hold: &str, settled: Amount, now: i64) {
+        if let Some(h) = self.holds.get_mut(hold) {
+            h.dropped = true;
+            h.settled = settled;
+            h.reserved = settled;
+            h.expires = h.expires.min(now + ENDED_KEPT);
+        }
+    }
+
     fn count(&mut self, delta: Amount) {
         for p in Period::ALL {
             self.window_mut(p).used.add(delta);
@@ -359,6 +385,10 @@ impl Ledger {
             } => {
                 let expires = t + lease.whole_seconds();
                 if let Some(h) = self.holds.get_mut(hold) {
+                    if h.dropped {
+                        // Its run has ended: a stale driver does not take it anew.
+                        return Applied::Unchanged;
+                    }
                     h.expires = expires;
                     return Applied::Changed;
                 }
@@ -372,13 +402,14 @@ impl Ledger {
                         reserved: *amount,
                         settled: Amount::default(),
                         expires,
+                        dropped: false,
                     },
                 );
                 true
             }
             LedgerOp::Settle { hold, total, lease } => {
                 let expires = t + lease.whole_seconds();
-                match self.holds.get(hold).copied() {
+                match self.holds.get(hold).copied().filter(|h| !h.dropped) {
                     Some(h) => {
                         self.count(total.minus(h.settled));
                         if let Some(h) = self.holds.get_mut(hold) {
@@ -393,14 +424,28 @@ impl Ledger {
                     None => false,
                 }
             }
-            LedgerOp::Release { hold, total } => match self.holds.remove(hold) {
+            // The hold stays for a while as an ended marker (see `ENDED_KEPT`): a stale driver
+            // must neither take it anew nor settle on it again (found by the simulation).
+            LedgerOp::Release { hold, total } => match self.holds.get(hold).copied() {
                 Some(h) => {
-                    self.count(total.minus(h.settled));
-                    true
+                    let rest = total.minus(h.settled);
+                    self.count(rest);
+                    self.end(hold, h.settled.max(*total), t);
+                    !h.dropped || rest != Amount::default()
                 }
                 None => false,
             },
-            LedgerOp::Drop { hold } => self.holds.remove(hold).is_some(),
+            LedgerOp::Drop { hold } => match self.holds.get(hold).copied() {
+                Some(h) if !h.dropped => {
+                    self.end(hold, h.settled, t);
+                    true
+                }
+                _ => false,
+            },
+            LedgerOp::Undo { hold } => match self.holds.get(hold) {
+                Some(h) if !h.dropped => self.holds.remove(hold).is_some(),
+                _ => false,
+            },
         };
         if changed || rolled {
             Applied::Changed
@@ -492,6 +537,44 @@ mod tests {
             limits: l.clone(),
             lease: time::Duration::minutes(10),
         }
+    }
+
+    /// Stale drivers (acting on a journal read before the run ended) neither take an ended
+    /// hold anew nor count its usage again; a finisher after a drop counts exactly the rest.
+    #[test]
+    fn an_ended_hold_is_never_counted_twice() {
+        let now = datetime!(2026-12-04 12:00:00 UTC);
+        let l = limits(1_000_000, Some(5));
+        let settle = |id: &str, t: u64| LedgerOp::Settle {
+            hold: id.into(),
+            total: tokens(t),
+            lease: time::Duration::minutes(10),
+        };
+        let release = |id: &str, t: u64| LedgerOp::Release {
+            hold: id.into(),
+            total: tokens(t),
+        };
+        let mut led = Ledger::default();
+        // Released at 5, then a stale reserve and a stale settle of the same 5.
+        led.apply(&reserve("a", 100, &l), now);
+        led.apply(&release("a", 5), now);
+        assert_eq!(led.apply(&reserve("a", 100, &l), now), Applied::Unchanged);
+        assert_eq!(led.apply(&settle("a", 5), now), Applied::Unchanged);
+        assert_eq!((led.total, led.running()), (tokens(5), 0));
+        // Settled 3, dropped by a driver that saw the end, a stale reserve, then the finisher
+        // releases with the final 8: 8 in all.
+        led.apply(&reserve("b", 100, &l), now);
+        led.apply(&settle("b", 3), now);
+        led.apply(&LedgerOp::Drop { hold: "b".into() }, now);
+        assert_eq!(led.apply(&reserve("b", 100, &l), now), Applied::Unchanged);
+        led.apply(&release("b", 8), now);
+        assert_eq!(
+            (led.total, led.running(), led.outstanding()),
+            (tokens(13), 0, tokens(0))
+        );
+        // The markers lapse after a while.
+        led.roll(now + time::Duration::seconds(ENDED_KEPT + 1));
+        assert!(led.holds.is_empty());
     }
 
     fn tokens(t: u64) -> Amount {

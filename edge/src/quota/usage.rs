@@ -164,7 +164,7 @@ fn scope_view(
         "reserved": {"tokens": reserved.tokens, "cost_usd": reserved.cost_micros as f64 / 1e6},
         "total": {"tokens": ledger.total.tokens, "cost_usd": ledger.total.cost_micros as f64 / 1e6},
         "running": ledger.running(),
-        "holds": ledger.holds.len(),
+        "holds": ledger.holds.values().filter(|h| !h.dropped).count(),
         "limits": {
             "tokens": limit_tokens, "cost_usd": limit_cost,
             "concurrent_runs": limits.concurrent_runs,

@@ -131,11 +131,13 @@ impl<P: Port> Driver<'_, P> {
             };
             let Applied::Refused(refusal) = self.port.ledger(&self.req.tenant, scope, &op).await?
             else {
+                self.reserved
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 continue;
             };
             // Let go of what the earlier scopes granted.
             for (earlier, _, _) in &scopes[..i] {
-                let release = LedgerOp::Drop { hold: hold.clone() };
+                let release = LedgerOp::Undo { hold: hold.clone() };
                 self.port
                     .ledger(&self.req.tenant, earlier, &release)
                     .await?;

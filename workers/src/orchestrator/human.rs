@@ -49,9 +49,13 @@ impl<P: Port> Driver<'_, P> {
     /// Decides, from the journal just read, what a continuation or a wake does.
     pub(super) async fn on_trigger(&mut self, trigger: &Trigger) -> Result<Go, Stop> {
         if self.state.ended().is_some() {
-            // Drive on to make sure the record shows the end: the carrier that journaled it may
-            // have died before projecting it (found by the simulation).
-            return Ok(Go::Drive);
+            // Make sure the record (and the thread) show the end: the carrier that journaled it
+            // may have died before projecting it (found by the simulation). Nothing else: its
+            // budget hold is the finisher's to release (dropping it here raced the finisher's
+            // release into counting the run twice, also found by the simulation).
+            self.record_turn().await?;
+            self.project_terminal().await?;
+            return Ok(Go::Skip);
         }
         match trigger {
             Trigger::Submission => Ok(Go::Drive),
@@ -129,6 +133,9 @@ impl<P: Port> Driver<'_, P> {
             match rec.claim_answer(wait, submission) {
                 Claim::Ours => return Ok(true),
                 Claim::Taken => return Ok(false),
+                // This driver's journal is stale (another driver of this delivery went on):
+                // read it again and decide anew.
+                Claim::Moved => return Err(Stop::Conflict),
                 Claim::Write => {}
             }
             rec.updated_at = self.port.now();

@@ -479,14 +479,19 @@ fn budgets(w: &World, runs: &[SimRun], ended: &mut Seen) -> std::result::Result<
             ledger.total.tokens
         ));
     }
-    for hold in ledger.holds.keys() {
+    for (hold, _) in ledger.holds.iter().filter(|(_, h)| !h.dropped) {
         if !runs.iter().any(|r| r.req.run_id.to_string() == *hold) {
             return Err(format!("a budget hold {hold} of no run"));
         }
     }
     ended.budget_released += runs
         .iter()
-        .filter(|r| !ledger.holds.contains_key(&r.req.run_id.to_string()))
+        .filter(|r| {
+            ledger
+                .holds
+                .get(&r.req.run_id.to_string())
+                .is_none_or(|h| h.dropped)
+        })
         .count() as u64;
     Ok(())
 }

@@ -632,6 +632,7 @@ fn answer_waiting(
             }
             let took = match current.claim_answer(&wait, &submission) {
                 Claim::Ours => true,
+                Claim::Moved => false,
                 Claim::Taken => {
                     w.seen.answer_conflicts += 1;
                     false
