@@ -230,7 +230,7 @@ async fn a_budget_for_exactly_50_admits_50_of_200_runs_and_50_of_200_chat_comple
         .sum();
     let l = eventually("every hold released", Duration::from_secs(30), || async {
         let l = ledger(&p, "acme").await;
-        l.holds.is_empty().then_some(l)
+        l.holds.values().all(|h| h.dropped).then_some(l)
     })
     .await
     .expect("released");
@@ -333,7 +333,7 @@ async fn a_budget_for_exactly_50_admits_50_of_200_runs_and_50_of_200_chat_comple
         Duration::from_secs(30),
         || async {
             let l = ledger(&p, "chatco").await;
-            l.holds.is_empty().then_some(l)
+            l.holds.values().all(|h| h.dropped).then_some(l)
         },
     )
     .await
@@ -461,7 +461,7 @@ async fn a_concurrency_limit_of_3_holds_under_100_queued_runs_and_other_tenants_
     );
     let l = eventually("slots released", Duration::from_secs(30), || async {
         let l = ledger(&p, "acme").await;
-        l.holds.is_empty().then_some(l)
+        l.holds.values().all(|h| h.dropped).then_some(l)
     })
     .await
     .expect("released");
@@ -569,7 +569,7 @@ async fn kill_9_of_the_orchestrator_holding_a_reserved_run_returns_the_reservati
         Duration::from_secs(30),
         || async {
             let l = ledger(&p, "acme").await;
-            l.holds.is_empty().then_some(l)
+            l.holds.values().all(|h| h.dropped).then_some(l)
         },
     )
     .await
