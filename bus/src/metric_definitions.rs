@@ -11,6 +11,7 @@ use crate::id::Tenant;
 use crate::status::{ConsumerStatus, StreamStatus};
 
 pub const DEAD_LETTERS_TOTAL: &str = "agentos_dead_letters_total";
+pub const QUOTA_REJECTIONS_TOTAL: &str = "agentos_quota_rejections_total";
 pub const STREAM_MESSAGES: &str = "agentos_stream_messages";
 pub const CONSUMER_PENDING_MESSAGES: &str = "agentos_consumer_pending_messages";
 pub const CONSUMER_ACK_PENDING_MESSAGES: &str = "agentos_consumer_ack_pending_messages";
@@ -42,6 +43,11 @@ pub fn tenant_label(tenant: &Tenant) -> SharedString {
 
 /// Registers the help text and unit of every metric above (with the process's recorder).
 pub fn describe() {
+    describe_counter!(
+        QUOTA_REJECTIONS_TOTAL,
+        Unit::Count,
+        "Requests and runs refused by a quota, by tenant and code (rate_limited, budget_exceeded, quota_exceeded)"
+    );
     describe_counter!(
         DEAD_LETTERS_TOTAL,
         Unit::Count,
@@ -77,6 +83,11 @@ pub fn describe() {
         Unit::Count,
         "Pull requests waiting on a consumer: 0 means no worker is pulling (polled)"
     );
+}
+
+/// A request (edge) or a run (orchestrator) refused by one of `tenant`'s quotas.
+pub fn quota_rejected(tenant: &Tenant, code: &'static str) {
+    counter!(QUOTA_REJECTIONS_TOTAL, "tenant" => tenant_label(tenant), "code" => code).increment(1);
 }
 
 pub(crate) fn dead_lettered(kind: &'static str, code: &'static str) {

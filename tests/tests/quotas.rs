@@ -646,6 +646,23 @@ async fn a_rate_of_10_per_second_holds_across_two_edges_and_the_openai_sdk_backs
     assert!((1..=100).contains(&ms), "retry-after-ms {ms} at 10/s");
     assert_eq!(headers["x-ratelimit-limit-requests"], "10");
     assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    // The refusals are counted in the edge's metrics (tenants not allow-listed are `other`).
+    let metrics = p
+        .http
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("agentos_quota_rejections_total{")
+                && l.contains("code=\"rate_limited\"")),
+        "no quota rejection counted: {metrics}"
+    );
 
     // Tokens refill: after a quiet second, a burst of 10 passes again.
     tokio::time::sleep(Duration::from_millis(1100)).await;

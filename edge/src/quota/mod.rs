@@ -92,6 +92,7 @@ pub(crate) async fn hold_chat(
         };
         let key = key::ledger(&auth.tenant, &scope);
         if let Applied::Refused(r) = state.budgets.apply(&key, &op).await? {
+            agentos_bus::metric_definitions::quota_rejected(&auth.tenant, r.code());
             // Dropping `hold` releases what the earlier scopes granted.
             return Err(refused(&r));
         }

@@ -59,6 +59,7 @@ pub(crate) async fn check(
     };
     let key = key::rate(&auth.tenant, &scope);
     if let Err(not_until) = state.rates.limiter(&key, rate).check() {
+        agentos_bus::metric_definitions::quota_rejected(&auth.tenant, "rate_limited");
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let ms = (wait.as_millis() as u64).max(1);
         return Err(limited(&RateDecision {
@@ -73,6 +74,7 @@ pub(crate) async fn check(
     if decision.allowed {
         Ok(())
     } else {
+        agentos_bus::metric_definitions::quota_rejected(&auth.tenant, "rate_limited");
         Err(limited(&decision))
     }
 }

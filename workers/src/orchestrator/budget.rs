@@ -146,6 +146,7 @@ impl<P: Port> Driver<'_, P> {
                 tracing::debug!(run = %self.req.run_id, limit = %refusal.limit, "over the concurrency limit; queued");
                 return Err(Stop::Queued(self.opts.quota_poll));
             }
+            agentos_bus::metric_definitions::quota_rejected(&self.req.tenant, refusal.code());
             return Ok(Some(ErrorBody::new(refusal.code(), refusal.message())));
         }
         Ok(None)
