@@ -10,9 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use agentos_bus::envelope::EventData;
 use agentos_bus::id::{RunId, Tenant};
-use agentos_e2e::{Options, Platform, cpu_secs, eventually, millis, percentile};
+use agentos_e2e::{Options, Platform, cpu_secs, millis, percentile};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde_json::json;
@@ -55,21 +54,7 @@ async fn takeover() -> Result<()> {
         .iter()
         .map(|r| RunId::parse(r))
         .collect::<Result<_, _>>()?;
-    eventually(
-        "every tool call started",
-        Duration::from_secs(60),
-        || async {
-            for id in &ids {
-                let journal = p.bus.read_journal(&tenant, id).await.ok()?;
-                journal
-                    .iter()
-                    .any(|s| matches!(s.event.data, EventData::ToolStarted { .. }))
-                    .then_some(())?;
-            }
-            Some(())
-        },
-    )
-    .await?;
+    p.wait_tool_started(&tenant, &ids).await?;
     p.spawn_orchestrator()?;
     p.wait_services(2).await?;
     if let Some(first) = p.procs.iter_mut().find(|c| c.name == "orchestrator") {

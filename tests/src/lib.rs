@@ -259,6 +259,43 @@ impl Platform {
         Ok(&mut self.procs[last])
     }
 
+    /// Waits until every one of `runs` (tenant `tenant`) has journaled `tool.started`.
+    pub async fn wait_tool_started(
+        &self,
+        tenant: &agentos_bus::id::Tenant,
+        runs: &[agentos_bus::id::RunId],
+    ) -> Result<()> {
+        eventually(
+            "every tool call started",
+            Duration::from_secs(60),
+            || async {
+                for id in runs {
+                    let journal = self.bus.read_journal(tenant, id).await.ok()?;
+                    journal
+                        .iter()
+                        .any(|s| s.event.type_name() == "tool.started")
+                        .then_some(())?;
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+
+    /// Starts one more edge on the same NATS, with the same settings; its URL once it is ready.
+    pub async fn spawn_edge(&mut self) -> Result<String> {
+        let port = free_port()?;
+        self.spawn("edge", &["edge", "--listen", &format!("127.0.0.1:{port}")])?;
+        let url = format!("http://127.0.0.1:{port}");
+        let (http, ready) = (self.http.clone(), format!("{url}/readyz"));
+        eventually("another edge ready", Duration::from_secs(60), || async {
+            let r = http.get(&ready).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await?;
+        Ok(url)
+    }
+
     pub fn spawn_orchestrator(&mut self) -> Result<&mut Proc> {
         self.spawn("orchestrator", &["worker", "orchestrator"])
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{Continuation, EventData, SubmitMessage, ToolOutput};
 use agentos_bus::id::{RunId, Tenant};
-use agentos_e2e::{CountingServer, Options, Platform, eventually, free_port};
+use agentos_e2e::{CountingServer, Options, Platform, eventually};
 use serde_json::{Value, json};
 
 /// Long-polls until the run has `status`.
@@ -46,21 +46,6 @@ async fn journal(p: &Platform, run: &str) -> Vec<EventData> {
 
 fn count(events: &[EventData], kind: &str) -> usize {
     events.iter().filter(|e| e.type_name() == kind).count()
-}
-
-async fn second_edge(p: &mut Platform) -> String {
-    let port = free_port().expect("port");
-    p.spawn("edge2", &["edge", "--listen", &format!("127.0.0.1:{port}")])
-        .expect("second edge");
-    let url = format!("http://127.0.0.1:{port}");
-    let (http, ready) = (p.http.clone(), format!("{url}/readyz"));
-    eventually("second edge", Duration::from_secs(60), || async {
-        let r = http.get(&ready).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await
-    .expect("second edge ready");
-    url
 }
 
 async fn post_at(p: &Platform, base: &str, path: &str, body: &Value) -> (u16, Value) {
@@ -100,7 +85,7 @@ async fn a_waiting_run_survives_every_orchestrator_and_nats_and_resumes_once() {
     })
     .await
     .expect("platform");
-    let edge2 = second_edge(&mut p).await;
+    let edge2 = p.spawn_edge().await.expect("another edge");
     p.create_agent(lookup_agent()).await.expect("agent");
     let run = p.start_run("asker", "ask the caller").await.expect("run");
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{Event, EventData};
 use agentos_bus::id::{RunId, Tenant};
-use agentos_e2e::{Options, Platform, eventually, free_port};
+use agentos_e2e::{Options, Platform, eventually};
 use serde_json::{Value, json};
 
 /// The lease the orchestrators run with here.
@@ -20,18 +20,7 @@ struct Edges {
 
 impl Edges {
     async fn start(p: &mut Platform) -> Self {
-        let port = free_port().expect("port");
-        p.spawn("edge2", &["edge", "--listen", &format!("127.0.0.1:{port}")])
-            .expect("second edge");
-        let second = format!("http://127.0.0.1:{port}");
-        let http = p.http.clone();
-        let ready = format!("{second}/readyz");
-        eventually("second edge", Duration::from_secs(60), || async {
-            let r = http.get(&ready).send().await.ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await
-        .expect("second edge ready");
+        let second = p.spawn_edge().await.expect("second edge");
         Self {
             urls: [p.edge_url.clone(), second],
         }

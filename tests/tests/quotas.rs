@@ -9,25 +9,8 @@ use agentos_bus::envelope::{Event, EventData};
 use agentos_bus::id::{RunId, Tenant};
 use agentos_bus::key::{self, Scope};
 use agentos_bus::quota::Ledger;
-use agentos_e2e::{
-    Options, Platform, eventually, free_port, millis, mint, mint_with_roles, percentile,
-};
+use agentos_e2e::{Options, Platform, eventually, millis, mint, mint_with_roles, percentile};
 use serde_json::{Value, json};
-
-async fn second_edge(p: &mut Platform) -> String {
-    let port = free_port().expect("port");
-    p.spawn("edge2", &["edge", "--listen", &format!("127.0.0.1:{port}")])
-        .expect("second edge");
-    let url = format!("http://127.0.0.1:{port}");
-    let (http, ready) = (p.http.clone(), format!("{url}/readyz"));
-    eventually("second edge", Duration::from_secs(60), || async {
-        let r = http.get(&ready).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await
-    .expect("second edge ready");
-    url
-}
 
 async fn send(
     p: &Platform,
@@ -130,7 +113,7 @@ async fn a_budget_for_exactly_50_admits_50_of_200_runs_and_50_of_200_chat_comple
     })
     .await
     .expect("platform");
-    let edge2 = second_edge(&mut p).await;
+    let edge2 = p.spawn_edge().await.expect("another edge");
     let edges = [p.edge_url.clone(), edge2];
     let echo = json!({"id": "echo", "model": "scripted"});
 
@@ -359,7 +342,7 @@ async fn a_concurrency_limit_of_3_holds_under_100_queued_runs_and_other_tenants_
     })
     .await
     .expect("platform");
-    let edge2 = second_edge(&mut p).await;
+    let edge2 = p.spawn_edge().await.expect("another edge");
     let edges = [p.edge_url.clone(), edge2];
     let (s, v) =
         admin_create_tenant(&p, json!({"id": "acme", "quotas": {"concurrent_runs": 3}})).await;
@@ -585,7 +568,7 @@ async fn kill_9_of_the_orchestrator_holding_a_reserved_run_returns_the_reservati
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rate_of_10_per_second_holds_across_two_edges_and_the_openai_sdk_backs_off() {
     let mut p = Platform::start(Options::default()).await.expect("platform");
-    let edge2 = second_edge(&mut p).await;
+    let edge2 = p.spawn_edge().await.expect("another edge");
     let edges = [p.edge_url.clone(), edge2];
     let (s, v) = admin_create_tenant(
         &p,

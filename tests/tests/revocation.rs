@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agentos_e2e::{Options, Platform, SECRET, eventually, free_port, mint, mint_with_roles};
+use agentos_e2e::{Options, Platform, SECRET, eventually, mint, mint_with_roles};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
@@ -22,21 +22,6 @@ fn token_with_jti(jti: &str) -> String {
     .expect("sign")
 }
 
-async fn start_edge(p: &mut Platform) -> String {
-    let port = free_port().expect("port");
-    p.spawn("edge2", &["edge", "--listen", &format!("127.0.0.1:{port}")])
-        .expect("edge");
-    let url = format!("http://127.0.0.1:{port}");
-    let (http, ready) = (p.http.clone(), format!("{url}/readyz"));
-    eventually("edge ready", Duration::from_secs(60), || async {
-        let r = http.get(&ready).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await
-    .expect("edge ready");
-    url
-}
-
 async fn status(p: &Platform, base: &str, token: &str) -> (u16, serde_json::Value) {
     let r = p
         .http
@@ -52,7 +37,7 @@ async fn status(p: &Platform, base: &str, token: &str) -> (u16, serde_json::Valu
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_token_is_refused_by_every_edge_within_moments() {
     let mut p = Platform::start(Options::default()).await.expect("platform");
-    let edge2 = start_edge(&mut p).await;
+    let edge2 = p.spawn_edge().await.expect("another edge");
     let edges = [p.edge_url.clone(), edge2.clone()];
     let stolen = token_with_jti("stolen-1");
     let other = token_with_jti("fine-2");
@@ -114,7 +99,7 @@ async fn a_revoked_token_is_refused_by_every_edge_within_moments() {
         assert_eq!(status(&p, base, &other).await.0, 200, "another token works");
     }
     // A new edge loads the list at start.
-    let edge3 = start_edge(&mut p).await;
+    let edge3 = p.spawn_edge().await.expect("another edge");
     assert_eq!(status(&p, &edge3, &stolen).await.0, 401);
     assert_eq!(status(&p, &edge3, &other).await.0, 200);
 }

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use agentos_bus::envelope::EventData;
 use agentos_bus::id::{RunId, Tenant};
-use agentos_e2e::{Options, Platform, eventually, percentile};
+use agentos_e2e::{Options, Platform, percentile};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,22 +39,7 @@ async fn a_killed_orchestrators_runs_are_taken_over_within_the_ack_wait() {
     let tenant = Tenant::parse("acme").expect("tenant");
     let ids: Vec<RunId> = runs.iter().map(|r| RunId::parse(r).expect("id")).collect();
     // Every run is inside its tool call on the only orchestrator.
-    eventually(
-        "every tool call started",
-        Duration::from_secs(30),
-        || async {
-            for id in &ids {
-                let journal = p.bus.read_journal(&tenant, id).await.ok()?;
-                journal
-                    .iter()
-                    .any(|s| matches!(s.event.data, EventData::ToolStarted { .. }))
-                    .then_some(())?;
-            }
-            Some(())
-        },
-    )
-    .await
-    .expect("started");
+    p.wait_tool_started(&tenant, &ids).await.expect("started");
     p.spawn_orchestrator().expect("second orchestrator");
     p.wait_services(2).await.expect("second orchestrator up");
     let victim = p
