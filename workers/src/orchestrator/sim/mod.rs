@@ -13,6 +13,7 @@
 //! `AGENTOS_SIM_SCHEDULES` sets how many schedules run (default 8,000; 200,000 with
 //! `AGENTOS_LONG_TESTS=1`, as `scripts/test-long` runs it).
 
+mod callers;
 mod check;
 mod port;
 mod world;
@@ -25,8 +26,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use agentos_bus::envelope::{
-    ActionKind, AgentSpec, Approval, ChatMessage, Claim, Continuation, Event, EventData,
-    MultitaskStrategy, Role, RunRecord, RunRequest, RunStatus, ThreadTurn, ToolOutput,
+    AgentSpec, ChatMessage, MultitaskStrategy, Role, RunRecord, RunRequest, ThreadTurn,
 };
 use agentos_bus::id::{AgentId, ModelName, RunId, Tenant, ThreadId, ToolName};
 use serde_json::json;
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::OrchestratorOptions;
 use super::drive::{Attempt, Disposition, drive};
 use super::human::Trigger;
+use callers::{Accepted, Msg, answer_waiting, edge_cancel};
 use check::{Seen, check};
 use port::SimPort;
 use world::*;
@@ -118,25 +119,9 @@ struct Task {
     fut: DriveFuture,
 }
 
-struct SimRun {
-    req: RunRequest,
-    cancel: CancellationToken,
-}
-
-/// A message on the runs subject, acked once processed.
-pub(super) struct Msg {
-    pub(super) run: usize,
-    pub(super) trigger: Trigger,
-    pub(super) acked: bool,
-    /// An answer that does not fit its wait (a direct publisher's mistake): never applied.
-    pub(super) invalid: bool,
-}
-
-/// An answer a caller was told was taken (`202`): it claimed the wait at `seq`.
-pub(super) struct Accepted {
-    pub(super) run: RunId,
-    pub(super) seq: u64,
-    pub(super) submission: String,
+pub(super) struct SimRun {
+    pub(super) req: RunRequest,
+    pub(super) cancel: CancellationToken,
 }
 
 /// The simulated tenant with quota settings: a day's token budget and run caps no run reaches.
@@ -507,153 +492,6 @@ fn sim_run_id(rng: &mut Rng) -> std::result::Result<RunId, String> {
         b & 0xffff_ffff_ffff
     );
     RunId::parse(&text).map_err(|e| e.to_string())
-}
-
-/// What the edge does for `POST /v1/runs/{id}/cancel`, in one step.
-fn edge_cancel(w: &mut World, run: &SimRun) {
-    let id = run.req.run_id;
-    let Some((mut rec, _)) = w.records.get(&id).cloned() else {
-        // No record yet (a direct submission before its first projection): signal only.
-        run.cancel.cancel();
-        return;
-    };
-    if rec.status.is_terminal() {
-        return;
-    }
-    let cancelled_now = rec.status == RunStatus::Queued && {
-        let event = Event {
-            seq: 1,
-            run_id: id,
-            tenant: run.req.tenant.clone(),
-            ts: w.now(),
-            trace_id: None,
-            data: EventData::RunCancelled {
-                reason: "cancelled before start".into(),
-            },
-        };
-        w.publish(&event, 0).is_ok()
-    };
-    if cancelled_now {
-        rec.status = RunStatus::Cancelled;
-        rec.finished_at = Some(w.now());
-        rec.last_seq = 1;
-    } else {
-        rec.status = RunStatus::Cancelling;
-    }
-    w.revision += 1;
-    let rev = w.revision;
-    w.records.insert(id, (rec, rev));
-    if !cancelled_now {
-        run.cancel.cancel();
-        // `Bus::publish_cancel`: a wake follows, for a run no orchestrator holds.
-        let now = w.now_ms;
-        w.outbox.push((now, id));
-    }
-}
-
-/// Callers answering waiting runs, as the edge does it: an answer for every pending call (an
-/// output per client tool call, an approval or a rejection per approval), published, then
-/// claimed in the record. Sometimes the same answer twice (a retry), sometimes a second,
-/// different answer racing it, now and then one that does not fit (a direct publisher's
-/// mistake, never claimed). `all`: answer every waiting run. Returns the messages published,
-/// each with the acceptance it got.
-fn answer_waiting(
-    w: &mut World,
-    rng: &mut Rng,
-    runs: &[SimRun],
-    msgs: &mut Vec<Msg>,
-    all: bool,
-) -> Vec<(usize, Option<Accepted>)> {
-    let mut out = Vec::new();
-    for (idx, run) in runs.iter().enumerate() {
-        let id = run.req.run_id;
-        let Some((rec, _)) = w.records.get(&id).cloned() else {
-            continue;
-        };
-        let Some(wait) = rec.required_action.clone() else {
-            continue;
-        };
-        if rec.status != RunStatus::RequiresAction || wait.answered_by.is_some() {
-            continue;
-        }
-        if !all && !rng.chance(300) {
-            continue;
-        }
-        let answers = 1 + usize::from(rng.chance(200));
-        for k in 0..answers {
-            let mut c = Continuation {
-                run_id: id,
-                tenant: run.req.tenant.clone(),
-                tool_outputs: Vec::new(),
-                approvals: Vec::new(),
-            };
-            for call in &wait.tool_calls {
-                match call.kind {
-                    ActionKind::ClientTool => c.tool_outputs.push(ToolOutput {
-                        call_id: call.call_id.clone(),
-                        output: json!(format!("answer {k} to {}", call.call_id)),
-                    }),
-                    ActionKind::Approval => c.approvals.push(Approval {
-                        call_id: call.call_id.clone(),
-                        approve: rng.chance(600),
-                        arguments: None,
-                        reason: Some(format!("answer {k}")),
-                    }),
-                }
-            }
-            let invalid = rng.chance(60);
-            if invalid {
-                c.tool_outputs.clear();
-                c.approvals.clear();
-            }
-            let submission = c.msg_id();
-            let copies = 1 + usize::from(rng.chance(200));
-            for _ in 0..copies {
-                msgs.push(Msg {
-                    run: idx,
-                    trigger: Trigger::Answer(c.clone()),
-                    acked: false,
-                    invalid,
-                });
-                w.seen.answers_sent += 1;
-                out.push((msgs.len() - 1, None));
-            }
-            if invalid {
-                continue;
-            }
-            // The edge's claim, right after publishing.
-            let Some((mut current, _)) = w.records.get(&id).cloned() else {
-                continue;
-            };
-            let same_wait = current.status == RunStatus::RequiresAction
-                && current.required_action.as_ref().map(|a| a.seq) == Some(wait.seq);
-            if !same_wait {
-                continue;
-            }
-            let took = match current.claim_answer(&wait, &submission) {
-                Claim::Ours => true,
-                Claim::Moved => false,
-                Claim::Taken => {
-                    w.seen.answer_conflicts += 1;
-                    false
-                }
-                Claim::Write => {
-                    w.revision += 1;
-                    let rev = w.revision;
-                    w.records.insert(id, (current, rev));
-                    true
-                }
-            };
-            if took && let Some(last) = out.last_mut() {
-                last.1 = Some(Accepted {
-                    run: id,
-                    seq: wait.seq,
-                    submission,
-                });
-            }
-        }
-    }
-    out
 }
 
 /// The invariants, checked on the final state; returns how the runs ended.
