@@ -131,8 +131,6 @@ impl<P: Port> Driver<'_, P> {
             };
             let Applied::Refused(refusal) = self.port.ledger(&self.req.tenant, scope, &op).await?
             else {
-                self.reserved
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 continue;
             };
             // Let go of what the earlier scopes granted.

@@ -99,7 +99,6 @@ pub(crate) async fn drive<P: Port>(
         record: None,
         agent: None,
         fresh_call: None,
-        reserved: Default::default(),
         trace_id: agentos_bus::trace::current_trace_id(),
         meta: CallMeta {
             request_id: attempt.request_id.clone(),
@@ -164,9 +163,7 @@ pub(crate) async fn drive<P: Port>(
         match step {
             Ok(Advance::Ended) => {
                 driver.release_thread_lock().await;
-                if driver.reserved.load(std::sync::atomic::Ordering::Relaxed) {
-                    driver.release_budget(false).await;
-                }
+                driver.release_budget(false).await;
                 return Disposition::Done;
             }
             Ok(Advance::Parked) => return Disposition::Done,
@@ -212,10 +209,6 @@ pub(crate) struct Driver<'a, P> {
     pub(super) fresh_call: Option<(u32, CallId)>,
     /// The run's trace, named in every event this driver appends.
     pub(super) trace_id: Option<String>,
-    /// Whether this driver took (or renewed) the run's budget hold: only then does it drop the
-    /// hold when it finds the run ended (a driver that took none dropping it could race the
-    /// finisher's release into counting the run twice; found by the simulation).
-    pub(super) reserved: std::sync::atomic::AtomicBool,
 }
 
 impl<P: Port> Driver<'_, P> {
