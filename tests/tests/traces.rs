@@ -127,7 +127,7 @@ async fn one_run_with_two_tool_calls_is_one_trace_across_four_processes() {
         "{events:?}"
     );
 
-    // Spans arrive in batches; wait for the tool worker's second call.
+    // Spans arrive in batches; wait for both model and both tool calls.
     let all = eventually("the run's spans", Duration::from_secs(30), || async {
         let all: Vec<Span> = spans
             .lock()
@@ -136,10 +136,14 @@ async fn one_run_with_two_tool_calls_is_one_trace_across_four_processes() {
             .filter(|s| s.trace_id == client_trace)
             .cloned()
             .collect();
-        let tool_calls = all.iter().filter(|s| s.name == "tool").count();
-        // Each process exports on its own schedule: wait for the orchestrator's too.
-        let orchestrator = all.iter().any(|s| s.service == "agentos-orchestrator");
-        (tool_calls >= 2 && orchestrator && all.iter().any(|s| s.name == "model")).then_some(all)
+        let count = |name: &str| all.iter().filter(|s| s.name == name).count();
+        // Each process exports in its own batches: wait for every span the run makes.
+        let from = |service: &str| all.iter().any(|s| s.service == service);
+        (count("tool") >= 2
+            && count("model") >= 2
+            && from("agentos-orchestrator")
+            && from("agentos-edge"))
+        .then_some(all)
     })
     .await
     .expect("spans");
