@@ -519,7 +519,8 @@ async fn kill_9_of_the_orchestrator_holding_a_reserved_run_returns_the_reservati
         || async {
             let events = journal(&p, "acme", &run).await;
             let l = ledger(&p, "acme").await;
-            (l.holds.contains_key(&run)
+            // The first model call's settle goes in the background: wait for it too.
+            (l.holds.get(&run).is_some_and(|h| h.settled.tokens > 0)
                 && events
                     .iter()
                     .any(|e| matches!(e.data, EventData::ToolStarted { .. })))
@@ -531,10 +532,6 @@ async fn kill_9_of_the_orchestrator_holding_a_reserved_run_returns_the_reservati
     // The hold keeps the cap minus what the first model call settled.
     let l = ledger(&p, "acme").await;
     assert_eq!(l.outstanding().tokens, 1000 - l.holds[&run].settled.tokens);
-    assert!(
-        l.holds[&run].settled.tokens > 0,
-        "the first model call was settled"
-    );
     let holder = p
         .procs
         .iter()
@@ -562,6 +559,108 @@ async fn kill_9_of_the_orchestrator_holding_a_reserved_run_returns_the_reservati
         l.total.tokens,
         done["usage"]["total_tokens"].as_u64().expect("usage"),
         "metered == the run's usage"
+    );
+}
+
+/// A run that waits for its caller longer than its hold's lease: the hold lapses (another run
+/// takes the one slot meanwhile), and when the answer resumes the run it is held again and
+/// its usage is still metered whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_waiting_longer_than_its_hold_lease_is_held_again_when_answered() {
+    let p = Platform::start(Options {
+        env: vec![("AGENTOS_QUOTA_LEASE".into(), "2s".into())],
+        ..Options::default()
+    })
+    .await
+    .expect("platform");
+    let (s, v) = admin_create_tenant(
+        &p,
+        json!({"id": "acme", "quotas": {
+        "concurrent_runs": 1, "tokens": {"per_day": 1_000_000}, "run": {"max_tokens": 1000}}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    p.create_agent(json!({
+        "id": "asker", "model": "scripted",
+        "client_tools": [{"name": "lookup", "description": "asks the caller",
+            "parameters": {"type": "object"}}],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "lookup", "arguments": {}}]},
+            {"text": "the caller said {last_tool_output}"}
+        ]}
+    }))
+    .await
+    .expect("agent");
+    p.create_agent(json!({"id": "plain", "model": "scripted",
+        "model_config": {"script": [{"text": "hi"}]}}))
+        .await
+        .expect("agent");
+    let waiting = p.start_run("asker", "ask").await.expect("run");
+    let parked = eventually("the run waiting", Duration::from_secs(30), || async {
+        let (_, v, _) = send(
+            &p,
+            &p.edge_url,
+            &p.token,
+            reqwest::Method::GET,
+            &format!("/v1/runs/{waiting}"),
+            None,
+        )
+        .await;
+        (v["status"] == "requires_action").then_some(v)
+    })
+    .await
+    .expect("requires_action");
+    // Its hold lapses after 2 s; then another run takes the one slot and completes.
+    let expires = ledger(&p, "acme").await.holds[&waiting].expires;
+    eventually("the hold's lease over", Duration::from_secs(10), || async {
+        (time::OffsetDateTime::now_utc().unix_timestamp() > expires).then_some(())
+    })
+    .await
+    .expect("lapsed");
+    let other = p.start_run("plain", "x").await.expect("run");
+    let done = p
+        .wait_terminal(&other, Duration::from_secs(60))
+        .await
+        .expect("terminal");
+    assert_eq!(done["status"], "completed", "{done}");
+    let l = ledger(&p, "acme").await;
+    assert!(
+        !l.holds.contains_key(&waiting),
+        "the lapsed hold was reclaimed"
+    );
+
+    // The answer resumes the run: held again, then released with its whole usage counted.
+    let call = parked["required_action"]["tool_calls"][0]["call_id"]
+        .as_str()
+        .expect("call id")
+        .to_owned();
+    let (s, v, _) = send(
+        &p,
+        &p.edge_url,
+        &p.token,
+        reqwest::Method::POST,
+        &format!("/v1/runs/{waiting}/tool_outputs"),
+        Some(&json!({"tool_outputs": [{"call_id": call, "output": "42"}]})),
+    )
+    .await;
+    assert!(s < 300, "{s} {v}");
+    let resumed = p
+        .wait_terminal(&waiting, Duration::from_secs(60))
+        .await
+        .expect("terminal");
+    assert_eq!(resumed["status"], "completed", "{resumed}");
+    let l = eventually("every hold released", Duration::from_secs(30), || async {
+        let l = ledger(&p, "acme").await;
+        l.holds.values().all(|h| h.dropped).then_some(l)
+    })
+    .await
+    .expect("released");
+    assert_eq!((l.running(), l.outstanding().tokens), (0, 0));
+    let used = |r: &Value| r["usage"]["total_tokens"].as_u64().expect("usage");
+    assert_eq!(
+        l.total.tokens,
+        used(&resumed) + used(&done),
+        "metered == the runs' usage"
     );
 }
 

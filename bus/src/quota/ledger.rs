@@ -213,6 +213,16 @@ pub enum LedgerOp {
         limits: ScopeLimits,
         lease: time::Duration,
     },
+    /// A run admitted earlier goes on (after a wait, on another orchestrator): renew its hold,
+    /// or, if the hold lapsed meanwhile, take it again with `counted` (what its settles already
+    /// counted) as settled, and no limit checked: the run was admitted once. An ended hold is
+    /// left alone.
+    Resume {
+        hold: String,
+        amount: Amount,
+        counted: Amount,
+        lease: time::Duration,
+    },
     /// The hold's holder has used `total` so far: count what was not counted yet, renew.
     Settle {
         hold: String,
@@ -407,6 +417,32 @@ impl Ledger {
                 );
                 true
             }
+            LedgerOp::Resume {
+                hold,
+                amount,
+                counted,
+                lease,
+            } => {
+                let expires = t + lease.whole_seconds();
+                match self.holds.get_mut(hold) {
+                    Some(h) if h.dropped => false,
+                    Some(h) => {
+                        h.expires = expires;
+                        true
+                    }
+                    None => {
+                        let taken = Hold {
+                            run: true,
+                            reserved: (*amount).max(*counted),
+                            settled: *counted,
+                            expires,
+                            dropped: false,
+                        };
+                        self.holds.insert(hold.clone(), taken);
+                        true
+                    }
+                }
+            }
             LedgerOp::Settle { hold, total, lease } => {
                 let expires = t + lease.whole_seconds();
                 match self.holds.get(hold).copied().filter(|h| !h.dropped) {
@@ -575,6 +611,50 @@ mod tests {
         // The markers lapse after a while.
         led.roll(now + time::Duration::seconds(ENDED_KEPT + 1));
         assert!(led.holds.is_empty());
+    }
+
+    /// A run that waited longer than its hold's lease takes its hold again when it goes on,
+    /// over the limits if need be (it was admitted), counting only what it uses from then on.
+    #[test]
+    fn a_resumed_run_takes_its_lapsed_hold_again_counting_only_the_rest() {
+        let now = datetime!(2026-12-04 12:00:00 UTC);
+        let l = limits(1_000_000, Some(1));
+        let resume = |counted: u64| LedgerOp::Resume {
+            hold: "a".into(),
+            amount: tokens(100),
+            counted: tokens(counted),
+            lease: time::Duration::minutes(10),
+        };
+        let mut led = Ledger::default();
+        led.apply(&reserve("a", 100, &l), now);
+        led.apply(
+            &LedgerOp::Settle {
+                hold: "a".into(),
+                total: tokens(30),
+                lease: time::Duration::minutes(10),
+            },
+            now,
+        );
+        // The run waits 11 minutes: its hold lapses and another run takes the one slot.
+        let later = now + time::Duration::minutes(11);
+        assert!(matches!(
+            led.apply(&reserve("b", 100, &l), later),
+            Applied::Changed
+        ));
+        // Resumed, it is held again (two running over a limit of one), its 30 counted once.
+        assert_eq!(led.apply(&resume(30), later), Applied::Changed);
+        assert_eq!((led.running(), led.total), (2, tokens(30)));
+        assert_eq!(led.apply(&resume(30), later), Applied::Changed, "renewed");
+        led.apply(
+            &LedgerOp::Release {
+                hold: "a".into(),
+                total: tokens(45),
+            },
+            later,
+        );
+        assert_eq!((led.running(), led.total), (1, tokens(45)));
+        // An ended hold is not taken again.
+        assert_eq!(led.apply(&resume(45), later), Applied::Unchanged);
     }
 
     fn tokens(t: u64) -> Amount {

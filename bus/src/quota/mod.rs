@@ -11,7 +11,7 @@ mod store;
 use std::collections::BTreeMap;
 
 pub use ledger::{Amount, Applied, Hold, Ledger, LedgerOp, Period, Refusal, ScopeLimits, Window};
-pub use rate::{Gcra, RateDecision, interval_ms};
+pub use rate::{Gcra, LEASE_HORIZON, MAX_LEASE, RateDecision, Take, interval_ms};
 use serde::{Deserialize, Serialize};
 pub use settings::{Limits, OverConcurrency, Periods, QuotaError, Quotas, Rate, RunCaps};
 pub use store::Budgets;

@@ -1,6 +1,9 @@
-//! Ledgers in KV `agentos-usage`, changed only by compare-and-set: read, apply the operations,
-//! write at the revision read; on a lost race, read again (jittered backoff). A refusal writes
-//! nothing. Within a process, operations on one ledger are batched (group commit).
+//! Ledgers and rate states in KV `agentos-usage`, changed only by compare-and-set: apply the
+//! operations to the state, write it at the revision it was read at; on a lost race, read again
+//! (jittered backoff). A refusal writes nothing. Within a process, operations on one key are
+//! batched (group commit), and the state this process last wrote is kept, so while no other
+//! process writes the key an operation is one round trip (the write), not two; a refusal is
+//! always confirmed against a fresh read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,18 +12,53 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::ledger::{Applied, Ledger, LedgerOp};
+use super::rate::{Gcra, RateDecision, Take};
 use crate::envelope::Envelope;
 use crate::{Bucket, Bus, Error, Key, Kv, Result, Versioned};
 
 /// Compare-and-set attempts before giving up (each lost to another writer of the same ledger).
 const MAX_ATTEMPTS: u32 = 500;
 
+/// States kept per kind before the cache starts over (one per tenant scope in use).
+const MAX_CACHED: usize = 10_000;
+
 /// Cheap to clone; clones share the batches in flight.
 #[derive(Clone)]
 pub struct Budgets {
     kv: Kv,
     batches: Arc<Batches<LedgerOp, Applied>>,
-    rates: Arc<Batches<super::Rate, super::RateDecision>>,
+    rates: Arc<Batches<Take, RateDecision>>,
+    ledgers: Arc<Cache<Ledger>>,
+    gcras: Arc<Cache<Gcra>>,
+}
+
+/// The state of each key as this process last wrote (or read) it, with its revision.
+struct Cache<S>(Mutex<HashMap<Key, (S, u64)>>);
+
+impl<S> Default for Cache<S> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<S: Clone> Cache<S> {
+    fn get(&self, key: &Key) -> Option<(S, u64)> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).cloned()
+    }
+
+    fn put(&self, key: &Key, state: S, revision: u64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_CACHED && !map.contains_key(key) {
+            map.clear();
+        }
+        map.insert(key.clone(), (state, revision));
+    }
+
+    fn forget(&self, key: &Key) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.remove(key);
+    }
 }
 
 /// Operations waiting, per key, for the next write of their batch, and where each outcome goes.
@@ -99,6 +137,8 @@ impl Bus {
             kv: self.kv(Bucket::Usage).await?,
             batches: Arc::default(),
             rates: Arc::default(),
+            ledgers: Arc::default(),
+            gcras: Arc::default(),
         })
     }
 }
@@ -108,75 +148,71 @@ impl Budgets {
         self.kv.get_as(key).await
     }
 
-    /// Creates the ledger (`revision: None`) or replaces the one at `revision`.
-    pub async fn write(&self, key: &Key, ledger: &Ledger, revision: Option<u64>) -> Result<u64> {
-        match revision {
-            Some(rev) => self.kv.update(key, ledger.encode(), rev).await,
-            None => self.kv.create(key, ledger.encode()).await,
-        }
-    }
-
     /// Applies `op` to the ledger at `key` atomically. Operations on the same ledger that
     /// arrive while a write is in flight in this process wait and go together in the next
     /// write (group commit): one compare-and-set per batch, so concurrent runs of one tenant
     /// contend only across processes, not with each other.
     pub async fn apply(&self, key: &Key, op: &LedgerOp) -> Result<Applied> {
-        let (lead, rx) = self.batches.join(key, op.clone());
+        self.submit(key, op.clone()).await.unwrap_or_else(dropped)
+    }
+
+    /// [`Budgets::apply`] without waiting for the outcome, for settles: they carry the run's
+    /// running total, so one that lands late (after a later one of the same process, which it
+    /// cannot: batches keep their order) or never changes nothing; a failure is logged.
+    pub fn apply_soon(&self, key: &Key, op: LedgerOp) {
+        let outcome = self.submit(key, op);
+        let key = key.clone();
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = outcome.await {
+                tracing::warn!(%key, error = %e, "budget settle not written; a later one carries it");
+            }
+        });
+    }
+
+    /// Queues `op` in the next batch of `key`, leading the batches when none is under way.
+    fn submit(&self, key: &Key, op: LedgerOp) -> oneshot::Receiver<Result<Applied>> {
+        let (lead, rx) = self.batches.join(key, op);
         if lead {
             // The leader writes batches until none waits; on its own task, so a caller that
             // goes away does not strand the others.
             let (me, key) = (self.clone(), key.clone());
             tokio::spawn(async move {
                 while let Some(batch) = me.batches.next(&key) {
-                    let ops: Vec<&LedgerOp> = batch.iter().map(|(op, _)| op).collect();
-                    let outcomes = me.apply_batch(&key, &ops).await;
+                    let outcomes = me
+                        .update(&me.ledgers, &key, |ledger| {
+                            let now = crate::envelope::now();
+                            let outcomes: Vec<Applied> =
+                                batch.iter().map(|(op, _)| ledger.apply(op, now)).collect();
+                            let changed = outcomes.contains(&Applied::Changed);
+                            (outcomes, changed)
+                        })
+                        .await;
                     answer(&key, batch, outcomes);
                 }
             });
         }
-        rx.await.unwrap_or_else(dropped)
+        rx
     }
 
-    /// One compare-and-set of the ledger with every operation of the batch applied in order;
-    /// a lost race applies them all again to what won.
-    async fn apply_batch(&self, key: &Key, ops: &[&LedgerOp]) -> Result<Vec<Applied>> {
-        for attempt in 0..MAX_ATTEMPTS {
-            let current = self.read(key).await?;
-            let (mut ledger, revision) = match current {
-                Some(v) => (v.value, Some(v.revision)),
-                None => (Ledger::default(), None),
-            };
-            let now = crate::envelope::now();
-            let outcomes: Vec<Applied> = ops.iter().map(|op| ledger.apply(op, now)).collect();
-            if !outcomes.contains(&Applied::Changed) {
-                return Ok(outcomes);
-            }
-            match self.write(key, &ledger, revision).await {
-                Ok(_) => return Ok(outcomes),
-                Err(Error::WrongRevision { .. } | Error::AlreadyExists { .. }) => {
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::TimedOut {
-            op: format!("update budget ledger {key}"),
-            after: Duration::ZERO,
-        })
-    }
-}
-
-impl Budgets {
-    /// Takes one request from the cluster-wide rate state at `key` (compare-and-set; the
-    /// requests of this process that arrive meanwhile go in the same write).
-    pub async fn take_rate(&self, key: &Key, rate: &super::Rate) -> Result<super::RateDecision> {
-        let (lead, rx) = self.rates.join(key, *rate);
+    /// Takes one request, and leases as many more as `take` asks and the rate spares, from the
+    /// cluster-wide rate state at `key` (compare-and-set; the requests of this process that
+    /// arrive meanwhile go in the same write).
+    pub async fn take_rate(&self, key: &Key, take: Take) -> Result<RateDecision> {
+        let (lead, rx) = self.rates.join(key, take);
         if lead {
             let (me, key) = (self.clone(), key.clone());
             tokio::spawn(async move {
                 while let Some(batch) = me.rates.next(&key) {
-                    let rates: Vec<super::Rate> = batch.iter().map(|(r, _)| *r).collect();
-                    let outcomes = me.take_rates(&key, &rates).await;
+                    let outcomes = me
+                        .update(&me.gcras, &key, |gcra| {
+                            let now_ms =
+                                (crate::envelope::now().unix_timestamp_nanos() / 1_000_000) as i64;
+                            let decisions: Vec<RateDecision> =
+                                batch.iter().map(|(t, _)| gcra.take(t, now_ms)).collect();
+                            let changed = decisions.iter().any(|d| d.allowed);
+                            (decisions, changed)
+                        })
+                        .await;
                     answer(&key, batch, outcomes);
                 }
             });
@@ -184,36 +220,63 @@ impl Budgets {
         rx.await.unwrap_or_else(dropped)
     }
 
-    async fn take_rates(
+    /// One compare-and-set of the state at `key` with `apply` applied (it says whether there
+    /// is anything to write). The first attempt starts from the state this process last
+    /// wrote, without a read; a lost race, or an outcome that writes nothing (a refusal, which
+    /// a stale state could cause), starts again from a fresh read.
+    async fn update<S, R>(
         &self,
+        cache: &Cache<S>,
         key: &Key,
-        rates: &[super::Rate],
-    ) -> Result<Vec<super::RateDecision>> {
+        mut apply: impl FnMut(&mut S) -> (Vec<R>, bool),
+    ) -> Result<Vec<R>>
+    where
+        S: Envelope + Default + Clone,
+    {
+        let mut known = cache.get(key);
         for attempt in 0..MAX_ATTEMPTS {
-            let current = self.kv.get_as::<super::Gcra>(key).await?;
-            let (mut gcra, revision) = match current {
-                Some(v) => (v.value, Some(v.revision)),
-                None => (super::Gcra::default(), None),
+            let (mut state, revision, fresh) = match known.take() {
+                Some((state, revision)) => (state, Some(revision), false),
+                None => match self.kv.get_as::<S>(key).await? {
+                    Some(v) => (v.value, Some(v.revision), true),
+                    None => (S::default(), None, true),
+                },
             };
-            let now_ms = (crate::envelope::now().unix_timestamp_nanos() / 1_000_000) as i64;
-            let decisions: Vec<_> = rates.iter().map(|r| gcra.take(r, now_ms)).collect();
-            if !decisions.iter().any(|d| d.allowed) {
-                return Ok(decisions);
+            let read = fresh.then(|| state.clone());
+            let (outcomes, write) = apply(&mut state);
+            if !write {
+                if let (Some(read), Some(revision)) = (read, revision) {
+                    cache.put(key, read, revision);
+                    return Ok(outcomes);
+                }
+                if fresh {
+                    return Ok(outcomes);
+                }
+                continue;
             }
             let written = match revision {
-                Some(rev) => self.kv.update(key, gcra.encode(), rev).await,
-                None => self.kv.create(key, gcra.encode()).await,
+                Some(rev) => self.kv.update(key, state.encode(), rev).await,
+                None => self.kv.create(key, state.encode()).await,
             };
             match written {
-                Ok(_) => return Ok(decisions),
-                Err(Error::WrongRevision { .. } | Error::AlreadyExists { .. }) => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                Ok(revision) => {
+                    cache.put(key, state, revision);
+                    return Ok(outcomes);
                 }
-                Err(e) => return Err(e),
+                Err(Error::WrongRevision { .. } | Error::AlreadyExists { .. }) => {
+                    cache.forget(key);
+                    if fresh {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                }
+                Err(e) => {
+                    cache.forget(key);
+                    return Err(e);
+                }
             }
         }
         Err(Error::TimedOut {
-            op: format!("update rate state {key}"),
+            op: format!("update {key}"),
             after: Duration::ZERO,
         })
     }

@@ -2,22 +2,27 @@
 //! (its principal's override, else the tenant's) passes two checks: this edge's own `governor`
 //! limiter at the same rate, which refuses at once when this edge alone is over (no round trip),
 //! then the shared GCRA state in KV `agentos-usage`, advanced by compare-and-set, which holds
-//! the rate for the sum over every edge. A refusal is `429 rate_limited` with `Retry-After`,
-//! `retry-after-ms` and OpenAI's `x-ratelimit-*-requests` headers, so SDKs back off on their own.
+//! the rate for the sum over every edge. A take from the shared state also leases this edge up
+//! to 100 ms of the rate while the bucket stays at least half full
+//! ([`agentos_bus::quota::Take`]), which the next requests use without a round trip. A refusal
+//! is `429 rate_limited` with `Retry-After`, `retry-after-ms` and OpenAI's
+//! `x-ratelimit-*-requests` headers, so SDKs back off on their own.
 //!
 //! Drift: the shared state is exact up to the edges' clock skew (it compares each edge's wall
-//! clock with the stored arrival time), so over `T` seconds at most `rate × T + burst + rate ×
-//! skew` requests pass; the local fast path never admits alone, it only refuses early, and may
-//! refuse a request the cluster would have let through only while this edge alone is over the rate.
+//! clock with the stored arrival time), and leased requests are counted when leased, used
+//! within [`LEASE_HORIZON`]: over `T` seconds at most `rate × (T + skew + 0.1 s × edges) +
+//! burst` requests pass. The local limiter never admits alone, it only refuses early, and may
+//! refuse a request the cluster would have let through only while this edge alone is over the
+//! rate. Leases unused when their 100 ms ends are lost (the edges admit less, never more).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentos_bus::envelope::TenantRecord;
 use agentos_bus::key::{self, Key};
-use agentos_bus::quota::{Rate, RateDecision, interval_ms};
+use agentos_bus::quota::{LEASE_HORIZON, Rate, RateDecision, Take, interval_ms};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -25,12 +30,48 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, AuthContext};
 
-/// This edge's limiters, one per scope and rate (a changed setting gets a fresh one).
+/// This edge's limiters and leases, one per scope and rate (a changed setting gets fresh ones).
 #[derive(Default)]
-pub(crate) struct LocalRates(Mutex<HashMap<Key, (Rate, Arc<DefaultDirectRateLimiter>)>>);
+pub(crate) struct LocalRates(Mutex<HashMap<Key, (Rate, Arc<Local>)>>);
+
+/// One scope's rate at this edge: its `governor` limiter and the requests leased to it.
+struct Local {
+    limiter: DefaultDirectRateLimiter,
+    lease: Mutex<Lease>,
+}
+
+/// Requests leased from the cluster, usable until `until`.
+#[derive(Clone, Copy)]
+struct Lease {
+    left: u32,
+    until: Instant,
+}
+
+impl Local {
+    /// Uses one leased request, if a lease is left.
+    fn use_lease(&self) -> bool {
+        let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+        if lease.left == 0 || Instant::now() >= lease.until {
+            return false;
+        }
+        lease.left -= 1;
+        true
+    }
+
+    /// Keeps `leased` requests (replacing what is left: the older lease ends sooner).
+    fn keep(&self, leased: u32) {
+        if leased > 0 {
+            let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+            *lease = Lease {
+                left: leased,
+                until: Instant::now() + LEASE_HORIZON,
+            };
+        }
+    }
+}
 
 impl LocalRates {
-    fn limiter(&self, key: &Key, rate: Rate) -> Arc<DefaultDirectRateLimiter> {
+    fn local(&self, key: &Key, rate: Rate) -> Arc<Local> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((r, l)) = map.get(key)
             && *r == rate
@@ -42,9 +83,15 @@ impl LocalRates {
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
-        let limiter = Arc::new(DefaultDirectRateLimiter::direct(quota));
-        map.insert(key.clone(), (rate, limiter.clone()));
-        limiter
+        let local = Arc::new(Local {
+            limiter: DefaultDirectRateLimiter::direct(quota),
+            lease: Mutex::new(Lease {
+                left: 0,
+                until: Instant::now(),
+            }),
+        });
+        map.insert(key.clone(), (rate, local.clone()));
+        local
     }
 }
 
@@ -58,7 +105,8 @@ pub(crate) async fn check(
         return Ok(());
     };
     let key = key::rate(&auth.tenant, &scope);
-    if let Err(not_until) = state.rates.limiter(&key, rate).check() {
+    let local = state.rates.local(&key, rate);
+    if let Err(not_until) = local.limiter.check() {
         agentos_bus::metric_definitions::quota_rejected(&auth.tenant, "rate_limited");
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let ms = (wait.as_millis() as u64).max(1);
@@ -68,10 +116,15 @@ pub(crate) async fn check(
             remaining: 0,
             retry_after_ms: ms,
             reset_ms: ms,
+            leased: 0,
         }));
     }
-    let decision = state.budgets.take_rate(&key, &rate).await?;
+    if local.use_lease() {
+        return Ok(());
+    }
+    let decision = state.budgets.take_rate(&key, Take::leasing(rate)).await?;
     if decision.allowed {
+        local.keep(decision.leased);
         Ok(())
     } else {
         agentos_bus::metric_definitions::quota_rejected(&auth.tenant, "rate_limited");

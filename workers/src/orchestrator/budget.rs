@@ -3,8 +3,8 @@
 //! token cap, and that many tokens at its model's dearer price) and a concurrency slot in every
 //! scope its tenant's settings name (the tenant, an agent override, a principal override), each
 //! an atomic compare-and-set on that scope's ledger ([`agentos_bus::quota`]). Every model call
-//! settles what the run has used so far (the journal's total, so a repeat counts nothing twice);
-//! the run's end settles the rest and releases the hold, refunding what it did not use (only the
+//! settles what the run has used so far (the journal's total, so a repeat counts nothing twice),
+//! in the background, off the run's path; the run's end settles the rest and releases the hold, refunding what it did not use (only the
 //! driver that journaled the end counts; a driver that finds the run ended drops what is left).
 //! A run whose orchestrator died is resumed by another, which adopts the hold (same run id); a
 //! run lost for good is reclaimed when its hold's lease lapses.
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use agentos_bus::Standing;
 use agentos_bus::envelope::{AgentSpec, AuditRecord, ErrorBody, Role, TenantRecord};
 use agentos_bus::key::Scope;
-use agentos_bus::quota::{Applied, LedgerOp, ScopeLimits, reservation};
+use agentos_bus::quota::{Amount, Applied, LedgerOp, ScopeLimits, reservation};
 
 use super::drive::{Driver, Stop};
 use super::port::Port;
@@ -74,6 +74,20 @@ impl<P: Port> Driver<'_, P> {
             .collect()
     }
 
+    /// The scopes the run is held to, and what it reserves in each.
+    fn holding(
+        &self,
+        rec: &TenantRecord,
+        agent: &AgentSpec,
+    ) -> (Vec<(Scope, ScopeLimits, bool)>, Amount) {
+        let principal = self.meta.principal.as_deref();
+        let scopes = Self::scopes(rec, agent, principal);
+        let caps = rec.quotas.run_caps(Some(&agent.id), principal);
+        let budgeted = scopes.iter().any(|(_, _, b)| *b);
+        let (amount, _) = reservation(&self.opts.prices, agent.model.as_str(), &caps, budgeted);
+        (scopes, amount)
+    }
+
     /// On the run's start step (after `run.created`, before `run.started`): takes the run's
     /// hold in every scope. `Ok(Some(_))` fails the run. Over the concurrency limit the run
     /// waits here, polling, while fewer than a quarter of this orchestrator's slots wait so;
@@ -112,14 +126,10 @@ impl<P: Port> Driver<'_, P> {
         let Some(rec) = self.quota_record().await? else {
             return Ok(None);
         };
-        let principal = self.meta.principal.as_deref();
-        let scopes = Self::scopes(&rec, agent, principal);
+        let (scopes, amount) = self.holding(&rec, agent);
         if scopes.is_empty() {
             return Ok(None);
         }
-        let caps = rec.quotas.run_caps(Some(&agent.id), principal);
-        let budgeted = scopes.iter().any(|(_, _, b)| *b);
-        let (amount, _) = reservation(&self.opts.prices, agent.model.as_str(), &caps, budgeted);
         let hold = self.req.run_id.to_string();
         for (i, (scope, limits, _)) in scopes.iter().enumerate() {
             let op = LedgerOp::Reserve {
@@ -148,6 +158,44 @@ impl<P: Port> Driver<'_, P> {
             return Ok(Some(ErrorBody::new(refusal.code(), refusal.message())));
         }
         Ok(None)
+    }
+
+    /// On a delivery that goes on with a started run (an answer after a wait, a takeover):
+    /// renews the run's holds, taking again, with what its settles counted, one that lapsed
+    /// meanwhile (a wait longer than the lease), so a run is held to its budgets however long
+    /// it waits. Not refused: the run was admitted. Best effort, like the release.
+    pub(super) async fn renew_budget(&mut self) {
+        if !self.state.has_started() || self.state.ended().is_some() {
+            return;
+        }
+        let agent = match self.agent().await {
+            Ok(Ok(agent)) => agent,
+            _ => return,
+        };
+        if let Err(Stop::Bus(e)) = self.renew_holds(&agent).await {
+            tracing::warn!(run = %self.req.run_id, error = %e, "budget hold not renewed");
+        }
+    }
+
+    async fn renew_holds(&self, agent: &AgentSpec) -> Result<(), Stop> {
+        let Some(rec) = self.quota_record().await? else {
+            return Ok(());
+        };
+        let (scopes, amount) = self.holding(&rec, agent);
+        let counted = self
+            .opts
+            .prices
+            .amount(agent.model.as_str(), &self.state.usage());
+        for (scope, _, _) in scopes {
+            let op = LedgerOp::Resume {
+                hold: self.req.run_id.to_string(),
+                amount,
+                counted,
+                lease: self.lease(),
+            };
+            self.port.ledger(&self.req.tenant, &scope, &op).await?;
+        }
+        Ok(())
     }
 
     /// Before the model call of `step`: the run's caps (`run.max_tokens`, `run.max_steps`).
@@ -183,7 +231,9 @@ impl<P: Port> Driver<'_, P> {
         Ok(None)
     }
 
-    /// After a model call: counts what the run has used so far in every scope.
+    /// After a model call: counts what the run has used so far in every scope, without
+    /// waiting (the settle carries the running total; the run's end settles whatever a lost
+    /// one missed).
     pub(super) async fn settle_budget(&self, agent: &AgentSpec) -> Result<(), Stop> {
         let Some(rec) = self.quota_record().await? else {
             return Ok(());
@@ -198,7 +248,7 @@ impl<P: Port> Driver<'_, P> {
                 total,
                 lease: self.lease(),
             };
-            self.port.ledger(&self.req.tenant, &scope, &op).await?;
+            self.port.ledger_soon(&self.req.tenant, &scope, op);
         }
         Ok(())
     }

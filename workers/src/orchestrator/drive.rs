@@ -116,6 +116,7 @@ pub(crate) async fn drive<P: Port>(
                 return Disposition::Retry(Duration::from_secs(1));
             }
             needs_reload = false;
+            driver.renew_budget().await;
         }
         // An answer or a wake acts on the journal as read: once.
         if let Some(t) = trigger {

@@ -162,6 +162,10 @@ pub(crate) trait Port: Send + Sync {
         scope: &Scope,
         op: &LedgerOp,
     ) -> impl Future<Output = Result<Applied>> + Send;
+    /// Applies `op` like [`Port::ledger`] without waiting for it (settles, which carry the
+    /// run's running total: one that is lost or late changes nothing). Operations of one
+    /// process on one ledger keep their order.
+    fn ledger_soon(&self, tenant: &Tenant, scope: &Scope, op: LedgerOp);
 
     /// Waits `d` (wall time; virtual in the simulation).
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
@@ -368,6 +372,10 @@ impl Port for BusPort {
 
     async fn ledger(&self, tenant: &Tenant, scope: &Scope, op: &LedgerOp) -> Result<Applied> {
         self.budgets.apply(&key::ledger(tenant, scope), op).await
+    }
+
+    fn ledger_soon(&self, tenant: &Tenant, scope: &Scope, op: LedgerOp) {
+        self.budgets.apply_soon(&key::ledger(tenant, scope), op);
     }
 
     async fn sleep(&self, d: Duration) {

@@ -340,6 +340,21 @@ impl Port for SimPort {
         Ok(w.ledgers.entry(key).or_default().apply(op, now))
     }
 
+    fn ledger_soon(
+        &self,
+        tenant: &Tenant,
+        scope: &agentos_bus::key::Scope,
+        op: agentos_bus::quota::LedgerOp,
+    ) {
+        // Applied at once, or lost (a failed write is only logged).
+        let mut w = self.world();
+        if w.fail("ledger soon").is_ok() {
+            let now = w.now();
+            let key = agentos_bus::key::ledger(tenant, scope);
+            w.ledgers.entry(key).or_default().apply(&op, now);
+        }
+    }
+
     async fn sleep(&self, d: Duration) {
         let deadline = self.world().now_ms + d.as_millis() as u64;
         loop {
