@@ -122,12 +122,24 @@ impl Period {
     }
 }
 
-/// What was used in one period.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What was used in one period, in all and by model and agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     /// Unix seconds where the period starts.
     pub start: i64,
     pub used: Amount,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, Amount>,
+    /// Runs' usage by agent (chat completions have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, Amount>,
+}
+
+/// What usage is counted under besides its scope: the model, and the agent of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meter {
+    pub model: String,
+    pub agent: Option<String>,
 }
 
 /// A run's or a request's claim on the budget.
@@ -228,10 +240,15 @@ pub enum LedgerOp {
         hold: String,
         total: Amount,
         lease: time::Duration,
+        meter: Meter,
     },
     /// Count what is left of `total` and drop the hold. Only the holder that ended the run
     /// (or request) releases so.
-    Release { hold: String, total: Amount },
+    Release {
+        hold: String,
+        total: Amount,
+        meter: Meter,
+    },
     /// Drop the hold, counting nothing more: a driver that found the run already ended. A
     /// stale driver may have taken the hold anew after the release; dropping (not counting)
     /// keeps the count exact. A dropped hold stays, inert, until the finisher's release or its
@@ -335,7 +352,7 @@ impl Ledger {
             if w.start != start {
                 *w = Window {
                     start,
-                    used: Amount::default(),
+                    ..Window::default()
                 };
                 changed = true;
             }
@@ -374,9 +391,17 @@ impl Ledger {
         }
     }
 
-    fn count(&mut self, delta: Amount) {
+    fn count(&mut self, delta: Amount, meter: &Meter) {
+        if delta == Amount::default() {
+            return;
+        }
         for p in Period::ALL {
-            self.window_mut(p).used.add(delta);
+            let w = self.window_mut(p);
+            w.used.add(delta);
+            w.models.entry(meter.model.clone()).or_default().add(delta);
+            if let Some(agent) = &meter.agent {
+                w.agents.entry(agent.clone()).or_default().add(delta);
+            }
         }
         self.total.add(delta);
     }
@@ -443,11 +468,16 @@ impl Ledger {
                     }
                 }
             }
-            LedgerOp::Settle { hold, total, lease } => {
+            LedgerOp::Settle {
+                hold,
+                total,
+                lease,
+                meter,
+            } => {
                 let expires = t + lease.whole_seconds();
                 match self.holds.get(hold).copied().filter(|h| !h.dropped) {
                     Some(h) => {
-                        self.count(total.minus(h.settled));
+                        self.count(total.minus(h.settled), meter);
                         if let Some(h) = self.holds.get_mut(hold) {
                             h.settled = h.settled.max(*total);
                             h.expires = expires;
@@ -462,10 +492,10 @@ impl Ledger {
             }
             // The hold stays for a while as an ended marker (see `ENDED_KEPT`): a stale driver
             // must neither take it anew nor settle on it again (found by the simulation).
-            LedgerOp::Release { hold, total } => match self.holds.get(hold).copied() {
+            LedgerOp::Release { hold, total, meter } => match self.holds.get(hold).copied() {
                 Some(h) => {
                     let rest = total.minus(h.settled);
-                    self.count(rest);
+                    self.count(rest, meter);
                     self.end(hold, h.settled.max(*total), t);
                     !h.dropped || rest != Amount::default()
                 }
@@ -585,10 +615,12 @@ mod tests {
             hold: id.into(),
             total: tokens(t),
             lease: time::Duration::minutes(10),
+            meter: Meter::default(),
         };
         let release = |id: &str, t: u64| LedgerOp::Release {
             hold: id.into(),
             total: tokens(t),
+            meter: Meter::default(),
         };
         let mut led = Ledger::default();
         // Released at 5, then a stale reserve and a stale settle of the same 5.
@@ -632,6 +664,7 @@ mod tests {
                 hold: "a".into(),
                 total: tokens(30),
                 lease: time::Duration::minutes(10),
+                meter: Meter::default(),
             },
             now,
         );
@@ -649,6 +682,7 @@ mod tests {
             &LedgerOp::Release {
                 hold: "a".into(),
                 total: tokens(45),
+                meter: Meter::default(),
             },
             later,
         );
@@ -685,6 +719,7 @@ mod tests {
             hold: "a".into(),
             total: tokens(20),
             lease: time::Duration::minutes(10),
+            meter: Meter::default(),
         };
         led.apply(&settle, now);
         led.apply(&settle, now);
@@ -694,6 +729,7 @@ mod tests {
         let release = LedgerOp::Release {
             hold: "a".into(),
             total: tokens(30),
+            meter: Meter::default(),
         };
         assert_eq!(led.apply(&release, now), Applied::Changed);
         assert_eq!(led.apply(&release, now), Applied::Unchanged);
@@ -705,6 +741,7 @@ mod tests {
             &LedgerOp::Release {
                 hold: "b".into(),
                 total: tokens(50),
+                meter: Meter::default(),
             },
             now,
         );

@@ -10,7 +10,9 @@ mod store;
 
 use std::collections::BTreeMap;
 
-pub use ledger::{Amount, Applied, Hold, Ledger, LedgerOp, Period, Refusal, ScopeLimits, Window};
+pub use ledger::{
+    Amount, Applied, Hold, Ledger, LedgerOp, Meter, Period, Refusal, ScopeLimits, Window,
+};
 pub use rate::{Gcra, LEASE_HORIZON, MAX_LEASE, RateDecision, Take, interval_ms};
 use serde::{Deserialize, Serialize};
 pub use settings::{Limits, OverConcurrency, Periods, QuotaError, Quotas, Rate, RunCaps};

@@ -10,7 +10,7 @@ pub(crate) mod usage;
 use agentos_bus::envelope::Usage;
 use agentos_bus::id::Tenant;
 use agentos_bus::key::{self, Scope};
-use agentos_bus::quota::{Applied, LedgerOp, Quotas, Refusal, ScopeLimits, reservation};
+use agentos_bus::quota::{Applied, LedgerOp, Meter, Quotas, Refusal, ScopeLimits, reservation};
 use axum::http::StatusCode;
 use serde_json::Value;
 
@@ -116,11 +116,16 @@ impl ChatHold {
             self.scopes.clone(),
             self.hold.clone(),
         );
+        let meter = Meter {
+            model: self.model.clone(),
+            agent: None,
+        };
         tokio::spawn(async move {
             for scope in scopes {
                 let op = LedgerOp::Release {
                     hold: hold.clone(),
                     total,
+                    meter: meter.clone(),
                 };
                 if let Err(e) = state
                     .budgets

@@ -5,7 +5,7 @@
 
 use agentos_bus::id::Tenant;
 use agentos_bus::key::{self, Scope};
-use agentos_bus::quota::{Ledger, Limits, Period, ScopeLimits};
+use agentos_bus::quota::{Amount, Ledger, Limits, Period, ScopeLimits};
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -46,7 +46,7 @@ fn period(q: &UsageQuery) -> ApiResult<Period> {
 
 /// The caller's usage and remaining quota.
 #[utoipa::path(get, path = "/v1/usage", params(UsageQuery),
-    responses((status = 200, description = "{object: usage, tenant, period, scopes: [{scope, used, reserved, limits, remaining, resets_at}]}")))]
+    responses((status = 200, description = "{object: usage, tenant, period, scopes: [{scope, used, reserved, by_model, by_agent, limits, remaining, resets_at}]}")))]
 pub async fn own(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -163,6 +163,8 @@ fn scope_view(
         "used": {"tokens": used.tokens, "cost_usd": used.cost_micros as f64 / 1e6},
         "reserved": {"tokens": reserved.tokens, "cost_usd": reserved.cost_micros as f64 / 1e6},
         "total": {"tokens": ledger.total.tokens, "cost_usd": ledger.total.cost_micros as f64 / 1e6},
+        "by_model": by(&ledger.window(p).models),
+        "by_agent": by(&ledger.window(p).agents),
         "running": ledger.running(),
         "holds": ledger.holds.values().filter(|h| !h.dropped).count(),
         "limits": {
@@ -176,4 +178,16 @@ fn scope_view(
         },
         "resets_at": rfc3339(p.end(now)),
     })
+}
+
+/// Usage in the period by model or agent: `{name: {tokens, cost_usd}}`.
+fn by(counted: &std::collections::BTreeMap<String, Amount>) -> Value {
+    counted
+        .iter()
+        .map(|(name, a)| {
+            let v = json!({"tokens": a.tokens, "cost_usd": a.cost_micros as f64 / 1e6});
+            (name.clone(), v)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }

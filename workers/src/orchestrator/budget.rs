@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use agentos_bus::Standing;
 use agentos_bus::envelope::{AgentSpec, AuditRecord, ErrorBody, Role, TenantRecord};
 use agentos_bus::key::Scope;
-use agentos_bus::quota::{Amount, Applied, LedgerOp, ScopeLimits, reservation};
+use agentos_bus::quota::{Amount, Applied, LedgerOp, Meter, ScopeLimits, reservation};
 
 use super::drive::{Driver, Stop};
 use super::port::Port;
@@ -42,6 +42,14 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a run's usage is counted under: its agent and model.
+fn meter(agent: &AgentSpec) -> Meter {
+    Meter {
+        model: agent.model.to_string(),
+        agent: Some(agent.id.to_string()),
     }
 }
 
@@ -247,6 +255,7 @@ impl<P: Port> Driver<'_, P> {
                 hold: self.req.run_id.to_string(),
                 total,
                 lease: self.lease(),
+                meter: meter(agent),
             };
             self.port.ledger_soon(&self.req.tenant, &scope, op);
         }
@@ -286,7 +295,11 @@ impl<P: Port> Driver<'_, P> {
         {
             let hold = self.req.run_id.to_string();
             let op = if counted {
-                LedgerOp::Release { hold, total }
+                LedgerOp::Release {
+                    hold,
+                    total,
+                    meter: meter(agent),
+                }
             } else {
                 LedgerOp::Drop { hold }
             };
