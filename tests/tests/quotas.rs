@@ -229,7 +229,10 @@ async fn a_budget_for_exactly_50_admits_50_of_200_runs_and_50_of_200_chat_comple
     assert_eq!(v["scopes"][0]["remaining"]["tokens"], 0);
     // Metered by agent and model too.
     assert_eq!(v["scopes"][0]["by_agent"]["echo"]["tokens"], used, "{v}");
-    assert_eq!(v["scopes"][0]["by_model"]["scripted"]["tokens"], used, "{v}");
+    assert_eq!(
+        v["scopes"][0]["by_model"]["scripted"]["tokens"], used,
+        "{v}"
+    );
 
     // A run published straight onto NATS is held to the same budget, by the orchestrator.
     let direct = agentos_bus::envelope::RunRequest {
