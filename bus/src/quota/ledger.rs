@@ -17,6 +17,10 @@ use super::settings::{Limits, OverConcurrency};
 /// journal read before the run ended) neither takes it anew nor counts its usage again.
 pub const ENDED_KEPT: i64 = 120;
 
+/// At most this many ended holds are kept (the newest), so a ledger, written whole on every
+/// operation, stays small however fast its runs end.
+pub const MAX_ENDED: usize = 128;
+
 /// Tokens and cost (micro-dollars: millionths of a US dollar).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amount {
@@ -361,12 +365,33 @@ impl Ledger {
         let before = self.holds.len();
         self.holds.retain(|id, h| {
             let keep = h.expires >= t;
-            if !keep {
+            if !keep && !h.dropped {
                 tracing::info!(hold = %id, "budget hold lapsed; reclaimed");
             }
             keep
         });
         changed || self.holds.len() != before
+    }
+
+    /// Keeps only the newest [`MAX_ENDED`] ended holds.
+    fn trim_ended(&mut self) {
+        let mut ended: Vec<(i64, &String)> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.dropped)
+            .map(|(id, h)| (h.expires, id))
+            .collect();
+        if ended.len() <= MAX_ENDED {
+            return;
+        }
+        ended.sort_unstable();
+        let oldest: Vec<String> = ended[..ended.len() - MAX_ENDED]
+            .iter()
+            .map(|(_, id)| (*id).clone())
+            .collect();
+        for id in oldest {
+            self.holds.remove(&id);
+        }
     }
 
     /// What the windows still allow in `p` (tokens, micro-dollars), `None` where unlimited.
@@ -514,6 +539,7 @@ impl Ledger {
             },
         };
         if changed || rolled {
+            self.trim_ended();
             Applied::Changed
         } else {
             Applied::Unchanged
@@ -643,6 +669,15 @@ mod tests {
         // The markers lapse after a while.
         led.roll(now + time::Duration::seconds(ENDED_KEPT + 1));
         assert!(led.holds.is_empty());
+        // However fast runs end, only the newest MAX_ENDED markers stay.
+        for i in 0..MAX_ENDED + 10 {
+            let at = now + time::Duration::seconds(i as i64 / 2);
+            led.apply(&reserve(&format!("r{i}"), 10, &l), at);
+            led.apply(&release(&format!("r{i}"), 1), at);
+        }
+        assert_eq!(led.holds.len(), MAX_ENDED);
+        assert!(!led.holds.contains_key("r0") && led.holds.contains_key("r137"));
+        assert_eq!(led.total, tokens(13 + MAX_ENDED as u64 + 10));
     }
 
     /// A run that waited longer than its hold's lease takes its hold again when it goes on,
