@@ -71,7 +71,10 @@ impl UpTls {
         );
         println!("  curl:   curl --cacert {ca} --cert {cert} --key {key} {edge_url}/v1/models");
         println!(
-            "  openai: OpenAI(base_url=\"{edge_url}/v1\", api_key=\"unused\", http_client=httpx.Client(verify=\"{ca}\", cert=(\"{cert}\", \"{key}\")))"
+            "  openai: ctx = ssl.create_default_context(cafile=\"{ca}\"); ctx.load_cert_chain(\"{cert}\", \"{key}\")"
+        );
+        println!(
+            "          OpenAI(base_url=\"{edge_url}/v1\", api_key=\"unused\", http_client=openai.DefaultHttpxClient(verify=ctx)), and per call extra_headers={{\"Authorization\": openai.Omit()}} (the certificate is the credential; or api_key=<token>)"
         );
         println!(
             "  nats:   ctx = ssl.create_default_context(cafile=\"{ca}\"); ctx.load_cert_chain(<client cert>, <key>); await nats.connect(\"{nats_url}\", tls=ctx, user=…, password=…)   # agentos tenant credentials <tenant> prints all of it"

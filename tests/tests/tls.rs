@@ -73,7 +73,7 @@ async fn up_tls_serves_the_openai_sdk_and_nats_py_over_mtls_and_refuses_clients_
         format!("edge:   {edge}"),
         "completed: \"The answer is 42.\"".into(),
         "curl --cacert".into(),
-        "httpx.Client(verify=".into(),
+        "DefaultHttpxClient(verify=ctx)".into(),
     ] {
         assert!(stdout.contains(&shown), "no {shown:?} in:\n{stdout}");
     }
