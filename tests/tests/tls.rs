@@ -435,3 +435,63 @@ fn plain_text_nats_off_loopback_warns_and_a_tls_edge_may_listen_off_loopback_in_
         .collect();
     assert_eq!(warnings.len(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_the_tls_handshake_is_cut_off_after_the_header_read_timeout() {
+    let dir = tempfile::tempdir().expect("temp");
+    let certs = dir.path().join("certs");
+    agentos(&["certs", "dev", "--dir", &path(&certs)]);
+    let nats = NatsServer::ephemeral().await.expect("nats");
+    let port = free_port().expect("port");
+    let child = Command::new(agentos_bin().expect("binary"))
+        .args(["edge", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", &path(&certs.join("server.pem"))])
+        .args(["--tls-key", &path(&certs.join("server-key.pem"))])
+        .args(["--header-read-timeout", "1s"])
+        .env("AGENTOS_NATS_URL", nats.url())
+        .env("AGENTOS_JWT_SECRET", agentos_e2e::SECRET)
+        .env_remove("AGENTOS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("edge");
+    let _edge = Proc::new("edge", child);
+    let client = connector(&certs.join("ca.pem"), None);
+    eventually("the edge on HTTPS", Duration::from_secs(30), || async {
+        connect(&client, port).await.ok()
+    })
+    .await
+    .expect("edge");
+    // TCP open, not one byte of the handshake: closed after about a second.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp");
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut [0u8; 64]))
+        .await
+        .expect("closed within 10 s")
+        .unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The handshake done, then no request: closed by the same timeout.
+    let mut idle = connect(&client, port).await.expect("handshake");
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut [0u8; 64]))
+        .await
+        .expect("closed within 10 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Meanwhile a real client is served.
+    let mut conn = connect(&client, port).await.expect("client");
+    assert_eq!(get(&mut conn, "/healthz").await, "HTTP/1.1 200 OK");
+}
