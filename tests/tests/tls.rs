@@ -437,7 +437,8 @@ fn plain_text_nats_off_loopback_warns_and_a_tls_edge_may_listen_off_loopback_in_
 }
 
 #[tokio::test]
-async fn a_client_that_stalls_the_tls_handshake_is_cut_off_after_the_header_read_timeout() {
+async fn a_client_that_stalls_the_tls_handshake_or_sends_nothing_is_cut_off_after_the_header_read_timeout()
+ {
     let dir = tempfile::tempdir().expect("temp");
     let certs = dir.path().join("certs");
     agentos(&["certs", "dev", "--dir", &path(&certs)]);
