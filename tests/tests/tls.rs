@@ -98,6 +98,42 @@ async fn up_tls_serves_the_openai_sdk_and_nats_py_over_mtls_and_refuses_clients_
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains(&format!("{edge} ready")), "{status}");
 
+    let runs = agentos(&["run", "list", "--home", &path(&home)]);
+    assert!(
+        String::from_utf8_lossy(&runs.stdout).contains("completed"),
+        "the smoke run, listed over HTTPS: {}",
+        String::from_utf8_lossy(&runs.stdout)
+    );
+    // `agentos env` hands workers started by hand the platform's TLS files too.
+    let env = String::from_utf8(agentos(&["env", "--home", &path(&home)]).stdout).expect("utf8");
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .map(str::to_owned)
+    };
+    let by_hand = ConnectOptions {
+        user: var("AGENTOS_NATS_USER"),
+        password: var("AGENTOS_NATS_PASSWORD"),
+        tls_ca: var("AGENTOS_NATS_TLS_CA").map(PathBuf::from),
+        tls_cert: var("AGENTOS_NATS_TLS_CERT").map(PathBuf::from),
+        tls_key: var("AGENTOS_NATS_TLS_KEY").map(PathBuf::from),
+        require_tls: true,
+        ..ConnectOptions::new(var("AGENTOS_NATS_URL").expect("url"))
+    };
+    let bus = Bus::connect(&by_hand)
+        .await
+        .expect("a worker by hand connects");
+    bus.jetstream_ok().await.expect("JetStream");
+    let no_cert = ConnectOptions {
+        tls_cert: None,
+        tls_key: None,
+        ..by_hand
+    };
+    assert!(
+        Bus::connect(&no_cert).await.is_err(),
+        "no client certificate"
+    );
+
     // Tenant dev's NATS credentials carry its own client certificate.
     let creds: Value = serde_json::from_slice(
         &agentos(&[
