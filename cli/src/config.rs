@@ -1105,6 +1105,55 @@ mod tests {
     }
 
     #[test]
+    fn edge_tls_settings_come_from_the_file_and_flags_and_must_be_complete() {
+        let dir = tempfile::tempdir().expect("temp");
+        let key = dir.path().join("key.pem");
+        crate::secret::write(&key, b"k").expect("key");
+        let file = format!(
+            "[edge]\ntls-cert = \"/c.pem\"\ntls-key = {key:?}\ntls-client-ca = \"/ca.pem\"\n\
+             tls-principals = [{{ identity = \"ci\", tenant = \"acme\", subject = \"ci\" }}]\n"
+        );
+        let c = cli(
+            &[
+                "agentos",
+                "edge",
+                "--tls-client-auth",
+                "optional",
+                "--tls-principal",
+                "spiffe://acme/bot=acme:bot:member,tenant-admin",
+            ],
+            &file,
+        );
+        let Command::Edge(a) = c.command else {
+            panic!("edge");
+        };
+        let tls = a.edge.tls().expect("valid").expect("on");
+        assert_eq!(tls.client_auth, agentos_edge::ClientAuth::Optional);
+        assert_eq!(tls.principals.len(), 1, "the flag wins over the file");
+        assert_eq!(tls.principals[0].roles, ["member", "tenant-admin"]);
+        let c = cli(&["agentos", "edge"], &file);
+        let Command::Edge(a) = c.command else {
+            panic!("edge");
+        };
+        let tls = a.edge.tls().expect("valid").expect("on");
+        assert_eq!(tls.client_auth, agentos_edge::ClientAuth::Require);
+        assert_eq!(tls.principals[0].roles, ["member"], "the default role");
+        for bad in [
+            "[edge]\ntls-cert = \"/c.pem\"\n".to_owned(),
+            "[edge]\ntls-client-ca = \"/ca.pem\"\n".to_owned(),
+            format!(
+                "[edge]\ntls-cert = \"/c.pem\"\ntls-key = {key:?}\ntls-principals = [{{ identity = \"x\", tenant = \"a\", subject = \"b\" }}]\n"
+            ),
+        ] {
+            let c = cli(&["agentos", "edge"], &bad);
+            let Command::Edge(a) = c.command else {
+                panic!("edge");
+            };
+            assert!(a.edge.tls().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_up_home_is_every_commands_home() {
         for args in [
             &["agentos", "status"][..],
