@@ -125,6 +125,8 @@ pub(crate) struct CertIdentity(pub Arc<CertPrincipal>);
 pub(crate) struct Tls {
     opts: Arc<TlsOptions>,
     current: Arc<RwLock<TlsAcceptor>>,
+    /// The bytes the first configuration was built from.
+    loaded: Arc<Snapshot>,
 }
 
 /// The bytes the configuration was built from, to notice a change.
@@ -138,6 +140,7 @@ impl Tls {
         Ok(Self {
             opts: Arc::new(opts),
             current: Arc::new(RwLock::new(TlsAcceptor::from(Arc::new(config)))),
+            loaded: Arc::new(snapshot),
         })
     }
 
@@ -151,7 +154,7 @@ impl Tls {
 
     /// Reloads when the files change, until `shutdown`.
     pub async fn watch(self, shutdown: CancellationToken) {
-        let mut last = snapshot(&self.opts).ok();
+        let mut last = Some(self.loaded.as_ref().clone());
         let mut tick = tokio::time::interval(RELOAD_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
