@@ -104,12 +104,43 @@ pub fn version_of(binary: &Path) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// TLS of a nats-server: its certificate and key and, for mTLS, the CA client certificates must
+/// chain to (`verify`: a client without a valid certificate is refused at the handshake).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+    pub verify: bool,
+}
+
+impl ServerTls {
+    /// The `tls { … }` block of a nats-server configuration file.
+    pub fn config_block(&self) -> String {
+        let mut out = format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n",
+            self.cert.display().to_string(),
+            self.key.display().to_string()
+        );
+        if let Some(ca) = &self.ca {
+            out.push_str(&format!("  ca_file: {:?}\n", ca.display().to_string()));
+        }
+        if self.verify {
+            out.push_str("  verify: true\n");
+        }
+        out.push_str("  timeout: 2\n}\n");
+        out
+    }
+}
+
 /// A nats-server child process with JetStream on; killed and reaped on drop.
 pub struct NatsServer {
     child: Child,
     url: String,
     port: u16,
     store: PathBuf,
+    /// The arguments it was started with after the defaults, to restart it the same way.
+    extra_args: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -128,6 +159,19 @@ impl NatsServer {
         let temp = tempfile::tempdir().map_err(|e| Error::Server(format!("temp dir: {e}")))?;
         let binary = locate(&[])?;
         let mut server = Self::spawn(&binary, temp.path(), None, &[]).await?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    /// A throwaway server that requires TLS (and client certificates when `tls.verify`).
+    pub async fn ephemeral_tls(tls: &ServerTls) -> Result<Self> {
+        let temp = tempfile::tempdir().map_err(|e| Error::Server(format!("temp dir: {e}")))?;
+        let conf = temp.path().join("server.conf");
+        std::fs::write(&conf, tls.config_block())
+            .map_err(|e| Error::Server(format!("write {}: {e}", conf.display())))?;
+        let binary = locate(&[])?;
+        let args = ["-c".to_owned(), conf.display().to_string()];
+        let mut server = Self::spawn(&binary, temp.path(), None, &args).await?;
         server._temp = Some(temp);
         Ok(server)
     }
@@ -162,6 +206,7 @@ impl NatsServer {
             url: String::new(),
             port: 0,
             store,
+            extra_args: extra_args.to_vec(),
             _temp: None,
         };
         server.port = server.wait_for_port(&ports_file).await?;
@@ -223,7 +268,7 @@ impl NatsServer {
             .parent()
             .ok_or_else(|| Error::Server("store directory has no parent".into()))?
             .to_path_buf();
-        let mut fresh = Self::spawn(&locate(&[])?, &dir, Some(self.port), &[]).await?;
+        let mut fresh = Self::spawn(&locate(&[])?, &dir, Some(self.port), &self.extra_args).await?;
         // `fresh` now holds the dead child, reaped when it drops.
         std::mem::swap(&mut self.child, &mut fresh.child);
         Ok(())

@@ -84,6 +84,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Development certificates (a CA, a server certificate, client certificates).
+    Certs {
+        #[command(subcommand)]
+        command: crate::certs::CertsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +218,10 @@ pub struct UpArgs {
     /// Also start Debian's Prometheus and Alertmanager (if installed) against the platform.
     #[arg(long)]
     pub observability: bool,
+    /// TLS and mTLS everywhere: HTTPS at the edge and TLS to NATS, both requiring client
+    /// certificates; development certificates are made under <home>/certs when missing.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Args)]
@@ -405,7 +414,8 @@ impl Command {
             | Command::Worker { .. }
             | Command::Provision(_)
             | Command::Up(_)
-            | Command::Token { .. } => None,
+            | Command::Token { .. }
+            | Command::Certs { .. } => None,
         }
     }
 }

@@ -31,7 +31,10 @@ impl Edge {
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::new(),
+            http: match &state {
+                Some(s) => s.http()?,
+                None => reqwest::Client::new(),
+            },
         })
     }
 

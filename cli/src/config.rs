@@ -115,10 +115,13 @@ section! {
         creds: PathBuf,
         #[arg(long = "nats-nkey-seed", env = "AGENTOS_NATS_NKEY_SEED", hide_env_values = true)]
         nkey_seed: String,
+        /// Verify the server against these CAs (PEM); TLS is then required.
         #[arg(long = "nats-tls-ca", env = "AGENTOS_NATS_TLS_CA")]
         tls_ca: PathBuf,
+        /// A client certificate (PEM) for servers that verify clients (mTLS), with --nats-tls-key.
         #[arg(long = "nats-tls-cert", env = "AGENTOS_NATS_TLS_CERT")]
         tls_cert: PathBuf,
+        /// The client certificate's key (PEM); mode 0600.
         #[arg(long = "nats-tls-key", env = "AGENTOS_NATS_TLS_KEY")]
         tls_key: PathBuf,
     }
@@ -130,6 +133,12 @@ impl Nats {
         if let Some(creds) = &self.creds {
             crate::secret::check(creds).context("[nats] creds")?;
         }
+        if let Some(key) = &self.tls_key {
+            crate::secret::check(key).context("[nats] tls-key")?;
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!("[nats] tls-cert and tls-key go together");
+        }
         Ok(agentos_bus::ConnectOptions {
             url: self.url(),
             name: Some(name.to_owned()),
@@ -140,8 +149,19 @@ impl Nats {
             tls_ca: self.tls_ca(),
             tls_cert: self.tls_cert(),
             tls_key: self.tls_key(),
+            require_tls: self.tls_on(),
             ..Default::default()
         })
+    }
+
+    /// Whether connections use TLS: a CA or client certificate is given, or a `tls://` URL.
+    pub fn tls_on(&self) -> bool {
+        self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self
+                .url()
+                .split(',')
+                .all(|u| u.trim().starts_with("tls://"))
     }
 }
 
@@ -198,6 +218,60 @@ section! {
         /// SSE streams one tenant may keep open; beyond it `429 too_many_streams` (default 256).
         #[arg(long, env = "AGENTOS_MAX_STREAMS_PER_TENANT")]
         max_streams_per_tenant: usize = agentos_edge::DEFAULT_MAX_STREAMS_PER_TENANT,
+        /// Serve HTTPS with this certificate (PEM, chain after it), reloaded when it changes.
+        #[arg(id = "edge_tls_cert", long = "tls-cert", env = "AGENTOS_TLS_CERT")]
+        tls_cert: PathBuf,
+        /// The certificate's private key (PEM); mode 0600.
+        #[arg(id = "edge_tls_key", long = "tls-key", env = "AGENTOS_TLS_KEY")]
+        tls_key: PathBuf,
+        /// Check client certificates against these CAs (PEM): mTLS.
+        #[arg(long, env = "AGENTOS_TLS_CLIENT_CA")]
+        tls_client_ca: PathBuf,
+        /// `require` (default: no certificate, no connection) or `optional`.
+        #[arg(
+            long,
+            env = "AGENTOS_TLS_CLIENT_AUTH",
+            value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<agentos_edge::ClientAuth>())
+        )]
+        tls_client_auth: agentos_edge::ClientAuth = agentos_edge::ClientAuth::Require,
+        /// Client certificates that authenticate as a principal without a token:
+        /// `IDENTITY=TENANT:SUBJECT[:ROLE,ROLE]` (IDENTITY: a URI, DNS or e-mail SAN, or the CN).
+        #[arg(
+            long = "tls-principal",
+            env = "AGENTOS_TLS_PRINCIPALS",
+            value_delimiter = ';',
+            value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<agentos_edge::CertPrincipal>())
+        )]
+        tls_principals: Vec<agentos_edge::CertPrincipal> = Vec::new(),
+    }
+}
+
+impl Edge {
+    /// HTTPS settings, when a certificate is given; a readable key is refused.
+    pub fn tls(&self) -> Result<Option<agentos_edge::TlsOptions>> {
+        let (cert, key) = match (self.tls_cert(), self.tls_key()) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => {
+                if self.tls_client_ca().is_some() || !self.tls_principals().is_empty() {
+                    anyhow::bail!(
+                        "[edge] tls-client-ca and tls-principals need tls-cert and tls-key"
+                    );
+                }
+                return Ok(None);
+            }
+            _ => anyhow::bail!("[edge] tls-cert and tls-key go together"),
+        };
+        crate::secret::check(&key).context("[edge] tls-key")?;
+        if self.tls_client_ca().is_none() && !self.tls_principals().is_empty() {
+            anyhow::bail!("[edge] tls-principals need tls-client-ca (client certificates)");
+        }
+        Ok(Some(agentos_edge::TlsOptions {
+            cert,
+            key,
+            client_ca: self.tls_client_ca(),
+            client_auth: self.tls_client_auth(),
+            principals: self.tls_principals(),
+        }))
     }
 }
 
@@ -1028,6 +1102,55 @@ mod tests {
         };
         assert_eq!(a.tool.http_allow(), ["a", "b:81"]);
         assert_eq!(a.tool.concurrency(), 256);
+    }
+
+    #[test]
+    fn edge_tls_settings_come_from_the_file_and_flags_and_must_be_complete() {
+        let dir = tempfile::tempdir().expect("temp");
+        let key = dir.path().join("key.pem");
+        crate::secret::write(&key, b"k").expect("key");
+        let file = format!(
+            "[edge]\ntls-cert = \"/c.pem\"\ntls-key = {key:?}\ntls-client-ca = \"/ca.pem\"\n\
+             tls-principals = [{{ identity = \"ci\", tenant = \"acme\", subject = \"ci\" }}]\n"
+        );
+        let c = cli(
+            &[
+                "agentos",
+                "edge",
+                "--tls-client-auth",
+                "optional",
+                "--tls-principal",
+                "spiffe://acme/bot=acme:bot:member,tenant-admin",
+            ],
+            &file,
+        );
+        let Command::Edge(a) = c.command else {
+            panic!("edge");
+        };
+        let tls = a.edge.tls().expect("valid").expect("on");
+        assert_eq!(tls.client_auth, agentos_edge::ClientAuth::Optional);
+        assert_eq!(tls.principals.len(), 1, "the flag wins over the file");
+        assert_eq!(tls.principals[0].roles, ["member", "tenant-admin"]);
+        let c = cli(&["agentos", "edge"], &file);
+        let Command::Edge(a) = c.command else {
+            panic!("edge");
+        };
+        let tls = a.edge.tls().expect("valid").expect("on");
+        assert_eq!(tls.client_auth, agentos_edge::ClientAuth::Require);
+        assert_eq!(tls.principals[0].roles, ["member"], "the default role");
+        for bad in [
+            "[edge]\ntls-cert = \"/c.pem\"\n".to_owned(),
+            "[edge]\ntls-client-ca = \"/ca.pem\"\n".to_owned(),
+            format!(
+                "[edge]\ntls-cert = \"/c.pem\"\ntls-key = {key:?}\ntls-principals = [{{ identity = \"x\", tenant = \"a\", subject = \"b\" }}]\n"
+            ),
+        ] {
+            let c = cli(&["agentos", "edge"], &bad);
+            let Command::Edge(a) = c.command else {
+                panic!("edge");
+            };
+            assert!(a.edge.tls().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod args;
+mod certs;
 mod client;
 mod config;
 mod metrics;
@@ -20,6 +21,7 @@ mod tenant;
 mod up;
 mod up_metrics;
 mod up_observability;
+mod up_tls;
 
 use clap::Parser;
 

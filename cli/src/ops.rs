@@ -113,7 +113,8 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
         .await
         .ok();
     let services = bus.discover(Duration::from_millis(300)).await?;
-    let edge_ready = reqwest::Client::new()
+    let edge_ready = s
+        .http()?
         .get(format!("{}/readyz", s.edge_url))
         .timeout(Duration::from_secs(2))
         .send()

@@ -1,7 +1,8 @@
 //! The security profile. `development` (the default) allows what local work needs; `production`
 //! refuses, at start and all at once, the settings that only make sense there: no
 //! authentication, HS256 shared secrets, tokens without a required audience, a plain-text edge
-//! listener off loopback, plain-text NATS off loopback. (World-readable secret files are refused
+//! listener off loopback (the edge without `tls-cert`), plain-text NATS off loopback (no
+//! `tls-ca` / `tls-cert`, no `tls://`). (World-readable secret files are refused
 //! in every profile.) In `development`, plain-text NATS off loopback is a warning.
 
 use std::net::IpAddr;
@@ -36,9 +37,9 @@ pub fn check_edge(profile: Profile, edge: &config::Edge, nats: &config::Nats) ->
         refused.push("no required token audience: set --jwt-audience".into());
     }
     let listen = edge.listen();
-    if !listen.ip().is_loopback() {
+    if !listen.ip().is_loopback() && edge.tls_cert().is_none() {
         refused.push(format!(
-            "a plain-text listener on {listen}: the edge serves no TLS yet, so listen on loopback behind a TLS proxy"
+            "a plain-text listener on {listen}: give --tls-cert and --tls-key, or listen on loopback behind a TLS proxy"
         ));
     }
     verdict(profile, refused)
@@ -51,7 +52,7 @@ pub fn check_worker(profile: Profile, nats: &config::Nats) -> Result<()> {
 
 /// Plain-text NATS URLs to hosts other than loopback.
 fn nats_findings(nats: &config::Nats) -> Vec<String> {
-    if nats.tls_ca().is_some() {
+    if nats.tls_on() {
         return Vec::new();
     }
     nats.url()

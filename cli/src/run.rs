@@ -151,6 +151,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Edge(a) => {
             crate::profile::check_edge(cli.security.profile(), &a.edge, &a.nats)?;
             let auth = edge_auth(&a.edge).await?;
+            let tls = a.edge.tls()?;
             let metrics = crate::metrics::install(&a.metrics, true)?.handle();
             let bus = connect(&a.nats, "agentos-edge").await?;
             let opts = EdgeOptions {
@@ -167,6 +168,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 metrics,
                 prices: a.quotas.price_table(),
                 hold_lease: a.quotas.hold_lease(),
+                tls,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }
@@ -253,6 +255,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Up(a) => crate::up::up(a, config::locate(cli.config.as_deref())).await?,
+        Command::Certs { command } => crate::certs::command(command)?,
         Command::Validate(a) => {
             return Ok(if crate::ops::validate(&a, cli.config.as_deref()).await {
                 0

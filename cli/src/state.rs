@@ -16,6 +16,9 @@ pub struct State {
     pub up_pid: u32,
     pub nats_pid: u32,
     pub components: Vec<ComponentPid>,
+    /// The operator's TLS files when the platform runs with `--tls` (CA, client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::certs::ClientTls>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,7 +60,20 @@ impl State {
 
     /// How operator commands connect to this platform's NATS: as the platform user.
     pub fn connect_options(&self, name: &str) -> Result<agentos_bus::ConnectOptions> {
-        Ok(crate::accounts::NatsAuth::load_or_create(&self.home)?.platform(&self.nats_url, name))
+        let opts =
+            crate::accounts::NatsAuth::load_or_create(&self.home)?.platform(&self.nats_url, name);
+        Ok(match &self.tls {
+            Some(tls) => tls.nats(opts),
+            None => opts,
+        })
+    }
+
+    /// An HTTP client for this platform's edge (with its CA and client certificate under TLS).
+    pub fn http(&self) -> Result<reqwest::Client> {
+        match &self.tls {
+            Some(tls) => tls.http(),
+            None => Ok(reqwest::Client::new()),
+        }
     }
 
     /// The platform's dev token; refused if others can read its file.

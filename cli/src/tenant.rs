@@ -43,6 +43,9 @@ pub fn env(home: &HomeArgs) -> Result<()> {
     for (k, v) in auth.platform_env() {
         println!("export {k}={v}");
     }
+    for (k, v) in state.tls.iter().flat_map(|t| t.nats_env()) {
+        println!("export {k}={v}");
+    }
     println!("export AGENTOS_EDGE_URL={}", state.edge_url);
     Ok(())
 }
@@ -54,12 +57,18 @@ async fn credentials(a: &TenantArgs) -> Result<()> {
     if new {
         auth.save(&state.home)?;
     }
+    // Under TLS the tenant gets its own client certificate of the platform's dev CA.
+    let tls = tenant_tls(&state, &tenant)?;
     // Also when not new: a reload that failed earlier is completed now.
     let opts = ConnectOptions {
         user: Some(tenant.to_string()),
         password: Some(password.clone()),
         request_timeout: Some(Duration::from_secs(2)),
         ..ConnectOptions::new(&state.nats_url).with_name("agentos-tenant-probe")
+    };
+    let opts = match &tls {
+        Some(t) => t.nats(opts),
+        None => opts,
     };
     if new {
         // Before the first probe: the account must exist before its user can connect.
@@ -70,7 +79,10 @@ async fn credentials(a: &TenantArgs) -> Result<()> {
     if new {
         audit(&state, &auth, &tenant, "tenant.nats_credentials").await?;
     }
-    let creds = tenant_credentials(&state.nats_url, &tenant, &password);
+    let mut creds = tenant_credentials(&state.nats_url, &tenant, &password);
+    if let Some(t) = &tls {
+        creds["tls"] = serde_json::to_value(t)?;
+    }
     if a.json {
         println!("{creds}");
         return Ok(());
@@ -80,6 +92,11 @@ async fn credentials(a: &TenantArgs) -> Result<()> {
     println!("  url       {}", state.nats_url);
     println!("  user      {tenant}");
     println!("  password  {password}");
+    if let Some(t) = &tls {
+        println!("  tls ca    {}", t.ca.display());
+        println!("  tls cert  {}", t.cert.display());
+        println!("  tls key   {}", t.key.display());
+    }
     println!("and may, for itself only:");
     println!(
         "  submit runs     JetStream publish  {}",
@@ -122,7 +139,12 @@ async fn wait_until_wired(state: &State, tenant: &Tenant, opts: &ConnectOptions)
 
 /// Records the change in the audit log, as the local operator (`cli:$USER`).
 async fn audit(state: &State, auth: &NatsAuth, tenant: &Tenant, action: &str) -> Result<()> {
-    let bus = Bus::connect(&auth.platform(&state.nats_url, "agentos-tenant")).await?;
+    let opts = auth.platform(&state.nats_url, "agentos-tenant");
+    let bus = Bus::connect(&match &state.tls {
+        Some(t) => t.nats(opts),
+        None => opts,
+    })
+    .await?;
     let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     let record = AuditRecord {
         ts: now(),
@@ -137,6 +159,22 @@ async fn audit(state: &State, auth: &NatsAuth, tenant: &Tenant, action: &str) ->
     bus.audit(&record).await?;
     bus.close().await?;
     Ok(())
+}
+
+/// The tenant's client certificate (CN = the tenant id), issued by the platform's dev CA when
+/// missing, if the platform runs with TLS.
+fn tenant_tls(state: &State, tenant: &Tenant) -> Result<Option<crate::certs::ClientTls>> {
+    let Some(tls) = &state.tls else {
+        return Ok(None);
+    };
+    let dir = tls
+        .ca
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no directory", tls.ca.display()))?;
+    let certs = crate::certs::DevCerts {
+        dir: dir.to_owned(),
+    };
+    Ok(Some(certs.ensure_client(tenant.as_str())?))
 }
 
 fn reload(state: &State) -> Result<()> {

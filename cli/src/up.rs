@@ -12,7 +12,7 @@ use agentos_bus::{Bus, Settings};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::accounts::{self, NatsAuth};
+use crate::accounts::NatsAuth;
 use crate::args::UpArgs;
 use crate::state::{self, ComponentPid, State};
 
@@ -62,6 +62,8 @@ struct Launcher {
     home: PathBuf,
     nats_url: String,
     nats_env: [(&'static str, String); 2],
+    /// `[nats]` TLS files (`up --tls`).
+    tls_env: Vec<(&'static str, String)>,
     secret: String,
     config: Option<PathBuf>,
 }
@@ -76,6 +78,7 @@ impl Launcher {
             .args(args)
             .env("AGENTOS_NATS_URL", &self.nats_url)
             .envs(self.nats_env.iter().map(|(k, v)| (k, v)))
+            .envs(self.tls_env.iter().map(|(k, v)| (k, v)))
             .env("AGENTOS_JWT_SECRET", &self.secret)
             .env("AGENTOS_LOG_FORMAT", "json")
             .envs(self.config.iter().map(|c| ("AGENTOS_CONFIG", c)))
@@ -181,6 +184,11 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     // One NATS account for the platform, one per tenant (`agentos tenant credentials`).
     let auth = NatsAuth::load_or_create(home)?;
     auth.save(home)?;
+    let tls = a
+        .tls
+        .then(|| crate::up_tls::UpTls::prepare(home))
+        .transpose()?;
+    let nats_config = crate::up_tls::nats_config(home, tls.as_ref())?;
     let nats_launcher = NatsLauncher {
         binary: binary.clone(),
         dir: home.join("nats"),
@@ -189,7 +197,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             "-l".into(),
             nats_log.display().to_string(),
             "-c".into(),
-            accounts::config_path(home).display().to_string(),
+            nats_config.display().to_string(),
         ],
     };
     let mut nats = nats_launcher
@@ -201,7 +209,8 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
 
     interrupted(&shutdown)?;
     phase(3, "streams and KV buckets");
-    let bus = Bus::connect(&auth.platform(nats.url(), "agentos-up")).await?;
+    let platform = auth.platform(nats.url(), "agentos-up");
+    let bus = Bus::connect(&crate::up_tls::nats(tls.as_ref(), platform)).await?;
     let report = bus.provision(&Settings::default()).await?;
     for item in report.drifted() {
         println!(
@@ -224,13 +233,13 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         home: home.to_owned(),
         nats_url: nats.url().to_owned(),
         nats_env: auth.platform_env(),
+        tls_env: tls.iter().flat_map(|t| t.components.nats_env()).collect(),
         secret: secret(home)?,
         config,
     };
-    let mut components = vec![launcher.component(
-        "edge".into(),
-        vec!["edge".into(), "--listen".into(), a.up.listen().to_string()],
-    )?];
+    let mut edge_args = vec!["edge".into(), "--listen".into(), a.up.listen().to_string()];
+    edge_args.extend(tls.iter().flat_map(|t| t.edge_args()));
+    let mut components = vec![launcher.component("edge".into(), edge_args)?];
     for (kind, n) in [
         ("orchestrator", a.up.orchestrators()),
         ("model", a.up.model_workers()),
@@ -264,8 +273,12 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
 
     interrupted(&shutdown)?;
     phase(5, "readiness");
-    let edge_url = format!("http://{}", a.up.listen());
-    let http = reqwest::Client::new();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let edge_url = format!("{scheme}://{}", a.up.listen());
+    let http = match &tls {
+        Some(t) => t.components.http()?,
+        None => reqwest::Client::new(),
+    };
     wait_ready(&http, &edge_url, &bus, a, &mut components, home).await?;
 
     interrupted(&shutdown)?;
@@ -299,6 +312,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         up_pid: std::process::id(),
         nats_pid: nats.pid(),
         components: Vec::new(),
+        tls: tls.as_ref().map(|t| t.components.clone()),
     };
     save_state(&mut state, &components)?;
     let report_file = write_report(home, &state, &run, started)?;
@@ -313,6 +327,9 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         "  token:  export TOKEN=$(cat {})   # tenant dev, 24h",
         token_file.display()
     );
+    if let Some(t) = &tls {
+        t.print_howto(&edge_url, nats.url());
+    }
     println!("  logs:   agentos logs --home {}", home.display());
     println!("  report: {}", report_file.display());
     println!(

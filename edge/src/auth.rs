@@ -1,6 +1,7 @@
-//! Authentication: `Authorization: Bearer <JWT>` verified with HS256 (development). The tenant
-//! and roles come from claims. RS256/ES256 with JWKS/OIDC arrive with the auth issue; the
-//! [`AuthContext`] handlers see will not change.
+//! Authentication: `Authorization: Bearer <JWT>` verified with HS256 (development) or against a
+//! JWKS (`jwks.rs`); the tenant and roles come from claims. Without a bearer token, a verified
+//! client certificate mapped to a principal (`tls.rs`, `[edge] tls-principals`) authenticates
+//! the request as that principal.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -208,7 +209,18 @@ impl FromRequestParts<AppState> for AuthContext {
                 })?)
             }
         };
-        let ctx = state.auth.authenticate(bearer).await?;
+        // A bearer token wins; without one, a client certificate mapped to a principal.
+        let cert = parts.extensions.get::<crate::tls::CertIdentity>();
+        let ctx = match (bearer, cert) {
+            (None, Some(crate::tls::CertIdentity(p))) => AuthContext {
+                subject: p.subject.clone(),
+                tenant: p.tenant.clone(),
+                roles: p.roles.clone(),
+                token: None,
+                token_id: None,
+            },
+            _ => state.auth.authenticate(bearer).await?,
+        };
         if ctx
             .token_id
             .as_deref()

@@ -32,6 +32,9 @@ pub enum Error {
     /// A JWKS or discovery document was fetched but is not what it should be.
     #[error("{what} is not valid: {reason}")]
     JwksParse { what: String, reason: String },
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("TLS: {reason}")]
+    Tls { reason: String },
     /// The bus failed (connecting, provisioning, opening buckets, the waiter subscription).
     #[error(transparent)]
     Bus(#[from] agentos_bus::Error),

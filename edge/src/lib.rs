@@ -29,6 +29,7 @@ mod run_list;
 mod runs;
 mod thread_lock;
 mod threads;
+mod tls;
 mod tools;
 mod watch;
 
@@ -45,6 +46,7 @@ pub use error::{ApiError, Error};
 pub use jwks::{Jwks, JwksSource, JwtRules};
 pub use limits::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_STREAMS_PER_TENANT, Limits};
 pub use listener::DEFAULT_HEADER_READ_TIMEOUT;
+pub use tls::{CertPrincipal, ClientAuth, TlsOptions};
 
 /// Largest accepted request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -68,6 +70,8 @@ pub struct EdgeOptions {
     pub prices: std::sync::Arc<agentos_bus::quota::Prices>,
     /// How long a chat completion's budget hold lives if its edge dies.
     pub hold_lease: std::time::Duration,
+    /// HTTPS (and mTLS) instead of plain HTTP.
+    pub tls: Option<TlsOptions>,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -271,11 +275,19 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
         addr: opts.listen,
         source,
     };
+    let tls = opts.tls.clone().map(tls::Tls::load).transpose()?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(bind)?;
     let local = listener.local_addr().map_err(bind)?;
-    tracing::info!(listen = %local, auth = ?opts.auth, "edge listening");
+    tracing::info!(listen = %local, auth = ?opts.auth, tls = tls.is_some(), "edge listening");
+    let reload = tls.clone().map(|t| t.watch(shutdown.clone()));
+    let reload = async {
+        if let Some(r) = reload {
+            r.await;
+        }
+        Ok::<(), Error>(())
+    };
     let watch = state.clone().watch(shutdown.clone());
     let watcher = async { watch.await.map_err(Error::from) };
     let revocations = state
@@ -285,9 +297,16 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
     let revocations = async { revocations.await.map_err(Error::from) };
     let http = async {
         let app = router(state, opts.body_limit);
-        listener::serve(listener, app, opts.header_read_timeout, shutdown.clone()).await;
+        listener::serve(
+            listener,
+            app,
+            opts.header_read_timeout,
+            tls,
+            shutdown.clone(),
+        )
+        .await;
         Ok::<(), Error>(())
     };
-    tokio::try_join!(http, watcher, revocations)?;
+    tokio::try_join!(http, watcher, revocations, reload)?;
     Ok(())
 }

@@ -179,4 +179,10 @@ async fn a_slow_header_sender_is_cut_off() {
         started.elapsed(),
         String::from_utf8_lossy(&buf).lines().next()
     );
+    // A client that connects and never sends a byte is cut off by the same timeout.
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut [0u8; 16])).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
 }
