@@ -15,6 +15,23 @@ use crate::{Error, Result};
 const MAX_TOKEN: usize = 63;
 const MAX_TOOL_SEGMENTS: usize = 4;
 
+/// The rules below as regular expressions (ECMA 262, for JSON Schema): the API document states
+/// them, and a test checks they agree with the checks here.
+pub mod pattern {
+    /// A token: tenants, agents, threads, MCP servers.
+    pub const TOKEN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+    /// One to four dot-separated tokens: tool and model names.
+    pub const DOTTED: &str = "^[a-z0-9][a-z0-9_-]{0,62}(\\.[a-z0-9][a-z0-9_-]{0,62}){0,3}$";
+    /// One to eight dot-separated tokens: memory namespaces.
+    pub const NAMESPACE: &str = "^[a-z0-9][a-z0-9_-]{0,62}(\\.[a-z0-9][a-z0-9_-]{0,62}){0,7}$";
+    /// A memory key (besides the reserved `search`).
+    pub const MEMORY_KEY: &str = "^[A-Za-z0-9_=-]{1,128}$";
+    /// A tool call id.
+    pub const CALL_ID: &str = "^[A-Za-z0-9_-]{1,256}$";
+    /// A run id: a lowercase hyphenated UUID.
+    pub const RUN_ID: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+}
+
 /// Checks one token; returns the reason it is invalid.
 fn check_token(s: &str) -> Result<(), &'static str> {
     let bytes = s.as_bytes();

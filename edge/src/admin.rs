@@ -152,6 +152,7 @@ async fn load(state: &AppState, id: &Tenant) -> ApiResult<agentos_bus::Versioned
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub id: String,
     #[serde(default)]
     pub name: String,
@@ -416,6 +417,7 @@ pub async fn remove(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only this tenant's records.
@@ -425,6 +427,7 @@ pub struct AuditQuery {
     /// Cursor: the `next_cursor` of the previous page.
     pub after: Option<u64>,
     /// Page size, 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 

@@ -32,12 +32,14 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
     /// Token `[a-z0-9][a-z0-9_-]{0,62}`; generated when absent.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub id: Option<String>,
     pub model: String,
     #[serde(default)]
     pub instructions: String,
     #[serde(default)]
     pub tools: Vec<String>,
+    #[schema(minimum = 1, maximum = 100)]
     pub max_steps: Option<u32>,
     #[serde(default)]
     pub model_config: Value,
@@ -135,6 +137,7 @@ pub struct UpdateAgent {
     pub model: Option<String>,
     pub instructions: Option<String>,
     pub tools: Option<Vec<String>>,
+    #[schema(minimum = 1, maximum = 100)]
     pub max_steps: Option<u32>,
     pub model_config: Option<Value>,
     pub metadata: Option<Map<String, Value>>,

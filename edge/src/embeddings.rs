@@ -43,6 +43,7 @@ pub struct EmbeddingsBody {
     pub input: Value,
     /// `float` (default) or `base64`.
     pub encoding_format: Option<String>,
+    #[schema(minimum = 1)]
     pub dimensions: Option<u32>,
     pub user: Option<String>,
 }

@@ -42,6 +42,7 @@ pub struct PutItem {
     /// Any JSON value, at most 64 KiB as compact JSON text.
     pub value: Value,
     /// Seconds until NATS removes the item (1 ..= one year); absent: kept until deleted.
+    #[schema(minimum = 1, maximum = 31_536_000)]
     pub ttl_s: Option<u64>,
 }
 
@@ -59,11 +60,13 @@ pub struct ItemView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only keys starting with this text.
     pub prefix: Option<String>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Cursor: the `next_cursor` of the previous page (a key).
     pub after: Option<String>,

@@ -36,6 +36,7 @@ pub struct SearchRequest {
     /// Fields the value must have, with these JSON values (nested objects match as subsets).
     pub filter: Option<Value>,
     /// Most results, 1..=100 (default 10).
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
 }
 

@@ -1,7 +1,13 @@
-//! `/openapi.json`, generated from the handlers' annotations: never hand-maintained.
+//! `/openapi.json`, generated from the handlers' annotations (never hand-maintained), then
+//! completed with what every route shares ([`contract`]).
+
+mod contract;
+
+use std::sync::OnceLock;
 
 use axum::routing::get;
 use axum::{Json, Router};
+use serde_json::Value;
 use utoipa::OpenApi;
 
 use crate::AppState;
@@ -90,6 +96,16 @@ use crate::AppState;
 )]
 pub struct ApiDoc;
 
+/// The whole document, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        contract::complete(&mut doc);
+        doc
+    })
+}
+
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
 }

@@ -77,6 +77,7 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct RevokeToken {
     /// The token's `jti`.
+    #[schema(min_length = 1, max_length = 256)]
     pub jti: String,
     /// RFC 3339: until when to refuse it (its `exp`; default 30 days, at most a year).
     pub until: Option<String>,

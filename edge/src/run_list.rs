@@ -21,13 +21,16 @@ const MAX_PAGE: usize = 100;
 pub const MAX_SCAN: usize = 1000;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only runs in this status.
     pub status: Option<String>,
     /// Only runs of this agent.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub agent_id: Option<String>,
     /// Page size, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
     /// Cursor: the `next_cursor` of the previous page (a run id).
     pub after: Option<String>,

@@ -94,14 +94,17 @@ pub struct MessageView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Page size, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
     /// Cursor: the `next_cursor` of the previous page.
     pub after: Option<String>,
     /// `asc` (oldest first) or `desc` (newest first). Threads and runs default to `desc`,
     /// messages to `asc`.
+    #[param(pattern = "^(asc|desc)$")]
     pub order: Option<String>,
 }
 
@@ -151,7 +154,8 @@ fn page_params(
     })
 }
 
-/// Cuts one page out of `items` (in ascending order) by `id`; an unknown cursor is `400`.
+/// Cuts one page out of `items` (in ascending order) by `id`; a cursor naming no item (never
+/// one, or one since deleted) is `404 cursor_not_found`, like any id that names nothing.
 fn paginate<T>(mut items: Vec<T>, p: &PageParams, id: impl Fn(&T) -> String) -> ApiResult<Page<T>> {
     if p.order == Order::Desc {
         items.reverse();
@@ -160,8 +164,11 @@ fn paginate<T>(mut items: Vec<T>, p: &PageParams, id: impl Fn(&T) -> String) -> 
         None => 0,
         Some(cursor) => {
             items.iter().position(|t| &id(t) == cursor).ok_or_else(|| {
-                ApiError::bad_request("invalid_cursor", format!("unknown cursor {cursor:?}"))
-                    .with_param("after")
+                ApiError::not_found(
+                    "cursor_not_found",
+                    format!("no item {cursor:?} on this list"),
+                )
+                .with_param("after")
             })? + 1
         }
     };
@@ -208,7 +215,7 @@ fn body_or_default(body: &[u8]) -> ApiResult<CreateThread> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(CreateThread::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+    crate::extract::json_object(body)
 }
 
 /// Create a thread.

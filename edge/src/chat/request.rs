@@ -14,6 +14,7 @@ use crate::error::{ApiError, ApiResult};
 pub struct ChatRequest {
     pub model: String,
     #[schema(value_type = Vec<Object>)]
+    #[schema(min_items = 1)]
     pub messages: Vec<InMessage>,
     #[serde(default)]
     pub stream: bool,

@@ -6,6 +6,7 @@
 use agentos_bus::id::Tenant;
 use agentos_bus::key::{self, Scope};
 use agentos_bus::quota::{Amount, Ledger, Limits, Period, ScopeLimits};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -23,16 +24,28 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// `minute`, `day` (default) or `month`.
+    #[param(pattern = "^(minute|day|month)$")]
     pub period: Option<String>,
-    /// The tenant (admin route only).
-    pub tenant: Option<String>,
 }
 
-fn period(q: &UsageQuery) -> ApiResult<Period> {
-    match q.period.as_deref() {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUsageQuery {
+    /// The tenant.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    pub tenant: String,
+    /// `minute`, `day` (default) or `month`.
+    #[param(pattern = "^(minute|day|month)$")]
+    pub period: Option<String>,
+}
+
+fn period(p: Option<&str>) -> ApiResult<Period> {
+    match p {
         None => Ok(Period::Day),
         Some(p) => Period::parse(p).ok_or_else(|| {
             ApiError::bad_request(
@@ -44,47 +57,38 @@ fn period(q: &UsageQuery) -> ApiResult<Period> {
     }
 }
 
+/// A query string that does not parse, in the error model.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
 /// The caller's usage and remaining quota.
 #[utoipa::path(get, path = "/v1/usage", params(UsageQuery),
     responses((status = 200, description = "{object: usage, tenant, period, scopes: [{scope, used, reserved, by_model, by_agent, limits, remaining, resets_at}]}")))]
 pub async fn own(
     State(state): State<AppState>,
     auth: AuthContext,
-    Query(q): Query<UsageQuery>,
+    q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    if q.tenant.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            "tenant is only for GET /v1/admin/usage",
-        )
-        .with_param("tenant"));
-    }
-    let p = period(&q)?;
+    let p = period(query(q)?.period.as_deref())?;
     Ok(Json(
         report(&state, &auth.tenant, p, Some(&auth.subject)).await?,
     ))
 }
 
-/// Any tenant's usage and remaining quota (admin).
-#[utoipa::path(get, path = "/v1/admin/usage", params(UsageQuery),
+/// Any tenant's usage (admins).
+#[utoipa::path(get, path = "/v1/admin/usage", params(AdminUsageQuery),
     responses((status = 200, description = "as GET /v1/usage"), (status = 403, description = "not an admin")))]
 pub async fn any(
     State(state): State<AppState>,
     _admin: Admin,
-    Query(q): Query<UsageQuery>,
+    q: Result<Query<AdminUsageQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let p = period(&q)?;
-    let tenant = q
-        .tenant
-        .as_deref()
-        .ok_or_else(|| {
-            ApiError::bad_request("missing_parameter", "give a tenant").with_param("tenant")
-        })
-        .and_then(|t| {
-            Tenant::parse(t).map_err(|e| {
-                ApiError::bad_request("invalid_id", e.to_string()).with_param("tenant")
-            })
-        })?;
+    let q = query(q)?;
+    let p = period(q.period.as_deref())?;
+    let tenant = Tenant::parse(&q.tenant)
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("tenant"))?;
     Ok(Json(report(&state, &tenant, p, None).await?))
 }
 
