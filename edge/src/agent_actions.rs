@@ -15,6 +15,7 @@ const MAX_CLIENT_TOOLS: usize = 64;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientToolBody {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}(\.[a-z0-9][a-z0-9_-]{0,62}){0,3}$")]
     pub name: String,
     #[serde(default)]
     pub description: String,

@@ -178,6 +178,12 @@ fn tools(names: Vec<String>) -> ApiResult<Vec<ToolName>> {
         .collect()
 }
 
+/// Metadata within the bounds threads have (at most 16 keys of at most 64 characters).
+fn metadata(m: Map<String, Value>) -> ApiResult<Map<String, Value>> {
+    crate::threads::check_metadata(&m)?;
+    Ok(m)
+}
+
 fn max_steps(n: Option<u32>) -> ApiResult<u32> {
     match n.unwrap_or(DEFAULT_MAX_STEPS) {
         n @ 1..=MAX_STEPS_LIMIT => Ok(n),
@@ -235,7 +241,7 @@ pub async fn create(
         tools: tools(body.tools)?,
         max_steps: max_steps(body.max_steps)?,
         model_config: body.model_config,
-        metadata: body.metadata,
+        metadata: metadata(body.metadata)?,
         memory: memory(body.memory)?,
         history: history(body.history)?,
         client_tools: agent_actions::client_tools(body.client_tools)?,
@@ -313,7 +319,7 @@ pub async fn update(
         spec.model_config = c;
     }
     if let Some(m) = body.metadata {
-        spec.metadata = m;
+        spec.metadata = metadata(m)?;
     }
     if body.memory.is_some() {
         spec.memory = memory(body.memory)?;

@@ -95,7 +95,8 @@ pub(crate) async fn sse(
 /// Stream a run's events (SSE). `id:` is the event's sequence; resume with `Last-Event-ID` or
 /// `?after=`; comment heartbeats every 15 s; closes after the terminal event.
 #[utoipa::path(get, path = "/v1/runs/{id}/events", params(("id" = String, Path), EventsQuery,
-    ("Last-Event-ID" = Option<String>, Header)), responses((status = 200, description = "text/event-stream of run events")))]
+    ("Last-Event-ID" = Option<String>, Header)),
+    responses((status = 200, description = "the run's events", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
     auth: AuthContext,

@@ -80,6 +80,7 @@ pub struct RevokeToken {
     #[schema(min_length = 1, max_length = 256)]
     pub jti: String,
     /// RFC 3339: until when to refuse it (its `exp`; default 30 days, at most a year).
+    #[schema(format = DateTime)]
     pub until: Option<String>,
 }
 

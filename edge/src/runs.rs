@@ -42,6 +42,7 @@ pub struct CreateRun {
     pub thread_id: Option<String>,
     /// What to do when the thread has an active run: `reject` | `enqueue` (default) |
     /// `interrupt` | `rollback`. Only with `thread_id`.
+    #[schema(pattern = "^(reject|enqueue|interrupt|rollback)$")]
     pub multitask_strategy: Option<String>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -248,6 +249,7 @@ pub async fn create(
             }
         },
     };
+    crate::threads::check_metadata(&body.metadata)?;
     let thread_id = body
         .thread_id
         .as_deref()

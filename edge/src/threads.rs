@@ -179,7 +179,7 @@ fn paginate<T>(mut items: Vec<T>, p: &PageParams, id: impl Fn(&T) -> String) -> 
     Ok(Page::new(data, has_more, next_cursor))
 }
 
-fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
+pub(crate) fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
     if metadata.len() > MAX_METADATA_KEYS || metadata.keys().any(|k| k.len() > MAX_METADATA_KEY) {
         return Err(ApiError::bad_request(
             "invalid_metadata",

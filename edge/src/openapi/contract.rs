@@ -222,7 +222,7 @@ fn limits_schema() -> Value {
     let big = json!({"type": "integer", "minimum": 1});
     let money = json!({"type": "number", "exclusiveMinimum": 0});
     let periods = |v: &Value| {
-        json!({"type": ["object", "null"], "additionalProperties": false, "properties": {
+        json!({"type": "object", "additionalProperties": false, "properties": {
             "per_minute": v, "per_day": v, "per_month": v}})
     };
     json!({
@@ -236,7 +236,7 @@ fn limits_schema() -> Value {
             "over_concurrency": {"type": "string", "enum": ["queue", "reject"]},
             "tokens": periods(&big),
             "cost_usd": periods(&money),
-            "run": {"type": ["object", "null"], "additionalProperties": false,
+            "run": {"type": "object", "additionalProperties": false,
                 "properties": {"max_tokens": big, "max_steps": count}}
         }
     })
