@@ -616,7 +616,26 @@ mod tests {
     use agentos_bus::envelope::{ChatMessage, ModelRequest, Role, ToolCallSpec, ToolDef};
     use serde_json::json;
 
-    use super::{Aliases, config_params, request_body};
+    use super::{Aliases, OpenAiOptions, Secret, config_params, request_body};
+
+    /// An upstream's API key never reaches a log line: the route and its options print it
+    /// redacted (the worker logs its routes with `?`).
+    #[test]
+    fn an_api_key_never_prints() {
+        let opts = OpenAiOptions {
+            base_url: "https://api.example.com/v1".into(),
+            api_key: Some(Secret::new("sk-live-do-not-print")),
+            request_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
+            max_retries: 0,
+            compat: Default::default(),
+        };
+        let route = super::OpenAi::new(opts.clone()).expect("client");
+        for shown in [format!("{opts:?}"), format!("{route:?}")] {
+            assert!(!shown.contains("sk-live"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+    }
 
     #[test]
     fn config_params_are_defaults_and_a_forced_tool_choice_resets() {
