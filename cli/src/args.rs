@@ -144,6 +144,8 @@ pub struct EdgeArgs {
     pub metrics: config::Metrics,
     #[command(flatten)]
     pub quotas: config::Quotas,
+    #[command(flatten)]
+    pub federation: config::Federation,
 }
 
 /// `agentos worker orchestrator`.

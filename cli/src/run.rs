@@ -167,6 +167,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 metrics,
                 prices: a.quotas.price_table(),
                 hold_lease: a.quotas.hold_lease(),
+                federation: a.federation.config()?,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }

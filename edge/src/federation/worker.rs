@@ -1,0 +1,216 @@
+//! The federation task of an edge: provisions the federation streams, announces this node,
+//! resumes the relays of runs peers forwarded here, consumes the inbox, and watches the peer
+//! deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentos_bus::envelope::{Event, now};
+use agentos_bus::federation::{
+    Announcement, ForwardCancel, ForwardRun, InboundEntry, PeerRecord, Topology,
+};
+use agentos_bus::subject::{FedIn, FedKind};
+use agentos_bus::{Error as BusError, key};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::inbound::{self, Outcome};
+use super::{Fed, outbound};
+use crate::AppState;
+
+/// Models and tools are discovered at most this often for announcements.
+const DISCOVERY_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown`; does nothing when the cluster is not federated.
+pub async fn run(state: AppState, shutdown: CancellationToken) -> Result<(), BusError> {
+    let Some(fed) = state.federation.clone() else {
+        return Ok(());
+    };
+    let topology = Topology {
+        node: fed.config.node.clone(),
+        peers: fed.config.peers.clone(),
+    };
+    state.bus.provision_federation(&topology).await?;
+    tracing::info!(node = %topology.node, peers = ?topology.peers, "federation on");
+    let announcer = tokio::spawn(announce(state.clone(), fed.clone(), shutdown.clone()));
+    let deadline = tokio::spawn(watch_deadline(state.clone(), fed.clone(), shutdown.clone()));
+    match fed.fwd.entries_under::<InboundEntry>("in").await {
+        Ok(open) => {
+            for entry in open.into_iter().filter(|e| !e.done) {
+                inbound::spawn_relay(&state, &fed, entry);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list forwarded runs to resume relays"),
+    }
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match consume(&state, &fed, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "federation inbox interrupted; binding again");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    announcer.abort();
+    deadline.abort();
+    Ok(())
+}
+
+async fn consume(
+    state: &AppState,
+    fed: &Arc<Fed>,
+    shutdown: &CancellationToken,
+) -> Result<(), BusError> {
+    let mut inbox = state.bus.fed_inbox().await?;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = inbox.next() => next,
+        };
+        let Some(d) = next else {
+            return Err(BusError::Missing {
+                kind: "consumer",
+                name: "federation inbox ended".into(),
+            });
+        };
+        let d = d?;
+        let outcome = handle(state, fed, &d).await;
+        match outcome {
+            Outcome::Done => d.ack().await?,
+            Outcome::Retry(e) => {
+                tracing::warn!(subject = d.subject(), error = %e, "federation message failed; retrying later");
+                d.nak(Duration::from_secs(1)).await?;
+            }
+        }
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    fed: &Arc<Fed>,
+    d: &agentos_bus::federation::FedDelivery,
+) -> Outcome {
+    let Some(parsed) = d.parsed() else {
+        tracing::warn!(
+            subject = d.subject(),
+            "unexpected subject in the federation inbox; dropped"
+        );
+        return Outcome::Done;
+    };
+    let undecodable = |e: BusError| {
+        tracing::warn!(subject = d.subject(), error = %e, "undecodable federation message; dropped");
+        Outcome::Done
+    };
+    match parsed {
+        FedIn::Peer { from } => {
+            let a = match d.decode::<Announcement>() {
+                Ok(a) => a,
+                Err(e) => return undecodable(e),
+            };
+            if a.node != from || !fed.config.peers.contains(&from) {
+                tracing::warn!(%from, node = %a.node, "announcement from an unexpected node; dropped");
+                return Outcome::Done;
+            }
+            let rec = PeerRecord {
+                announcement: a,
+                last_seen: now(),
+            };
+            match fed.peers.put_as(&key::peer(&from), &rec).await {
+                Ok(_) => Outcome::Done,
+                Err(e) => Outcome::Retry(e),
+            }
+        }
+        FedIn::Tenant { from, kind, tenant } => match kind {
+            FedKind::Run => match d.decode::<ForwardRun>() {
+                Ok(msg) => inbound::accept(state, fed, &from, &tenant, msg, d.auth()).await,
+                Err(e) => undecodable(e),
+            },
+            FedKind::Cancel => match d.decode::<ForwardCancel>() {
+                Ok(msg) => inbound::cancel(state, fed, &from, &tenant, msg, d.auth()).await,
+                Err(e) => undecodable(e),
+            },
+            FedKind::Event => match d.decode::<Event>() {
+                Ok(ev) => outbound::event_back(state, fed, &from, &tenant, ev).await,
+                Err(e) => undecodable(e),
+            },
+        },
+    }
+}
+
+/// Announces this node every interval: version, protocol range, agents, models and tools.
+async fn announce(state: AppState, fed: Arc<Fed>, shutdown: CancellationToken) {
+    let mut models: Vec<String> = Vec::new();
+    let mut tools: Vec<String> = Vec::new();
+    let mut discovered: Option<tokio::time::Instant> = None;
+    loop {
+        if discovered.is_none_or(|at| at.elapsed() >= DISCOVERY_EVERY) {
+            if let Ok(found) = state.bus.discover(Duration::from_millis(200)).await {
+                models = found
+                    .iter()
+                    .filter(|s| s.name == agentos_bus::MODEL_SERVICE)
+                    .flat_map(|s| s.endpoints.iter())
+                    .filter_map(|e| agentos_bus::subject::model_of_filter(e))
+                    .map(String::from)
+                    .collect();
+                models.sort();
+                models.dedup();
+            }
+            if let Ok(found) = state
+                .bus
+                .discover_tools(Duration::from_millis(200), Duration::from_millis(50))
+                .await
+            {
+                tools = found.keys().map(|t| t.to_string()).collect();
+            }
+            discovered = Some(tokio::time::Instant::now());
+        }
+        let agents = match state.agents.all_keys().await {
+            Ok(keys) => keys
+                .iter()
+                .filter_map(|k| k.as_str().split_once('.'))
+                .map(|(t, a)| format!("{t}/{a}"))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing agents for the announcement");
+                Vec::new()
+            }
+        };
+        let a = Announcement {
+            node: fed.config.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: fed.config.protocol,
+            agents,
+            models: models.clone(),
+            tools: tools.clone(),
+            interval_ms: u64::try_from(fed.config.announce_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            announced_at: now(),
+        };
+        if let Err(e) = state.bus.fed_announce(&a).await {
+            tracing::warn!(error = %e, "announcing this node");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(fed.config.announce_interval) => {}
+        }
+    }
+}
+
+/// Fails the runs of peers gone past the deadline, checked every announce interval.
+async fn watch_deadline(state: AppState, fed: Arc<Fed>, shutdown: CancellationToken) {
+    let every = fed.config.announce_interval.max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = outbound::fail_gone_peers(&state, &fed).await {
+            tracing::warn!(error = %e, "checking the peer deadline");
+        }
+    }
+}
