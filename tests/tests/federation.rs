@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use agentos_bus::federation::{ForwardCancel, Topology};
+use agentos_bus::federation::{ForwardCancel, ForwardRun, FwdEntry, FwdState, Topology};
 use agentos_bus::id::{NodeId, RunId, Tenant};
+use agentos_bus::provision::Bucket;
 use agentos_bus::subject::FedKind;
 use agentos_bus::{Bus, ConnectOptions, Settings};
+use agentos_e2e::Options;
 use agentos_e2e::eventually;
 use agentos_e2e::federation::{Clusters, FedNats, FedOptions};
 use anyhow::Result;
@@ -50,6 +52,36 @@ async fn the_link_carries_only_federation_streams() -> Result<()> {
     assert_eq!(d.auth(), Some("tok"));
     assert_eq!(d.decode::<ForwardCancel>()?, cancel);
     d.ack().await?;
+    // Core traffic does not cross: a cancel published at A is not heard at B (B hears its own,
+    // published after A's).
+    let mut heard = b.cancels().await?;
+    let (theirs, ours) = (RunId::new(), RunId::new());
+    a.publish_cancel(&tenant, &theirs).await?;
+    b.publish_cancel(&tenant, &ours).await?;
+    let first = tokio::time::timeout(Duration::from_secs(10), heard.next()).await?;
+    assert_eq!(
+        first,
+        Some((tenant.clone(), ours)),
+        "only B's own cancel reaches B"
+    );
+    // Nor do stream subjects: a run submitted at A is stored at A only.
+    let sub = agentos_e2e::subject("agentos.runs.acme.submit");
+    let (a_before, b_before) = (
+        a.stream_status("AGENTOS_RUNS").await?.last_seq,
+        b.stream_status("AGENTOS_RUNS").await?.last_seq,
+    );
+    a.publish_raw(&sub, bytes::Bytes::from_static(b"{}"))
+        .await?;
+    b.publish_raw(&sub, bytes::Bytes::from_static(b"{}"))
+        .await?;
+    assert_eq!(
+        b.stream_status("AGENTOS_RUNS").await?.last_seq,
+        b_before + 1
+    );
+    assert_eq!(
+        a.stream_status("AGENTOS_RUNS").await?.last_seq,
+        a_before + 1
+    );
     Ok(())
 }
 
@@ -136,5 +168,340 @@ async fn a_run_for_an_agent_only_b_serves_completes_on_b_and_streams_at_a() -> R
     // Not defined at A: the agent never ran there.
     let (status, _) = c.a.get("/v1/agents/calc").await?;
     assert_eq!(status, 404);
+    Ok(())
+}
+
+fn sleepy_agent(ms: u64) -> serde_json::Value {
+    json!({
+        "id": "sleepy", "model": "scripted", "tools": ["sleep"],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "sleep", "arguments": {"ms": ms}}]},
+            {"text": "slept"}
+        ]}
+    })
+}
+
+/// The events of `run` in A's journal: in order, each once, and how many of each type.
+async fn check_journal(bus: &Bus, run: &str) -> Result<Vec<String>> {
+    let tenant = Tenant::parse("acme")?;
+    let journal = bus.read_journal(&tenant, &RunId::parse(run)?).await?;
+    let seqs: Vec<u64> = journal.iter().map(|s| s.event.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "run {run}: {seqs:?}"
+    );
+    Ok(journal
+        .iter()
+        .map(|s| s.event.type_name().to_owned())
+        .collect())
+}
+
+/// Must-show (c): a cancel at A reaches the run on B while it sleeps in a tool.
+#[tokio::test]
+async fn a_cancel_at_a_reaches_the_run_on_b_in_its_tool() -> Result<()> {
+    let c = Clusters::start(FedOptions::default()).await?;
+    c.b.create_agent(sleepy_agent(600_000)).await?;
+    wait_agent_at_b(&c, "sleepy").await?;
+    let run = c.a.start_run("sleepy", "zz").await?;
+    let tenant = Tenant::parse("acme")?;
+    c.a.wait_tool_started(&tenant, &[RunId::parse(&run)?])
+        .await?;
+    let (status, v) =
+        c.a.post(&format!("/v1/runs/{run}/cancel"), &json!({}))
+            .await?;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["status"], "cancelling", "{v}");
+    let done = c.a.wait_terminal(&run, LONG).await?;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    let names = check_journal(&c.a.bus, &run).await?;
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("run.cancelled"),
+        "{names:?}"
+    );
+    let (_, list) = c.b.get("/v1/runs?agent_id=sleepy").await?;
+    assert_eq!(list["data"][0]["status"], "cancelled", "{list}");
+    Ok(())
+}
+
+/// Must-show (d): a peer announcing an incompatible protocol is shown so and never used.
+#[tokio::test]
+async fn an_incompatible_peer_is_refused_with_a_clear_status() -> Result<()> {
+    let c = Clusters::start(FedOptions {
+        b_protocol: Some("7-9"),
+        ..Default::default()
+    })
+    .await?;
+    c.b.create_agent(calc_agent()).await?;
+    wait_agent_at_b(&c, "calc").await?;
+    let peer = c.wait_peer(&c.a, "b").await?;
+    assert_eq!(peer["status"], "incompatible", "{peer}");
+    assert_eq!(peer["protocol"], json!({"min": 7, "max": 9}), "{peer}");
+    assert!(peer["protocol_version"].is_null(), "{peer}");
+    let (status, v) =
+        c.a.post(
+            "/v1/runs",
+            &json!({"agent_id": "calc", "input": "x", "placement": {"node": "b"}}),
+        )
+        .await?;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "peer_incompatible", "{v}");
+    // Not placed automatically either: the agent is simply not found here.
+    let (status, v) =
+        c.a.post("/v1/runs", &json!({"agent_id": "calc", "input": "x"}))
+            .await?;
+    assert_eq!(status, 404, "{v}");
+    let (status, v) =
+        c.a.post(
+            "/v1/runs",
+            &json!({"agent_id": "calc", "input": "x", "placement": {"node": "zz"}}),
+        )
+        .await?;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["error"]["code"], "peer_not_found", "{v}");
+    Ok(())
+}
+
+/// Must-show (e): B verifies the forwarded token against its own trust configuration: a token
+/// signed with another secret is refused (`invalid_signature`), and so is a forward whose token
+/// names another tenant than the run (`tenant_mismatch`).
+#[tokio::test]
+async fn b_refuses_a_bad_signature_and_another_tenants_token() -> Result<()> {
+    const B_SECRET: &str = "b-secret";
+    let c = Clusters::start(FedOptions {
+        b: Options {
+            jwt_secret: Some(B_SECRET.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await?;
+    c.b.create_agent(calc_agent()).await?;
+    wait_agent_at_b(&c, "calc").await?;
+    // A's token is good at A, not at B.
+    let run = c.a.start_run("calc", "x").await?;
+    let done = c.a.wait_terminal(&run, LONG).await?;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "invalid_signature", "{done}");
+    // A forward for tenant acme carrying a valid token of tenant globex, as a compromised origin
+    // would send it: refused, and nothing runs at B.
+    let tenant = Tenant::parse("acme")?;
+    let forged = RunId::new();
+    let globex = agentos_e2e::mint_with_secret(B_SECRET, "globex", "member")?;
+    let fwd = c.a.bus.kv(Bucket::Fwd).await?;
+    let entry = FwdEntry {
+        node: NodeId::parse("b")?,
+        tenant: tenant.clone(),
+        run_id: forged,
+        state: FwdState::Pending,
+        created_at: agentos_bus::envelope::now(),
+    };
+    fwd.put_as(&agentos_bus::key::fwd_out(&tenant, &forged), &entry)
+        .await?;
+    let request: agentos_bus::envelope::RunRequest = serde_json::from_value(json!({
+        "run_id": forged, "tenant": "acme", "agent_id": "calc", "input": "x",
+        "submitted_at": "2026-01-01T00:00:00Z"
+    }))?;
+    let msg = ForwardRun {
+        origin: NodeId::parse("a")?,
+        protocol: 1,
+        request,
+    };
+    c.a.bus
+        .fed_publish(
+            &NodeId::parse("b")?,
+            FedKind::Run,
+            &tenant,
+            &msg,
+            &forged.to_string(),
+            Some(&globex),
+        )
+        .await?;
+    let failed = eventually("the refusal to come back", LONG, || async {
+        let j = c.a.bus.read_journal(&tenant, &forged).await.ok()?;
+        j.into_iter().next()
+    })
+    .await?;
+    match failed.event.data {
+        agentos_bus::envelope::EventData::RunFailed { error } => {
+            assert_eq!(error.code, "tenant_mismatch", "{error:?}");
+        }
+        other => panic!("expected run.failed, got {other:?}"),
+    }
+    let globex_at_b = agentos_e2e::mint_with_secret(B_SECRET, "globex", "member")?;
+    let (_, list) =
+        c.b.send_as(&globex_at_b, reqwest::Method::GET, "/v1/runs", None)
+            .await?;
+    assert_eq!(list["data"], json!([]), "{list}");
+    let (_, list) = c.b.get("/v1/runs").await?;
+    assert_eq!(list["data"], json!([]), "nothing ran at B: {list}");
+    Ok(())
+}
+
+/// Must-show (f): the forward index survives a restart of A's edge, and A still answers for its
+/// forwarded runs (events that came back meanwhile included).
+#[tokio::test]
+async fn the_forward_index_survives_a_restart_of_a() -> Result<()> {
+    let mut c = Clusters::start(FedOptions::default()).await?;
+    c.b.create_agent(sleepy_agent(1_500)).await?;
+    wait_agent_at_b(&c, "sleepy").await?;
+    let run = c.a.start_run("sleepy", "zz").await?;
+    let tenant = Tenant::parse("acme")?;
+    let run_id = RunId::parse(&run)?;
+    // A's only edge goes down while the run is on B.
+    for p in c.a.procs.iter_mut().filter(|p| p.name == "edge") {
+        p.kill();
+    }
+    let entry =
+        c.a.bus
+            .kv(Bucket::Fwd)
+            .await?
+            .get_as::<FwdEntry>(&agentos_bus::key::fwd_out(&tenant, &run_id))
+            .await?
+            .expect("forward index entry");
+    assert_eq!(entry.value.node, NodeId::parse("b")?);
+    c.a.edge_url = c.a.spawn_edge().await?;
+    let done = c.a.wait_terminal(&run, LONG).await?;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"], "slept", "{done}");
+    assert_eq!(done["node"], "b", "{done}");
+    let names = check_journal(&c.a.bus, &run).await?;
+    assert_eq!(names.iter().filter(|n| *n == "tool.completed").count(), 1);
+    let events = c.a.events(&run, None).await?;
+    assert_eq!(events.len(), names.len());
+    let entry =
+        c.a.bus
+            .kv(Bucket::Fwd)
+            .await?
+            .get_as::<FwdEntry>(&agentos_bus::key::fwd_out(&tenant, &run_id))
+            .await?
+            .expect("forward index entry");
+    assert_eq!(entry.value.state, FwdState::Done);
+    Ok(())
+}
+
+/// A run placed while the link is down stays queued (`waiting_for_peer`) and is delivered when
+/// the link returns.
+#[tokio::test]
+async fn a_run_placed_while_the_link_is_down_waits_for_the_peer() -> Result<()> {
+    let mut c = Clusters::start(FedOptions::default()).await?;
+    c.b.create_agent(calc_agent()).await?;
+    wait_agent_at_b(&c, "calc").await?;
+    c.kill_b_nats();
+    let (status, v) =
+        c.a.post(
+            "/v1/runs",
+            &json!({"agent_id": "calc", "input": "x", "placement": {"node": "b"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["status"], "queued", "{v}");
+    assert_eq!(v["status_reason"], "waiting_for_peer", "{v}");
+    let run = v["id"].as_str().expect("id").to_owned();
+    let link = eventually("A to see the link down", LONG, || async {
+        let (_, v) = c.a.get("/v1/federation/peers").await.ok()?;
+        let p = v["data"]
+            .as_array()?
+            .iter()
+            .find(|p| p["node"] == "b")?
+            .clone();
+        (p["link"] == "down").then_some(p)
+    })
+    .await?;
+    assert_eq!(link["status"], "compatible");
+    let (_, still) = c.a.get(&format!("/v1/runs/{run}")).await?;
+    assert_eq!(still["status_reason"], "waiting_for_peer", "{still}");
+    c.restart_b_nats().await?;
+    let done = c.a.wait_terminal(&run, LONG).await?;
+    assert_eq!(done["status"], "completed", "{done}");
+    Ok(())
+}
+
+/// A peer gone past the deadline fails its forwarded runs `peer_unavailable`.
+#[tokio::test]
+async fn a_peer_gone_past_the_deadline_fails_its_runs() -> Result<()> {
+    let mut c = Clusters::start(FedOptions {
+        peer_deadline: "2s",
+        ..Default::default()
+    })
+    .await?;
+    c.b.create_agent(calc_agent()).await?;
+    wait_agent_at_b(&c, "calc").await?;
+    c.kill_b_nats();
+    let (status, v) =
+        c.a.post(
+            "/v1/runs",
+            &json!({"agent_id": "calc", "input": "x", "placement": {"node": "b"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{v}");
+    let run = v["id"].as_str().expect("id").to_owned();
+    let done = c.a.wait_terminal(&run, LONG).await?;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "peer_unavailable", "{done}");
+    Ok(())
+}
+
+/// Must-show (b): while N runs are forwarded, B's nats-server is killed (`kill -9`) and
+/// restarted: every run completes exactly once at A, with no duplicate step. N = 10 by default;
+/// AGENTOS_LONG_TESTS=1 runs 100 with a 30 s outage.
+#[tokio::test]
+async fn forwarded_runs_survive_a_kill_of_b_nats_exactly_once() -> Result<()> {
+    let long = std::env::var_os("AGENTOS_LONG_TESTS").is_some();
+    let (n, outage) = if long {
+        (100, Duration::from_secs(30))
+    } else {
+        (10, Duration::from_secs(2))
+    };
+    // B's runs whose journal writes failed while its server was down are taken over after the
+    // ack wait: short, so the test does not wait on it.
+    let quick = Options {
+        ack_wait: "3s",
+        ..Default::default()
+    };
+    let mut c = Clusters::start(FedOptions {
+        a: quick.clone(),
+        b: quick,
+        ..Default::default()
+    })
+    .await?;
+    c.b.create_agent(calc_agent()).await?;
+    wait_agent_at_b(&c, "calc").await?;
+    let mut runs = Vec::new();
+    for i in 0..n {
+        runs.push(c.a.start_run("calc", &format!("run {i}")).await?);
+    }
+    c.kill_b_nats();
+    // The outage itself: how long the link stays cut is the scenario, not a wait.
+    tokio::time::sleep(outage).await;
+    c.restart_b_nats().await?;
+    let timeout = if long { Duration::from_secs(300) } else { LONG };
+    for run in &runs {
+        let done = c.a.wait_terminal(run, timeout).await?;
+        assert_eq!(done["status"], "completed", "{done}");
+        let names = check_journal(&c.a.bus, run).await?;
+        let count = |t: &str| names.iter().filter(|n| *n == t).count();
+        // Each step once, each tool call started once and ended once (a call in flight when
+        // B's server died may end `tool.failed`: B's own semantics, not the link's).
+        assert_eq!(count("run.created"), 1, "{names:?}");
+        assert_eq!(count("step.started"), 3, "{names:?}");
+        assert_eq!(count("model.completed"), 3, "{names:?}");
+        assert_eq!(count("tool.started"), 2, "{names:?}");
+        assert_eq!(
+            count("tool.completed") + count("tool.failed"),
+            2,
+            "{names:?}"
+        );
+        assert_eq!(count("run.completed"), 1, "{names:?}");
+    }
+    // One run at B per run at A.
+    let b_runs = eventually("B's run list", LONG, || async {
+        let (_, v) = c.b.get("/v1/runs?agent_id=calc&limit=100").await.ok()?;
+        let data = v["data"].as_array()?.clone();
+        (data.len() >= n).then_some(data)
+    })
+    .await?;
+    assert_eq!(b_runs.len(), n);
     Ok(())
 }

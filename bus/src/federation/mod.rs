@@ -7,7 +7,7 @@
 //!   what this node sends to peer `to` (forwarded runs, cancels, events going back).
 //! - `AGENTOS_FED_ANNOUNCE` (one message per subject): `agentos.fed.announce.<node>`, this node's
 //!   latest announcement.
-//! - `AGENTOS_FED_IN` (work queue): sources, per peer, the peer's `AGENTOS_FED_OUT` filtered to
+//! - `AGENTOS_FED_IN` (limits, 7 days): sources, per peer, the peer's `AGENTOS_FED_OUT` filtered to
 //!   `agentos.fed.out.<self>.>` and its `AGENTOS_FED_ANNOUNCE`, across the link
 //!   (`external.api_prefix = $JS.<peer>.API`), transformed to `agentos.fed.in.<peer>.…`. One durable
 //!   consumer, `federation`, takes it.

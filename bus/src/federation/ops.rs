@@ -71,9 +71,12 @@ impl Topology {
                 ..Default::default()
             });
         }
+        // Limits, not a work queue: after a restart the server resumes each source after the
+        // last message it finds from it in this stream, so they must stay (measured: a work
+        // queue whose sourced messages were consumed resumed past a forward published while
+        // this server was down, and lost it).
         stream::Config {
             name: STREAM_IN.to_owned(),
-            retention: stream::RetentionPolicy::WorkQueue,
             max_age: WEEK,
             duplicate_window: Duration::from_secs(120),
             sources: Some(sources),
@@ -222,7 +225,7 @@ impl Bus {
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(INBOX_DURABLE.to_owned()),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: Duration::from_secs(10),
                 max_ack_pending: 1_000,
                 ..Default::default()
             })

@@ -39,8 +39,15 @@ pub(super) async fn event_back(
         return Outcome::Done;
     }
     match append_once(state, &event).await {
-        Ok(true) => {}
-        Ok(false) => return Outcome::Done,
+        Ok(Append::Appended) => {}
+        Ok(Append::Skipped) => return Outcome::Done,
+        // An earlier event is still on its way (redelivered after its handler died): later.
+        Ok(Append::Gap { last }) => {
+            return Outcome::Retry(BusError::WrongLastSequence {
+                subject: format!("events of run {} (have {last})", event.run_id),
+                expected: event.seq - 1,
+            });
+        }
         Err(e) => return Outcome::Retry(e),
     }
     match project(state, fed, &event, entry.value).await {
@@ -49,23 +56,32 @@ pub(super) async fn event_back(
     }
 }
 
-/// Appends `event` if it is the journal's next one; false for a duplicate, an event after the
-/// end, or a gap (which the ordered source never produces; the event is dropped and logged).
-async fn append_once(state: &AppState, event: &Event) -> Result<bool, BusError> {
+/// What [`append_once`] did.
+enum Append {
+    Appended,
+    /// A duplicate, or an event after the end.
+    Skipped,
+    /// Events before this one are missing: it waits for them.
+    Gap {
+        last: u64,
+    },
+}
+
+/// Appends `event` if it is the journal's next one.
+async fn append_once(state: &AppState, event: &Event) -> Result<Append, BusError> {
     loop {
         let last = state.bus.last_event(&event.tenant, &event.run_id).await?;
         let (last_seq, stream_seq, ended) = last.map_or((0, 0, false), |s| {
             (s.event.seq, s.stream_seq, s.event.data.is_terminal())
         });
         if ended || event.seq <= last_seq {
-            return Ok(false);
+            return Ok(Append::Skipped);
         }
         if event.seq != last_seq + 1 {
-            tracing::error!(run = %event.run_id, seq = event.seq, last_seq, "gap in a forwarded run's events; dropped");
-            return Ok(false);
+            return Ok(Append::Gap { last: last_seq });
         }
         match state.bus.append(event, stream_seq).await {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(Append::Appended),
             Err(BusError::WrongLastSequence { .. }) => continue,
             Err(e) => return Err(e),
         }
