@@ -265,6 +265,8 @@ pub enum DlqKind {
     Model,
     Tool,
     Events,
+    /// A federation message (from a peer's stream) that did not decode.
+    Federation,
 }
 
 impl DlqKind {
@@ -274,6 +276,7 @@ impl DlqKind {
             Self::Model => "model",
             Self::Tool => "tool",
             Self::Events => "events",
+            Self::Federation => "federation",
         }
     }
 }

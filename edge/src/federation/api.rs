@@ -87,7 +87,11 @@ fn view(p: PeerRecord, auth: &AuthContext, fed: &Fed, at: OffsetDateTime) -> Pee
 }
 
 /// The peers this cluster knows: version, protocol, capabilities, link state, last seen.
-async fn peers(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/federation/peers", responses((status = 200, description = "the peers (`data`) and this node (`node`)"), (status = 404, description = "federation_disabled")))]
+pub(crate) async fn peers(
+    State(state): State<AppState>,
+    auth: AuthContext,
+) -> ApiResult<Json<Value>> {
     let fed = fed(&state)?;
     let at = now();
     let data: Vec<PeerView> = fed

@@ -23,6 +23,8 @@ use crate::AppState;
 /// What handling one inbox message came to.
 pub(super) enum Outcome {
     Done,
+    /// Undecodable: dead-letter it (tenant of its subject, when valid).
+    DeadLetter(Option<Tenant>, BusError),
     /// A transient failure: try again later.
     Retry(BusError),
 }

@@ -13,7 +13,7 @@
 //!   deadline that fails a gone peer's runs `peer_unavailable`.
 //! - `worker`: the task: streams, announcements, the inbox consumer.
 
-mod api;
+pub(crate) mod api;
 mod inbound;
 mod outbound;
 mod worker;

@@ -9,7 +9,7 @@ use agentos_bus::envelope::{Event, now};
 use agentos_bus::federation::{
     Announcement, ForwardCancel, ForwardRun, InboundEntry, PeerRecord, Topology,
 };
-use agentos_bus::subject::{FedIn, FedKind};
+use agentos_bus::subject::{DlqKind, FedIn, FedKind};
 use agentos_bus::{Error as BusError, key};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,19 @@ async fn consume(
         let outcome = handle(state, fed, &d).await;
         match outcome {
             Outcome::Done => d.ack().await?,
+            Outcome::DeadLetter(tenant, e) => {
+                state
+                    .bus
+                    .dead_letter(
+                        tenant.as_ref(),
+                        DlqKind::Federation,
+                        d.subject(),
+                        &e,
+                        d.payload().clone(),
+                    )
+                    .await?;
+                d.ack().await?;
+            }
             Outcome::Retry(e) => {
                 tracing::warn!(subject = d.subject(), error = %e, "federation message failed; retrying later");
                 d.nak(Duration::from_secs(1)).await?;
@@ -96,16 +109,19 @@ async fn handle(
     d: &agentos_bus::federation::FedDelivery,
 ) -> Outcome {
     let Some(parsed) = d.parsed() else {
-        tracing::warn!(
-            subject = d.subject(),
-            "unexpected subject in the federation inbox; dropped"
+        return Outcome::DeadLetter(
+            None,
+            BusError::Missing {
+                kind: "federation subject",
+                name: d.subject().to_owned(),
+            },
         );
-        return Outcome::Done;
     };
-    let undecodable = |e: BusError| {
-        tracing::warn!(subject = d.subject(), error = %e, "undecodable federation message; dropped");
-        Outcome::Done
+    let tenant = match &parsed {
+        FedIn::Tenant { tenant, .. } => Some(tenant.clone()),
+        FedIn::Peer { .. } => None,
     };
+    let undecodable = |e: BusError| Outcome::DeadLetter(tenant.clone(), e);
     match parsed {
         FedIn::Peer { from } => {
             let a = match d.decode::<Announcement>() {
