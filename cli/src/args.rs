@@ -215,6 +215,9 @@ pub struct UpArgs {
     /// Also start Debian's Prometheus and Alertmanager (if installed) against the platform.
     #[arg(long)]
     pub observability: bool,
+    /// Start two federated local clusters (a, and b as a leaf of a) instead, for a demo.
+    #[arg(long, conflicts_with_all = ["detach", "smoke_only", "observability"])]
+    pub federate: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod accounts;
 mod args;
 mod client;
 mod config;
+mod federate;
 mod metrics;
 mod ops;
 mod otel;
