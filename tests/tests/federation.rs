@@ -505,3 +505,84 @@ async fn forwarded_runs_survive_a_kill_of_b_nats_exactly_once() -> Result<()> {
     assert_eq!(b_runs.len(), n);
     Ok(())
 }
+
+/// `agentos up --federate`: two clusters from one command; an agent defined on b runs from a;
+/// SIGTERM stops everything.
+#[tokio::test]
+async fn up_federate_starts_two_linked_clusters() -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let home = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(agentos_e2e::agentos_bin()?)
+        .args(["up", "--federate", "--home"])
+        .arg(home.path().join("h"))
+        .current_dir(home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut a, mut b, mut token) = (None, None, None);
+    tokio::time::timeout(LONG, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("federated: cluster a at ") {
+                a = rest.split_whitespace().next().map(str::to_owned);
+                b = rest
+                    .split("cluster b at ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned);
+            }
+            if let Some(t) = line.strip_prefix("token (tenant dev, both clusters): ") {
+                token = Some(t.to_owned());
+                break;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let (a, b, token) = (a.expect("a"), b.expect("b"), token.expect("token"));
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{b}/v1/agents"))
+        .bearer_auth(&token)
+        .json(&json!({"id": "hello", "model": "scripted",
+            "model_config": {"script": [{"text": "hi from b"}]}}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let run = eventually("a run from a on b's agent", LONG, || async {
+        let r = http
+            .post(format!("{a}/v1/runs"))
+            .bearer_auth(&token)
+            .json(&json!({"agent_id": "hello", "input": "hi"}))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        v["id"].as_str().map(str::to_owned)
+    })
+    .await?;
+    let done = eventually("the run to complete", LONG, || async {
+        let v: serde_json::Value = http
+            .get(format!("{a}/v1/runs/{run}/wait?timeout_s=5"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["status"] == "completed").then_some(v)
+    })
+    .await?;
+    assert_eq!(done["output"], "hi from b", "{done}");
+    assert_eq!(done["node"], "b", "{done}");
+    let pid = child.id().expect("pid");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = tokio::time::timeout(LONG, child.wait()).await??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
