@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use agentos_bus::federation::{ForwardCancel, ForwardRun, FwdEntry, FwdState, Topology};
+use agentos_bus::federation::{
+    ForwardCancel, ForwardRun, FwdEntry, FwdState, InboundEntry, Topology,
+};
 use agentos_bus::id::{NodeId, RunId, Tenant};
 use agentos_bus::provision::Bucket;
 use agentos_bus::subject::FedKind;
@@ -495,14 +497,20 @@ async fn forwarded_runs_survive_a_kill_of_b_nats_exactly_once() -> Result<()> {
         );
         assert_eq!(count("run.completed"), 1, "{names:?}");
     }
-    // One run at B per run at A.
-    let b_runs = eventually("B's run list", LONG, || async {
-        let (_, v) = c.b.get("/v1/runs?agent_id=calc&limit=100").await.ok()?;
-        let data = v["data"].as_array()?.clone();
-        (data.len() >= n).then_some(data)
-    })
-    .await?;
-    assert_eq!(b_runs.len(), n);
+    // One run at B per run at A (B's inbound forward index), each completed there.
+    let inbound =
+        c.b.bus
+            .kv(Bucket::Fwd)
+            .await?
+            .entries_under::<InboundEntry>("in")
+            .await?;
+    assert_eq!(inbound.len(), n);
+    let locals: std::collections::HashSet<_> = inbound.iter().map(|e| e.local_run).collect();
+    assert_eq!(locals.len(), n, "each forward made exactly one run at B");
+    for e in &inbound {
+        let (_, v) = c.b.get(&format!("/v1/runs/{}", e.local_run)).await?;
+        assert_eq!(v["status"], "completed", "{v}");
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{Event, now};
 use agentos_bus::federation::{
-    Announcement, ForwardCancel, ForwardRun, InboundEntry, PeerRecord, Topology,
+    Announcement, FedDelivery, ForwardCancel, ForwardRun, InboundEntry, PeerRecord, Topology,
 };
 use agentos_bus::subject::{DlqKind, FedIn, FedKind};
 use agentos_bus::{Error as BusError, key};
@@ -61,12 +61,31 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> Result<(), Bus
     Ok(())
 }
 
+/// Inbox messages are handled by this many lanes at once; the messages of one run always take
+/// the same lane, so they are handled in their order.
+const LANES: usize = 16;
+
 async fn consume(
     state: &AppState,
     fed: &Arc<Fed>,
     shutdown: &CancellationToken,
 ) -> Result<(), BusError> {
     let mut inbox = state.bus.fed_inbox().await?;
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<FedDelivery>(256);
+        lanes.push(tx);
+        let (state, fed) = (state.clone(), fed.clone());
+        tasks.spawn(async move {
+            while let Some(d) = rx.recv().await {
+                if let Err(e) = settle(&state, &fed, &d).await {
+                    // Unacked: redelivered after the ack wait.
+                    tracing::warn!(subject = d.subject(), error = %e, "could not settle a federation message");
+                }
+            }
+        });
+    }
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -79,35 +98,54 @@ async fn consume(
             });
         };
         let d = d?;
-        let outcome = handle(state, fed, &d).await;
-        match outcome {
-            Outcome::Done => d.ack().await?,
-            Outcome::DeadLetter(tenant, e) => {
-                state
-                    .bus
-                    .dead_letter(
-                        tenant.as_ref(),
-                        DlqKind::Federation,
-                        d.subject(),
-                        &e,
-                        d.payload().clone(),
-                    )
-                    .await?;
-                d.ack().await?;
-            }
-            Outcome::Retry(e) => {
-                tracing::warn!(subject = d.subject(), error = %e, "federation message failed; retrying later");
-                d.nak(Duration::from_secs(1)).await?;
-            }
+        let lane = lane_of(d.run_key(), LANES);
+        if let Some(tx) = lanes.get(lane)
+            && tx.send(d).await.is_err()
+        {
+            return Err(BusError::Missing {
+                kind: "federation lane",
+                name: lane.to_string(),
+            });
         }
     }
 }
 
-async fn handle(
-    state: &AppState,
-    fed: &Arc<Fed>,
-    d: &agentos_bus::federation::FedDelivery,
-) -> Outcome {
+/// The lane of a run (FNV-1a of its id); messages without one take lane 0.
+fn lane_of(key: Option<&str>, lanes: usize) -> usize {
+    let Some(key) = key else {
+        return 0;
+    };
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
+}
+
+/// Handles one message and acks, dead-letters or naks it.
+async fn settle(state: &AppState, fed: &Arc<Fed>, d: &FedDelivery) -> Result<(), BusError> {
+    match handle(state, fed, d).await {
+        Outcome::Done => d.ack().await,
+        Outcome::DeadLetter(tenant, e) => {
+            state
+                .bus
+                .dead_letter(
+                    tenant.as_ref(),
+                    DlqKind::Federation,
+                    d.subject(),
+                    &e,
+                    d.payload().clone(),
+                )
+                .await?;
+            d.ack().await
+        }
+        Outcome::Retry(e) => {
+            tracing::warn!(subject = d.subject(), error = %e, "federation message failed; retrying later");
+            d.nak(Duration::from_secs(1)).await
+        }
+    }
+}
+
+async fn handle(state: &AppState, fed: &Arc<Fed>, d: &FedDelivery) -> Outcome {
     let Some(parsed) = d.parsed() else {
         return Outcome::DeadLetter(
             None,
