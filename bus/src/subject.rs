@@ -396,6 +396,41 @@ pub fn parse_model(subject: &str) -> Option<(Tenant, ModelName)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn federation_subjects_round_trip() {
+        use crate::id::NodeId;
+        let (a, b) = (
+            NodeId::parse("a").expect("a"),
+            NodeId::parse("b").expect("b"),
+        );
+        let t = Tenant::parse("acme").expect("tenant");
+        let out = fed_out(&b, FedKind::Event, &t);
+        assert_eq!(out.as_str(), "agentos.fed.out.b.event.acme");
+        assert_eq!(fed_out_to(&b).as_str(), "agentos.fed.out.b.>");
+        assert_eq!(fed_in_from(&a).as_str(), "agentos.fed.in.a.>");
+        assert_eq!(
+            parse_fed_in("agentos.fed.in.a.run.acme"),
+            Some(FedIn::Tenant {
+                from: a.clone(),
+                kind: FedKind::Run,
+                tenant: t
+            })
+        );
+        assert_eq!(
+            parse_fed_in(fed_in_peer(&a).as_str()),
+            Some(FedIn::Peer { from: a })
+        );
+        for bad in [
+            "agentos.fed.in.a.nope.acme",
+            "agentos.fed.in.a.run",
+            "agentos.fed.in.A!.run.acme",
+            "agentos.fed.in.a.run.acme.extra",
+            "agentos.fed.out.a.run.acme",
+        ] {
+            assert_eq!(parse_fed_in(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]
