@@ -222,6 +222,12 @@ token_id!(
 );
 
 token_id!(
+    /// A federation node: one AgentOS cluster, also its JetStream domain (`$JS.<node>.API`).
+    NodeId,
+    "node id"
+);
+
+token_id!(
     /// A conversation thread, minted by the platform: `thread_` and a UUIDv7 in simple form
     /// (time-ordered, so key order is creation order).
     ThreadId,

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::id::{AgentId, CallId, MemoryKey, Namespace, RunId, Tenant, ThreadId};
+use crate::id::{AgentId, CallId, MemoryKey, Namespace, NodeId, RunId, Tenant, ThreadId};
 use crate::{Error, Result};
 
 /// One key of a KV bucket: `[-/_=.a-zA-Z0-9]+`, no leading or trailing dot.
@@ -178,6 +178,22 @@ pub(crate) mod thread_filter {
     pub(crate) fn all(tenant: &Tenant, thread: &ThreadId) -> String {
         format!("{tenant}.{thread}.>")
     }
+}
+
+/// `agentos-fwd`: `out.<tenant>.<run_id>`, a run this cluster forwarded (where it lives).
+pub fn fwd_out(tenant: &Tenant, run: &RunId) -> Key {
+    Key::joined(&["out", tenant.as_str(), &run.to_string()])
+}
+
+/// `agentos-fwd`: `in.<tenant>.<origin_run_id>`, a run a peer forwarded here (its local id and
+/// whether its events are all sent back).
+pub fn fwd_in(tenant: &Tenant, origin_run: &RunId) -> Key {
+    Key::joined(&["in", tenant.as_str(), &origin_run.to_string()])
+}
+
+/// `agentos-peers`: `<node>`, a peer's last announcement.
+pub fn peer(node: &NodeId) -> Key {
+    Key::joined(&[node.as_str()])
 }
 
 #[cfg(test)]

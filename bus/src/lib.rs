@@ -9,6 +9,7 @@ mod connect;
 mod embed;
 pub mod envelope;
 mod error;
+pub mod federation;
 pub mod grant;
 pub mod headers;
 pub mod id;

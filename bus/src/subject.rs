@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::id::{AgentId, ModelName, RunId, Tenant, ToolName};
+use crate::id::{AgentId, ModelName, NodeId, RunId, Tenant, ToolName};
 use crate::{Error, Result};
 
 pub const PREFIX: &str = "agentos";
@@ -159,6 +159,95 @@ pub fn run_index_all(tenant: &Tenant) -> Subject {
     Subject(format!("{PREFIX}.runidx.{tenant}.*"))
 }
 
+/// What travels between federated clusters (the `<kind>` token of a federation subject).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FedKind {
+    /// A run forwarded to a peer.
+    Run,
+    /// A cancel of a forwarded run.
+    Cancel,
+    /// A journal event of a forwarded run, on its way back to the origin.
+    Event,
+}
+
+impl FedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::Cancel => "cancel",
+            Self::Event => "event",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Run, Self::Cancel, Self::Event]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// `agentos.fed.out.<to>.<kind>.<tenant>` (stream `AGENTOS_FED_OUT` on the sending cluster):
+/// what the peer `to` sources across the leaf link.
+pub fn fed_out(to: &NodeId, kind: FedKind, tenant: &Tenant) -> Subject {
+    Subject(format!("{PREFIX}.fed.out.{to}.{}.{tenant}", kind.as_str()))
+}
+
+/// `agentos.fed.out.<to>.>`: what peer `to` sources from this cluster's `AGENTOS_FED_OUT`.
+pub fn fed_out_to(to: &NodeId) -> Subject {
+    Subject(format!("{PREFIX}.fed.out.{to}.>"))
+}
+
+/// `agentos.fed.in.<from>.>`: where a source from peer `from` lands in `AGENTOS_FED_IN` (the
+/// subject transform of that source).
+pub fn fed_in_from(from: &NodeId) -> Subject {
+    Subject(format!("{PREFIX}.fed.in.{from}.>"))
+}
+
+/// `agentos.fed.announce.<node>` (stream `AGENTOS_FED_ANNOUNCE`, one message per subject): a
+/// node's latest announcement.
+pub fn fed_announce(node: &NodeId) -> Subject {
+    Subject(format!("{PREFIX}.fed.announce.{node}"))
+}
+
+/// `agentos.fed.in.<from>.peer`: where a peer's announcement lands in `AGENTOS_FED_IN`.
+pub fn fed_in_peer(from: &NodeId) -> Subject {
+    Subject(format!("{PREFIX}.fed.in.{from}.peer"))
+}
+
+/// What a subject of `AGENTOS_FED_IN` carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FedIn {
+    /// A peer's announcement.
+    Peer { from: NodeId },
+    /// A forwarded run, cancel or event of `tenant`.
+    Tenant {
+        from: NodeId,
+        kind: FedKind,
+        tenant: Tenant,
+    },
+}
+
+/// Parses `agentos.fed.in.<from>.peer` and `agentos.fed.in.<from>.<kind>.<tenant>`.
+pub fn parse_fed_in(subject: &str) -> Option<FedIn> {
+    let rest = subject.strip_prefix("agentos.fed.in.")?;
+    let mut t = rest.split('.');
+    let from = NodeId::parse(t.next()?).ok()?;
+    let kind = t.next()?;
+    let tenant = t.next();
+    if t.next().is_some() {
+        return None;
+    }
+    match (kind, tenant) {
+        ("peer", None) => Some(FedIn::Peer { from }),
+        (k, Some(tenant)) => Some(FedIn::Tenant {
+            from,
+            kind: FedKind::parse(k)?,
+            tenant: Tenant::parse(tenant).ok()?,
+        }),
+        _ => None,
+    }
+}
+
 /// The tenant token used in a dead letter whose own subject named no valid tenant.
 pub const UNKNOWN_TENANT: &str = "_invalid";
 
@@ -176,6 +265,8 @@ pub enum DlqKind {
     Model,
     Tool,
     Events,
+    /// A federation message (from a peer's stream) that did not decode.
+    Federation,
 }
 
 impl DlqKind {
@@ -185,6 +276,7 @@ impl DlqKind {
             Self::Model => "model",
             Self::Tool => "tool",
             Self::Events => "events",
+            Self::Federation => "federation",
         }
     }
 }
@@ -200,6 +292,8 @@ pub mod filter {
     pub const AUDIT: &str = "agentos.audit.*";
     pub const RUN_INDEX: &str = "agentos.runidx.*.*";
     pub const DLQ: &str = "agentos.dlq.*.*";
+    pub const FED_OUT: &str = "agentos.fed.out.>";
+    pub const FED_ANNOUNCE: &str = "agentos.fed.announce.*";
 }
 
 /// What a tenant's own NATS account may use of the platform account, one entry per export:
@@ -302,6 +396,41 @@ pub fn parse_model(subject: &str) -> Option<(Tenant, ModelName)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn federation_subjects_round_trip() {
+        use crate::id::NodeId;
+        let (a, b) = (
+            NodeId::parse("a").expect("a"),
+            NodeId::parse("b").expect("b"),
+        );
+        let t = Tenant::parse("acme").expect("tenant");
+        let out = fed_out(&b, FedKind::Event, &t);
+        assert_eq!(out.as_str(), "agentos.fed.out.b.event.acme");
+        assert_eq!(fed_out_to(&b).as_str(), "agentos.fed.out.b.>");
+        assert_eq!(fed_in_from(&a).as_str(), "agentos.fed.in.a.>");
+        assert_eq!(
+            parse_fed_in("agentos.fed.in.a.run.acme"),
+            Some(FedIn::Tenant {
+                from: a.clone(),
+                kind: FedKind::Run,
+                tenant: t
+            })
+        );
+        assert_eq!(
+            parse_fed_in(fed_in_peer(&a).as_str()),
+            Some(FedIn::Peer { from: a })
+        );
+        for bad in [
+            "agentos.fed.in.a.nope.acme",
+            "agentos.fed.in.a.run",
+            "agentos.fed.in.A!.run.acme",
+            "agentos.fed.in.a.run.acme.extra",
+            "agentos.fed.out.a.run.acme",
+        ] {
+            assert_eq!(parse_fed_in(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

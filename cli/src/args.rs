@@ -149,6 +149,8 @@ pub struct EdgeArgs {
     pub metrics: config::Metrics,
     #[command(flatten)]
     pub quotas: config::Quotas,
+    #[command(flatten)]
+    pub federation: config::Federation,
 }
 
 /// `agentos worker orchestrator`.
@@ -222,6 +224,9 @@ pub struct UpArgs {
     /// certificates; development certificates are made under <home>/certs when missing.
     #[arg(long)]
     pub tls: bool,
+    /// Start two federated local clusters (a, and b as a leaf of a) instead, for a demo.
+    #[arg(long, conflicts_with_all = ["detach", "smoke_only", "observability", "tls"])]
+    pub federate: bool,
 }
 
 #[derive(Debug, Args)]

@@ -86,6 +86,7 @@ pub struct Config {
     pub mcp: Mcp,
     pub metrics: Metrics,
     pub quotas: Quotas,
+    pub federation: Federation,
     pub up: Up,
     pub security: Security,
 }
@@ -271,6 +272,64 @@ impl Edge {
             client_ca: self.tls_client_ca(),
             client_auth: self.tls_client_auth(),
             principals: self.tls_principals(),
+        }))
+    }
+}
+
+section! {
+    /// `[federation]`: read by the edge (docs/operations.md, "Federation").
+    pub struct Federation {
+        /// This cluster's node id, also its JetStream domain; federation is off without it.
+        #[arg(long = "federation-node", env = "AGENTOS_FED_NODE")]
+        node: String,
+        /// The peers' node ids, comma-separated.
+        #[arg(long = "federation-peers", env = "AGENTOS_FED_PEERS")]
+        peers: String,
+        /// How often this node announces itself (default 5s).
+        #[arg(long = "federation-announce-interval", env = "AGENTOS_FED_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        announce_interval: Duration = Duration::from_secs(5),
+        /// How long a peer may go unseen before its forwarded runs fail `peer_unavailable`
+        /// (default 10m).
+        #[arg(long = "federation-peer-deadline", env = "AGENTOS_FED_PEER_DEADLINE", value_parser = parse_duration)]
+        #[serde(deserialize_with = "duration")]
+        peer_deadline: Duration = Duration::from_secs(600),
+        /// The protocol range announced, `N` or `MIN-MAX` (default this build's; for
+        /// compatibility tests).
+        #[arg(long = "federation-protocol", env = "AGENTOS_FED_PROTOCOL")]
+        protocol: String,
+    }
+}
+
+impl Federation {
+    /// The edge's federation settings, `None` when no node id is set.
+    pub fn config(&self) -> Result<Option<agentos_edge::federation::FederationConfig>> {
+        use agentos_bus::id::NodeId;
+        let Some(node) = self.node().filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        let node = NodeId::parse(node).context("[federation] node")?;
+        let peers = self
+            .peers()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| NodeId::parse(p).context("[federation] peers"))
+            .collect::<Result<Vec<_>>>()?;
+        let protocol = match self.protocol() {
+            Some(p) => p
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))
+                .context("[federation] protocol")?,
+            None => agentos_bus::federation::PROTOCOL,
+        };
+        Ok(Some(agentos_edge::federation::FederationConfig {
+            node,
+            peers,
+            announce_interval: self.announce_interval(),
+            peer_deadline: self.peer_deadline(),
+            protocol,
         }))
     }
 }
@@ -674,6 +733,7 @@ pub fn layer(cli: &mut Cli, file: Config) {
             a.memory = take(&mut a.memory).or(file.memory);
             a.metrics = take(&mut a.metrics).or(file.metrics);
             a.quotas = take(&mut a.quotas).or(file.quotas);
+            a.federation = take(&mut a.federation).or(file.federation);
         }
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(a) => {
@@ -1002,6 +1062,11 @@ mod tests {
             "tenants",
             format!("{:?}", c.tenants.clone().or(Tenants::defaults())),
             format!("{:?}", Tenants::defaults()),
+        );
+        show(
+            "federation",
+            format!("{:?}", c.federation.clone().or(Federation::defaults())),
+            format!("{:?}", Federation::defaults()),
         );
         show(
             "security",

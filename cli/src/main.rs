@@ -9,6 +9,7 @@ mod args;
 mod certs;
 mod client;
 mod config;
+mod federate;
 mod metrics;
 mod ops;
 mod otel;

@@ -169,6 +169,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 prices: a.quotas.price_table(),
                 hold_lease: a.quotas.hold_lease(),
                 tls,
+                federation: a.federation.config()?,
             };
             agentos_edge::serve(bus, opts, shutdown_on_signal()).await?;
         }

@@ -119,6 +119,9 @@ fn secret(home: &Path) -> Result<String> {
 
 /// `config`: the configuration file in effect, handed to every component.
 pub async fn up(a: UpArgs, config: Option<PathBuf>) -> Result<()> {
+    if a.federate {
+        return crate::federate::up(&a.up.home(), config).await;
+    }
     if a.detach {
         return detach(&a).await;
     }

@@ -12,6 +12,7 @@ mod embeddings;
 mod error;
 mod events;
 mod extract;
+pub mod federation;
 mod health;
 mod jwks;
 mod limits;
@@ -72,6 +73,8 @@ pub struct EdgeOptions {
     pub hold_lease: std::time::Duration,
     /// HTTPS (and mTLS) instead of plain HTTP.
     pub tls: Option<TlsOptions>,
+    /// Federation with peer clusters (none: this cluster stands alone).
+    pub federation: Option<federation::FederationConfig>,
 }
 
 /// Shared by every handler. Cloned per request by axum's `State`, so one reference count, not a
@@ -112,6 +115,8 @@ pub struct Shared {
     rates: std::sync::Arc<quota::rate::LocalRates>,
     prices: std::sync::Arc<agentos_bus::quota::Prices>,
     hold_lease: std::time::Duration,
+    /// Federation state, when the cluster is federated.
+    federation: Option<std::sync::Arc<federation::Fed>>,
 }
 
 impl AppState {
@@ -178,6 +183,7 @@ impl AppState {
             rates: Default::default(),
             prices: Default::default(),
             hold_lease: agentos_bus::quota::DEFAULT_HOLD_LEASE,
+            federation: None,
             bus,
             auth,
             waiters: watch::Waiters::default(),
@@ -219,6 +225,17 @@ impl AppState {
         Self(std::sync::Arc::new(shared))
     }
 
+    /// The same state, federated as `config` says (opens the peers and forward-index buckets).
+    pub async fn with_federation(
+        self,
+        config: federation::FederationConfig,
+    ) -> agentos_bus::Result<Self> {
+        let fed = federation::Fed::open(&self.bus, config).await?;
+        let mut shared = std::sync::Arc::unwrap_or_clone(self.0);
+        shared.federation = Some(fed);
+        Ok(Self(std::sync::Arc::new(shared)))
+    }
+
     /// Wakes `/wait` long-polls as run records turn terminal, until `shutdown`; [`serve`] runs it.
     pub async fn watch(self, shutdown: CancellationToken) -> agentos_bus::Result<()> {
         self.waiters.clone().run(self.bus.clone(), shutdown).await
@@ -245,6 +262,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(embeddings::routes())
         .merge(tools::routes())
         .merge(admin::routes())
+        .merge(federation::routes())
         .merge(revocation::routes())
         .merge(quota::usage::routes())
         .merge(openapi::routes())
@@ -271,6 +289,10 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
         Some(handle) => state.with_metrics(handle),
         None => state,
     };
+    let state = match opts.federation.clone() {
+        Some(config) => state.with_federation(config).await?,
+        None => state,
+    };
     let bind = |source| Error::Bind {
         addr: opts.listen,
         source,
@@ -295,6 +317,8 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
         .clone()
         .follow(state.bus.clone(), shutdown.clone());
     let revocations = async { revocations.await.map_err(Error::from) };
+    let federation = federation::run(state.clone(), shutdown.clone());
+    let federation = async { federation.await.map_err(Error::from) };
     let http = async {
         let app = router(state, opts.body_limit);
         listener::serve(
@@ -307,6 +331,6 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
         .await;
         Ok::<(), Error>(())
     };
-    tokio::try_join!(http, watcher, revocations, reload)?;
+    tokio::try_join!(http, watcher, revocations, reload, federation)?;
     Ok(())
 }

@@ -52,6 +52,16 @@ pub struct CreateRun {
     /// RFC 3339 time at which the run, if it then waits in `requires_action`, ends `expired`
     /// (future, at most 7 days away).
     pub expires_at: Option<String>,
+    /// Where the run goes: `{"node": "<peer>"}` forwards it to a federation peer. Without it, a
+    /// run whose agent only a peer serves is forwarded there.
+    pub placement: Option<Placement>,
+}
+
+/// `placement` of `POST /v1/runs`.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub node: String,
 }
 
 /// A run as the API shows it.
@@ -88,6 +98,12 @@ pub struct RunView {
     /// The run's trace (W3C trace id), when the platform exports traces.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The federation peer the run was forwarded to; absent for a run that lives here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Why the run is still in its status (`waiting_for_peer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub created_at: OffsetDateTime,
@@ -132,6 +148,8 @@ impl From<RunRecord> for RunView {
             required_action,
             expires_at: r.expires_at,
             trace_id: r.trace_id,
+            node: r.node.map(String::from),
+            status_reason: r.status_reason,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -198,7 +216,11 @@ fn body_hash(body: &CreateRun) -> String {
 /// The run an idempotency key maps to: an index entry `<tenant>.idem-<uuidv5(key)>` in the runs
 /// bucket, created once (KV `create`), holding a fresh time-ordered run id. Run ids stay UUIDv7,
 /// so lists stay in submission order.
-async fn idempotent_run_id(state: &AppState, auth: &AuthContext, key: &str) -> ApiResult<RunId> {
+pub(crate) async fn idempotent_run_id(
+    state: &AppState,
+    auth: &AuthContext,
+    key: &str,
+) -> ApiResult<RunId> {
     let index = key::idempotency(&auth.tenant, key);
     let fresh = RunId::new();
     match state.runs.create(&index, fresh.to_string().into()).await {
@@ -274,13 +296,34 @@ pub async fn create(
         )
         .with_param("multitask_strategy"));
     }
+    if let Some(p) = &body.placement {
+        let node = agentos_bus::id::NodeId::parse(p.node.clone()).map_err(|e| {
+            ApiError::bad_request("invalid_id", e.to_string()).with_param("placement.node")
+        })?;
+        if state
+            .federation
+            .as_ref()
+            .is_none_or(|f| f.config.node != node)
+        {
+            return crate::federation::forward(&state, &auth, &headers, &body, node).await;
+        }
+    }
     let submitted_at = now();
     let expires_at = body
         .expires_at
         .as_deref()
         .map(|at| expiry(at, submitted_at))
         .transpose()?;
-    let agent = agents::load(&state, &auth, &agent_id).await?.value;
+    let agent = match agents::load(&state, &auth, &agent_id).await {
+        Ok(agent) => agent.value,
+        // Not here: a federation peer may serve it.
+        Err(e) => match crate::federation::auto_place(&state, &auth, &agent_id).await? {
+            Some(node) => {
+                return crate::federation::forward(&state, &auth, &headers, &body, node).await;
+            }
+            None => return Err(e),
+        },
+    };
     state
         .entitled(&auth.tenant, |e| e.check_agent(&agent))
         .await?;
@@ -412,6 +455,9 @@ pub async fn cancel(
     let key = run_key(&auth, &id);
     for _ in 0..10 {
         let current = load(&state, &auth, &id).await?;
+        if let Some(node) = current.value.node.clone() {
+            return crate::federation::cancel(&state, &auth, id, node).await;
+        }
         let mut rec = current.value;
         if rec.status.is_terminal() {
             return Err(ApiError::conflict(

@@ -22,6 +22,7 @@ async fn a_taken_listen_address_is_a_bind_error_not_a_bus_error() {
         prices: Default::default(),
         hold_lease: std::time::Duration::from_secs(600),
         tls: None,
+        federation: None,
     };
     let err = agentos_edge::serve(edge.bus.clone(), opts, CancellationToken::new())
         .await

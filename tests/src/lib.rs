@@ -1,6 +1,7 @@
 //! The end-to-end harness: a real nats-server on a random port and the real `agentos` binary
 //! as separate processes, all killed on drop. Waits are on conditions, never fixed sleeps.
 
+pub mod federation;
 pub mod proxy;
 pub mod upstream;
 
@@ -150,6 +151,8 @@ pub struct Options {
     pub tenant: &'static str,
     /// Give every worker its own metrics listener on a free port ([`Platform::metrics_targets`]).
     pub metrics: bool,
+    /// The HS256 secret of this platform's edge (default [`SECRET`]).
+    pub jwt_secret: Option<String>,
 }
 
 impl Default for Options {
@@ -162,18 +165,26 @@ impl Default for Options {
             http_allow: Vec::new(),
             tenant: "acme",
             metrics: false,
+            jwt_secret: None,
         }
     }
 }
 
 impl Platform {
     pub async fn start(opts: Options) -> Result<Self> {
-        let nats = NatsServer::ephemeral().await?;
+        Self::start_on(NatsServer::ephemeral().await?, opts).await
+    }
+
+    /// Like [`Platform::start`], on a nats-server the caller started (a federated cluster's).
+    pub async fn start_on(nats: NatsServer, opts: Options) -> Result<Self> {
         let bus = Bus::connect(&ConnectOptions::new(nats.url())).await?;
         bus.provision(&Settings::default()).await?;
         let port = free_port()?;
         let edge_url = format!("http://127.0.0.1:{port}");
-        let token = mint(opts.tenant)?;
+        let token = match &opts.jwt_secret {
+            Some(secret) => mint_with_secret(secret, opts.tenant, "member")?,
+            None => mint(opts.tenant)?,
+        };
         let config = match &opts.config {
             None => None,
             Some(text) => {
@@ -186,7 +197,10 @@ impl Platform {
             ("AGENTOS_NATS_URL".into(), nats.url().to_owned()),
             ("AGENTOS_ACK_WAIT".into(), opts.ack_wait.to_owned()),
             ("AGENTOS_HTTP_ALLOW".into(), opts.http_allow.join(",")),
-            ("AGENTOS_JWT_SECRET".into(), SECRET.into()),
+            (
+                "AGENTOS_JWT_SECRET".into(),
+                opts.jwt_secret.clone().unwrap_or_else(|| SECRET.into()),
+            ),
             ("AGENTOS_LOG".into(), "info,async_nats=warn".into()),
         ];
         if let Some(f) = &config {
@@ -457,9 +471,14 @@ pub fn mint(tenant: &str) -> Result<String> {
 
 /// A development token with comma-separated `roles`.
 pub fn mint_with_roles(tenant: &str, roles: &str) -> Result<String> {
+    mint_with_secret(SECRET, tenant, roles)
+}
+
+/// A development token signed with `secret`.
+pub fn mint_with_secret(secret: &str, tenant: &str, roles: &str) -> Result<String> {
     let out = Command::new(agentos_bin()?)
         .args([
-            "token", "mint", "--secret", SECRET, "--tenant", tenant, "--roles", roles,
+            "token", "mint", "--secret", secret, "--tenant", tenant, "--roles", roles,
         ])
         .output()?;
     if !out.status.success() {

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use super::{
     AgentSpec, Approval, Claim, Envelope, ErrorBody, MultitaskStrategy, RequiredAction, Usage,
 };
-use crate::id::{AgentId, CallId, RunId, Tenant, ThreadId};
+use crate::id::{AgentId, CallId, NodeId, RunId, Tenant, ThreadId};
 
 /// A new run, published on `agentos.runs.<tenant>.submit` with `Nats-Msg-Id = run_id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -225,6 +225,13 @@ pub struct RunRecord {
     /// The trace the run belongs to (W3C trace id, 32 hex digits), when traces are on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The peer this run was forwarded to (federation); none for a run that lives here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// Why a run is still in its status, when it says more than the status
+    /// (`waiting_for_peer`: forwarded, the peer has not taken it yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     /// The journal sequence this record reflects.
     #[serde(default)]
     pub last_seq: u64,
@@ -295,6 +302,8 @@ impl RunRecord {
             // The trace of the request that creates the record (the edge's, or the run's first
             // delivery for direct publishers).
             trace_id: crate::trace::current_trace_id(),
+            node: None,
+            status_reason: None,
             last_seq: 0,
             created_at: req.submitted_at,
             updated_at: req.submitted_at,

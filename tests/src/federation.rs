@@ -1,0 +1,177 @@
+//! Two federated clusters on loopback: A (the hub, JetStream domain `a`) and B (a leaf of A,
+//! domain `b`), each a real nats-server with the configs `agentos_bus::federation::nats_conf`
+//! writes, and each with its own edge and workers (a [`Platform`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentos_bus::federation::nats_conf;
+use agentos_bus::id::NodeId;
+use agentos_bus::server::{NatsServer, locate};
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{Options, Platform, eventually, free_port};
+
+/// A nats-server started from a federation config, restartable on the same port and store.
+pub struct FedNats {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub port: u16,
+}
+
+impl FedNats {
+    fn new(conf_text: impl FnOnce() -> String) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("nats.conf");
+        // The store is given on the command line (`--sd`), next to the config.
+        std::fs::write(&conf, conf_text())?;
+        Ok(Self {
+            dir,
+            conf,
+            port: free_port()?,
+        })
+    }
+
+    /// The hub `node`, accepting leaf links on the returned port.
+    pub fn hub(node: &NodeId) -> Result<(Self, u16)> {
+        let leaf_port = free_port()?;
+        let me = Self::new(|| nats_conf::hub(node, None, &format!("127.0.0.1:{leaf_port}")))?;
+        Ok((me, leaf_port))
+    }
+
+    /// A leaf `node` of the hub listening for leaf links on `hub_leaf_port`.
+    pub fn leaf(node: &NodeId, hub_leaf_port: u16) -> Result<Self> {
+        Self::new(|| {
+            nats_conf::leaf(
+                node,
+                None,
+                &format!("nats-leaf://127.0.0.1:{hub_leaf_port}"),
+            )
+        })
+    }
+
+    /// Starts (or starts again) the server.
+    pub async fn start(&self) -> Result<NatsServer> {
+        let args = ["-c".to_owned(), self.conf.display().to_string()];
+        Ok(NatsServer::spawn(&locate(&[])?, self.dir.path(), Some(self.port), &args).await?)
+    }
+}
+
+/// `kill -9` of a server; it is reaped, so dropping it later signals nothing.
+pub fn kill9(server: &mut NatsServer) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &server.pid().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.exited().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How the two clusters are set up.
+#[derive(Clone, Debug)]
+pub struct FedOptions {
+    pub a: Options,
+    pub b: Options,
+    /// How often nodes announce themselves.
+    pub announce: &'static str,
+    /// How long a peer may stay unseen before its runs fail `peer_unavailable`.
+    pub peer_deadline: &'static str,
+    /// The protocol range B announces (default: this build's).
+    pub b_protocol: Option<&'static str>,
+}
+
+impl Default for FedOptions {
+    fn default() -> Self {
+        Self {
+            a: Options::default(),
+            b: Options::default(),
+            announce: "300ms",
+            peer_deadline: "120s",
+            b_protocol: None,
+        }
+    }
+}
+
+pub struct Clusters {
+    pub a: Platform,
+    pub b: Platform,
+    pub a_nats: FedNats,
+    pub b_nats: FedNats,
+}
+
+fn fed_env(node: &str, peer: &str, o: &FedOptions) -> Vec<(String, String)> {
+    vec![
+        ("AGENTOS_FED_NODE".into(), node.into()),
+        ("AGENTOS_FED_PEERS".into(), peer.into()),
+        ("AGENTOS_FED_ANNOUNCE_INTERVAL".into(), o.announce.into()),
+        ("AGENTOS_FED_PEER_DEADLINE".into(), o.peer_deadline.into()),
+    ]
+}
+
+impl Clusters {
+    /// Starts A and B, each with an edge, an orchestrator, a model and a tool worker, and waits
+    /// until each sees the other as a peer.
+    pub async fn start(o: FedOptions) -> Result<Self> {
+        let (a_id, b_id) = (NodeId::parse("a")?, NodeId::parse("b")?);
+        let (a_nats, leaf_port) = FedNats::hub(&a_id)?;
+        let b_nats = FedNats::leaf(&b_id, leaf_port)?;
+        let (na, nb) = (a_nats.start().await?, b_nats.start().await?);
+        let mut a_opts = o.a.clone();
+        a_opts.env.extend(fed_env("a", "b", &o));
+        let mut b_opts = o.b.clone();
+        b_opts.env.extend(fed_env("b", "a", &o));
+        if let Some(p) = o.b_protocol {
+            b_opts.env.push(("AGENTOS_FED_PROTOCOL".into(), p.into()));
+        }
+        let (a, b) = tokio::try_join!(
+            Platform::start_on(na, a_opts),
+            Platform::start_on(nb, b_opts)
+        )?;
+        let me = Self {
+            a,
+            b,
+            a_nats,
+            b_nats,
+        };
+        me.wait_peer(&me.a, "b").await?;
+        me.wait_peer(&me.b, "a").await?;
+        Ok(me)
+    }
+
+    /// Waits until `p` lists `node` as a peer whose link is up; its entry.
+    pub async fn wait_peer(&self, p: &Platform, node: &str) -> Result<Value> {
+        eventually(
+            &format!("peer {node} up"),
+            Duration::from_secs(60),
+            || async {
+                let (status, v) = p.get("/v1/federation/peers").await.ok()?;
+                (status == 200).then_some(())?;
+                v["data"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["node"] == node && e["link"] == "up")
+                    .cloned()
+            },
+        )
+        .await
+    }
+
+    /// `kill -9` of B's nats-server.
+    pub fn kill_b_nats(&mut self) {
+        kill9(&mut self.b.nats);
+    }
+
+    /// Starts B's nats-server again on the same port and store.
+    pub async fn restart_b_nats(&mut self) -> Result<()> {
+        let fresh = self
+            .b_nats
+            .start()
+            .await
+            .context("restarting B's nats-server")?;
+        // The old handle holds the reaped child: dropping it signals nothing.
+        drop(std::mem::replace(&mut self.b.nats, fresh));
+        Ok(())
+    }
+}
