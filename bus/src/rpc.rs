@@ -85,32 +85,72 @@ pub struct Reply {
     pub payload: Bytes,
 }
 
+/// How long a call whose request found no subscriber is sent again before it fails
+/// [`Error::NoResponders`]: when a NATS node of a cluster dies, the workers connected to it are
+/// unsubscribed until they reconnect to another node (well under a second on loopback). A "no
+/// responders" status means nobody received the request, so sending it again cannot run
+/// anything twice.
+pub const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(2);
+const RESEND_EVERY: Duration = Duration::from_millis(100);
+
 /// The replies to one call, in order.
 pub struct Replies {
     subject: String,
     sub: async_nats::Subscriber,
+    /// What to send again while nobody is subscribed, until [`NO_RESPONDERS_GRACE`] ran out.
+    resend: Option<Resend>,
+}
+
+struct Resend {
+    client: async_nats::Client,
+    inbox: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    until: tokio::time::Instant,
 }
 
 impl Replies {
     /// The next reply, waiting at most `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Result<Reply> {
-        let msg = tokio::time::timeout(timeout, self.sub.next())
-            .await
-            .map_err(|_| Error::TimedOut {
-                op: format!("reply from {}", self.subject),
-                after: timeout,
-            })?
-            .ok_or_else(|| {
-                Error::nats(
-                    format!("reply from {}", self.subject),
-                    "subscription closed",
-                )
-            })?;
-        if msg.status == Some(StatusCode::NO_RESPONDERS) {
-            return Err(Error::NoResponders {
-                subject: self.subject.clone(),
-            });
-        }
+        let msg = loop {
+            let msg = tokio::time::timeout(timeout, self.sub.next())
+                .await
+                .map_err(|_| Error::TimedOut {
+                    op: format!("reply from {}", self.subject),
+                    after: timeout,
+                })?
+                .ok_or_else(|| {
+                    Error::nats(
+                        format!("reply from {}", self.subject),
+                        "subscription closed",
+                    )
+                })?;
+            if msg.status != Some(StatusCode::NO_RESPONDERS) {
+                // Someone answered: a later "no responders" is final.
+                self.resend = None;
+                break msg;
+            }
+            match &self.resend {
+                Some(r) if tokio::time::Instant::now() + RESEND_EVERY < r.until => {
+                    tokio::time::sleep(RESEND_EVERY).await;
+                    r.client
+                        .publish_with_reply_and_headers(
+                            self.subject.clone(),
+                            r.inbox.clone(),
+                            r.headers.clone(),
+                            r.payload.clone(),
+                        )
+                        .await
+                        .map_err(|e| Error::nats(format!("request {}", self.subject), e))?;
+                    tracing::debug!(subject = %self.subject, "no responders yet; request sent again");
+                }
+                _ => {
+                    return Err(Error::NoResponders {
+                        subject: self.subject.clone(),
+                    });
+                }
+            }
+        };
         Ok(Reply {
             schema: msg
                 .headers
@@ -132,11 +172,28 @@ impl Bus {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| Error::nats(format!("subscribe {inbox}"), e))?;
+        let headers = meta.to_headers();
         self.client
-            .publish_with_reply_and_headers(subject.clone(), inbox, meta.to_headers(), payload)
+            .publish_with_reply_and_headers(
+                subject.clone(),
+                inbox.clone(),
+                headers.clone(),
+                payload.clone(),
+            )
             .await
             .map_err(|e| Error::nats(format!("request {subject}"), e))?;
-        Ok(Replies { subject, sub })
+        let resend = Resend {
+            client: self.client.clone(),
+            inbox,
+            headers,
+            payload,
+            until: tokio::time::Instant::now() + NO_RESPONDERS_GRACE,
+        };
+        Ok(Replies {
+            subject,
+            sub,
+            resend: Some(resend),
+        })
     }
 
     /// Broadcasts a cancel for a run to every orchestrator and tool worker.
