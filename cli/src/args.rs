@@ -222,6 +222,10 @@ pub struct UpArgs {
     /// certificates; development certificates are made under <home>/certs when missing.
     #[arg(long)]
     pub tls: bool,
+    /// Run NATS as a cluster of this many nodes on loopback (3 to 5), every stream and bucket
+    /// replicated on each: the platform survives the loss of a node.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub cluster: Option<u8>,
 }
 
 #[derive(Debug, Args)]

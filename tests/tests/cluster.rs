@@ -329,3 +329,50 @@ async fn a_rolling_restart_of_all_three_nodes_loses_and_duplicates_no_run() {
             .unwrap_or_default()
     );
 }
+
+/// `agentos up --cluster 3 --smoke-only` twice from one home: three nodes, R3 streams, the
+/// smoke run completes; the second start brings the cluster back from its stores.
+#[test]
+fn up_cluster_3_runs_the_smoke_run_at_r3_and_restarts_from_its_stores() {
+    let home = tempfile::tempdir().expect("home");
+    // Node i uses base + i, base + 2000 + i and base + 4000 + i.
+    let base = 20_000 + agentos_e2e::free_port().expect("port") % 20_000;
+    for attempt in 1..=2 {
+        let out = std::process::Command::new(agentos_e2e::agentos_bin().expect("binary"))
+            .args(["up", "--smoke-only", "--cluster", "3", "--home"])
+            .arg(home.path())
+            .args([
+                "--nats-port",
+                &base.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{}", agentos_e2e::free_port().expect("port")),
+            ])
+            .output()
+            .expect("run agentos up");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "attempt {attempt}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in [
+            "cluster: 3 nodes, streams and KV at R3",
+            &format!("nats://127.0.0.1:{}", base + 2),
+            "completed: \"The answer is 42.\"",
+            "stopped.",
+        ] {
+            assert!(
+                stdout.contains(line),
+                "attempt {attempt} lacks {line:?}:\n{stdout}"
+            );
+        }
+        for node in ["n0", "n1", "n2"] {
+            assert!(
+                home.path()
+                    .join("nats")
+                    .join(format!("{node}.conf"))
+                    .is_file()
+            );
+        }
+    }
+}
