@@ -115,9 +115,10 @@ fn submit_load(
 }
 
 /// Every run completed, exactly once: one `run.completed` and no `run.failed`, one tool call
-/// with one outcome, two model steps, in each journal. Returns how many tool calls ended
-/// `tool_unavailable` (no tool worker reachable while its connection failed over: the run goes
-/// on and the model sees the error; nothing is run twice).
+/// with one outcome, two model steps, in each journal. Returns how many tool calls failed over
+/// the node's loss: `tool_unavailable` (no tool worker subscribed for 2 s while its connection
+/// moved) or `tool_timeout` (the request or its reply went through the dead node). The run goes
+/// on and the model sees the error; nothing is run twice. Any other tool error fails the test.
 async fn check_exactly_once(p: &Platform, ids: &[String], n: usize) -> usize {
     assert_eq!(ids.len(), n, "every submission accepted once");
     let distinct: HashSet<&String> = ids.iter().collect();
@@ -165,7 +166,10 @@ async fn check_exactly_once(p: &Platform, ids: &[String], n: usize) -> usize {
                 .collect::<Vec<_>>()
         );
         for f in &failures {
-            assert!(f.contains("tool_unavailable"), "run {id}: {f}");
+            assert!(
+                f.contains("tool_unavailable") || f.contains("tool_timeout"),
+                "run {id}: {f}"
+            );
             unavailable += 1;
         }
     }
@@ -280,7 +284,7 @@ async fn kill_9_of_a_nats_node_loses_and_duplicates_no_run() {
     wait_healed(&p).await;
     eprintln!(
         "cluster kill -9 of {leader} (journal leader): {n} runs completed once each in {:.1}s; \
-         load progressed {:.1}s after the kill; {unavailable} tool calls tool_unavailable; \
+         load progressed {:.1}s after the kill; {unavailable} tool calls failed over; \
          {} submission retries{}",
         started.elapsed().as_secs_f64(),
         progress_after.as_secs_f64(),
@@ -320,7 +324,7 @@ async fn a_rolling_restart_of_all_three_nodes_loses_and_duplicates_no_run() {
     let unavailable = check_exactly_once(&p, &ids, n).await;
     eprintln!(
         "cluster rolling restart (kill -9 + start, n0 n1 n2): {n} runs completed once each in \
-         {:.1}s; {unavailable} tool calls tool_unavailable; {} submission retries{}",
+         {:.1}s; {unavailable} tool calls failed over; {} submission retries{}",
         started.elapsed().as_secs_f64(),
         errors.len(),
         errors
