@@ -206,6 +206,10 @@ async fn start() -> Platform {
     let p = Platform::start(Options {
         cluster: 3,
         ack_wait: "2s",
+        // A model request or reply lost with the dead node is seen only when this runs out (the
+        // run then fails `model_timeout`: a known limit, see docs/operations.md): 10 s, not
+        // 120 s, so such a failure shows quickly.
+        env: vec![("AGENTOS_MODEL_TIMEOUT".into(), "10s".into())],
         ..Options::default()
     })
     .await
