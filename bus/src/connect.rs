@@ -100,9 +100,37 @@ impl ConnectOptions {
             opts = opts.require_tls(true);
         }
         let client = opts
-            .connect(self.url.as_str())
+            .connect(self.servers().map_err(connect_err)?)
             .await
             .map_err(|e| connect_err(e.into()))?;
         Ok(client)
+    }
+
+    /// The servers of [`Self::url`]: async-nats parses one URL per address, so a
+    /// comma-separated list is split here (it then reconnects to any of them).
+    fn servers(&self) -> std::result::Result<Vec<async_nats::ServerAddr>, crate::error::Source> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("{u}: {e}").into())
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_url_names_every_server() {
+        let opts = ConnectOptions::new("nats://127.0.0.1:4222, nats://127.0.0.1:4223,");
+        let servers = opts.servers().expect("servers");
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].port(), 4223);
+        assert!(ConnectOptions::new("nats://127.0.0.1:x").servers().is_err());
     }
 }

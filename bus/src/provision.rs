@@ -376,6 +376,7 @@ impl Bus {
             let cfg = settings.bucket(bucket);
             let want = kv_stream(&cfg);
             let outcome = match self.stream_config(&want.name).await? {
+                Some(have) if create => self.upgrade_or_compare(&want, have).await?,
                 Some(have) => drift_outcome(&want, &have),
                 None if create => {
                     match self.js.create_key_value(cfg).await {
@@ -408,13 +409,8 @@ impl Bus {
 
     async fn reconcile_stream(&self, want: &stream::Config, create: bool) -> Result<Outcome> {
         if let Some(have) = self.stream_config(&want.name).await? {
-            if create && let Some((upgraded, changes)) = additions(want, &have) {
-                self.js
-                    .update_stream(upgraded)
-                    .await
-                    .map_err(|e| Error::nats(format!("upgrade stream {}", want.name), e))?;
-                tracing::info!(stream = %want.name, ?changes, "stream upgraded in place");
-                return Ok(Outcome::Upgraded { changes });
+            if create {
+                return self.upgrade_or_compare(want, have).await;
             }
             return Ok(drift_outcome(want, &have));
         }
@@ -428,6 +424,24 @@ impl Bus {
                 None => Err(Error::nats(format!("create stream {}", want.name), e)),
             },
         }
+    }
+
+    /// Updates an existing stream (or a bucket's stream) in place when only safe additions
+    /// separate it from `want`; otherwise compares.
+    async fn upgrade_or_compare(
+        &self,
+        want: &stream::Config,
+        have: stream::Config,
+    ) -> Result<Outcome> {
+        let Some((upgraded, changes)) = additions(want, &have) else {
+            return Ok(drift_outcome(want, &have));
+        };
+        self.js
+            .update_stream(upgraded)
+            .await
+            .map_err(|e| Error::nats(format!("upgrade stream {}", want.name), e))?;
+        tracing::info!(stream = %want.name, ?changes, "stream upgraded in place");
+        Ok(Outcome::Upgraded { changes })
     }
 
     /// The current config of a stream, or `None` when it does not exist.
@@ -446,8 +460,11 @@ impl Bus {
     }
 }
 
-/// `have` with what `want` adds and an update can safely add (subjects, message schedules),
-/// when nothing else differs: the config to update it to, and the changes.
+/// `have` with what `want` adds and an update can safely add (subjects, message schedules,
+/// more replicas: JetStream scales a stream up in place, copying it to the new peers), when
+/// nothing else differs: the config to update it to, and the changes. Fewer replicas than a
+/// stream has is drift, never applied: a component configured with fewer must not shrink what
+/// the operator scaled up.
 fn additions(
     want: &stream::Config,
     have: &stream::Config,
@@ -459,6 +476,13 @@ fn additions(
             upgraded.subjects.push(subject.clone());
             changes.push(format!("subject {subject} added"));
         }
+    }
+    if want.num_replicas > have.num_replicas {
+        upgraded.num_replicas = want.num_replicas;
+        changes.push(format!(
+            "replicas {} → {}",
+            have.num_replicas, want.num_replicas
+        ));
     }
     if want.allow_message_schedules && !have.allow_message_schedules {
         upgraded.allow_message_schedules = true;

@@ -85,32 +85,109 @@ pub struct Reply {
     pub payload: Bytes,
 }
 
+/// How long a call whose request found no subscriber is sent again before it fails
+/// [`Error::NoResponders`]: when a NATS node of a cluster dies, the workers connected to it are
+/// unsubscribed until they reconnect to another node (well under a second on loopback). A "no
+/// responders" status means nobody received the request, so sending it again cannot run
+/// anything twice.
+pub const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(2);
+const RESEND_EVERY: Duration = Duration::from_millis(100);
+/// How often a call waiting for its first reply checks whether its connection was re-made.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+
 /// The replies to one call, in order.
+///
+/// Two failovers are handled before the first reply: a request nobody was subscribed to is sent
+/// again for up to [`NO_RESPONDERS_GRACE`]; and when the caller's own connection was re-made
+/// since the request went out (its NATS node died: the request, or the replies sent to the old
+/// connection, may be lost), the request is sent again on a fresh inbox, so replies to the first
+/// one, if any come, are never mixed in. Callers make their calls safe to repeat (tool calls
+/// carry an idempotency key the tool worker claims). After the first reply nothing is resent.
 pub struct Replies {
     subject: String,
     sub: async_nats::Subscriber,
+    request: Request,
+    /// Whether a reply came: from then on the call is never sent again.
+    answered: bool,
+}
+
+struct Request {
+    client: async_nats::Client,
+    inbox: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    /// The end of the no-responders grace.
+    until: tokio::time::Instant,
+    /// The client's connection count when the request was last sent.
+    connects: u64,
+}
+
+impl Request {
+    fn connects_now(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn send(&mut self, subject: &str) -> Result<()> {
+        self.connects = self.connects_now();
+        self.client
+            .publish_with_reply_and_headers(
+                subject.to_owned(),
+                self.inbox.clone(),
+                self.headers.clone(),
+                self.payload.clone(),
+            )
+            .await
+            .map_err(|e| Error::nats(format!("request {subject}"), e))
+    }
 }
 
 impl Replies {
     /// The next reply, waiting at most `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Result<Reply> {
-        let msg = tokio::time::timeout(timeout, self.sub.next())
-            .await
-            .map_err(|_| Error::TimedOut {
-                op: format!("reply from {}", self.subject),
-                after: timeout,
-            })?
-            .ok_or_else(|| {
-                Error::nats(
-                    format!("reply from {}", self.subject),
-                    "subscription closed",
-                )
-            })?;
-        if msg.status == Some(StatusCode::NO_RESPONDERS) {
-            return Err(Error::NoResponders {
-                subject: self.subject.clone(),
-            });
-        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let msg = loop {
+            let wait = match self.answered {
+                true => deadline,
+                false => deadline.min(tokio::time::Instant::now() + RECONNECT_CHECK),
+            };
+            let next = tokio::time::timeout_at(wait, self.sub.next()).await;
+            let msg = match next {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    return Err(Error::nats(
+                        format!("reply from {}", self.subject),
+                        "subscription closed",
+                    ));
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::TimedOut {
+                        op: format!("reply from {}", self.subject),
+                        after: timeout,
+                    });
+                }
+                Err(_) => {
+                    if self.request.connects_now() != self.request.connects {
+                        self.resend_fresh().await?;
+                    }
+                    continue;
+                }
+            };
+            if msg.status != Some(StatusCode::NO_RESPONDERS) {
+                self.answered = true;
+                break msg;
+            }
+            if self.answered || tokio::time::Instant::now() + RESEND_EVERY >= self.request.until {
+                return Err(Error::NoResponders {
+                    subject: self.subject.clone(),
+                });
+            }
+            tokio::time::sleep(RESEND_EVERY).await;
+            self.request.send(&self.subject).await?;
+            tracing::debug!(subject = %self.subject, "no responders yet; request sent again");
+        };
         Ok(Reply {
             schema: msg
                 .headers
@@ -119,6 +196,23 @@ impl Replies {
                 .map(|v| v.as_str().to_owned()),
             payload: msg.payload,
         })
+    }
+}
+
+impl Replies {
+    /// Sends the request again on a fresh inbox (the old subscription is dropped).
+    async fn resend_fresh(&mut self) -> Result<()> {
+        let inbox = self.request.client.new_inbox();
+        self.sub = self
+            .request
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::nats(format!("subscribe {inbox}"), e))?;
+        self.request.inbox = inbox;
+        self.request.send(&self.subject).await?;
+        tracing::info!(subject = %self.subject, "connection re-made before the first reply; request sent again");
+        Ok(())
     }
 }
 
@@ -132,11 +226,21 @@ impl Bus {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| Error::nats(format!("subscribe {inbox}"), e))?;
-        self.client
-            .publish_with_reply_and_headers(subject.clone(), inbox, meta.to_headers(), payload)
-            .await
-            .map_err(|e| Error::nats(format!("request {subject}"), e))?;
-        Ok(Replies { subject, sub })
+        let mut request = Request {
+            client: self.client.clone(),
+            inbox,
+            headers: meta.to_headers(),
+            payload,
+            until: tokio::time::Instant::now() + NO_RESPONDERS_GRACE,
+            connects: 0,
+        };
+        request.send(&subject).await?;
+        Ok(Replies {
+            subject,
+            sub,
+            request,
+            answered: false,
+        })
     }
 
     /// Broadcasts a cancel for a run to every orchestrator and tool worker.

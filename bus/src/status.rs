@@ -12,6 +12,12 @@ pub struct StreamStatus {
     pub first_seq: u64,
     pub last_seq: u64,
     pub consumers: usize,
+    /// Configured replicas (1 on a single server).
+    pub replicas: usize,
+    /// The server leading the stream's RAFT group (clustered JetStream only).
+    pub leader: Option<String>,
+    /// Replicas up to date with the leader, the leader included (`replicas` when healthy).
+    pub current: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,6 +50,15 @@ impl Bus {
             first_seq: info.state.first_sequence,
             last_seq: info.state.last_sequence,
             consumers: info.state.consumer_count,
+            replicas: info.config.num_replicas,
+            leader: info.cluster.as_ref().and_then(|c| c.leader.clone()),
+            current: info.cluster.as_ref().map_or(1, |c| {
+                usize::from(c.leader.is_some())
+                    + c.replicas
+                        .iter()
+                        .filter(|p| p.current && !p.offline)
+                        .count()
+            }),
         })
     }
 

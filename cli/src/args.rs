@@ -227,6 +227,10 @@ pub struct UpArgs {
     /// Start two federated local clusters (a, and b as a leaf of a) instead, for a demo.
     #[arg(long, conflicts_with_all = ["detach", "smoke_only", "observability", "tls"])]
     pub federate: bool,
+    /// Run NATS as a cluster of this many nodes on loopback (3 to 5), every stream and bucket
+    /// replicated on each: the platform survives the loss of a node.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub cluster: Option<u8>,
 }
 
 #[derive(Debug, Args)]

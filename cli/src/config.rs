@@ -125,6 +125,10 @@ section! {
         /// The client certificate's key (PEM); mode 0600.
         #[arg(long = "nats-tls-key", env = "AGENTOS_NATS_TLS_KEY")]
         tls_key: PathBuf,
+        /// Replicas of every stream and KV bucket (default 1; 3 on a 3-node cluster). Raising
+        /// it scales existing streams up in place; lowering it is reported as drift.
+        #[arg(long = "nats-replicas", env = "AGENTOS_NATS_REPLICAS")]
+        replicas: usize = 1,
     }
 }
 
@@ -151,6 +155,18 @@ impl Nats {
             tls_cert: self.tls_cert(),
             tls_key: self.tls_key(),
             require_tls: self.tls_on(),
+            ..Default::default()
+        })
+    }
+
+    /// What streams and buckets are provisioned with: 1 to 5 replicas (JetStream's range).
+    pub fn settings(&self) -> Result<agentos_bus::Settings> {
+        let replicas = self.replicas();
+        if !(1..=5).contains(&replicas) {
+            anyhow::bail!("[nats] replicas must be 1 to 5, not {replicas}");
+        }
+        Ok(agentos_bus::Settings {
+            replicas,
             ..Default::default()
         })
     }

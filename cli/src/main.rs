@@ -20,6 +20,7 @@ mod secret;
 mod state;
 mod tenant;
 mod up;
+mod up_cluster;
 mod up_metrics;
 mod up_observability;
 mod up_tls;

@@ -269,7 +269,11 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
         Ok(mut opts) => {
             opts.url = url.clone();
             opts.request_timeout = Some(Duration::from_secs(3));
-            nats_checks(&opts, &url, &mut line).await;
+            let settings = a.nats.settings().unwrap_or_else(|e| {
+                line(false, "streams", format!("{e:#}"));
+                Settings::default()
+            });
+            nats_checks(&opts, &settings, &url, &mut line).await;
         }
     }
     let secret = match (
@@ -302,7 +306,12 @@ pub async fn validate(a: &crate::args::ValidateArgs, explicit_config: Option<&Pa
 }
 
 /// The `nats`, `jetstream` and `streams` lines of `validate`.
-async fn nats_checks(opts: &ConnectOptions, url: &str, line: &mut impl FnMut(bool, &str, String)) {
+async fn nats_checks(
+    opts: &ConnectOptions,
+    settings: &Settings,
+    url: &str,
+    line: &mut impl FnMut(bool, &str, String),
+) {
     match Bus::connect(opts).await {
         Err(e) => line(false, "nats", e.to_string()),
         Ok(bus) => {
@@ -311,7 +320,7 @@ async fn nats_checks(opts: &ConnectOptions, url: &str, line: &mut impl FnMut(boo
                 Err(e) => line(false, "jetstream", e.to_string()),
                 Ok(()) => {
                     line(true, "jetstream", "enabled".into());
-                    match bus.check(&Settings::default()).await {
+                    match bus.check(settings).await {
                         Err(e) => line(false, "streams", e.to_string()),
                         Ok(r) if r.is_clean() => line(
                             true,

@@ -1,6 +1,6 @@
 //! Running one component: connect, provision, serve until SIGINT/SIGTERM, drain.
 
-use agentos_bus::{Bus, Settings};
+use agentos_bus::Bus;
 use agentos_edge::{Auth, EdgeOptions};
 use agentos_workers::mcp::McpBridge;
 use agentos_workers::model::{ModelWorker, ModelWorkerOptions};
@@ -80,7 +80,7 @@ async fn connect(nats: &config::Nats, name: &str) -> anyhow::Result<Bus> {
         .await
         .with_context(|| format!("connecting to NATS at {}", nats.url()))?;
     let report = bus
-        .provision(&Settings::default())
+        .provision(&nats.settings()?)
         .await
         .context("provisioning streams and buckets")?;
     for item in report.drifted() {
@@ -247,7 +247,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let bus = Bus::connect(&nats.connect_options("agentos-provision")?)
                 .await
                 .with_context(|| format!("connecting to NATS at {}", nats.url()))?;
-            let report = bus.provision(&Settings::default()).await?;
+            let report = bus.provision(&nats.settings()?).await?;
             for item in &report.items {
                 println!("{:<6} {:<22} {:?}", item.kind, item.name, item.outcome);
             }

@@ -192,29 +192,48 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         .then(|| crate::up_tls::UpTls::prepare(home))
         .transpose()?;
     let nats_config = crate::up_tls::nats_config(home, tls.as_ref())?;
+    let cluster = crate::up_cluster::Plan::new(a.cluster, a.up.nats_port(), home, &nats_config)?;
+    let (dir, args) = match &cluster {
+        Some(c) => c.node(0),
+        None => (
+            home.join("nats"),
+            vec![
+                "-l".into(),
+                nats_log.display().to_string(),
+                "-c".into(),
+                nats_config.display().to_string(),
+            ],
+        ),
+    };
     let nats_launcher = NatsLauncher {
         binary: binary.clone(),
-        dir: home.join("nats"),
+        dir,
         port: a.up.nats_port(),
-        args: vec![
-            "-l".into(),
-            nats_log.display().to_string(),
-            "-c".into(),
-            nats_config.display().to_string(),
-        ],
+        args,
     };
     let mut nats = nats_launcher
         .spawn()
         .await
-        .map_err(|e| anyhow!("{e}\n  hint: see {}", nats_log.display()))?;
+        .map_err(|e| anyhow!("{e}\n  hint: see {}", home.join("logs").display()))?;
+    let _peers = match &cluster {
+        Some(c) => Some(c.start_peers(&binary).await?),
+        None => None,
+    };
+    let nats_url = cluster.as_ref().map_or(nats.url().to_owned(), |c| c.url());
     let version = server::version_of(&binary).map_or("?".into(), |(x, y)| format!("v{x}.{y}"));
-    println!("      {} ({version}) at {}", binary.display(), nats.url());
+    println!("      {} ({version}) at {nats_url}", binary.display());
+    if let Some(c) = &cluster {
+        println!("      cluster: {}", c.describe());
+    }
 
     interrupted(&shutdown)?;
     phase(3, "streams and KV buckets");
-    let platform = auth.platform(nats.url(), "agentos-up");
+    let platform = auth.platform(&nats_url, "agentos-up");
     let bus = Bus::connect(&crate::up_tls::nats(tls.as_ref(), platform)).await?;
-    let report = bus.provision(&Settings::default()).await?;
+    let report = match &cluster {
+        Some(c) => c.provision(&bus).await?,
+        None => bus.provision(&Settings::default()).await?,
+    };
     for item in report.drifted() {
         println!(
             "      warning: {} {} differs: {:?}",
@@ -234,9 +253,17 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     let launcher = Launcher {
         exe: std::env::current_exe()?,
         home: home.to_owned(),
-        nats_url: nats.url().to_owned(),
+        nats_url: nats_url.clone(),
         nats_env: auth.platform_env(),
-        tls_env: tls.iter().flat_map(|t| t.components.nats_env()).collect(),
+        // With --cluster, the components provision at the cluster's replicas too.
+        tls_env: tls
+            .iter()
+            .flat_map(|t| t.components.nats_env())
+            .chain(cluster.iter().map(|c| {
+                let replicas = c.settings().replicas.to_string();
+                ("AGENTOS_NATS_REPLICAS", replicas)
+            }))
+            .collect(),
         secret: secret(home)?,
         config,
     };
@@ -309,7 +336,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
 
     let mut state = State {
         edge_url: edge_url.clone(),
-        nats_url: nats.url().to_owned(),
+        nats_url: nats_url.clone(),
         token_file: token_file.clone(),
         home: home.to_owned(),
         up_pid: std::process::id(),
@@ -325,13 +352,13 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         started.elapsed().as_secs_f64()
     );
     println!("  edge:   {edge_url}   (API spec: {edge_url}/openapi.json)");
-    println!("  nats:   {}", nats.url());
+    println!("  nats:   {nats_url}");
     println!(
         "  token:  export TOKEN=$(cat {})   # tenant dev, 24h",
         token_file.display()
     );
     if let Some(t) = &tls {
-        t.print_howto(&edge_url, nats.url());
+        t.print_howto(&edge_url, &nats_url);
     }
     println!("  logs:   agentos logs --home {}", home.display());
     println!("  report: {}", report_file.display());

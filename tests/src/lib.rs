@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use agentos_bus::cluster::NatsCluster;
 use agentos_bus::server::NatsServer;
 use agentos_bus::{Bus, ConnectOptions, Settings};
 use anyhow::{Context, Result, bail};
@@ -124,7 +125,14 @@ where
 }
 
 pub struct Platform {
+    /// The nats-server, or the first node of a cluster ([`Options::cluster`]).
     pub nats: NatsServer,
+    /// The other nodes of a cluster (`n1`, `n2`, …); empty on a single server.
+    pub nats_peers: Vec<NatsServer>,
+    /// What every process connects with: one URL, or every node's, comma-separated.
+    pub nats_url: String,
+    /// A cluster's ports (monitoring for [`Platform::wait_nats_healthy`]).
+    pub nats_ports: Vec<agentos_bus::cluster::NodePorts>,
     pub bus: Bus,
     pub edge_url: String,
     pub token: String,
@@ -137,6 +145,8 @@ pub struct Platform {
     metrics: bool,
     /// The agentos.toml every process reads, kept alive as long as they run.
     _config: Option<tempfile::NamedTempFile>,
+    /// A cluster's stores; dropped after the nodes (fields drop in order).
+    _nats_temp: Option<tempfile::TempDir>,
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +163,9 @@ pub struct Options {
     pub metrics: bool,
     /// The HS256 secret of this platform's edge (default [`SECRET`]).
     pub jwt_secret: Option<String>,
+    /// Run NATS as a cluster of this many nodes, streams and buckets at that many replicas
+    /// (0 or 1: one server, R1).
+    pub cluster: usize,
 }
 
 impl Default for Options {
@@ -166,19 +179,65 @@ impl Default for Options {
             tenant: "acme",
             metrics: false,
             jwt_secret: None,
+            cluster: 0,
         }
     }
 }
 
 impl Platform {
     pub async fn start(opts: Options) -> Result<Self> {
-        Self::start_on(NatsServer::ephemeral().await?, opts).await
+        match opts.cluster {
+            0 | 1 => Self::start_on(NatsServer::ephemeral().await?, opts).await,
+            n => {
+                let cluster = NatsCluster::ephemeral(n).await?;
+                let ports = cluster.ports.clone();
+                let (mut nodes, temp) = cluster.into_parts();
+                let first = nodes.remove(0);
+                let settings = Settings {
+                    replicas: n.min(5),
+                    ..Settings::default()
+                };
+                Self::start_nodes(first, nodes, ports, temp, settings, opts).await
+            }
+        }
     }
 
     /// Like [`Platform::start`], on a nats-server the caller started (a federated cluster's).
     pub async fn start_on(nats: NatsServer, opts: Options) -> Result<Self> {
-        let bus = Bus::connect(&ConnectOptions::new(nats.url())).await?;
-        bus.provision(&Settings::default()).await?;
+        Self::start_nodes(
+            nats,
+            Vec::new(),
+            Vec::new(),
+            None,
+            Settings::default(),
+            opts,
+        )
+        .await
+    }
+
+    /// The platform on `nats` and its cluster peers (none: one server).
+    async fn start_nodes(
+        nats: NatsServer,
+        nats_peers: Vec<NatsServer>,
+        nats_ports: Vec<agentos_bus::cluster::NodePorts>,
+        nats_temp: Option<tempfile::TempDir>,
+        settings: Settings,
+        opts: Options,
+    ) -> Result<Self> {
+        let nats_url = std::iter::once(&nats)
+            .chain(&nats_peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let bus = Bus::connect(&ConnectOptions::new(nats_url.clone())).await?;
+        // A cluster answers JetStream requests once it has elected its meta leader.
+        eventually("JetStream provisioned", Duration::from_secs(60), || async {
+            bus.provision(&settings).await.ok()
+        })
+        .await?;
+        // Every node current with the meta leader and every stream: before that, a client on a
+        // lagging node is told "no stream" for a stream the others have.
+        agentos_bus::cluster::wait_healthy(&nats_ports, Duration::from_secs(60)).await?;
         let port = free_port()?;
         let edge_url = format!("http://127.0.0.1:{port}");
         let token = match &opts.jwt_secret {
@@ -194,7 +253,11 @@ impl Platform {
             }
         };
         let mut worker_env = vec![
-            ("AGENTOS_NATS_URL".into(), nats.url().to_owned()),
+            ("AGENTOS_NATS_URL".into(), nats_url.clone()),
+            (
+                "AGENTOS_NATS_REPLICAS".into(),
+                settings.replicas.to_string(),
+            ),
             ("AGENTOS_ACK_WAIT".into(), opts.ack_wait.to_owned()),
             ("AGENTOS_HTTP_ALLOW".into(), opts.http_allow.join(",")),
             (
@@ -211,6 +274,10 @@ impl Platform {
             worker_env,
             _config: config,
             nats,
+            nats_peers,
+            nats_url,
+            nats_ports,
+            _nats_temp: nats_temp,
             bus,
             edge_url,
             token,
@@ -308,6 +375,19 @@ impl Platform {
         })
         .await?;
         Ok(url)
+    }
+
+    /// Node `i` of the cluster (`n<i>`; 0 is [`Platform::nats`]).
+    pub fn nats_node(&mut self, i: usize) -> Option<&mut NatsServer> {
+        match i {
+            0 => Some(&mut self.nats),
+            i => self.nats_peers.get_mut(i - 1),
+        }
+    }
+
+    /// Waits until every node of the cluster answers `/healthz` (no-op on a single server).
+    pub async fn wait_nats_healthy(&self, timeout: Duration) -> Result<()> {
+        Ok(agentos_bus::cluster::wait_healthy(&self.nats_ports, timeout).await?)
     }
 
     pub fn spawn_orchestrator(&mut self) -> Result<&mut Proc> {

@@ -177,8 +177,9 @@ pub(crate) async fn drive<P: Port>(
                 needs_reload = true;
             }
             Err(Stop::Bus(e)) => {
-                tracing::warn!(error = %e, run = %req.run_id, "bus failure; the run will be retried");
-                return Disposition::Retry(Duration::from_secs(1));
+                let wait = bus_backoff(attempt.delivered);
+                tracing::warn!(error = %e, run = %req.run_id, ?wait, "bus failure; the run will be retried");
+                return Disposition::Retry(wait);
             }
             Err(Stop::Busy(wait)) => {
                 tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
@@ -381,5 +382,25 @@ impl<P: Port> Driver<'_, P> {
         self.project_terminal().await?;
         self.release_budget(true).await;
         Ok(())
+    }
+}
+
+/// How long a run waits after a bus failure before its next delivery: 1 s, doubling to 10 s.
+/// The attempts (`max_attempts`, 5) then span about 25 s, longer than a JetStream stream's
+/// leader election after its leader's node died (up to ~9 s, when every write is refused), so a
+/// node loss in a cluster costs a run time, not its attempts.
+fn bus_backoff(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 4)).unwrap_or(0);
+    Duration::from_secs(1u64 << doublings).min(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn bus_failures_back_off_from_one_second_to_ten() {
+        let waits: Vec<u64> = (0..8).map(|d| bus_backoff(d).as_secs()).collect();
+        assert_eq!(waits, [1, 1, 2, 4, 8, 10, 10, 10]);
     }
 }
