@@ -132,24 +132,43 @@ impl Delivery {
     }
 }
 
+/// The headers of an envelope on the bus: its schema version, tenant, `Nats-Msg-Id` and the
+/// caller's trace.
+pub(crate) fn envelope_headers(tenant: &Tenant, msg_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        headers::SCHEMA,
+        crate::envelope::SCHEMA_VERSION.to_string().as_str(),
+    );
+    h.insert(headers::TENANT, tenant.as_str());
+    h.insert(headers::MSG_ID, msg_id);
+    crate::trace::inject(&mut h);
+    h
+}
+
 impl Bus {
     /// Publishes a submission with `Nats-Msg-Id` [`SubmitMessage::msg_id`], retrying a timed-out publish with the
     /// same id (a publish can time out and still be stored). Returns true if it was a duplicate.
     pub async fn submit(&self, msg: &SubmitMessage, meta: &SubmitMeta<'_>) -> Result<bool> {
         let subject = String::from(subject::runs_submit(msg.tenant()));
         let msg_id = msg.msg_id();
-        let mut h = HeaderMap::new();
-        h.insert(
-            headers::SCHEMA,
-            crate::envelope::SCHEMA_VERSION.to_string().as_str(),
-        );
-        h.insert(headers::TENANT, msg.tenant().as_str());
-        h.insert(headers::MSG_ID, msg_id.as_str());
+        let mut h = envelope_headers(msg.tenant(), &msg_id);
         if let Some(rid) = meta.request_id {
             h.insert(headers::REQUEST_ID, rid);
         }
-        crate::trace::inject(&mut h);
-        let payload = msg.encode();
+        self.publish_once(subject, h, msg.encode(), "submit").await
+    }
+
+    /// Publishes to a JetStream stream that dedups on the headers' `Nats-Msg-Id`, retrying a
+    /// timed-out publish (three attempts) with the same headers: a publish can time out and
+    /// still be stored, and the retry is then a duplicate. Returns true if it was one.
+    pub(crate) async fn publish_once(
+        &self,
+        subject: String,
+        h: HeaderMap,
+        payload: Bytes,
+        what: &str,
+    ) -> Result<bool> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -166,15 +185,15 @@ impl Bus {
                     if attempt < 3
                         && e.kind() == jetstream::context::PublishErrorKind::TimedOut =>
                 {
-                    tracing::warn!(%subject, attempt, "submit timed out, retrying with the same Nats-Msg-Id");
+                    tracing::warn!(%subject, attempt, "{what} timed out, retrying with the same Nats-Msg-Id");
                 }
                 Err(e) => {
                     return Err(match e.kind() {
                         jetstream::context::PublishErrorKind::TimedOut => Error::TimedOut {
-                            op: format!("submit to {subject}"),
+                            op: format!("{what} to {subject}"),
                             after: Duration::ZERO,
                         },
-                        _ => Error::nats(format!("submit to {subject}"), e),
+                        _ => Error::nats(format!("{what} to {subject}"), e),
                     });
                 }
             }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -179,36 +178,13 @@ impl Bus {
         auth: Option<&str>,
     ) -> Result<()> {
         let subject = String::from(subject::fed_out(to, kind, tenant));
-        let mut h = HeaderMap::new();
-        h.insert(
-            headers::SCHEMA,
-            crate::envelope::SCHEMA_VERSION.to_string().as_str(),
-        );
-        h.insert(headers::TENANT, tenant.as_str());
-        h.insert(headers::MSG_ID, msg_id);
+        let mut h = crate::work::envelope_headers(tenant, msg_id);
         if let Some(token) = auth {
             h.insert(headers::AUTH, token);
         }
-        crate::trace::inject(&mut h);
-        let payload = msg.encode();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let res = async {
-                self.js
-                    .publish_with_headers(subject.clone(), h.clone(), payload.clone())
-                    .await?
-                    .await
-            }
-            .await;
-            match res {
-                Ok(_) => return Ok(()),
-                Err(e)
-                    if attempt < 3
-                        && e.kind() == jetstream::context::PublishErrorKind::TimedOut => {}
-                Err(e) => return Err(Error::nats(format!("publish to {subject}"), e)),
-            }
-        }
+        self.publish_once(subject, h, msg.encode(), "forward")
+            .await
+            .map(|_| ())
     }
 
     /// Replaces this node's announcement in `AGENTOS_FED_ANNOUNCE`.
