@@ -23,6 +23,7 @@ mod up;
 mod up_cluster;
 mod up_metrics;
 mod up_observability;
+mod up_supervise;
 mod up_tls;
 
 use clap::Parser;

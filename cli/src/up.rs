@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentos_bus::server::{self, NatsServer};
+use agentos_bus::server;
 use agentos_bus::{Bus, Settings};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
@@ -15,22 +15,22 @@ use serde_json::{Value, json};
 use crate::accounts::NatsAuth;
 use crate::args::UpArgs;
 use crate::state::{self, ComponentPid, State};
+use crate::up_supervise::{NatsLauncher, Supervised, supervise};
 
 const PHASES: usize = 6;
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 fn phase(n: usize, what: &str) {
     println!("[{n}/{PHASES}] {what}");
 }
 
 /// A supervised child process of the platform.
-struct Component {
-    name: String,
-    args: Vec<String>,
-    child: Child,
-    restarts: u32,
-    restart_at: Option<Instant>,
-    started_at: Instant,
+pub(crate) struct Component {
+    pub(crate) name: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) child: Child,
+    pub(crate) restarts: u32,
+    pub(crate) restart_at: Option<Instant>,
+    pub(crate) started_at: Instant,
 }
 
 impl Component {
@@ -57,7 +57,7 @@ impl Drop for Component {
 }
 
 /// How components are started: same binary, same environment, one log file each.
-struct Launcher {
+pub(crate) struct Launcher {
     exe: PathBuf,
     home: PathBuf,
     nats_url: String,
@@ -69,7 +69,7 @@ struct Launcher {
 }
 
 impl Launcher {
-    fn spawn(&self, name: &str, args: &[String]) -> Result<Child> {
+    pub(crate) fn spawn(&self, name: &str, args: &[String]) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -215,9 +215,9 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         .spawn()
         .await
         .map_err(|e| anyhow!("{e}\n  hint: see {}", home.join("logs").display()))?;
-    let _peers = match &cluster {
-        Some(c) => Some(c.start_peers(&binary).await?),
-        None => None,
+    let mut peers = match &cluster {
+        Some(c) => c.start_peers(&binary).await?,
+        None => Vec::new(),
     };
     let nats_url = cluster.as_ref().map_or(nats.url().to_owned(), |c| c.url());
     let version = server::version_of(&binary).map_or("?".into(), |(x, y)| format!("v{x}.{y}"));
@@ -381,11 +381,17 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             "\nCtrl-C (or `agentos down`) stops everything; data stays in {}.",
             home.display()
         );
-        let mut nats = Supervised::new(&mut nats);
+        let mut servers = vec![Supervised::new(
+            "nats-server".into(),
+            &mut nats,
+            &nats_launcher,
+        )];
+        servers.extend(peers.iter_mut().map(|(name, launcher, server)| {
+            Supervised::new(format!("nats-server {name}"), server, launcher)
+        }));
         supervise(
             &launcher,
-            &nats_launcher,
-            &mut nats,
+            &mut servers,
             &mut components,
             &mut state,
             &shutdown,
@@ -414,7 +420,7 @@ fn interrupted(shutdown: &tokio_util::sync::CancellationToken) -> Result<()> {
     Ok(())
 }
 
-fn save_state(state: &mut State, components: &[Component]) -> Result<()> {
+pub(crate) fn save_state(state: &mut State, components: &[Component]) -> Result<()> {
     state.components = components
         .iter()
         .map(|c| ComponentPid {
@@ -451,134 +457,6 @@ fn write_report(home: &Path, state: &State, run: &Value, started: Instant) -> Re
     );
     std::fs::write(json_file.with_extension("md"), md)?;
     Ok(json_file)
-}
-
-/// How nats-server is started, and started again after it died: the same binary, port, store
-/// and accounts, so the workers' reconnect loops find it where it was.
-struct NatsLauncher {
-    binary: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    args: Vec<String>,
-}
-
-impl NatsLauncher {
-    async fn spawn(&self) -> agentos_bus::Result<NatsServer> {
-        NatsServer::spawn(&self.binary, &self.dir, Some(self.port), &self.args).await
-    }
-}
-
-/// The running nats-server and its restart bookkeeping.
-struct Supervised<'a> {
-    server: &'a mut NatsServer,
-    restarts: u32,
-    restart_at: Option<Instant>,
-    started_at: Instant,
-}
-
-impl<'a> Supervised<'a> {
-    fn new(server: &'a mut NatsServer) -> Self {
-        Self {
-            server,
-            restarts: 0,
-            restart_at: None,
-            started_at: Instant::now(),
-        }
-    }
-}
-
-/// The next restart delay: 0.5 s doubling to [`MAX_BACKOFF`]; a process that ran a minute since
-/// its last start earns a fresh backoff.
-fn backoff(restarts: &mut u32, started_at: Instant) -> Duration {
-    if started_at.elapsed() > Duration::from_secs(60) {
-        *restarts = 0;
-    }
-    (Duration::from_millis(500) * 2u32.saturating_pow(*restarts)).min(MAX_BACKOFF)
-}
-
-/// Restarts nats-server when it dies (same port and store; the components reconnect on their
-/// own). Returns whether the pid changed.
-async fn supervise_nats(launcher: &NatsLauncher, nats: &mut Supervised<'_>) -> bool {
-    match nats.restart_at {
-        None => {
-            if let Some(status) = nats.server.exited() {
-                let delay = backoff(&mut nats.restarts, nats.started_at);
-                println!(
-                    "nats-server exited ({status}); restarting in {:.1}s",
-                    delay.as_secs_f64()
-                );
-                nats.restart_at = Some(Instant::now() + delay);
-            }
-            false
-        }
-        Some(at) if Instant::now() >= at => match launcher.spawn().await {
-            Ok(server) => {
-                *nats.server = server;
-                nats.restarts += 1;
-                nats.started_at = Instant::now();
-                nats.restart_at = None;
-                println!("nats-server restarted (restart #{})", nats.restarts);
-                true
-            }
-            Err(e) => {
-                println!("nats-server could not be restarted: {e}");
-                nats.restart_at = Some(Instant::now() + MAX_BACKOFF);
-                false
-            }
-        },
-        Some(_) => false,
-    }
-}
-
-/// Restarts nats-server and components that die, with exponential backoff, until shutdown.
-async fn supervise(
-    launcher: &Launcher,
-    nats_launcher: &NatsLauncher,
-    nats: &mut Supervised<'_>,
-    components: &mut [Component],
-    state: &mut State,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let mut changed = supervise_nats(nats_launcher, nats).await;
-        state.nats_pid = nats.server.pid();
-        for c in components.iter_mut() {
-            match (c.restart_at, c.child.try_wait()) {
-                (None, Ok(Some(status))) => {
-                    let delay = backoff(&mut c.restarts, c.started_at);
-                    println!(
-                        "{} exited ({status}); restarting in {:.1}s",
-                        c.name,
-                        delay.as_secs_f64()
-                    );
-                    c.restart_at = Some(Instant::now() + delay);
-                }
-                (Some(at), _) if Instant::now() >= at => match launcher.spawn(&c.name, &c.args) {
-                    Ok(child) => {
-                        c.child = child;
-                        c.started_at = Instant::now();
-                        c.restarts += 1;
-                        c.restart_at = None;
-                        changed = true;
-                        println!("{} restarted (restart #{})", c.name, c.restarts);
-                    }
-                    Err(e) => {
-                        println!("{} could not be restarted: {e:#}", c.name);
-                        c.restart_at = Some(Instant::now() + MAX_BACKOFF);
-                    }
-                },
-                _ => {}
-            }
-        }
-        if changed {
-            save_state(state, components)?;
-        }
-    }
 }
 
 async fn wait_ready(

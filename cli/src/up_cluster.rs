@@ -3,18 +3,18 @@
 //! `--nats-port + i`, for routes on `--nats-port + 2000 + i`, for monitoring (`/healthz`) on
 //! `--nats-port + 4000 + i`; its configuration is `<home>/nats/n<i>.conf` (it includes the
 //! platform's accounts, and TLS with `--tls`), its store `<home>/nats/n<i>/jetstream`, its log
-//! `<home>/logs/nats-n<i>.log`. `up` starts and supervises node 0 as it does the single server;
-//! the other nodes are started and restarted here.
+//! `<home>/logs/nats-n<i>.log`. Nodes 1.. are started here; `up` starts node 0 as it does the
+//! single server, and its supervisor restarts every node.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentos_bus::cluster::{self, NodePorts};
 use agentos_bus::server::NatsServer;
 use agentos_bus::{Bus, Settings};
 use anyhow::{Context, Result, anyhow, bail};
-use tokio::sync::Mutex;
+
+use crate::up_supervise::NatsLauncher;
 
 /// The cluster's name (identical on every node).
 const NAME: &str = "agentos";
@@ -111,41 +111,31 @@ impl Plan {
         }
     }
 
-    /// Starts nodes 1.. (node 0 is `up`'s own) and restarts any that dies, until dropped.
-    pub async fn start_peers(&self, binary: &Path) -> Result<Peers> {
+    /// Starts nodes 1.. (node 0 is `up`'s own), each with its name and how to start it again
+    /// (`up`'s supervisor restarts them as it does node 0).
+    pub async fn start_peers(
+        &self,
+        binary: &Path,
+    ) -> Result<Vec<(String, NatsLauncher, NatsServer)>> {
         let mut nodes = Vec::new();
         for (i, p) in self.ports.iter().enumerate().skip(1) {
             let (dir, args) = self.node(i);
-            let node = NatsServer::spawn(binary, &dir, Some(p.client), &args)
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "nats-server {}: {e}\n  hint: see {}",
-                        cluster::node_name(i),
-                        args[1]
-                    )
-                })?;
-            nodes.push((i, node));
+            let launcher = NatsLauncher {
+                binary: binary.to_path_buf(),
+                dir,
+                port: p.client,
+                args,
+            };
+            let node = launcher.spawn().await.map_err(|e| {
+                anyhow!(
+                    "nats-server {}: {e}\n  hint: see {}",
+                    cluster::node_name(i),
+                    launcher.args[1]
+                )
+            })?;
+            nodes.push((cluster::node_name(i), launcher, node));
         }
-        let nodes = Arc::new(Mutex::new(nodes));
-        let watched = nodes.clone();
-        let supervisor = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                for (i, node) in watched.lock().await.iter_mut() {
-                    if let Some(status) = node.exited() {
-                        let name = cluster::node_name(*i);
-                        println!("nats-server {name} exited ({status}); restarting");
-                        match node.restart().await {
-                            Ok(()) => println!("nats-server {name} restarted"),
-                            Err(e) => println!("nats-server {name} could not be restarted: {e}"),
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Peers { nodes, supervisor })
+        Ok(nodes)
     }
 
     /// Provisions at R-N once the cluster has a meta leader, then waits until every node is
@@ -179,20 +169,5 @@ impl Plan {
                 .collect::<Vec<_>>()
                 .join(" ")
         )
-    }
-}
-
-/// Nodes 1.. of the cluster and their supervisor; stopped (SIGTERM, then SIGKILL) on drop.
-pub struct Peers {
-    nodes: Arc<Mutex<Vec<(usize, NatsServer)>>>,
-    supervisor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Peers {
-    fn drop(&mut self) {
-        self.supervisor.abort();
-        if let Ok(mut nodes) = self.nodes.try_lock() {
-            nodes.clear();
-        }
     }
 }
