@@ -97,18 +97,25 @@ const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 
 /// The replies to one call, in order.
 ///
-/// Two failovers are handled before the first reply: a request nobody was subscribed to is sent
-/// again for up to [`NO_RESPONDERS_GRACE`]; and when the caller's own connection was re-made
+/// Three failovers are handled before the first reply: a request nobody was subscribed to is
+/// sent again for up to [`NO_RESPONDERS_GRACE`]; when the caller's own connection was re-made
 /// since the request went out (its NATS node died: the request, or the replies sent to the old
 /// connection, may be lost), the request is sent again on a fresh inbox, so replies to the first
-/// one, if any come, are never mixed in. Callers make their calls safe to repeat (tool calls
-/// carry an idempotency key the tool worker claims). After the first reply nothing is resent.
+/// one, if any come, are never mixed in; and a call that hears nothing at all within its timeout
+/// is sent again once, on a fresh inbox, and given the timeout again (the request or the reply
+/// went through another process's node as it died: workers answer within their own, shorter
+/// deadlines — a model route's upstream timeout, a tool's `timeout_ms` — so total silence means
+/// a lost message, not a slow worker). Callers make their calls safe to repeat (tool calls carry
+/// an idempotency key the tool worker claims; model calls are pure). After the first reply
+/// nothing is resent.
 pub struct Replies {
     subject: String,
     sub: async_nats::Subscriber,
     request: Request,
     /// Whether a reply came: from then on the call is never sent again.
     answered: bool,
+    /// Whether the call was already sent again after a silent timeout (once only).
+    resent_after_silence: bool,
 }
 
 struct Request {
@@ -147,7 +154,7 @@ impl Request {
 impl Replies {
     /// The next reply, waiting at most `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Result<Reply> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
         let msg = loop {
             let wait = match self.answered {
                 true => deadline,
@@ -163,6 +170,16 @@ impl Replies {
                     ));
                 }
                 Err(_) if tokio::time::Instant::now() >= deadline => {
+                    if !self.answered && !self.resent_after_silence {
+                        self.resent_after_silence = true;
+                        tracing::warn!(
+                            subject = %self.subject, after = ?timeout,
+                            "no reply at all; the call may have been lost with a NATS node: sent again once"
+                        );
+                        self.resend_fresh().await?;
+                        deadline = tokio::time::Instant::now() + timeout;
+                        continue;
+                    }
                     return Err(Error::TimedOut {
                         op: format!("reply from {}", self.subject),
                         after: timeout,
@@ -240,6 +257,7 @@ impl Bus {
             sub,
             request,
             answered: false,
+            resent_after_silence: false,
         })
     }
 

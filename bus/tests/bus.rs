@@ -311,6 +311,61 @@ async fn a_call_nobody_serves_fails_fast_with_no_responders() {
     assert!(matches!(err, Error::NoResponders { .. }), "{err}");
 }
 
+/// A request (or its reply) lost with a dying NATS node leaves the caller with total silence:
+/// it is sent again once, and the call completes; a second silence is a timeout.
+#[tokio::test]
+async fn a_call_that_hears_nothing_is_sent_again_once() {
+    let (_server, bus) = setup().await;
+    let mut service = bus
+        .serve(&agentos_bus::ServiceSpec {
+            name: "lossy".into(),
+            version: "0.0.1".into(),
+            description: "test".into(),
+            endpoints: vec![s("agentos.tool.*.lossy").into()],
+            metadata: Default::default(),
+            tools: Vec::new(),
+        })
+        .await
+        .expect("serve");
+    let meta = CallMeta::new(tenant());
+    let wait = Duration::from_millis(300);
+
+    let mut replies = bus
+        .call(s("agentos.tool.acme.lossy"), &meta, Bytes::from("one"))
+        .await
+        .expect("call");
+    let answer = tokio::spawn(async move {
+        let lost = service.next().await.expect("the first request");
+        let again = service.next().await.expect("the same request again");
+        assert_eq!(again.payload(), lost.payload());
+        again.respond(Bytes::from("done")).await.expect("reply");
+        service
+    });
+    let reply = replies.next(wait).await.expect("answered the second time");
+    assert_eq!(reply.payload, Bytes::from("done"));
+    let mut service = answer.await.expect("service");
+
+    let mut replies = bus
+        .call(s("agentos.tool.acme.lossy"), &meta, Bytes::from("two"))
+        .await
+        .expect("call");
+    let err = replies.next(wait).await.expect_err("silent twice");
+    assert!(matches!(err, Error::TimedOut { .. }), "{err}");
+    for _ in 0..2 {
+        let req = tokio::time::timeout(Duration::from_secs(5), service.next())
+            .await
+            .expect("sent")
+            .expect("a request");
+        assert_eq!(req.payload(), &Bytes::from("two"));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), service.next())
+            .await
+            .is_err(),
+        "sent twice, not three times"
+    );
+}
+
 #[tokio::test]
 async fn connecting_to_nothing_is_a_clear_error() {
     let opts = ConnectOptions {

@@ -47,45 +47,65 @@ impl<P: Port> Driver<'_, P> {
             params: Default::default(),
         };
         let subject = subject::model(&self.req.tenant, &agent.model);
-        let mut replies = self
-            .port
-            .call(subject, &self.meta, request.encode())
-            .await?;
+        let payload = request.encode();
         let mut deltas = Deltas::default();
         let timeout = self.opts.model_timeout;
-        let outcome = loop {
-            let reply = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => break None,
-                r = replies.next(timeout) => r,
+        // A reply stream that stops after its first reply (a NATS node on its path died) is
+        // called again once; its deltas may then show again, as after a takeover (api.md).
+        let mut called_again = false;
+        let outcome = 'call: loop {
+            let mut replies = self
+                .port
+                .call(subject.clone(), &self.meta, payload.clone())
+                .await?;
+            let mut heard = false;
+            break loop {
+                let reply = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break None,
+                    r = replies.next(timeout) => r,
+                };
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(BusError::NoResponders { .. }) => {
+                        break Some(Err(ErrorBody::new(
+                            "model_unavailable",
+                            format!("no model worker serves {}", agent.model),
+                        )));
+                    }
+                    Err(BusError::TimedOut { after, .. }) if heard && !called_again => {
+                        called_again = true;
+                        tracing::warn!(
+                            run = %self.req.run_id, step, model = %agent.model, ?after,
+                            "the model's reply stream stopped; calling it again"
+                        );
+                        continue 'call;
+                    }
+                    Err(BusError::TimedOut { after, .. }) => {
+                        break Some(Err(ErrorBody::new(
+                            "model_timeout",
+                            format!("no reply from model {} within {after:?}", agent.model),
+                        )));
+                    }
+                    Err(e) => return Err(Stop::Bus(e)),
+                };
+                heard = true;
+                match ModelReply::decode(reply.schema.as_deref(), &reply.payload) {
+                    Ok(ModelReply::Delta { text }) => {
+                        deltas.push(text);
+                        self.write_deltas(step, &mut deltas, false).await?;
+                    }
+                    // Tool calls are journaled whole, from the final reply.
+                    Ok(ModelReply::ToolCallDelta { .. }) => {}
+                    Ok(ModelReply::Final { message, usage, .. }) => {
+                        break Some(Ok((message, usage)));
+                    }
+                    Ok(ModelReply::Error { error }) => break Some(Err(error)),
+                    Err(e) => {
+                        break Some(Err(ErrorBody::new("invalid_model_reply", e.to_string())));
+                    }
+                }
             };
-            let reply = match reply {
-                Ok(r) => r,
-                Err(BusError::NoResponders { .. }) => {
-                    break Some(Err(ErrorBody::new(
-                        "model_unavailable",
-                        format!("no model worker serves {}", agent.model),
-                    )));
-                }
-                Err(BusError::TimedOut { after, .. }) => {
-                    break Some(Err(ErrorBody::new(
-                        "model_timeout",
-                        format!("no reply from model {} within {after:?}", agent.model),
-                    )));
-                }
-                Err(e) => return Err(Stop::Bus(e)),
-            };
-            match ModelReply::decode(reply.schema.as_deref(), &reply.payload) {
-                Ok(ModelReply::Delta { text }) => {
-                    deltas.push(text);
-                    self.write_deltas(step, &mut deltas, false).await?;
-                }
-                // Tool calls are journaled whole, from the final reply.
-                Ok(ModelReply::ToolCallDelta { .. }) => {}
-                Ok(ModelReply::Final { message, usage, .. }) => break Some(Ok((message, usage))),
-                Ok(ModelReply::Error { error }) => break Some(Err(error)),
-                Err(e) => break Some(Err(ErrorBody::new("invalid_model_reply", e.to_string()))),
-            }
         };
         self.write_deltas(step, &mut deltas, true).await?;
         match outcome {
