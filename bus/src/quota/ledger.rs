@@ -13,19 +13,31 @@ use time::{Date, Month, OffsetDateTime, Time};
 
 use super::settings::{Limits, OverConcurrency};
 
+mod allowance;
+
+pub use allowance::{Allot, Allowance};
+
 /// Seconds an ended hold is kept as a marker, so that a stale driver (one still acting on a
 /// journal read before the run ended) neither takes it anew nor counts its usage again.
 pub const ENDED_KEPT: i64 = 120;
 
 /// At most this many ended holds are kept (the newest), so a ledger, written whole on every
-/// operation, stays small however fast its runs end.
-pub const MAX_ENDED: usize = 128;
+/// operation, stays small however fast its runs end (128 made every write of a busy tenant's
+/// ledger about 25 KB, which alone cost its runs ≈ 0.5 ms each at 200 runs a second).
+pub const MAX_ENDED: usize = 32;
 
-/// Tokens and cost (micro-dollars: millionths of a US dollar).
+/// Tokens and cost (micro-dollars: millionths of a US dollar). Zeros are left out of the
+/// stored ledger, which is written whole on every operation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amount {
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cost_micros: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Amount {
@@ -150,6 +162,7 @@ pub struct Meter {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     /// A run (counts against `concurrent_runs`); else a single request (a chat completion).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run: bool,
     pub reserved: Amount,
     /// What of it is used and counted in the windows.
@@ -187,6 +200,9 @@ pub struct Ledger {
     pub total: Amount,
     #[serde(default)]
     pub holds: BTreeMap<String, Hold>,
+    /// Orchestrators' allowances, by holder ([`Allowance`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allowances: BTreeMap<String, Allowance>,
 }
 
 impl crate::envelope::Envelope for Ledger {
@@ -221,14 +237,25 @@ impl From<&Limits> for ScopeLimits {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum LedgerOp {
-    /// Take a hold of `amount` unless it would pass a limit (a hold already there is renewed).
+    /// Take a hold of `amount` unless it would pass a limit (a hold already there is renewed);
+    /// with `allot`, also grant its holder an allowance of more runs like it.
     Reserve {
         hold: String,
         run: bool,
         amount: Amount,
         limits: ScopeLimits,
         lease: time::Duration,
+        allot: Option<Allot>,
     },
+    /// A run admitted locally from `holder`'s allowance takes its hold ([`Allowance`]).
+    Draw {
+        hold: String,
+        holder: String,
+        amount: Amount,
+        lease: time::Duration,
+    },
+    /// `holder` gives back what is left of its allowance.
+    Return { holder: String },
     /// A run admitted earlier goes on (after a wait, on another orchestrator): renew its hold,
     /// or, if the hold lapsed meanwhile, take it again with `counted` (what its settles already
     /// counted) as settled, and no limit checked: the run was admitted once. An ended hold is
@@ -271,7 +298,8 @@ pub struct Refusal {
     pub value: u64,
     /// When the period resets (`None` for `concurrent_runs`: when a run ends).
     pub resets_at: Option<OffsetDateTime>,
-    /// `concurrent_runs` with `over_concurrency = queue`: wait for a slot.
+    /// Wait and ask again: `concurrent_runs` with `over_concurrency = queue` (wait for a
+    /// slot), or any limit while an allowance is out (it is drawn, given back or lapses soon).
     pub wait: bool,
 }
 
@@ -311,9 +339,28 @@ impl Refusal {
 pub enum Applied {
     /// Changed the ledger (write it).
     Changed,
+    /// Took the reservation and granted this allowance (write it).
+    Allotted(Allowance),
     /// Nothing to change (a release of a hold that is gone).
     Unchanged,
     Refused(Refusal),
+}
+
+impl LedgerOp {
+    /// Whether a run or request waits on it before it starts (written without lingering).
+    pub fn admits(&self) -> bool {
+        matches!(
+            self,
+            Self::Reserve { .. } | Self::Undo { .. } | Self::Resume { .. }
+        )
+    }
+}
+
+impl Applied {
+    /// Whether the ledger changed and must be written.
+    pub fn writes(&self) -> bool {
+        matches!(self, Self::Changed | Self::Allotted(_))
+    }
 }
 
 impl Ledger {
@@ -333,18 +380,22 @@ impl Ledger {
         }
     }
 
-    /// What the holds keep from others.
+    /// What the holds and allowances keep from others.
     pub fn outstanding(&self) -> Amount {
         let mut a = Amount::default();
         for h in self.holds.values() {
             a.add(h.outstanding());
         }
+        for allowance in self.allowances.values() {
+            a.add(allowance.outstanding());
+        }
         a
     }
 
-    /// Runs holding a slot.
+    /// Runs holding a slot, and slots allowances keep for runs to come.
     pub fn running(&self) -> usize {
-        self.holds.values().filter(|h| h.run && !h.dropped).count()
+        let allowed: usize = self.allowances.values().map(|a| a.runs as usize).sum();
+        allowed + self.holds.values().filter(|h| h.run && !h.dropped).count()
     }
 
     /// Starts new periods and reclaims lapsed holds; whether anything changed.
@@ -370,7 +421,9 @@ impl Ledger {
             }
             keep
         });
-        changed || self.holds.len() != before
+        let allowances = self.allowances.len();
+        self.allowances.retain(|_, a| a.expires >= t);
+        changed || self.holds.len() != before || self.allowances.len() != allowances
     }
 
     /// Keeps only the newest [`MAX_ENDED`] ended holds.
@@ -442,6 +495,7 @@ impl Ledger {
                 amount,
                 limits,
                 lease,
+                allot,
             } => {
                 let expires = t + lease.whole_seconds();
                 if let Some(h) = self.holds.get_mut(hold) {
@@ -465,8 +519,22 @@ impl Ledger {
                         dropped: false,
                     },
                 );
+                if let Some(granted) = allot
+                    .as_ref()
+                    .and_then(|a| self.allot(a, *amount, limits, t))
+                {
+                    self.trim_ended();
+                    return Applied::Allotted(granted);
+                }
                 true
             }
+            LedgerOp::Draw {
+                hold,
+                holder,
+                amount,
+                lease,
+            } => self.draw(hold, holder, *amount, t + lease.whole_seconds()),
+            LedgerOp::Return { holder } => self.allowances.remove(holder).is_some(),
             LedgerOp::Resume {
                 hold,
                 amount,
@@ -547,6 +615,19 @@ impl Ledger {
     }
 
     fn refusal(
+        &self,
+        run: bool,
+        amount: Amount,
+        limits: &ScopeLimits,
+        now: OffsetDateTime,
+    ) -> Option<Refusal> {
+        let refusal = self.over(run, amount, limits, now)?;
+        // Not final while an allowance is out: what it keeps comes back soon.
+        let wait = refusal.wait || !self.allowances.is_empty();
+        Some(Refusal { wait, ..refusal })
+    }
+
+    fn over(
         &self,
         run: bool,
         amount: Amount,

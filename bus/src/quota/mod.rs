@@ -11,7 +11,8 @@ mod store;
 use std::collections::BTreeMap;
 
 pub use ledger::{
-    Amount, Applied, Hold, Ledger, LedgerOp, Meter, Period, Refusal, ScopeLimits, Window,
+    Allot, Allowance, Amount, Applied, Hold, Ledger, LedgerOp, Meter, Period, Refusal, ScopeLimits,
+    Window,
 };
 pub use rate::{Gcra, LEASE_HORIZON, MAX_LEASE, RateDecision, Take, interval_ms};
 use serde::{Deserialize, Serialize};

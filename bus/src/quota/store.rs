@@ -19,6 +19,11 @@ use crate::{Bucket, Bus, Error, Key, Kv, Result, Versioned};
 /// Compare-and-set attempts before giving up (each lost to another writer of the same ledger).
 const MAX_ATTEMPTS: u32 = 500;
 
+/// How long operations other than admissions (draws, settles, releases) wait for others before
+/// their write, unless an admission joins them: at hundreds of runs a second one write then
+/// carries several runs' operations, instead of one write of the whole ledger each.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// States kept per kind before the cache starts over (one per tenant scope in use).
 const MAX_CACHED: usize = 10_000;
 
@@ -62,40 +67,77 @@ impl<S: Clone> Cache<S> {
 }
 
 /// Operations waiting, per key, for the next write of their batch, and where each outcome goes.
-struct Batches<O, R>(Mutex<HashMap<Key, Batch<O, R>>>);
+struct Batches<O, R> {
+    waiting: Mutex<HashMap<Key, Waiting<O, R>>>,
+    /// Wakes lingering leaders when an awaited operation joins.
+    urgent: tokio::sync::Notify,
+}
 
 /// Operations queued for one write, each with where its outcome goes.
 type Batch<O, R> = Vec<(O, oneshot::Sender<Result<R>>)>;
 
+struct Waiting<O, R> {
+    batch: Batch<O, R>,
+    /// Someone awaits an operation of the batch: write it without lingering.
+    urgent: bool,
+}
+
 impl<O, R> Default for Batches<O, R> {
     fn default() -> Self {
-        Self(Mutex::default())
+        Self {
+            waiting: Mutex::default(),
+            urgent: tokio::sync::Notify::new(),
+        }
     }
 }
 
 impl<O, R> Batches<O, R> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Waiting<O, R>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Queues `op`; `true` when no batch of `key` was under way (the caller starts its leader).
-    fn join(&self, key: &Key, op: O) -> (bool, oneshot::Receiver<Result<R>>) {
+    fn join(&self, key: &Key, op: O, urgent: bool) -> (bool, oneshot::Receiver<Result<R>>) {
         let (tx, rx) = oneshot::channel();
-        let mut batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let lead = match batches.get_mut(key) {
-            Some(waiting) => {
-                waiting.push((op, tx));
-                false
-            }
-            None => {
-                batches.insert(key.clone(), vec![(op, tx)]);
-                true
+        let lead = {
+            let mut batches = self.lock();
+            match batches.get_mut(key) {
+                Some(waiting) => {
+                    waiting.batch.push((op, tx));
+                    waiting.urgent |= urgent;
+                    false
+                }
+                None => {
+                    let batch = vec![(op, tx)];
+                    batches.insert(key.clone(), Waiting { batch, urgent });
+                    true
+                }
             }
         };
+        if urgent {
+            self.urgent.notify_waiters();
+        }
         (lead, rx)
+    }
+
+    /// Waits up to [`LINGER`] for more operations of `key`, unless an awaited one is queued.
+    async fn linger(&self, key: &Key) {
+        let woken = self.urgent.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if self.lock().get(key).is_some_and(|w| !w.urgent) {
+            let _ = tokio::time::timeout(LINGER, woken).await;
+        }
     }
 
     /// The next batch of `key`; `None` (and the key forgotten) when none waits.
     fn next(&self, key: &Key) -> Option<Batch<O, R>> {
-        let mut batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batches = self.lock();
         match batches.get_mut(key) {
-            Some(waiting) if !waiting.is_empty() => Some(std::mem::take(waiting)),
+            Some(waiting) if !waiting.batch.is_empty() => {
+                waiting.urgent = false;
+                Some(std::mem::take(&mut waiting.batch))
+            }
             _ => {
                 batches.remove(key);
                 None
@@ -152,38 +194,44 @@ impl Budgets {
     /// arrive while a write is in flight in this process wait and go together in the next
     /// write (group commit): one compare-and-set per batch, so concurrent runs of one tenant
     /// contend only across processes, not with each other.
+    /// An admission (a reservation, or its undo) is written at once; any other operation
+    /// lingers like [`Budgets::apply_soon`]'s.
     pub async fn apply(&self, key: &Key, op: &LedgerOp) -> Result<Applied> {
-        self.submit(key, op.clone()).await.unwrap_or_else(dropped)
+        self.submit(key, op.clone(), op.admits())
+            .await
+            .unwrap_or_else(dropped)
     }
 
     /// [`Budgets::apply`] without waiting for the outcome, for settles: they carry the run's
     /// running total, so one that lands late (after a later one of the same process, which it
-    /// cannot: batches keep their order) or never changes nothing; a failure is logged.
+    /// cannot: batches keep their order) or never changes nothing; a failure is logged. It
+    /// waits up to [`LINGER`] for company before its write.
     pub fn apply_soon(&self, key: &Key, op: LedgerOp) {
-        let outcome = self.submit(key, op);
+        let outcome = self.submit(key, op, false);
         let key = key.clone();
         tokio::spawn(async move {
             if let Ok(Err(e)) = outcome.await {
-                tracing::warn!(%key, error = %e, "budget settle not written; a later one carries it");
+                tracing::warn!(%key, error = %e, "background budget operation not written (a settle: a later one carries it; a draw: the run's settles find no hold and count nothing)");
             }
         });
     }
 
     /// Queues `op` in the next batch of `key`, leading the batches when none is under way.
-    fn submit(&self, key: &Key, op: LedgerOp) -> oneshot::Receiver<Result<Applied>> {
-        let (lead, rx) = self.batches.join(key, op);
+    fn submit(&self, key: &Key, op: LedgerOp, urgent: bool) -> oneshot::Receiver<Result<Applied>> {
+        let (lead, rx) = self.batches.join(key, op, urgent);
         if lead {
             // The leader writes batches until none waits; on its own task, so a caller that
             // goes away does not strand the others.
             let (me, key) = (self.clone(), key.clone());
             tokio::spawn(async move {
+                me.batches.linger(&key).await;
                 while let Some(batch) = me.batches.next(&key) {
                     let outcomes = me
                         .update(&me.ledgers, &key, |ledger| {
                             let now = crate::envelope::now();
                             let outcomes: Vec<Applied> =
                                 batch.iter().map(|(op, _)| ledger.apply(op, now)).collect();
-                            let changed = outcomes.contains(&Applied::Changed);
+                            let changed = outcomes.iter().any(Applied::writes);
                             (outcomes, changed)
                         })
                         .await;
@@ -198,7 +246,7 @@ impl Budgets {
     /// cluster-wide rate state at `key` (compare-and-set; the requests of this process that
     /// arrive meanwhile go in the same write).
     pub async fn take_rate(&self, key: &Key, take: Take) -> Result<RateDecision> {
-        let (lead, rx) = self.rates.join(key, take);
+        let (lead, rx) = self.rates.join(key, take, true);
         if lead {
             let (me, key) = (self.clone(), key.clone());
             tokio::spawn(async move {

@@ -89,6 +89,7 @@ pub(crate) async fn hold_chat(
             amount,
             limits: ScopeLimits::from(limits),
             lease,
+            allot: None,
         };
         let key = key::ledger(&auth.tenant, &scope);
         if let Applied::Refused(r) = state.budgets.apply(&key, &op).await? {

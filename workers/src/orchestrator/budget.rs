@@ -18,9 +18,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use agentos_bus::Key;
 use agentos_bus::Standing;
 use agentos_bus::envelope::{AgentSpec, AuditRecord, ErrorBody, Role, TenantRecord};
-use agentos_bus::key::Scope;
+use agentos_bus::key::{self, Scope};
 use agentos_bus::quota::{Amount, Applied, LedgerOp, Meter, ScopeLimits, reservation};
 
 use super::drive::{Driver, Stop};
@@ -139,30 +140,64 @@ impl<P: Port> Driver<'_, P> {
             return Ok(None);
         }
         let hold = self.req.run_id.to_string();
+        let tenant = &self.req.tenant;
+        let allowances = &self.opts.allowances;
+        let keys: Vec<Key> = scopes
+            .iter()
+            .map(|(s, _, _)| key::ledger(tenant, s))
+            .collect();
+        // Admitted from this orchestrator's allowances: no round trip; the holds are taken in
+        // the background.
+        if allowances.take(&keys, amount, self.port.now()) {
+            for (scope, _, _) in &scopes {
+                let op = LedgerOp::Draw {
+                    hold: hold.clone(),
+                    holder: allowances.holder().to_owned(),
+                    amount,
+                    lease: self.lease(),
+                };
+                self.port.ledger_soon(tenant, scope, op);
+            }
+            return Ok(None);
+        }
         for (i, (scope, limits, _)) in scopes.iter().enumerate() {
+            // One run at a time asks for a new allowance; what is left of the old one goes
+            // back first (in order: the ledger operations of one process keep theirs).
+            let asking = allowances.ask(&keys[i]);
+            if asking.as_ref().is_some_and(|a| a.give_back) {
+                let op = LedgerOp::Return {
+                    holder: allowances.holder().to_owned(),
+                };
+                self.port.ledger_soon(tenant, scope, op);
+            }
             let op = LedgerOp::Reserve {
                 hold: hold.clone(),
                 run: true,
                 amount,
                 limits: limits.clone(),
                 lease: self.lease(),
+                allot: asking.as_ref().map(|a| a.allot()),
             };
-            let Applied::Refused(refusal) = self.port.ledger(&self.req.tenant, scope, &op).await?
-            else {
-                continue;
+            let refusal = match self.port.ledger(tenant, scope, &op).await? {
+                Applied::Allotted(granted) => {
+                    if let Some(asking) = asking {
+                        asking.granted(granted, self.port.now());
+                    }
+                    continue;
+                }
+                Applied::Refused(refusal) => refusal,
+                Applied::Changed | Applied::Unchanged => continue,
             };
             // Let go of what the earlier scopes granted.
             for (earlier, _, _) in &scopes[..i] {
                 let release = LedgerOp::Undo { hold: hold.clone() };
-                self.port
-                    .ledger(&self.req.tenant, earlier, &release)
-                    .await?;
+                self.port.ledger(tenant, earlier, &release).await?;
             }
             if refusal.wait {
-                tracing::debug!(run = %self.req.run_id, limit = %refusal.limit, "over the concurrency limit; queued");
+                tracing::debug!(run = %self.req.run_id, limit = %refusal.limit, "over a limit while capacity may come back; queued");
                 return Err(Stop::Queued(self.opts.quota_poll));
             }
-            agentos_bus::metric_definitions::quota_rejected(&self.req.tenant, refusal.code());
+            agentos_bus::metric_definitions::quota_rejected(tenant, refusal.code());
             return Ok(Some(ErrorBody::new(refusal.code(), refusal.message())));
         }
         Ok(None)

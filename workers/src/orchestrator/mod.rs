@@ -7,6 +7,7 @@
 //! against an in-memory bus that injects faults.
 
 mod admission;
+pub mod allowance;
 mod budget;
 mod cancel;
 mod delivery;
@@ -67,6 +68,8 @@ pub struct OrchestratorOptions {
     pub quota_requeue: Duration,
     /// This orchestrator's runs waiting for a concurrency slot (shared by clones).
     pub quota_waiters: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// This orchestrator's budget allowances (shared by clones).
+    pub allowances: std::sync::Arc<allowance::Allowances>,
 }
 
 impl Default for OrchestratorOptions {
@@ -89,6 +92,7 @@ impl Default for OrchestratorOptions {
             quota_poll: Duration::from_millis(100),
             quota_requeue: Duration::from_secs(2),
             quota_waiters: Default::default(),
+            allowances: Default::default(),
         }
     }
 }

@@ -26,7 +26,133 @@ fn reserve(id: &str, tokens: u64, l: &ScopeLimits) -> LedgerOp {
         },
         limits: l.clone(),
         lease: time::Duration::minutes(10),
+        allot: None,
     }
+}
+
+/// A reservation that also asks for an allowance of 16 more runs for `holder`.
+fn reserve_allot(id: &str, tokens: u64, l: &ScopeLimits, holder: &str) -> LedgerOp {
+    let LedgerOp::Reserve {
+        hold,
+        run,
+        amount,
+        limits,
+        lease,
+        ..
+    } = reserve(id, tokens, l)
+    else {
+        unreachable!("a reserve")
+    };
+    LedgerOp::Reserve {
+        hold,
+        run,
+        amount,
+        limits,
+        lease,
+        allot: Some(Allot {
+            holder: holder.into(),
+            runs: 16,
+            lease: time::Duration::seconds(2),
+        }),
+    }
+}
+
+fn draw(id: &str, tokens_each: u64, holder: &str) -> LedgerOp {
+    LedgerOp::Draw {
+        hold: id.into(),
+        holder: holder.into(),
+        amount: tokens(tokens_each),
+        lease: time::Duration::minutes(10),
+    }
+}
+
+/// An allowance keeps half of every limit free, counts as reserved and running for others,
+/// moves into holds as its runs draw it, and lapses.
+#[test]
+fn allowances_keep_half_of_each_limit_free_and_lapse() {
+    let now = datetime!(2026-12-04 12:00:00 UTC);
+    // 1,000 tokens a day, 10 a run; 40 runs at once.
+    let l = limits(1_000, Some(40));
+    let mut led = Ledger::default();
+    let Applied::Allotted(a) = led.apply(&reserve_allot("r1", 10, &l, "o1"), now) else {
+        panic!("an allowance");
+    };
+    // 1 running: 40 - 1 - 20 kept free leaves 19 slots; tokens leave (1000-10-500)/10 = 49.
+    assert_eq!((a.runs, a.each), (16, tokens(10)));
+    assert_eq!((led.running(), led.outstanding()), (17, tokens(170)));
+    // The second orchestrator gets what keeps half the slots free: 40 - 18 - 20 = 2.
+    let Applied::Allotted(b) = led.apply(&reserve_allot("r2", 10, &l, "o2"), now) else {
+        panic!("an allowance");
+    };
+    assert_eq!(b.runs, 2);
+    // A third gets none: the run is reserved, nothing allotted.
+    assert_eq!(
+        led.apply(&reserve_allot("r3", 10, &l, "o3"), now),
+        Applied::Changed
+    );
+    assert_eq!(led.running(), 21);
+    // Drawing moves a run from the allowance into its own hold: nothing else changes.
+    assert_eq!(led.apply(&draw("r4", 10, "o2"), now), Applied::Changed);
+    assert_eq!(led.allowances["o2"].runs, 1);
+    assert_eq!((led.running(), led.outstanding()), (21, tokens(210)));
+    assert_eq!(led.apply(&draw("r5", 10, "o2"), now), Applied::Changed);
+    assert!(!led.allowances.contains_key("o2"), "drawn to the end");
+    // A draw repeated (a redelivered run) renews the hold and takes nothing more.
+    assert_eq!(led.apply(&draw("r5", 10, "o1"), now), Applied::Changed);
+    assert_eq!(led.allowances["o1"].runs, 16);
+    // Given back, or lapsed (2 s lease, whole seconds): gone, and what it kept is free.
+    assert_eq!(
+        led.apply(
+            &LedgerOp::Return {
+                holder: "o1".into()
+            },
+            now
+        ),
+        Applied::Changed
+    );
+    assert_eq!(led.running(), 5);
+    led.apply(&reserve_allot("r6", 10, &l, "o1"), now);
+    assert!(led.allowances.contains_key("o1"));
+    led.roll(now + time::Duration::seconds(3));
+    assert!(led.allowances.is_empty(), "lapsed");
+    // A draw after its allowance lapsed still holds the run: it was admitted.
+    let later = now + time::Duration::seconds(3);
+    assert_eq!(led.apply(&draw("r7", 10, "o1"), later), Applied::Changed);
+    assert_eq!(led.running(), 7);
+}
+
+/// No run is refused while capacity sits in an allowance: the refusal waits until the
+/// allowance is drawn or given back, and then is final.
+#[test]
+fn a_refusal_waits_while_an_allowance_is_out() {
+    let now = datetime!(2026-12-04 12:00:00 UTC);
+    // 100 tokens, 10 a run: 10 runs in all. An allowance of 4 keeps half free.
+    let l = limits(100, None);
+    let mut led = Ledger::default();
+    let Applied::Allotted(a) = led.apply(&reserve_allot("r0", 10, &l, "o1"), now) else {
+        panic!("an allowance");
+    };
+    assert_eq!(a.runs, 4);
+    for i in 1..=5 {
+        assert_eq!(
+            led.apply(&reserve(&format!("x{i}"), 10, &l), now),
+            Applied::Changed
+        );
+    }
+    // 10 runs' worth taken (5 of them in o1's allowance): the next waits.
+    let Applied::Refused(r) = led.apply(&reserve("late", 10, &l), now) else {
+        panic!("refused");
+    };
+    assert!(r.wait, "{r:?}");
+    for i in 1..=4 {
+        led.apply(&draw(&format!("d{i}"), 10, "o1"), now);
+    }
+    let Applied::Refused(r) = led.apply(&reserve("late", 10, &l), now) else {
+        panic!("refused");
+    };
+    assert!(!r.wait, "final once no allowance is out: {r:?}");
+    assert_eq!(r.code(), "budget_exceeded");
+    assert_eq!(led.holds.len(), 10);
 }
 
 /// Stale drivers (acting on a journal read before the run ended) neither take an ended
@@ -74,7 +200,8 @@ fn an_ended_hold_is_never_counted_twice() {
         led.apply(&release(&format!("r{i}"), 1), at);
     }
     assert_eq!(led.holds.len(), MAX_ENDED);
-    assert!(!led.holds.contains_key("r0") && led.holds.contains_key("r137"));
+    let newest = format!("r{}", MAX_ENDED + 9);
+    assert!(!led.holds.contains_key("r0") && led.holds.contains_key(&newest));
     assert_eq!(led.total, tokens(13 + MAX_ENDED as u64 + 10));
 }
 
