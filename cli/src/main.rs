@@ -6,6 +6,7 @@
 
 mod accounts;
 mod args;
+mod callout;
 mod certs;
 mod client;
 mod config;
