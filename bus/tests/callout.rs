@@ -117,6 +117,68 @@ async fn only_the_configured_issuer_lets_clients_in() {
     );
 }
 
+/// A valid response replayed for another connection: signed by the right issuer, but for the
+/// user nkey the server minted for the first connection, so the second is refused.
+#[tokio::test]
+async fn a_response_replayed_for_another_connection_is_refused() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("temp");
+    let (issuer, _) = Issuer::generate().expect("issuer");
+    let conf = dir.path().join("server.conf");
+    std::fs::write(&conf, config(&issuer)).expect("config");
+    let binary = locate(&[]).expect("nats-server");
+    let server = NatsServer::spawn(
+        &binary,
+        dir.path(),
+        None,
+        &["-c".into(), conf.display().to_string()],
+    )
+    .await
+    .expect("nats-server");
+    let raw = async_nats::ConnectOptions::with_user_and_password("auth".into(), "pw".into())
+        .connect(server.url())
+        .await
+        .expect("callout user");
+    let mut requests = raw
+        .subscribe("$SYS.REQ.USER.AUTH")
+        .await
+        .expect("subscribe");
+    raw.flush().await.expect("flush");
+    let responder = tokio::spawn(async move {
+        let acme: Tenant = "acme".parse().expect("tenant");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let grant = Grant {
+            permissions: Permissions::tenant(&acme),
+            tenant: acme,
+            name: "alice".into(),
+            expires_at: now + 60,
+        };
+        let mut first = None;
+        while let Some(msg) = requests.next().await {
+            let req = agentos_bus::callout::AuthRequest::decode(&msg.payload).expect("request");
+            // Always the first connection's answer.
+            let original = first.get_or_insert(req);
+            let answer = original.respond(&issuer, Ok(grant.clone())).expect("sign");
+            if let Some(reply) = msg.reply {
+                raw.publish(reply, answer.into()).await.expect("reply");
+            }
+        }
+    });
+    let first = Bus::connect(&client(server.url(), "let-me-in")).await;
+    assert!(first.is_ok(), "the first connection: {:?}", first.err());
+    let Err(replayed) = Bus::connect(&client(server.url(), "let-me-in")).await else {
+        panic!("a replayed response let a second connection in");
+    };
+    assert!(
+        replayed.to_string().contains("authorization violation"),
+        "{replayed}"
+    );
+    responder.abort();
+}
+
 /// The first responder's subscription may linger for a moment after it stopped: retry briefly.
 async fn agentos_bus_connect_eventually(url: &str) -> Bus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
