@@ -163,6 +163,8 @@ pub struct AuthCalloutArgs {
     #[command(flatten)]
     pub edge: config::Edge,
     #[command(flatten)]
+    pub tenants: config::Tenants,
+    #[command(flatten)]
     pub callout: config::AuthCallout,
 }
 

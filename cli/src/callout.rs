@@ -2,15 +2,15 @@
 //! bearer token the edge accepts (as its NATS token, or its password); nats-server asks this
 //! service (its `auth_callout`), which verifies the token with the edge's own verifier (`[edge]`
 //! settings: JWKS or HS256, `iss`, `aud`, expiry, maximum lifetime) and the edge's revocation
-//! list, and lets the client into its tenant's account with that tenant's permissions until the
-//! token expires. With a system-account user it also closes connections whose token is revoked.
+//! list, checks the tenant's standing as the edge does, and lets the client into its tenant's
+//! account with that tenant's permissions until the token expires. With a system-account user it also closes connections whose token is revoked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentos_bus::callout::{AuthRequest, Grant, Issuer, Permissions};
-use agentos_bus::{Bus, ServiceSpec};
+use agentos_bus::{Bus, ServiceSpec, Standing, Tenants};
 use agentos_edge::{Auth, Revocations};
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
@@ -70,13 +70,23 @@ impl Sessions {
     }
 }
 
-/// The verdict on one connection: the edge's verification, then the revocation list.
-async fn decide(
-    auth: &Auth,
-    revoked: &Revocations,
-    sessions: &Sessions,
-    req: AuthRequest,
-) -> Result<Grant, String> {
+/// What a verdict is drawn from: the edge's verifier, its revocation list, tenants' standing.
+struct Judge {
+    auth: Auth,
+    revoked: Revocations,
+    tenants: Tenants,
+    sessions: Sessions,
+}
+
+/// The verdict on one connection: the edge's verification, the revocation list, then the
+/// tenant's standing (disabled or, under `registered` admission, unknown tenants stay out).
+async fn decide(judge: &Judge, req: AuthRequest) -> Result<Grant, String> {
+    let Judge {
+        auth,
+        revoked,
+        tenants,
+        sessions,
+    } = judge;
     let refuse = |code: &str, message: &str| {
         tracing::warn!(code, host = %req.client_host, cid = req.client_id, "NATS connection refused");
         Err(format!("{code}: {message}"))
@@ -101,6 +111,21 @@ async fn decide(
     let Some(expires_at) = ctx.expires_at else {
         return refuse("invalid_token", "the token has no exp");
     };
+    // The verifier allows some clock leeway; a NATS user cannot be granted a past expiry.
+    if expires_at <= now() {
+        return refuse("token_expired", "the token has expired");
+    }
+    match tenants.standing(&ctx.tenant).await {
+        Ok(Standing::Active(_)) => {}
+        Ok(Standing::Disabled) => return refuse("tenant_disabled", "the tenant is disabled"),
+        Ok(Standing::Unregistered) => {
+            return refuse("tenant_not_registered", "the tenant is not registered");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the tenant's standing");
+            return refuse("unavailable", "the tenant's standing could not be read");
+        }
+    }
     if let Some(jti) = &ctx.token_id {
         sessions.note(jti, &req, expires_at);
     }
@@ -138,7 +163,7 @@ async fn kick_revoked(
 pub async fn serve(a: AuthCalloutArgs, profile: crate::profile::Profile) -> Result<()> {
     crate::profile::check_edge(profile, &a.edge, &a.nats)?;
     let auth = crate::run::edge_auth(&a.edge).await?;
-    if let Auth::Disabled { .. } = auth {
+    if let Auth::Disabled { .. } = &auth {
         bail!(
             "the auth callout verifies tokens: give it the edge's --jwt-secret or JWKS, not --dev-no-auth-tenant"
         );
@@ -164,7 +189,12 @@ pub async fn serve(a: AuthCalloutArgs, profile: crate::profile::Profile) -> Resu
     let shutdown = crate::run::shutdown_on_signal();
     let revoked = Revocations::default();
     revoked.load(&platform).await?;
-    let sessions = Sessions::default();
+    let judge = Judge {
+        auth,
+        revoked: revoked.clone(),
+        tenants: platform.tenants(a.tenants.admission()).await?,
+        sessions: Sessions::default(),
+    };
     if let (Some(user), Some(password)) = (c.sys_user(), c.sys_password()) {
         let sys = Bus::connect(&agentos_bus::ConnectOptions {
             user: Some(user),
@@ -175,7 +205,7 @@ pub async fn serve(a: AuthCalloutArgs, profile: crate::profile::Profile) -> Resu
         .context("connecting as the system user")?;
         tokio::spawn(kick_revoked(
             sys,
-            sessions.clone(),
+            judge.sessions.clone(),
             revoked.clone(),
             shutdown.clone(),
         ));
@@ -196,11 +226,7 @@ pub async fn serve(a: AuthCalloutArgs, profile: crate::profile::Profile) -> Resu
             metadata: HashMap::from([("issuer".to_owned(), issuer.public_key())]),
         })
         .await?;
-    let serving = requests.serve(
-        &issuer,
-        |req| decide(&auth, &revoked, &sessions, req),
-        shutdown.cancelled(),
-    );
+    let serving = requests.serve(&issuer, |req| decide(&judge, req), shutdown.cancelled());
     // A revocation list that stopped updating would let revoked tokens in: stop instead (the
     // supervisor restarts the service).
     tokio::select! {

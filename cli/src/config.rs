@@ -375,7 +375,8 @@ impl Federation {
 }
 
 section! {
-    /// `[tenants]`: read by the edge and the orchestrators alike, so they cannot disagree.
+    /// `[tenants]`: read by the edge, the orchestrators and the auth callout alike, so they cannot
+    /// disagree.
     pub struct Tenants {
         /// `implicit` (default): any tenant a valid token names; `registered`: only tenants an
         /// admin created.
@@ -807,6 +808,7 @@ pub fn layer(cli: &mut Cli, file: Config) {
         Command::AuthCallout(a) => {
             a.nats = take(&mut a.nats).or(file.nats);
             a.edge = take(&mut a.edge).or(file.edge);
+            a.tenants = take(&mut a.tenants).or(file.tenants);
             a.callout = take(&mut a.callout).or(file.auth_callout);
         }
         Command::Provision(nats) => *nats = take(nats).or(file.nats),

@@ -4,7 +4,8 @@
 //! bus and reads its own tenant's events and record; it is refused for another tenant's subjects
 //! (permissions violation); an expired token is refused at connect; a token revoked through the
 //! edge's admin route is refused for a new connection within 2 s, and the connection that holds
-//! it is closed. The static per-tenant accounts keep working beside it.
+//! it is closed; a disabled tenant's token stays out. The static per-tenant accounts keep working
+//! beside it.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -197,6 +198,33 @@ async fn the_edges_bearer_token_logs_a_nats_client_into_its_own_tenant_only() {
         closed_after < 2.0,
         "held connection closed after {closed_after} s"
     );
+
+    // A disabled tenant's token stays out, as at the edge (tenant records are cached 2 s).
+    let t2 = ConnectOptions {
+        token: Some(token(secret, "t2", &["member"], 3600, "t2-1")),
+        ..ConnectOptions::new(format!("nats://127.0.0.1:{nats_port}"))
+    };
+    let before = Bus::connect(&t2).await;
+    assert!(before.is_ok(), "t2 connects: {:?}", before.err());
+    let r = http
+        .post(format!("http://{edge}/v1/admin/tenants"))
+        .bearer_auth(&admin)
+        .json(&json!({"id": "t2", "enabled": false}))
+        .send()
+        .await
+        .expect("disable t2");
+    assert_eq!(r.status(), 201);
+    agentos_e2e::eventually("t2 refused", std::time::Duration::from_secs(10), || {
+        let t2 = t2.clone();
+        async move {
+            match Bus::connect(&t2).await {
+                Err(e) if e.to_string().contains("authorization violation") => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+    .expect("a disabled tenant is refused");
 
     // The static per-tenant account still works beside the callout.
     let static_t1 = Bus::connect(&ConnectOptions {
