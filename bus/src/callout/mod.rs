@@ -120,7 +120,7 @@ pub struct Grant {
 }
 
 /// One connection asking to be let in.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuthRequest {
     /// The server's id (its public nkey, `N…`).
     pub server_id: String,
@@ -131,6 +131,18 @@ pub struct AuthRequest {
     /// The bearer token: CONNECT's `auth_token`, else its password.
     pub token: Option<String>,
     user_nkey: String,
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("server_id", &self.server_id)
+            .field("client_id", &self.client_id)
+            .field("client_host", &self.client_host)
+            .field("client_name", &self.client_name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl AuthRequest {

@@ -32,6 +32,10 @@ fn a_request_decodes_and_the_answer_fences_the_user_to_its_tenant() {
     let req =
         AuthRequest::decode(server_request(&server, "tok", now() + 5).as_bytes()).expect("decode");
     assert_eq!(req.token.as_deref(), Some("tok"));
+    assert!(
+        !format!("{req:?}").contains("tok\""),
+        "the token never prints"
+    );
     assert_eq!(
         (req.client_id, req.server_id.as_str()),
         (7, &*server.public_key())
