@@ -20,10 +20,6 @@ use serde::{Deserialize, Serialize};
 /// The platform's NATS account and user.
 pub const PLATFORM_ACCOUNT: &str = "AGENTOS";
 const PLATFORM_USER: &str = "agentos";
-/// The auth callout's account and user (`up --auth-callout`), and its system-account user.
-const CALLOUT_ACCOUNT: &str = "AUTH";
-const CALLOUT_USER: &str = "auth-callout";
-const SYS_USER: &str = "agentos-sys";
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct NatsAuth {
@@ -33,25 +29,10 @@ pub struct NatsAuth {
     pub tenants: BTreeMap<Tenant, String>,
     /// The auth callout, when `up --auth-callout` runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callout: Option<CalloutAuth>,
+    pub callout: Option<crate::accounts_callout::CalloutAuth>,
 }
 
-/// What nats-server needs to hand connections to the auth callout, and the callout to answer.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct CalloutAuth {
-    /// The issuer's public account nkey; its seed is in [`callout_seed_path`].
-    pub issuer: String,
-    pub password: String,
-    /// The system-account user the callout closes revoked tokens' connections with.
-    pub sys_password: String,
-}
-
-/// The callout issuer's seed (mode 0600).
-pub fn callout_seed_path(home: &Path) -> PathBuf {
-    home.join("nats").join("callout-issuer.nk")
-}
-
-fn password() -> String {
+pub(crate) fn password() -> String {
     format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -126,45 +107,6 @@ impl NatsAuth {
         (pw, new)
     }
 
-    /// Turns the auth callout on (a fresh issuer nkey, seed written 0600, when there is none) or
-    /// off; `save` then renders the server configuration to match.
-    pub fn set_callout(&mut self, home: &Path, on: bool) -> Result<()> {
-        if !on {
-            self.callout = None;
-            return Ok(());
-        }
-        let seed = callout_seed_path(home);
-        if self.callout.is_some() && seed.exists() {
-            return Ok(());
-        }
-        let (issuer, secret) = agentos_bus::callout::Issuer::generate()?;
-        std::fs::create_dir_all(home.join("nats"))?;
-        crate::secret::write(&seed, secret.as_bytes())?;
-        self.callout = Some(CalloutAuth {
-            issuer: issuer.public_key(),
-            password: password(),
-            sys_password: password(),
-        });
-        Ok(())
-    }
-
-    /// Environment of the `auth-callout` component: its seed file and its two NATS users.
-    pub fn callout_env(&self, home: &Path) -> Vec<(&'static str, String)> {
-        let Some(c) = &self.callout else {
-            return Vec::new();
-        };
-        vec![
-            (
-                "AGENTOS_CALLOUT_ISSUER_SEED_FILE",
-                callout_seed_path(home).display().to_string(),
-            ),
-            ("AGENTOS_CALLOUT_USER", CALLOUT_USER.into()),
-            ("AGENTOS_CALLOUT_PASSWORD", c.password.clone()),
-            ("AGENTOS_CALLOUT_SYS_USER", SYS_USER.into()),
-            ("AGENTOS_CALLOUT_SYS_PASSWORD", c.sys_password.clone()),
-        ]
-    }
-
     /// How the platform's own processes connect.
     pub fn platform(&self, url: &str, name: &str) -> ConnectOptions {
         ConnectOptions {
@@ -201,13 +143,10 @@ impl NatsAuth {
                 line(e, body)
             })
             .collect();
-        let sys = match &self.callout {
-            None => "  SYS { }\n".to_owned(),
-            Some(c) => format!(
-                "  SYS {{ users: [ {{ user: \"{SYS_USER}\", password: \"{}\" }} ] }}\n  {CALLOUT_ACCOUNT} {{ users: [ {{ user: \"{CALLOUT_USER}\", password: \"{}\" }} ] }}\n",
-                c.sys_password, c.password
-            ),
-        };
+        let sys = self
+            .callout
+            .as_ref()
+            .map_or_else(|| "  SYS { }\n".to_owned(), |c| c.accounts());
         let mut out = format!(
             r#"# Written by `agentos up` / `agentos tenant` from auth.json; edits are overwritten.
 system_account: SYS
@@ -247,29 +186,9 @@ accounts {{
         }
         out.push_str("}\n");
         if let Some(c) = &self.callout {
-            out.push_str(&Self::render_callout(c));
+            out.push_str(&c.authorization());
         }
         out
-    }
-
-    /// Connections of no static user go to the callout, which places them in their tenant's
-    /// account. Static users (the platform's, each tenant's) authenticate as before: only the
-    /// callout's own account is delegated (`allowed_accounts`), and its user skips the callout
-    /// (`auth_users`). Neither list names a tenant: nats-server cannot reload a changed
-    /// `auth_callout` block, so adding a tenant must not change it.
-    fn render_callout(c: &CalloutAuth) -> String {
-        format!(
-            r#"authorization {{
-  auth_callout {{
-    issuer: "{issuer}"
-    account: {CALLOUT_ACCOUNT}
-    auth_users: [ "{CALLOUT_USER}" ]
-    allowed_accounts: [ {CALLOUT_ACCOUNT} ]
-  }}
-}}
-"#,
-            issuer = c.issuer
-        )
     }
 }
 
@@ -342,45 +261,5 @@ mod tests {
             example.ends_with(body),
             "nats/tenants.conf.example is stale; it should end with:\n{body}"
         );
-    }
-
-    #[test]
-    fn the_callout_block_delegates_only_unknown_users_and_survives_new_tenants() {
-        let dir = tempfile::tempdir().expect("temp");
-        let mut auth = NatsAuth {
-            platform_password: "p".into(),
-            tenants: BTreeMap::new(),
-            callout: None,
-        };
-        auth.tenant(&"acme".parse().expect("tenant"));
-        auth.set_callout(dir.path(), true).expect("on");
-        let c = auth.callout.clone().expect("callout");
-        assert!(c.issuer.starts_with('A'));
-        let seed = crate::secret::read(&callout_seed_path(dir.path())).expect("seed 0600");
-        assert_eq!(
-            agentos_bus::callout::Issuer::from_seed(&seed)
-                .expect("issuer")
-                .public_key(),
-            c.issuer
-        );
-        let conf = auth.render();
-        assert!(
-            conf.contains(&format!(r#"issuer: "{}""#, c.issuer)),
-            "{conf}"
-        );
-        assert!(conf.contains(r#"auth_users: [ "auth-callout" ]"#), "{conf}");
-        assert!(conf.contains("allowed_accounts: [ AUTH ]"), "{conf}");
-        // A new tenant leaves the callout block as it was (nats-server cannot reload it).
-        let block = |c: &str| c[c.find("authorization").expect("block")..].to_owned();
-        auth.tenant(&"globex".parse().expect("tenant"));
-        assert_eq!(block(&auth.render()), block(&conf));
-        auth.set_callout(dir.path(), true).expect("again");
-        assert_eq!(
-            auth.callout.as_ref().map(|c| &c.issuer),
-            Some(&c.issuer),
-            "kept"
-        );
-        auth.set_callout(dir.path(), false).expect("off");
-        assert!(!auth.render().contains("auth_callout"));
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout)]
 
 mod accounts;
+mod accounts_callout;
 mod args;
 mod callout;
 mod certs;
