@@ -68,6 +68,9 @@ pub enum Error {
     /// The local nats-server could not be found or started.
     #[error("nats-server: {0}")]
     Server(String),
+    /// An nkey seed or public key is malformed or of the wrong type.
+    #[error("nkey: {0}")]
+    Nkey(String),
     /// Any other NATS failure, with the operation that failed.
     #[error("NATS {op} failed: {source}")]
     Nats { op: String, source: Source },
@@ -106,6 +109,7 @@ impl Error {
             Self::Drift(_) => "drift",
             Self::Connect { .. } => "connect_failed",
             Self::Server(_) => "nats_server",
+            Self::Nkey(_) => "invalid_nkey",
             Self::Nats { .. } => "nats_error",
         }
     }

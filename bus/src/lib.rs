@@ -5,6 +5,7 @@
 //! [`Bus`] methods and envelope types.
 
 mod audit;
+pub mod callout;
 pub mod cluster;
 mod connect;
 mod embed;

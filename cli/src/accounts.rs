@@ -27,9 +27,12 @@ pub struct NatsAuth {
     /// Tenant id → its NATS password (the user name is the tenant id).
     #[serde(default)]
     pub tenants: BTreeMap<Tenant, String>,
+    /// The auth callout, when `up --auth-callout` runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callout: Option<crate::accounts_callout::CalloutAuth>,
 }
 
-fn password() -> String {
+pub(crate) fn password() -> String {
     format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -74,6 +77,7 @@ impl NatsAuth {
                 let auth = Self {
                     platform_password: password(),
                     tenants: BTreeMap::new(),
+                    callout: None,
                 };
                 auth.save(home)?;
                 Ok(auth)
@@ -139,12 +143,15 @@ impl NatsAuth {
                 line(e, body)
             })
             .collect();
+        let sys = self
+            .callout
+            .as_ref()
+            .map_or_else(|| "  SYS { }\n".to_owned(), |c| c.accounts());
         let mut out = format!(
             r#"# Written by `agentos up` / `agentos tenant` from auth.json; edits are overwritten.
 system_account: SYS
 accounts {{
-  SYS {{ }}
-  {PLATFORM_ACCOUNT} {{
+{sys}  {PLATFORM_ACCOUNT} {{
     jetstream: enabled
     users: [ {{ user: "{PLATFORM_USER}", password: "{pw}" }} ]
     exports: [
@@ -178,6 +185,9 @@ accounts {{
             ));
         }
         out.push_str("}\n");
+        if let Some(c) = &self.callout {
+            out.push_str(&c.authorization());
+        }
         out
     }
 }
@@ -214,6 +224,7 @@ mod tests {
         let mut auth = NatsAuth {
             platform_password: "p".into(),
             tenants: BTreeMap::new(),
+            callout: None,
         };
         let acme: Tenant = "acme".parse().expect("tenant");
         let (pw, new) = auth.tenant(&acme);
@@ -242,6 +253,7 @@ mod tests {
                 .into_iter()
                 .map(|t| (t.parse().expect("tenant"), format!("CHANGE-ME-{t}")))
                 .collect(),
+            callout: None,
         };
         let rendered = auth.render();
         let body = rendered.split_once('\n').map_or("", |(_, rest)| rest);

@@ -47,6 +47,8 @@ pub enum Command {
         #[command(subcommand)]
         kind: WorkerKind,
     },
+    /// Let NATS clients in with the edge's bearer tokens: serve nats-server's auth callout.
+    AuthCallout(Box<AuthCalloutArgs>),
     /// Create the streams and KV buckets (idempotent; reports drift).
     Provision(config::Nats),
     /// Start NATS, provision, start the edge and the workers, and complete a smoke run.
@@ -151,6 +153,19 @@ pub struct EdgeArgs {
     pub quotas: config::Quotas,
     #[command(flatten)]
     pub federation: config::Federation,
+}
+
+/// `agentos auth-callout`.
+#[derive(Debug, Args)]
+pub struct AuthCalloutArgs {
+    #[command(flatten)]
+    pub nats: config::Nats,
+    #[command(flatten)]
+    pub edge: config::Edge,
+    #[command(flatten)]
+    pub tenants: config::Tenants,
+    #[command(flatten)]
+    pub callout: config::AuthCallout,
 }
 
 /// `agentos worker orchestrator`.
@@ -420,6 +435,7 @@ impl Command {
                 | RunCommand::Trace { edge, .. } => &mut edge.home,
             }),
             Command::Edge(_)
+            | Command::AuthCallout(_)
             | Command::Worker { .. }
             | Command::Provision(_)
             | Command::Up(_)

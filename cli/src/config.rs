@@ -89,6 +89,7 @@ pub struct Config {
     pub federation: Federation,
     pub up: Up,
     pub security: Security,
+    pub auth_callout: AuthCallout,
 }
 
 section! {
@@ -179,6 +180,29 @@ impl Nats {
                 .url()
                 .split(',')
                 .all(|u| u.trim().starts_with("tls://"))
+    }
+}
+
+section! {
+    /// `[auth-callout]`: `agentos auth-callout`, which lets NATS clients in with the edge's
+    /// bearer tokens (docs/operations.md, "One identity on NATS: the auth callout"). It verifies
+    /// tokens with the `[edge]` settings and reads revocations over the `[nats]` connection.
+    pub struct AuthCallout {
+        /// The account nkey seed (`SA…`) nats-server's `auth_callout { issuer }` trusts; mode
+        /// 0600.
+        #[arg(long = "callout-issuer-seed-file", env = "AGENTOS_CALLOUT_ISSUER_SEED_FILE")]
+        issuer_seed_file: PathBuf,
+        /// The service's own NATS user, listed in `auth_callout { auth_users }`.
+        #[arg(id = "callout_user", long = "callout-user", env = "AGENTOS_CALLOUT_USER")]
+        user: String,
+        #[arg(id = "callout_password", long = "callout-password", env = "AGENTOS_CALLOUT_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// A system-account user: with it, connections whose token is revoked are closed too
+        /// (without it they last until their token expires).
+        #[arg(long = "callout-sys-user", env = "AGENTOS_CALLOUT_SYS_USER")]
+        sys_user: String,
+        #[arg(long = "callout-sys-password", env = "AGENTOS_CALLOUT_SYS_PASSWORD", hide_env_values = true)]
+        sys_password: String,
     }
 }
 
@@ -351,7 +375,8 @@ impl Federation {
 }
 
 section! {
-    /// `[tenants]`: read by the edge and the orchestrators alike, so they cannot disagree.
+    /// `[tenants]`: read by the edge, the orchestrators and the auth callout alike, so they cannot
+    /// disagree.
     pub struct Tenants {
         /// `implicit` (default): any tenant a valid token names; `registered`: only tenants an
         /// admin created.
@@ -581,6 +606,10 @@ section! {
         /// Tool worker instances (default 1).
         #[arg(long)]
         tool_workers: usize = 1,
+        /// Let NATS clients connect with the edge's bearer tokens (an auth callout, run as the
+        /// `auth-callout` component); tenants' static accounts keep working.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        auth_callout: bool = false,
     }
 }
 
@@ -776,6 +805,12 @@ pub fn layer(cli: &mut Cli, file: Config) {
                 a.metrics = take(&mut a.metrics).or(file.metrics);
             }
         },
+        Command::AuthCallout(a) => {
+            a.nats = take(&mut a.nats).or(file.nats);
+            a.edge = take(&mut a.edge).or(file.edge);
+            a.tenants = take(&mut a.tenants).or(file.tenants);
+            a.callout = take(&mut a.callout).or(file.auth_callout);
+        }
         Command::Provision(nats) => *nats = take(nats).or(file.nats),
         Command::Up(a) => {
             a.up = take(&mut a.up).or(file.up);

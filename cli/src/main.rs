@@ -5,7 +5,9 @@
 #![allow(clippy::print_stdout)]
 
 mod accounts;
+mod accounts_callout;
 mod args;
+mod callout;
 mod certs;
 mod client;
 mod config;

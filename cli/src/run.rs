@@ -38,6 +38,7 @@ pub fn init_tracing(format: LogFormat, service: &str) -> anyhow::Result<crate::o
 pub fn service_name(command: &Command) -> &'static str {
     match command {
         Command::Edge(_) => "agentos-edge",
+        Command::AuthCallout(_) => crate::callout::SERVICE,
         Command::Worker { kind } => match kind {
             WorkerKind::Orchestrator(_) => "agentos-orchestrator",
             WorkerKind::Model(_) => "agentos-model",
@@ -75,7 +76,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-async fn connect(nats: &config::Nats, name: &str) -> anyhow::Result<Bus> {
+pub(crate) async fn connect(nats: &config::Nats, name: &str) -> anyhow::Result<Bus> {
     let bus = Bus::connect(&nats.connect_options(name)?)
         .await
         .with_context(|| format!("connecting to NATS at {}", nats.url()))?;
@@ -91,7 +92,7 @@ async fn connect(nats: &config::Nats, name: &str) -> anyhow::Result<Bus> {
 
 /// The edge's authentication from its settings: a JWKS (file, URL or OIDC issuer), an HS256
 /// secret (given, or read from `jwt-secret-file`), or — on loopback only — none.
-async fn edge_auth(a: &config::Edge) -> anyhow::Result<Auth> {
+pub(crate) async fn edge_auth(a: &config::Edge) -> anyhow::Result<Auth> {
     use agentos_edge::{Jwks, JwksSource, JwtRules};
     let source = match (a.jwks_url(), a.jwks_file(), a.oidc_issuer()) {
         (Some(u), _, _) => Some(JwksSource::Url(u)),
@@ -243,6 +244,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     .await?;
             }
         },
+        Command::AuthCallout(a) => crate::callout::serve(*a, cli.security.profile()).await?,
         Command::Provision(nats) => {
             let bus = Bus::connect(&nats.connect_options("agentos-provision")?)
                 .await

@@ -18,6 +18,8 @@ use crate::state::{self, ComponentPid, State};
 use crate::up_supervise::{NatsLauncher, Supervised, supervise};
 
 const PHASES: usize = 6;
+/// The auth callout component's name (`up --auth-callout`).
+const CALLOUT: &str = "auth-callout";
 
 fn phase(n: usize, what: &str) {
     println!("[{n}/{PHASES}] {what}");
@@ -64,6 +66,8 @@ pub(crate) struct Launcher {
     nats_env: [(&'static str, String); 2],
     /// `[nats]` TLS files (`up --tls`).
     tls_env: Vec<(&'static str, String)>,
+    /// The `auth-callout` component's own settings (its seed file and NATS users), for it only.
+    callout_env: Vec<(&'static str, String)>,
     secret: String,
     config: Option<PathBuf>,
 }
@@ -79,6 +83,12 @@ impl Launcher {
             .env("AGENTOS_NATS_URL", &self.nats_url)
             .envs(self.nats_env.iter().map(|(k, v)| (k, v)))
             .envs(self.tls_env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                self.callout_env
+                    .iter()
+                    .filter(|_| name == CALLOUT)
+                    .map(|(k, v)| (k, v)),
+            )
             .env("AGENTOS_JWT_SECRET", &self.secret)
             .env("AGENTOS_LOG_FORMAT", "json")
             .envs(self.config.iter().map(|c| ("AGENTOS_CONFIG", c)))
@@ -184,8 +194,10 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         );
     }
     let nats_log = home.join("logs").join("nats.log");
-    // One NATS account for the platform, one per tenant (`agentos tenant credentials`).
-    let auth = NatsAuth::load_or_create(home)?;
+    // One NATS account for the platform, one per tenant (`agentos tenant credentials`), and the
+    // auth callout's when it is on.
+    let mut auth = NatsAuth::load_or_create(home)?;
+    auth.set_callout(home, a.up.auth_callout())?;
     auth.save(home)?;
     let tls = a
         .tls
@@ -264,6 +276,7 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
                 ("AGENTOS_NATS_REPLICAS", replicas)
             }))
             .collect(),
+        callout_env: auth.callout_env(home),
         secret: secret(home)?,
         config,
     };
@@ -279,6 +292,9 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
             let args = crate::up_metrics::worker_args(kind)?;
             components.push(launcher.component(format!("{kind}-{i}"), args)?);
         }
+    }
+    if a.up.auth_callout() {
+        components.push(launcher.component(CALLOUT.into(), vec![CALLOUT.into()])?);
     }
     // One MCP bridge for the servers the file names; it reads them from the same file.
     if bridges_mcp(a) {
@@ -359,6 +375,11 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
     );
     if let Some(t) = &tls {
         t.print_howto(&edge_url, &nats_url);
+    }
+    if a.up.auth_callout() {
+        println!(
+            "  nats auth: the edge's bearer tokens work as NATS tokens (auth callout); a tenant needs its account: agentos tenant credentials <tenant>"
+        );
     }
     println!("  logs:   agentos logs --home {}", home.display());
     println!("  report: {}", report_file.display());
@@ -471,7 +492,8 @@ async fn wait_ready(
     let want = a.up.orchestrators()
         + a.up.model_workers()
         + a.up.tool_workers()
-        + usize::from(bridges_mcp(a));
+        + usize::from(bridges_mcp(a))
+        + usize::from(a.up.auth_callout());
     loop {
         for c in components.iter_mut() {
             if let Ok(Some(status)) = c.child.try_wait() {

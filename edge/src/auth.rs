@@ -33,6 +33,8 @@ pub struct AuthContext {
     pub token: Option<String>,
     /// The token's id (`jti`), checked against the revocation list.
     pub token_id: Option<String>,
+    /// The token's `exp` (Unix seconds): the NATS auth callout grants no longer than this.
+    pub expires_at: Option<u64>,
 }
 
 impl AuthContext {
@@ -107,6 +109,7 @@ impl Auth {
                     roles: vec![ROLE_ADMIN.into()],
                     token: None,
                     token_id: None,
+                    expires_at: None,
                 });
             }
             Self::Hs256 { key, validation } => (key, validation),
@@ -122,6 +125,7 @@ impl Auth {
             roles: data.claims.roles,
             token: Some(token.to_owned()),
             token_id: data.claims.jti,
+            expires_at: Some(data.claims.exp),
         })
     }
 }
@@ -218,6 +222,7 @@ impl FromRequestParts<AppState> for AuthContext {
                 roles: p.roles.clone(),
                 token: None,
                 token_id: None,
+                expires_at: None,
             },
             _ => state.auth.authenticate(bearer).await?,
         };

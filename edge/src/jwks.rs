@@ -265,6 +265,7 @@ impl Jwks {
             roles,
             token: Some(token.to_owned()),
             token_id: claims["jti"].as_str().map(str::to_owned),
+            expires_at: claims["exp"].as_u64(),
         })
     }
 }

@@ -47,6 +47,7 @@ pub use error::{ApiError, Error};
 pub use jwks::{Jwks, JwksSource, JwtRules};
 pub use limits::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_STREAMS_PER_TENANT, Limits};
 pub use listener::DEFAULT_HEADER_READ_TIMEOUT;
+pub use revocation::Revocations;
 pub use tls::{CertPrincipal, ClientAuth, TlsOptions};
 
 /// Largest accepted request body.

@@ -49,13 +49,19 @@ impl Revocations {
         }
     }
 
+    /// Loads the revocations stored now (`follow` does too, then keeps the list current).
+    pub async fn load(&self, bus: &Bus) -> agentos_bus::Result<()> {
+        for (key, r) in bus.revocations().await? {
+            self.note(key, r.until);
+        }
+        Ok(())
+    }
+
     /// Loads the list, then follows new entries until `shutdown` (subscribed first, so nothing
     /// written while loading is missed).
     pub async fn follow(self, bus: Bus, shutdown: CancellationToken) -> agentos_bus::Result<()> {
         let mut updates = bus.revocation_updates().await?;
-        for (key, r) in bus.revocations().await? {
-            self.note(key, r.until);
-        }
+        self.load(&bus).await?;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

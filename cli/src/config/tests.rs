@@ -335,6 +335,11 @@ fn the_example_shows_the_defaults() {
         format!("{:?}", c.up.clone().or(Up::defaults())),
         format!("{:?}", Up::defaults()),
     );
+    show(
+        "auth-callout",
+        format!("{:?}", c.auth_callout.clone().or(AuthCallout::defaults())),
+        format!("{:?}", AuthCallout::defaults()),
+    );
 }
 
 fn cli(args: &[&str], file: &str) -> Cli {
