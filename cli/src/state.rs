@@ -15,6 +15,9 @@ pub struct State {
     /// The `agentos up` process that supervises everything.
     pub up_pid: u32,
     pub nats_pid: u32,
+    /// The other nodes' nats-servers with `up --cluster N` (node 1 on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nats_peers: Vec<u32>,
     pub components: Vec<ComponentPid>,
     /// The operator's TLS files when the platform runs with `--tls` (CA, client certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]

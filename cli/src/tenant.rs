@@ -177,13 +177,16 @@ fn tenant_tls(state: &State, tenant: &Tenant) -> Result<Option<crate::certs::Cli
     Ok(Some(certs.ensure_client(tenant.as_str())?))
 }
 
+/// Reloads every nats-server of the platform (each node of a cluster has the accounts).
 fn reload(state: &State) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &state.nats_pid.to_string()])
-        .status()
-        .context("signalling nats-server")?;
-    if !status.success() {
-        bail!("could not signal nats-server (pid {})", state.nats_pid);
+    for pid in std::iter::once(state.nats_pid).chain(state.nats_peers.iter().copied()) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .context("signalling nats-server")?;
+        if !status.success() {
+            bail!("could not signal nats-server (pid {pid})");
+        }
     }
     Ok(())
 }

@@ -357,6 +357,8 @@ async fn run(a: &UpArgs, home: &Path, config: Option<PathBuf>, started: Instant)
         home: home.to_owned(),
         up_pid: std::process::id(),
         nats_pid: nats.pid(),
+        // Filled in by the supervisor's first round.
+        nats_peers: Vec::new(),
         components: Vec::new(),
         tls: tls.as_ref().map(|t| t.components.clone()),
     };

@@ -115,8 +115,11 @@ pub(crate) async fn supervise(
         for node in nats.iter_mut() {
             changed |= supervise_nats(node).await;
         }
-        if let Some(first) = nats.first() {
+        if let Some((first, others)) = nats.split_first() {
             state.nats_pid = first.server.pid();
+            let peers: Vec<u32> = others.iter().map(|n| n.server.pid()).collect();
+            changed |= peers != state.nats_peers;
+            state.nats_peers = peers;
         }
         for c in components.iter_mut() {
             match (c.restart_at, c.child.try_wait()) {

@@ -384,3 +384,74 @@ fn up_cluster_3_runs_the_smoke_run_at_r3_and_restarts_from_its_stores() {
         }
     }
 }
+
+/// `agentos tenant credentials` under `up --cluster 3`: every node takes up the tenant's
+/// account (each is reloaded, not only the first), so a tenant's client reaches its runs
+/// through any node.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_credentials_work_on_every_node_of_a_cluster() {
+    let home = tempfile::tempdir().expect("home");
+    let base = 20_000 + agentos_e2e::free_port().expect("port") % 20_000;
+    let agentos = |args: &[&str]| {
+        let out = std::process::Command::new(agentos_e2e::agentos_bin().expect("binary"))
+            .args(args)
+            .arg("--home")
+            .arg(home.path())
+            .env_remove("AGENTOS_NATS_URL")
+            .output()
+            .expect("run agentos");
+        assert!(
+            out.status.success(),
+            "agentos {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let edge = format!("127.0.0.1:{}", agentos_e2e::free_port().expect("port"));
+    agentos(&[
+        "up",
+        "--detach",
+        "--cluster",
+        "3",
+        "--nats-port",
+        &base.to_string(),
+        "--listen",
+        &edge,
+    ]);
+    struct Down(std::path::PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(agentos_e2e::agentos_bin().expect("binary"))
+                .args(["down", "--home"])
+                .arg(&self.0)
+                .output();
+        }
+    }
+    let _down = Down(home.path().to_owned());
+    let out = agentos(&["tenant", "credentials", "t1", "--json"]);
+    let creds: Value = serde_json::from_slice(&out.stdout).expect("credentials json");
+    let tenant = Tenant::parse("t1").expect("tenant");
+    for node in 0..3u16 {
+        let opts = agentos_bus::ConnectOptions {
+            user: creds["user"].as_str().map(str::to_owned),
+            password: creds["password"].as_str().map(str::to_owned),
+            request_timeout: Some(Duration::from_secs(2)),
+            ..agentos_bus::ConnectOptions::new(format!("nats://127.0.0.1:{}", base + node))
+        };
+        let reach = eventually(
+            "the tenant's account on the node",
+            Duration::from_secs(10),
+            || {
+                let opts = opts.clone();
+                let tenant = tenant.clone();
+                async move {
+                    let bus = agentos_bus::Bus::connect(&opts).await.ok()?;
+                    bus.can_read_run_records(&tenant).await.ok().filter(|r| *r)
+                }
+            },
+        )
+        .await;
+        assert!(reach.is_ok(), "node n{node} refuses tenant t1: {reach:?}");
+    }
+}
