@@ -21,7 +21,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, REQUEST_ID_HEADER};
 use crate::{AppState, AuthContext, agents, events};
 
-pub const MAX_INPUT_BYTES: usize = 256 * 1024;
+/// Most characters (Unicode scalar values, as JSON Schema's `maxLength` counts) of a run's input.
+pub const MAX_INPUT_CHARS: usize = 256 * 1024;
 /// A replay this soon after the run's creation re-sends its index entry (deduplicated by the
 /// server within its 2-minute window).
 const INDEX_REPLAY: time::Duration = time::Duration::seconds(60);
@@ -186,22 +187,19 @@ pub(crate) async fn load(
         .ok_or_else(|| ApiError::not_found("run_not_found", format!("no run {id}")))
 }
 
-/// `expires_at`: RFC 3339, in the future, at most [`MAX_EXPIRY`] away.
+/// `expires_at`: any RFC 3339 time, capped at [`MAX_EXPIRY`] from now (a run waits at most that
+/// long). A time already past ends the run as soon as it waits. JSON Schema cannot state a
+/// bound relative to the present, so the server takes every time the schema allows.
 fn expiry(at: &str, now: OffsetDateTime) -> ApiResult<OffsetDateTime> {
-    let invalid =
-        |m: String| ApiError::bad_request("invalid_expires_at", m).with_param("expires_at");
-    let at = OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| invalid(format!("expires_at must be an RFC 3339 time: {e}")))?;
-    if at <= now {
-        return Err(invalid("expires_at must be in the future".into()));
-    }
-    if at - now > MAX_EXPIRY {
-        return Err(invalid(format!(
-            "expires_at must be at most {} days away",
-            MAX_EXPIRY.whole_days()
-        )));
-    }
-    Ok(at)
+    let at =
+        OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_expires_at",
+                format!("expires_at must be an RFC 3339 time: {e}"),
+            )
+            .with_param("expires_at")
+        })?;
+    Ok(at.min(now + MAX_EXPIRY).to_offset(time::UtcOffset::UTC))
 }
 
 /// FNV-1a of the canonical body: enough to tell a reused idempotency key from a retry.
@@ -252,10 +250,10 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let agent_id = AgentId::parse(body.agent_id.clone())
         .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("agent_id"))?;
-    if body.input.len() > MAX_INPUT_BYTES {
+    if body.input.chars().count() > MAX_INPUT_CHARS {
         return Err(ApiError::bad_request(
             "input_too_large",
-            format!("input is limited to {MAX_INPUT_BYTES} bytes"),
+            format!("input is limited to {MAX_INPUT_CHARS} characters"),
         )
         .with_param("input"));
     }
