@@ -13,7 +13,7 @@ use agentos_e2e::{Options, Platform, mint_with_roles};
 use anyhow::{Context, Result};
 
 const SEED: &str = "1";
-const EXAMPLES: &str = "5";
+const EXAMPLES: &str = "20";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_no_contract_failure_against_a_live_platform() -> Result<()> {

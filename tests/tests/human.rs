@@ -251,17 +251,36 @@ async fn approvals_run_an_approved_call_once_and_tell_the_model_of_a_rejection()
     }))
     .await
     .expect("agent");
-    // An approval for a tool that is not the agent's is refused at definition time.
+    // An approval for a tool that is not the agent's can never apply: stored, with a warning.
     let (status, v) = p
         .post(
             "/v1/agents",
-            &json!({"id": "bad", "model": "scripted", "tools": ["echo"], "requires_approval": ["http.get"]}),
+            &json!({"id": "odd", "model": "scripted", "tools": ["echo"], "requires_approval": ["http.get"]}),
+        )
+        .await
+        .expect("post");
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["warnings"][0]["code"], "approval_tool_not_listed", "{v}");
+    assert_eq!(v["warnings"][0]["tool"], "http.get", "{v}");
+    // A client tool named like a server tool clashes with it.
+    let (status, v) = p
+        .post(
+            "/v1/agents",
+            &json!({"id": "bad", "model": "scripted", "tools": ["echo"], "client_tools": [{"name": "echo"}]}),
         )
         .await
         .expect("post");
     assert_eq!(
-        (status, v["error"]["param"].as_str()),
-        (400, Some("requires_approval[0]")),
+        (
+            status,
+            v["error"]["code"].as_str(),
+            v["error"]["param"].as_str()
+        ),
+        (
+            409,
+            Some("tool_name_conflict"),
+            Some("client_tools[0].name")
+        ),
         "{v}"
     );
 

@@ -48,6 +48,15 @@ fn items_pattern(name: &str) -> Option<&'static str> {
     })
 }
 
+/// Operations that call a model (chat, embeddings, a namespace's embedding model) and answer
+/// with its failures.
+const UPSTREAM: [(&str, &str); 4] = [
+    ("/v1/chat/completions", "post"),
+    ("/v1/embeddings", "post"),
+    ("/v1/memory/{namespace}/search", "post"),
+    ("/v1/memory/{namespace}/{key}", "put"),
+];
+
 /// Bodies that may be left out (the handler takes defaults).
 const OPTIONAL_BODY: [&str; 2] = ["/v1/threads", "/v1/threads/{id}/copy"];
 
@@ -74,14 +83,14 @@ pub(super) fn complete(doc: &mut Value) {
         };
         for (method, op) in ops.iter_mut() {
             if let Some(op) = op.as_object_mut() {
-                complete_operation(path, op);
+                complete_operation(path, method, op);
                 streams(path, method, op);
             }
         }
     }
 }
 
-fn complete_operation(path: &str, op: &mut Map<String, Value>) {
+fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     let public = PUBLIC.contains(&path);
     let has_body = op.contains_key("requestBody");
     if let Some(body) = op.get_mut("requestBody") {
@@ -155,6 +164,21 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
         errors.extend([
             ("413", "the body is larger than the edge accepts"),
             ("415", "the body is not application/json"),
+        ]);
+    }
+    if !public {
+        errors.push((
+            "500",
+            "an internal error; details are logged under the request id, never returned",
+        ));
+    }
+    if UPSTREAM.contains(&(path, method)) {
+        errors.extend([
+            (
+                "502",
+                "the model's upstream failed or answered what cannot be read",
+            ),
+            ("504", "the model did not answer in time"),
         ]);
     }
     errors.push(("503", "overloaded or not ready; see Retry-After"));
