@@ -260,7 +260,10 @@ pub async fn create(
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+            // As documented (`^[!-~]{1,255}$`): `to_str` would also pass spaces and tabs.
+            Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(k.to_owned())
+            }
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_idempotency_key",
