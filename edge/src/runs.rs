@@ -524,3 +524,29 @@ pub async fn cancel(
         "the run kept changing; retry",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_rfc3339_expiry_is_taken_and_capped_at_seven_days() {
+        let now = OffsetDateTime::now_utc();
+        for at in [
+            "0000-01-01T00:00:00+23:59",
+            "9999-12-31T23:59:59-23:59",
+            "2001-01-01T00:00:00Z",
+            "2999-01-01t00:00:00.123456789z",
+        ] {
+            let taken = expiry(at, now).expect(at);
+            assert!(taken <= now + MAX_EXPIRY, "{at}");
+            assert_eq!(taken.offset(), time::UtcOffset::UTC, "{at}");
+        }
+        let soon = expiry("2001-01-01T00:00:00Z", now).expect("past");
+        assert!(
+            soon < now,
+            "a time past stays past: the run expires when it waits"
+        );
+        assert!(expiry("yesterday", now).is_err());
+    }
+}
