@@ -24,6 +24,10 @@ impl Bus {
         limit: usize,
     ) -> Result<Vec<(u64, AuditRecord)>> {
         let op = || "read audit".to_owned();
+        // Past the last possible sequence there is nothing to read.
+        let Some(start_sequence) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
         let stream = self
             .js
             .get_stream_no_info(STREAM_AUDIT)
@@ -35,32 +39,45 @@ impl Bus {
                     || subject::filter::AUDIT.to_owned(),
                     |t| subject::audit(t).into(),
                 ),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::nats(op(), e))?;
-        let mut out = Vec::new();
-        if consumer.cached_info().num_pending == 0 || limit == 0 {
-            return Ok(out);
+        let name = consumer.cached_info().name.clone();
+        let out = read_page(consumer, limit).await;
+        // Ordered consumers linger until their inactivity threshold: one per page would pile up
+        // (a filtered read pages through the whole log) until JetStream refuses new ones.
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "audit reader not deleted; it lapses on its own");
         }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| Error::nats(op(), e))?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| Error::nats(op(), e))?;
-            let info = msg.info().map_err(|e| Error::nats(op(), e))?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            if let Ok(record) = AuditRecord::decode(None, &msg.payload) {
-                out.push((seq, record));
-            }
-            if pending == 0 || out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        out
     }
+}
+
+async fn read_page(
+    consumer: consumer::Consumer<consumer::pull::OrderedConfig>,
+    limit: usize,
+) -> Result<Vec<(u64, AuditRecord)>> {
+    let op = || "read audit".to_owned();
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 || limit == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Error::nats(op(), e))?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| Error::nats(op(), e))?;
+        let info = msg.info().map_err(|e| Error::nats(op(), e))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if let Ok(record) = AuditRecord::decode(None, &msg.payload) {
+            out.push((seq, record));
+        }
+        if pending == 0 || out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }

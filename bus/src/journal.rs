@@ -174,7 +174,7 @@ impl Bus {
         if after == 0 {
             return Ok(0);
         }
-        let target = after + 1;
+        let target = after.saturating_add(1);
         let Some(last) = self.last_event(tenant, run).await? else {
             return Ok(0);
         };

@@ -29,6 +29,7 @@ mod rpc;
 mod run_index;
 pub mod server;
 mod status;
+pub mod strict;
 pub mod subject;
 mod tenants;
 mod thread;

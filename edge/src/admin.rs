@@ -458,10 +458,12 @@ pub async fn audit_log(
     };
     let mut after = q.after.unwrap_or(0);
     let mut data = Vec::new();
-    // Filtering by action happens after reading: keep reading pages until this one is full.
+    // Filtering by action happens after reading: keep reading pages until this one is full,
+    // in pages of the largest size when most records read may not match.
+    let read = if q.action.is_some() { 500 } else { limit };
     loop {
-        let page = state.bus.read_audit(tenant.as_ref(), after, limit).await?;
-        let exhausted = page.len() < limit;
+        let page = state.bus.read_audit(tenant.as_ref(), after, read).await?;
+        let exhausted = page.len() < read;
         for (seq, rec) in page {
             after = seq;
             if q.action.as_deref().is_none_or(|a| a == rec.action) {

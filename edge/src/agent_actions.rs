@@ -4,12 +4,13 @@
 use agentos_bus::envelope::{AgentSpec, ClientTool};
 use agentos_bus::id::ToolName;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
+use crate::tools::Warning;
 
 /// Most client tools one agent declares.
-const MAX_CLIENT_TOOLS: usize = 64;
+pub(crate) const MAX_CLIENT_TOOLS: usize = 64;
 
 /// A client tool as a client writes it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -19,9 +20,9 @@ pub struct ClientToolBody {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// JSON Schema of the arguments (default: any object).
+    /// JSON Schema of the arguments, an object (default: any object).
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
+    pub parameters: Option<Map<String, Value>>,
 }
 
 pub(crate) fn client_tools(body: Vec<ClientToolBody>) -> ApiResult<Vec<ClientTool>> {
@@ -38,7 +39,7 @@ pub(crate) fn client_tools(body: Vec<ClientToolBody>) -> ApiResult<Vec<ClientToo
                 .map_err(|e| invalid(&format!("client_tools[{i}].name"), e.to_string()))?;
             let parameters = t
                 .parameters
-                .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+                .map_or_else(|| serde_json::json!({"type": "object"}), Value::Object);
             if let Err(e) = jsonschema::validator_for(&parameters) {
                 return Err(invalid(
                     &format!("client_tools[{i}].parameters"),
@@ -65,32 +66,34 @@ pub(crate) fn requires_approval(names: Vec<String>) -> ApiResult<Vec<ToolName>> 
         .collect()
 }
 
-/// The definition as a whole: client tool names are unique and no server tool's; every tool
-/// that requires approval is one of the agent's tools.
-pub(crate) fn check(spec: &AgentSpec) -> ApiResult<()> {
+/// The definition as a whole. Client tool names are unique and no server tool's: a clash is
+/// `409 tool_name_conflict` (a rule between entries that JSON Schema cannot state, so not a
+/// `400` of the request's shape). A tool that requires approval but is not one of the agent's
+/// tools can never be called: the agent is stored with a warning.
+pub(crate) fn check(spec: &AgentSpec) -> ApiResult<Vec<Warning>> {
     for (i, t) in spec.client_tools.iter().enumerate() {
-        if spec.tools.contains(&t.name) {
-            return Err(invalid(
-                &format!("client_tools[{i}].name"),
-                format!("{} is also a server tool of the agent", t.name),
-            ));
-        }
-        if spec.client_tools[..i].iter().any(|o| o.name == t.name) {
-            return Err(invalid(
-                &format!("client_tools[{i}].name"),
-                format!("client tool {} is declared twice", t.name),
-            ));
-        }
+        let clash = if spec.tools.contains(&t.name) {
+            format!("{} is also a server tool of the agent", t.name)
+        } else if spec.client_tools[..i].iter().any(|o| o.name == t.name) {
+            format!("client tool {} is declared twice", t.name)
+        } else {
+            continue;
+        };
+        return Err(ApiError::conflict("tool_name_conflict", clash)
+            .with_param(format!("client_tools[{i}].name")));
     }
-    for (i, name) in spec.requires_approval.iter().enumerate() {
-        if !spec.tools.contains(name) {
-            return Err(invalid(
-                &format!("requires_approval[{i}]"),
-                format!("{name} is not one of the agent's tools"),
-            ));
-        }
-    }
-    Ok(())
+    Ok(spec
+        .requires_approval
+        .iter()
+        .filter(|name| !spec.tools.contains(name))
+        .map(|name| Warning {
+            code: "approval_tool_not_listed",
+            tool: name.to_string(),
+            message: format!(
+                "{name} requires approval but is not one of the agent's tools, so it is never called"
+            ),
+        })
+        .collect())
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {

@@ -104,7 +104,7 @@ pub struct MemoryBody {
 }
 
 /// Most namespace templates one agent grants.
-const MAX_GRANTS: usize = 32;
+pub(crate) const MAX_GRANTS: usize = 32;
 
 fn memory(body: Option<MemoryBody>) -> ApiResult<AgentMemory> {
     let Some(body) = body else {
@@ -155,14 +155,15 @@ pub struct AgentWritten {
     #[schema(value_type = Object)]
     pub agent: AgentSpec,
     /// Present when there is something to warn about: a tool nobody serves right now
-    /// (`tool_unavailable`). The agent is stored all the same.
+    /// (`tool_unavailable`), a tool that requires approval but is not among `tools`
+    /// (`approval_tool_not_listed`). The agent is stored all the same.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
 }
 
 impl AgentWritten {
-    async fn new(state: &AppState, agent: AgentSpec) -> Self {
-        let warnings = crate::tools::unserved(state, &agent.tools).await;
+    async fn new(state: &AppState, agent: AgentSpec, mut warnings: Vec<Warning>) -> Self {
+        warnings.extend(crate::tools::unserved(state, &agent.tools).await);
         Self { agent, warnings }
     }
 }
@@ -249,7 +250,7 @@ pub async fn create(
         created_at: ts,
         updated_at: ts,
     };
-    agent_actions::check(&spec)?;
+    let warnings = agent_actions::check(&spec)?;
     match state
         .agents
         .create_as(&agent_key(&auth, &spec.id), &spec)
@@ -257,7 +258,7 @@ pub async fn create(
     {
         Ok(_) => Ok((
             StatusCode::CREATED,
-            Json(AgentWritten::new(&state, spec).await),
+            Json(AgentWritten::new(&state, spec, warnings).await),
         )),
         Err(BusError::AlreadyExists { .. }) => Err(ApiError::conflict(
             "agent_exists",
@@ -333,14 +334,14 @@ pub async fn update(
     if let Some(r) = body.requires_approval {
         spec.requires_approval = agent_actions::requires_approval(r)?;
     }
-    agent_actions::check(&spec)?;
+    let warnings = agent_actions::check(&spec)?;
     spec.updated_at = now();
     match state
         .agents
         .update_as(&agent_key(&auth, &id), &spec, current.revision)
         .await
     {
-        Ok(_) => Ok(Json(AgentWritten::new(&state, spec).await)),
+        Ok(_) => Ok(Json(AgentWritten::new(&state, spec, warnings).await)),
         Err(BusError::WrongRevision { .. }) => Err(ApiError::conflict(
             "concurrent_update",
             "the agent changed meanwhile; retry",

@@ -24,9 +24,9 @@ use crate::memory_search::meta;
 use crate::{AppState, AuthContext};
 
 /// Most inputs in one request (OpenAI's bound).
-const MAX_INPUTS: usize = 2048;
+pub(crate) const MAX_INPUTS: usize = 2048;
 /// Longest single input.
-const MAX_INPUT_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_INPUT_CHARS: usize = 32 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn routes() -> Router<AppState> {
@@ -83,11 +83,11 @@ fn inputs(v: Value) -> ApiResult<Vec<String>> {
     }
     if list
         .iter()
-        .any(|s| s.is_empty() || s.len() > MAX_INPUT_BYTES)
+        .any(|s| s.is_empty() || s.chars().count() > MAX_INPUT_CHARS)
     {
         return Err(bad(
             "invalid_input",
-            format!("each input must be 1 to {MAX_INPUT_BYTES} bytes"),
+            format!("each input must be 1 to {MAX_INPUT_CHARS} characters"),
             "input",
         ));
     }
@@ -137,6 +137,7 @@ pub async fn create(
     state
         .entitled(&auth.tenant, |e| e.check_model(model.as_str()))
         .await?;
+    state.served.check(&state.bus, &model).await?;
     let reply = match state
         .bus
         .embed(&model, &meta(&auth), &req, REPLY_TIMEOUT)

@@ -111,7 +111,9 @@ pub async fn events(
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                // As documented: 1 to 19 digits (`u64::from_str` would also take a `+`).
+                .filter(|s| (1..=19).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_last_event_id",

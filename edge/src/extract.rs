@@ -32,8 +32,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A JSON object from a body's bytes (an array or a scalar is refused even where serde would
-/// read a struct from it).
+/// A JSON object from a body's bytes, read as the document describes it
+/// ([`agentos_bus::strict`]): an array or a scalar is refused where serde would read a struct
+/// from it, at any depth, and an integer may be written as an integral number (`5.0`). A wrong
+/// field's path is the error's `param`.
 pub(crate) fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b != b'{') {
@@ -42,9 +44,30 @@ pub(crate) fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr
             "the body must be a JSON object",
         ));
     }
-    axum::Json::<T>::from_bytes(bytes)
-        .map(|axum::Json(v)| v)
-        .map_err(json_rejection)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(agentos_bus::strict::Strict(&mut de))
+        .map_err(|e| body_error(&e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| body_error(".", e))?;
+    Ok(value)
+}
+
+fn body_error(path: &str, e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data if path == "." => ApiError::bad_request(
+            "invalid_body",
+            format!("Failed to deserialize the JSON body into the target type: {e}"),
+        ),
+        Category::Data => ApiError::bad_request(
+            "invalid_body",
+            format!("Failed to deserialize the JSON body into the target type: {path}: {e}"),
+        )
+        .with_param(path),
+        Category::Io | Category::Syntax | Category::Eof => ApiError::bad_request(
+            "invalid_json",
+            format!("Failed to parse the request body as JSON: {e}"),
+        ),
+    }
 }
 
 /// `application/json` or a `+json` type, as `axum::Json` accepts.

@@ -105,6 +105,8 @@ pub struct Shared {
     memory_config: std::sync::Arc<agentos_bus::recall::MemoryConfig>,
     /// The tools running workers declare (discovery, cached for agent warnings).
     tools: agentos_bus::ToolDirectory,
+    /// The models running workers serve (discovery, remembered): unknown ones fail at once.
+    served: chat::ServedModels,
     threads: agentos_bus::Threads,
     limits: Limits,
     /// Revoked token ids, kept current while [`serve`] runs.
@@ -178,6 +180,7 @@ impl AppState {
             memory: bus.memory().await?,
             memory_config: Default::default(),
             tools: agentos_bus::ToolDirectory::new(bus.clone()),
+            served: Default::default(),
             threads: bus.threads().await?,
             metrics: None,
             budgets: bus.budgets().await?,

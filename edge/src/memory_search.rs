@@ -21,7 +21,7 @@ use crate::{AppState, AuthContext};
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 100;
 /// Longest query text.
-const MAX_QUERY: usize = 8 * 1024;
+pub(crate) const MAX_QUERY_CHARS: usize = 8 * 1024;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/memory/{namespace}/search", post(search))
@@ -68,7 +68,8 @@ pub(crate) fn meta(auth: &AuthContext) -> CallMeta {
 fn recall_error(e: RecallError) -> ApiError {
     match e {
         RecallError::NotEmbedded { .. } => {
-            ApiError::bad_request("semantic_search_unavailable", e.to_string()).with_param("query")
+            // The request is well formed; the namespace's configuration cannot serve it.
+            ApiError::conflict("semantic_search_unavailable", e.to_string()).with_param("query")
         }
         RecallError::Embedding { .. } => {
             tracing::warn!(error = %e, "embedding failed");
@@ -110,7 +111,8 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 #[utoipa::path(post, path = "/v1/memory/{namespace}/search", request_body = SearchRequest,
     params(("namespace" = String, Path, description = "dotted tokens")),
     responses((status = 200, description = "matching items, best first", body = SearchResults),
-        (status = 400, description = "invalid_filter, invalid_limit, semantic_search_unavailable"),
+        (status = 400, description = "invalid_filter, invalid_limit, invalid_query"),
+        (status = 409, description = "semantic_search_unavailable: a query on a namespace without an embedding model"),
         (status = 422, description = "namespace_too_large")))]
 pub async fn search(
     State(state): State<AppState>,
@@ -141,10 +143,13 @@ pub async fn search(
         }
     };
     let query = body.query.filter(|q| !q.trim().is_empty());
-    if query.as_ref().is_some_and(|q| q.len() > MAX_QUERY) {
+    if query
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS)
+    {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("query must be at most {MAX_QUERY} bytes"),
+            format!("query must be at most {MAX_QUERY_CHARS} characters"),
         )
         .with_param("query"));
     }

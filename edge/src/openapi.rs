@@ -1,6 +1,7 @@
 //! `/openapi.json`, generated from the handlers' annotations (never hand-maintained), then
 //! completed with what every route shares ([`contract`]).
 
+mod bodies;
 mod contract;
 
 use std::sync::OnceLock;

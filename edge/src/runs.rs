@@ -21,7 +21,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, REQUEST_ID_HEADER};
 use crate::{AppState, AuthContext, agents, events};
 
-pub const MAX_INPUT_BYTES: usize = 256 * 1024;
+/// Most characters (Unicode scalar values, as JSON Schema's `maxLength` counts) of a run's input.
+pub const MAX_INPUT_CHARS: usize = 256 * 1024;
 /// A replay this soon after the run's creation re-sends its index entry (deduplicated by the
 /// server within its 2-minute window).
 const INDEX_REPLAY: time::Duration = time::Duration::seconds(60);
@@ -186,22 +187,19 @@ pub(crate) async fn load(
         .ok_or_else(|| ApiError::not_found("run_not_found", format!("no run {id}")))
 }
 
-/// `expires_at`: RFC 3339, in the future, at most [`MAX_EXPIRY`] away.
+/// `expires_at`: any RFC 3339 time, capped at [`MAX_EXPIRY`] from now (a run waits at most that
+/// long). A time already past ends the run as soon as it waits. JSON Schema cannot state a
+/// bound relative to the present, so the server takes every time the schema allows.
 fn expiry(at: &str, now: OffsetDateTime) -> ApiResult<OffsetDateTime> {
-    let invalid =
-        |m: String| ApiError::bad_request("invalid_expires_at", m).with_param("expires_at");
-    let at = OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| invalid(format!("expires_at must be an RFC 3339 time: {e}")))?;
-    if at <= now {
-        return Err(invalid("expires_at must be in the future".into()));
-    }
-    if at - now > MAX_EXPIRY {
-        return Err(invalid(format!(
-            "expires_at must be at most {} days away",
-            MAX_EXPIRY.whole_days()
-        )));
-    }
-    Ok(at)
+    let at =
+        OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_expires_at",
+                format!("expires_at must be an RFC 3339 time: {e}"),
+            )
+            .with_param("expires_at")
+        })?;
+    Ok(at.min(now + MAX_EXPIRY).to_offset(time::UtcOffset::UTC))
 }
 
 /// FNV-1a of the canonical body: enough to tell a reused idempotency key from a retry.
@@ -252,17 +250,20 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let agent_id = AgentId::parse(body.agent_id.clone())
         .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("agent_id"))?;
-    if body.input.len() > MAX_INPUT_BYTES {
+    if body.input.chars().count() > MAX_INPUT_CHARS {
         return Err(ApiError::bad_request(
             "input_too_large",
-            format!("input is limited to {MAX_INPUT_BYTES} bytes"),
+            format!("input is limited to {MAX_INPUT_CHARS} characters"),
         )
         .with_param("input"));
     }
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+            // As documented (`^[!-~]{1,255}$`): `to_str` would also pass spaces and tabs.
+            Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(k.to_owned())
+            }
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_idempotency_key",
@@ -522,4 +523,30 @@ pub async fn cancel(
         "concurrent_update",
         "the run kept changing; retry",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_rfc3339_expiry_is_taken_and_capped_at_seven_days() {
+        let now = OffsetDateTime::now_utc();
+        for at in [
+            "0000-01-01T00:00:00+23:59",
+            "9999-12-31T23:59:59-23:59",
+            "2001-01-01T00:00:00Z",
+            "2999-01-01t00:00:00.123456789z",
+        ] {
+            let taken = expiry(at, now).expect(at);
+            assert!(taken <= now + MAX_EXPIRY, "{at}");
+            assert_eq!(taken.offset(), time::UtcOffset::UTC, "{at}");
+        }
+        let soon = expiry("2001-01-01T00:00:00Z", now).expect("past");
+        assert!(
+            soon < now,
+            "a time past stays past: the run expires when it waits"
+        );
+        assert!(expiry("yesterday", now).is_err());
+    }
 }

@@ -180,7 +180,11 @@ fn paginate<T>(mut items: Vec<T>, p: &PageParams, id: impl Fn(&T) -> String) -> 
 }
 
 pub(crate) fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
-    if metadata.len() > MAX_METADATA_KEYS || metadata.keys().any(|k| k.len() > MAX_METADATA_KEY) {
+    if metadata.len() > MAX_METADATA_KEYS
+        || metadata
+            .keys()
+            .any(|k| k.chars().count() > MAX_METADATA_KEY)
+    {
         return Err(ApiError::bad_request(
             "invalid_metadata",
             format!(

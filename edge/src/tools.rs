@@ -75,7 +75,8 @@ pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult
 /// Something about an accepted agent definition its author should know.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Warning {
-    /// `tool_unavailable`: no worker serves `tool` right now.
+    /// `tool_unavailable`: no worker serves `tool` right now; `approval_tool_not_listed`: `tool`
+    /// requires approval but is not one of the agent's tools.
     pub code: &'static str,
     pub tool: String,
     pub message: String,

@@ -251,17 +251,36 @@ async fn approvals_run_an_approved_call_once_and_tell_the_model_of_a_rejection()
     }))
     .await
     .expect("agent");
-    // An approval for a tool that is not the agent's is refused at definition time.
+    // An approval for a tool that is not the agent's can never apply: stored, with a warning.
     let (status, v) = p
         .post(
             "/v1/agents",
-            &json!({"id": "bad", "model": "scripted", "tools": ["echo"], "requires_approval": ["http.get"]}),
+            &json!({"id": "odd", "model": "scripted", "tools": ["echo"], "requires_approval": ["http.get"]}),
+        )
+        .await
+        .expect("post");
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["warnings"][0]["code"], "approval_tool_not_listed", "{v}");
+    assert_eq!(v["warnings"][0]["tool"], "http.get", "{v}");
+    // A client tool named like a server tool clashes with it.
+    let (status, v) = p
+        .post(
+            "/v1/agents",
+            &json!({"id": "bad", "model": "scripted", "tools": ["echo"], "client_tools": [{"name": "echo"}]}),
         )
         .await
         .expect("post");
     assert_eq!(
-        (status, v["error"]["param"].as_str()),
-        (400, Some("requires_approval[0]")),
+        (
+            status,
+            v["error"]["code"].as_str(),
+            v["error"]["param"].as_str()
+        ),
+        (
+            409,
+            Some("tool_name_conflict"),
+            Some("client_tools[0].name")
+        ),
         "{v}"
     );
 
@@ -335,21 +354,39 @@ async fn a_wait_expires_a_cancel_ends_it_and_a_bus_answer_resumes_it_holding_its
         .await
         .expect("agent");
 
-    // Bad expiry: refused.
-    for at in ["yesterday", "2001-01-01T00:00:00Z"] {
-        let (status, v) = p
-            .post(
-                "/v1/runs",
-                &json!({"agent_id": "asker", "input": "x", "expires_at": at}),
-            )
-            .await
-            .expect("post");
-        assert_eq!(
-            (status, v["error"]["code"].as_str()),
-            (400, Some("invalid_expires_at")),
-            "{v}"
-        );
-    }
+    // Not a time: refused. A time past or far away is taken (capped at 7 days).
+    let (status, v) = p
+        .post(
+            "/v1/runs",
+            &json!({"agent_id": "asker", "input": "x", "expires_at": "yesterday"}),
+        )
+        .await
+        .expect("post");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_expires_at")),
+        "{v}"
+    );
+    let (status, v) = p
+        .post(
+            "/v1/runs",
+            &json!({"agent_id": "asker", "input": "x", "expires_at": "9999-01-01T00:00:00Z"}),
+        )
+        .await
+        .expect("post");
+    assert_eq!(status, 201, "{v}");
+    let capped = time::OffsetDateTime::parse(
+        v["expires_at"].as_str().expect("expires_at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("time");
+    assert!(capped <= time::OffsetDateTime::now_utc() + time::Duration::days(7));
+    let id = v["id"].as_str().expect("id");
+    let (status, v) = p
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await
+        .expect("cancel");
+    assert!(status < 300, "{v}");
 
     // Expiry: the timer (a JetStream message schedule) ends the unanswered run.
     let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);

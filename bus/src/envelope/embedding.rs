@@ -32,6 +32,7 @@ pub struct EmbeddingUsage {
 pub enum EmbeddingReply {
     /// One vector per input, in the request's order.
     Vectors {
+        #[serde(deserialize_with = "super::finite_vectors")]
         vectors: Vec<Vec<f32>>,
         usage: EmbeddingUsage,
     },

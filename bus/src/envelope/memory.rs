@@ -29,6 +29,7 @@ pub struct MemoryItem {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredEmbedding {
     pub model: ModelName,
+    #[serde(deserialize_with = "super::finite_vector")]
     pub vector: Vec<f32>,
 }
 

@@ -85,10 +85,41 @@ impl ErrorBody {
     }
 }
 
+/// A vector of `f32`s, each finite: a JSON number beyond `f32`'s range would read as infinity,
+/// which JSON cannot carry back (it is written `null`), so it is refused here.
+fn finite_vector<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<f32>, D::Error> {
+    let v = Vec::<f32>::deserialize(d)?;
+    if v.iter().all(|x| x.is_finite()) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(
+            "a vector element is beyond the range of f32",
+        ))
+    }
+}
+
+/// Vectors, each as [`finite_vector`].
+fn finite_vectors<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Vec<f32>>, D::Error> {
+    let v = Vec::<Vec<f32>>::deserialize(d)?;
+    if v.iter().flatten().all(|x| x.is_finite()) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(
+            "a vector element is beyond the range of f32",
+        ))
+    }
+}
+
 /// Wall-clock now, for envelope timestamps.
 pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -306,18 +306,19 @@ impl Quotas {
 }
 
 fn limits_at(value: &Value, at: &str) -> Result<Limits, QuotaError> {
-    let limits: Limits = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let param = if path == "." {
-            at.to_owned()
-        } else {
-            join(at, &path)
-        };
-        QuotaError {
-            message: format!("quotas.{param}: {}", e.inner()),
-            param,
-        }
-    })?;
+    let limits: Limits =
+        serde_path_to_error::deserialize(crate::strict::Strict(value)).map_err(|e| {
+            let path = e.path().to_string();
+            let param = if path == "." {
+                at.to_owned()
+            } else {
+                join(at, &path)
+            };
+            QuotaError {
+                message: format!("quotas.{param}: {}", e.inner()),
+                param,
+            }
+        })?;
     limits.validate(at)?;
     Ok(limits)
 }
@@ -376,6 +377,13 @@ mod tests {
                 "agents.helper.run.max_token",
             ),
             (json!({"requests_per_minute": 5}), "requests_per_minute"),
+            (json!({"rate": [1.5, 2]}), "rate"),
+            (json!({"run": [10, 2]}), "run"),
+            (
+                json!({"agents": {"helper": {"tokens": [1]}}}),
+                "agents.helper.tokens",
+            ),
+            (json!({"concurrent_runs": 2.5}), "concurrent_runs"),
         ] {
             let e = Quotas::parse(&bad).expect_err("invalid");
             assert_eq!(e.param, param, "{bad}: {e}");
@@ -386,7 +394,7 @@ mod tests {
     fn a_stored_record_that_no_longer_parses_loads_without_quotas() {
         let q: Quotas = serde_json::from_value(json!({"unknown": 1})).expect("lenient");
         assert!(q.is_empty());
-        let q: Quotas = serde_json::from_value(json!({"concurrent_runs": 5})).expect("lenient");
+        let q: Quotas = serde_json::from_value(json!({"concurrent_runs": 5.0})).expect("lenient");
         assert_eq!(q.limits.concurrent_runs, Some(5));
     }
 }

@@ -25,8 +25,10 @@ use crate::{AppState, AuthContext};
 
 mod models;
 mod request;
+mod served;
 
-use models::DISCOVERY_FIRST;
+pub use served::ServedModels;
+
 pub use models::{__path_model, __path_models, model, models};
 pub use request::ChatRequest;
 use request::to_model_request;
@@ -87,25 +89,37 @@ pub(crate) fn model_error(e: ErrorBody) -> ApiError {
     ApiError::new(status, code, e.message)
 }
 
+/// How long a failed call waits for a model worker to show itself: on this error path only, so
+/// longer than a listing's wait; a loaded machine's worker must not pass for a missing one.
+const NO_RESPONDERS_DISCOVERY: Duration = Duration::from_secs(2);
+
 /// Nobody answered a call for `model`: `404 model_not_found` when model workers run but none
 /// serves it, `503 model_unavailable` when no model worker runs at all.
 pub(crate) async fn no_responders(state: &AppState, model: &ModelName) -> ApiError {
     match state
         .bus
-        .discover_service(MODEL_SERVICE, DISCOVERY_FIRST, Duration::ZERO)
+        .discover_service(MODEL_SERVICE, NO_RESPONDERS_DISCOVERY, Duration::ZERO)
         .await
     {
-        Ok(workers) if !workers.is_empty() => ApiError::not_found(
-            "model_not_found",
-            format!("no model worker serves model {model}"),
-        )
-        .with_param("model"),
-        _ => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "model_unavailable",
-            "no model worker is running",
-        ),
+        Ok(workers) if !workers.is_empty() => not_served(model),
+        _ => no_model_worker(),
     }
+}
+
+fn not_served(model: &ModelName) -> ApiError {
+    ApiError::not_found(
+        "model_not_found",
+        format!("no model worker serves model {model}"),
+    )
+    .with_param("model")
+}
+
+fn no_model_worker() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "model_unavailable",
+        "no model worker is running",
+    )
 }
 
 async fn next_reply(replies: &mut Replies) -> ApiResult<ModelReply> {
@@ -181,6 +195,7 @@ pub async fn completions(
     state
         .entitled(&auth.tenant, |e| e.check_model(model.as_str()))
         .await?;
+    state.served.check(&state.bus, &model).await?;
     let hold = crate::quota::hold_chat(&state, &auth, model.as_str()).await?;
     let meta = CallMeta {
         request_id: crate::error::REQUEST_ID.try_with(Clone::clone).ok(),

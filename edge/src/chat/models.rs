@@ -14,7 +14,7 @@ use crate::{AppState, AuthContext};
 /// How long `GET /v1/models` waits for the first model worker to answer, and then for the
 /// others (they answer within a round trip of each other).
 pub(super) const DISCOVERY_FIRST: Duration = Duration::from_millis(500);
-const DISCOVERY_IDLE: Duration = Duration::from_millis(25);
+pub(super) const DISCOVERY_IDLE: Duration = Duration::from_millis(25);
 
 /// The models this caller may use (OpenAI-compatible).
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "a list of models")))]

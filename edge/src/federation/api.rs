@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use super::{Fed, WAITING_FOR_PEER};
 use crate::error::{ApiError, ApiResult};
-use crate::runs::{CreateRun, MAX_INPUT_BYTES, RunView};
+use crate::runs::{CreateRun, MAX_INPUT_CHARS, RunView};
 use crate::{AppState, AuthContext, events};
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -168,10 +168,10 @@ pub(crate) async fn forward(
     }
     let agent_id = AgentId::parse(body.agent_id.clone())
         .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("agent_id"))?;
-    if body.input.len() > MAX_INPUT_BYTES {
+    if body.input.chars().count() > MAX_INPUT_CHARS {
         return Err(ApiError::bad_request(
             "input_too_large",
-            format!("input is limited to {MAX_INPUT_BYTES} bytes"),
+            format!("input is limited to {MAX_INPUT_CHARS} characters"),
         )
         .with_param("input"));
     }

@@ -48,6 +48,15 @@ fn items_pattern(name: &str) -> Option<&'static str> {
     })
 }
 
+/// Operations that call a model (chat, embeddings, a namespace's embedding model) and answer
+/// with its failures.
+const UPSTREAM: [(&str, &str); 4] = [
+    ("/v1/chat/completions", "post"),
+    ("/v1/embeddings", "post"),
+    ("/v1/memory/{namespace}/search", "post"),
+    ("/v1/memory/{namespace}/{key}", "put"),
+];
+
 /// Bodies that may be left out (the handler takes defaults).
 const OPTIONAL_BODY: [&str; 2] = ["/v1/threads", "/v1/threads/{id}/copy"];
 
@@ -60,6 +69,7 @@ pub(super) fn complete(doc: &mut Value) {
         for schema in schemas.values_mut() {
             bound(schema);
         }
+        super::bodies::complete(schemas);
         schemas.insert("Error".into(), error_schema());
         schemas.insert("Limits".into(), limits_schema());
         schemas.insert("Quotas".into(), quotas_schema());
@@ -71,13 +81,16 @@ pub(super) fn complete(doc: &mut Value) {
         let Some(ops) = item.as_object_mut() else {
             continue;
         };
-        for op in ops.values_mut().filter_map(Value::as_object_mut) {
-            complete_operation(path, op);
+        for (method, op) in ops.iter_mut() {
+            if let Some(op) = op.as_object_mut() {
+                complete_operation(path, method, op);
+                streams(path, method, op);
+            }
         }
     }
 }
 
-fn complete_operation(path: &str, op: &mut Map<String, Value>) {
+fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     let public = PUBLIC.contains(&path);
     let has_body = op.contains_key("requestBody");
     if let Some(body) = op.get_mut("requestBody") {
@@ -92,6 +105,20 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
     if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
         has_params |= !params.is_empty();
         for p in params.iter_mut().filter_map(Value::as_object_mut) {
+            // A parameter is absent or a string on the wire, never `null`.
+            if let Some(types) = p
+                .get_mut("schema")
+                .and_then(|s| s.get_mut("type"))
+                .and_then(Value::as_array_mut)
+            {
+                types.retain(|t| t != "null");
+                if let [one] = types.as_slice() {
+                    let one = one.clone();
+                    if let Some(s) = p.get_mut("schema").and_then(Value::as_object_mut) {
+                        s.insert("type".into(), one);
+                    }
+                }
+            }
             let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
             let Some(re) = param_pattern(path, name) else {
                 continue;
@@ -139,6 +166,21 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
             ("415", "the body is not application/json"),
         ]);
     }
+    if !public {
+        errors.push((
+            "500",
+            "an internal error; details are logged under the request id, never returned",
+        ));
+    }
+    if UPSTREAM.contains(&(path, method)) {
+        errors.extend([
+            (
+                "502",
+                "the model's upstream failed or answered what cannot be read",
+            ),
+            ("504", "the model did not answer in time"),
+        ]);
+    }
     errors.push(("503", "overloaded or not ready; see Retry-After"));
     let responses = op
         .entry("responses")
@@ -154,6 +196,36 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
             if status.starts_with('4') || status.starts_with('5') {
                 use_error_schema(response);
             }
+        }
+    }
+}
+
+/// Operations that answer with Server-Sent Events when asked (`"stream": true`) besides JSON.
+const STREAMING: [(&str, &str); 1] = [("/v1/runs", "post")];
+
+/// Server-Sent Events responses: each event, as Schemathesis and the HTML spec parse it, carries
+/// the event's sequence as `id`, its type as `event`, and the event as JSON in `data`.
+fn streams(path: &str, method: &str, op: &mut Map<String, Value>) {
+    let event = json!({"schema": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+            "retry": {"type": "integer"}
+        }
+    }});
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let streaming = STREAMING.contains(&(path, method));
+    for (status, response) in responses.iter_mut() {
+        let Some(content) = response.get_mut("content").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if content.contains_key("text/event-stream") || (streaming && status.starts_with('2')) {
+            content.insert("text/event-stream".into(), event.clone());
         }
     }
 }
@@ -218,9 +290,10 @@ fn quotas_schema() -> Value {
 /// One scope's limits (`agentos_bus::quota::Limits`); every field optional, every number at
 /// least 1 (rates and costs above 0).
 fn limits_schema() -> Value {
-    let count = json!({"type": "integer", "minimum": 1, "maximum": u32::MAX});
-    let big = json!({"type": "integer", "minimum": 1});
-    let money = json!({"type": "number", "exclusiveMinimum": 0});
+    // `null` is the same as absent: no limit.
+    let count = json!({"type": ["integer", "null"], "minimum": 1, "maximum": u32::MAX});
+    let big = json!({"type": ["integer", "null"], "minimum": 1, "maximum": u64::MAX});
+    let money = json!({"type": ["number", "null"], "exclusiveMinimum": 0});
     let periods = |v: &Value| {
         json!({"type": "object", "additionalProperties": false, "properties": {
             "per_minute": v, "per_day": v, "per_month": v}})
@@ -231,9 +304,10 @@ fn limits_schema() -> Value {
         "properties": {
             "rate": {"type": ["object", "null"], "additionalProperties": false,
                 "required": ["requests_per_second"],
-                "properties": {"requests_per_second": money, "burst": count}},
+                "properties": {"requests_per_second":
+                    {"type": "number", "exclusiveMinimum": 0}, "burst": count}},
             "concurrent_runs": count,
-            "over_concurrency": {"type": "string", "enum": ["queue", "reject"]},
+            "over_concurrency": {"enum": ["queue", "reject", null]},
             "tokens": periods(&big),
             "cost_usd": periods(&money),
             "run": {"type": "object", "additionalProperties": false,
@@ -289,9 +363,9 @@ fn bound(schema: &mut Value) {
     unsigned(schema);
 }
 
-/// Unsigned integers as the server reads them: utoipa writes Rust's `u64` and `u32` as
-/// `int64` / `int32` with `minimum: 0`, whose upper bound would be the signed one; the
-/// server takes (and refuses beyond) the unsigned one.
+/// Integers as the server reads them: utoipa writes Rust's `u64` and `u32` as `int64` /
+/// `int32` with `minimum: 0`, whose upper bound would be the signed one; the server takes (and
+/// refuses beyond) the unsigned one. Signed ones get their type's bounds.
 fn unsigned(schema: &mut Value) {
     match schema {
         Value::Array(list) => list.iter_mut().for_each(unsigned),
@@ -300,6 +374,14 @@ fn unsigned(schema: &mut Value) {
             let max = match obj.get("format").and_then(Value::as_str) {
                 Some("int64") if non_negative => Some(("uint64", json!(u64::MAX))),
                 Some("int32") if non_negative => Some(("uint32", json!(u32::MAX))),
+                Some("int64") if !obj.contains_key("minimum") => {
+                    obj.insert("minimum".into(), json!(i64::MIN));
+                    Some(("int64", json!(i64::MAX)))
+                }
+                Some("int32") if !obj.contains_key("minimum") => {
+                    obj.insert("minimum".into(), json!(i32::MIN));
+                    Some(("int32", json!(i32::MAX)))
+                }
                 _ => None,
             };
             if let Some((format, max)) = max {
@@ -357,6 +439,14 @@ mod tests {
             "01A24292-7728-738D-9B4E-DA7ECE57A6B3",
             "01a24292-7728-738d-9b4e-da7ece57a6b",
             "01a242927728738d9b4eda7ece57a6b3",
+            "users.{principal}",
+            "{thread}",
+            "{agent}.notes.{principal}",
+            "{other}",
+            "a{thread}",
+            "{thread}x.b",
+            "{principal}.a.b.c.d.e.f.g",
+            "{principal}.a.b.c.d.e.f.g.h",
         ]
         .into_iter()
         .map(str::to_owned)
@@ -369,7 +459,10 @@ mod tests {
         ])
         .collect();
         type Check = fn(&str) -> bool;
-        let cases: [(&str, Check); 6] = [
+        let cases: [(&str, Check); 7] = [
+            (super::super::bodies::NAMESPACE_TEMPLATE, |s| {
+                agentos_bus::grant::NamespaceTemplate::parse(s).is_ok()
+            }),
             (pattern::TOKEN, |s| Tenant::parse(s).is_ok()),
             (pattern::DOTTED, |s| ModelName::parse(s).is_ok()),
             (pattern::NAMESPACE, |s| Namespace::parse(s).is_ok()),
