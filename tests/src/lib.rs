@@ -35,6 +35,41 @@ pub fn agentos_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Runs `agentos <args> --home <home>` (without the caller's `AGENTOS_NATS_URL` and
+/// `AGENTOS_CONFIG`); its output, or an error with what it printed when it failed.
+pub fn agentos_at(home: &std::path::Path, args: &[&str]) -> Result<std::process::Output> {
+    let out = Command::new(agentos_bin()?)
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .env_remove("AGENTOS_NATS_URL")
+        .env_remove("AGENTOS_CONFIG")
+        .output()
+        .context("run agentos")?;
+    if !out.status.success() {
+        bail!(
+            "agentos {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Stops the detached platform of a home (`agentos down`) however the test ends.
+pub struct Down(pub PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if let Ok(bin) = agentos_bin() {
+            let _ = Command::new(bin)
+                .args(["down", "--home"])
+                .arg(&self.0)
+                .output();
+        }
+    }
+}
+
 /// A benchmark's `[runs] [concurrency]` arguments, with defaults.
 pub fn bench_args(default_runs: usize) -> (usize, usize) {
     let args: Vec<usize> = std::env::args()

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agentos_bus::{Bus, ConnectOptions};
-use agentos_e2e::agentos_bin;
+use agentos_e2e::Down;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -21,32 +21,7 @@ fn free_port() -> u16 {
 }
 
 fn agentos(home: &Path, args: &[&str]) -> Output {
-    let out = Command::new(agentos_bin().expect("binary"))
-        .args(args)
-        .arg("--home")
-        .arg(home)
-        .env_remove("AGENTOS_NATS_URL")
-        .output()
-        .expect("run agentos");
-    assert!(
-        out.status.success(),
-        "agentos {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Stops the detached platform however the test ends.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(agentos_bin().expect("binary"))
-            .args(["down", "--home"])
-            .arg(self.0)
-            .output();
-    }
+    agentos_e2e::agentos_at(home, args).expect("agentos")
 }
 
 /// An HS256 token of the home's secret, as any issuer would mint it: with a `jti`.
@@ -82,7 +57,7 @@ async fn the_edges_bearer_token_logs_a_nats_client_into_its_own_tenant_only() {
             &edge,
         ],
     );
-    let _down = Down(&home);
+    let _down = Down(home.clone());
     assert!(
         String::from_utf8_lossy(&up.stdout).contains("auth-callout"),
         "up runs the callout component"

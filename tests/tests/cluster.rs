@@ -392,22 +392,7 @@ fn up_cluster_3_runs_the_smoke_run_at_r3_and_restarts_from_its_stores() {
 async fn tenant_credentials_work_on_every_node_of_a_cluster() {
     let home = tempfile::tempdir().expect("home");
     let base = 20_000 + agentos_e2e::free_port().expect("port") % 20_000;
-    let agentos = |args: &[&str]| {
-        let out = std::process::Command::new(agentos_e2e::agentos_bin().expect("binary"))
-            .args(args)
-            .arg("--home")
-            .arg(home.path())
-            .env_remove("AGENTOS_NATS_URL")
-            .output()
-            .expect("run agentos");
-        assert!(
-            out.status.success(),
-            "agentos {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+    let agentos = |args: &[&str]| agentos_e2e::agentos_at(home.path(), args).expect("agentos");
     let edge = format!("127.0.0.1:{}", agentos_e2e::free_port().expect("port"));
     agentos(&[
         "up",
@@ -419,16 +404,7 @@ async fn tenant_credentials_work_on_every_node_of_a_cluster() {
         "--listen",
         &edge,
     ]);
-    struct Down(std::path::PathBuf);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new(agentos_e2e::agentos_bin().expect("binary"))
-                .args(["down", "--home"])
-                .arg(&self.0)
-                .output();
-        }
-    }
-    let _down = Down(home.path().to_owned());
+    let _down = agentos_e2e::Down(home.path().to_owned());
     let out = agentos(&["tenant", "credentials", "t1", "--json"]);
     let creds: Value = serde_json::from_slice(&out.stdout).expect("credentials json");
     let tenant = Tenant::parse("t1").expect("tenant");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use agentos_bus::{Bus, ConnectOptions};
-use agentos_e2e::agentos_bin;
+use agentos_e2e::{Down, agentos_bin};
 use serde_json::{Value, json};
 
 fn free_port() -> u16 {
@@ -15,32 +15,7 @@ fn free_port() -> u16 {
 }
 
 fn agentos(home: &Path, args: &[&str]) -> Output {
-    let out = Command::new(agentos_bin().expect("binary"))
-        .args(args)
-        .arg("--home")
-        .arg(home)
-        .env_remove("AGENTOS_NATS_URL")
-        .output()
-        .expect("run agentos");
-    assert!(
-        out.status.success(),
-        "agentos {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Stops the detached platform however the test ends.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(agentos_bin().expect("binary"))
-            .args(["down", "--home"])
-            .arg(self.0)
-            .output();
-    }
+    agentos_e2e::agentos_at(home, args).expect("agentos")
 }
 
 async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
@@ -75,7 +50,7 @@ async fn a_tenants_nats_credentials_reach_its_own_runs_only() {
             &edge,
         ],
     );
-    let _down = Down(&home);
+    let _down = Down(home.clone());
 
     // Tenant t1 defines an agent through the edge.
     let secret = std::fs::read_to_string(home.join("jwt-secret")).expect("secret");

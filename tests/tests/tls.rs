@@ -33,18 +33,6 @@ fn agentos(args: &[&str]) -> Output {
     out
 }
 
-/// Stops the detached platform however the test ends.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = Command::new(agentos_bin().expect("binary"))
-            .args(["down", "--home"])
-            .arg(&self.0)
-            .output();
-    }
-}
-
 fn path(p: &Path) -> String {
     p.display().to_string()
 }
@@ -66,7 +54,7 @@ async fn up_tls_serves_the_openai_sdk_and_nats_py_over_mtls_and_refuses_clients_
         "--listen",
         &listen,
     ]);
-    let _down = Down(home.clone());
+    let _down = agentos_e2e::Down(home.clone());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let edge = format!("https://{listen}");
     for shown in [
