@@ -108,12 +108,18 @@ pub(crate) async fn drive<P: Port>(
     let mut trigger = Some(&attempt.trigger).filter(|t| !matches!(t, Trigger::Submission));
     let resumed = attempt.delivered > 1 || trigger.is_some();
     let mut conflicts = 0u32;
+    let mut bus_failures = 0u32;
     let mut needs_reload = resumed;
     loop {
         if needs_reload {
             if let Err(e) = driver.reload().await {
                 tracing::warn!(error = %e, run = %req.run_id, "could not read the journal");
-                return Disposition::Retry(Duration::from_secs(1));
+                match retry_in_place(port, opts, &mut bus_failures, drain).await {
+                    true => continue,
+                    false => {
+                        return Disposition::Retry(bus_backoff(opts.bus_retry, attempt.delivered));
+                    }
+                }
             }
             needs_reload = false;
             driver.renew_budget().await;
@@ -177,9 +183,11 @@ pub(crate) async fn drive<P: Port>(
                 needs_reload = true;
             }
             Err(Stop::Bus(e)) => {
-                let wait = bus_backoff(attempt.delivered);
-                tracing::warn!(error = %e, run = %req.run_id, ?wait, "bus failure; the run will be retried");
-                return Disposition::Retry(wait);
+                tracing::warn!(error = %e, run = %req.run_id, "bus failure; the run goes on from its journal");
+                needs_reload = true;
+                if !retry_in_place(port, opts, &mut bus_failures, drain).await {
+                    return Disposition::Retry(bus_backoff(opts.bus_retry, attempt.delivered));
+                }
             }
             Err(Stop::Busy(wait)) => {
                 tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
@@ -385,13 +393,38 @@ impl<P: Port> Driver<'_, P> {
     }
 }
 
+/// Bus failures one delivery waits out itself (1 s, doubling to 10 s: about 25 s, longer than a
+/// JetStream leader election) before it hands the run back. Waiting in place, the delivery
+/// stays alive (in-progress acks), so an election costs the run time, not its attempts
+/// (`max_attempts` counts deliveries).
+const IN_PLACE_RETRIES: u32 = 5;
+
+/// After a bus failure: waits before the run goes on in this delivery, unless it has waited
+/// out [`IN_PLACE_RETRIES`] already or the orchestrator drains (`false`: hand it back).
+async fn retry_in_place<P: Port>(
+    port: &P,
+    opts: &OrchestratorOptions,
+    failures: &mut u32,
+    drain: &CancellationToken,
+) -> bool {
+    if *failures >= IN_PLACE_RETRIES || drain.is_cancelled() {
+        return false;
+    }
+    *failures += 1;
+    tokio::select! {
+        _ = drain.cancelled() => false,
+        () = port.sleep(bus_backoff(opts.bus_retry, i64::from(*failures))) => true,
+    }
+}
+
 /// How long a run waits after a bus failure before its next delivery: 1 s, doubling to 10 s.
 /// The attempts (`max_attempts`, 5) then span about 25 s, longer than a JetStream stream's
 /// leader election after its leader's node died (up to ~9 s, when every write is refused), so a
 /// node loss in a cluster costs a run time, not its attempts.
-fn bus_backoff(delivered: i64) -> Duration {
+/// `first` is [`OrchestratorOptions::bus_retry`] (1 s).
+fn bus_backoff(first: Duration, delivered: i64) -> Duration {
     let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 4)).unwrap_or(0);
-    Duration::from_secs(1u64 << doublings).min(Duration::from_secs(10))
+    (first * (1u32 << doublings)).min(first * 10)
 }
 
 #[cfg(test)]
@@ -400,7 +433,8 @@ mod backoff_tests {
 
     #[test]
     fn bus_failures_back_off_from_one_second_to_ten() {
-        let waits: Vec<u64> = (0..8).map(|d| bus_backoff(d).as_secs()).collect();
+        let first = Duration::from_secs(1);
+        let waits: Vec<u64> = (0..8).map(|d| bus_backoff(first, d).as_secs()).collect();
         assert_eq!(waits, [1, 1, 2, 4, 8, 10, 10, 10]);
     }
 }

@@ -47,6 +47,9 @@ pub struct OrchestratorOptions {
     pub progress_interval: Duration,
     /// Deliveries of one run after which it is failed instead of retried.
     pub max_attempts: i64,
+    /// The first wait after a bus failure (doubling to ten times it); a delivery waits out
+    /// five failures in place before it hands the run back.
+    pub bus_retry: Duration,
     /// How long shutdown waits for in-flight runs before handing them back.
     pub drain_grace: Duration,
     /// Which tenants' runs may start.
@@ -82,6 +85,7 @@ impl Default for OrchestratorOptions {
             model_timeout: Duration::from_secs(120),
             tool_timeout: Duration::from_secs(60),
             max_attempts: 5,
+            bus_retry: Duration::from_secs(1),
             drain_grace: Duration::from_secs(10),
             admission: agentos_bus::Admission::default(),
             thread_lease: Duration::from_secs(30),

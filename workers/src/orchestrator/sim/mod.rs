@@ -161,6 +161,8 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         model_timeout: Duration::from_millis(200),
         tool_timeout: Duration::from_millis(100),
         max_attempts: 12,
+        // Scaled like the other timings of the simulated world.
+        bus_retry: Duration::from_millis(50),
         thread_lease: Duration::from_secs(2),
         thread_poll: Duration::from_millis(50),
         ..OrchestratorOptions::default()
