@@ -417,13 +417,12 @@ async fn retry_in_place<P: Port>(
     }
 }
 
-/// How long a run waits after a bus failure before its next delivery: 1 s, doubling to 10 s.
-/// The attempts (`max_attempts`, 5) then span about 25 s, longer than a JetStream stream's
-/// leader election after its leader's node died (up to ~9 s, when every write is refused), so a
-/// node loss in a cluster costs a run time, not its attempts.
-/// `first` is [`OrchestratorOptions::bus_retry`] (1 s).
-fn bus_backoff(first: Duration, delivered: i64) -> Duration {
-    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 4)).unwrap_or(0);
+/// The wait after the `n`th bus failure (a failure waited out in place, or a delivery handed
+/// back): `first` ([`OrchestratorOptions::bus_retry`], 1 s), doubling to ten times it. Five in a
+/// row span about 25 s, longer than a JetStream stream's leader election after its leader's
+/// node died (up to ~9 s, when every write is refused).
+fn bus_backoff(first: Duration, n: i64) -> Duration {
+    let doublings = u32::try_from(n.saturating_sub(1).clamp(0, 4)).unwrap_or(0);
     (first * (1u32 << doublings)).min(first * 10)
 }
 
