@@ -119,11 +119,7 @@ async fn main() -> Result<()> {
             .await?;
         anyhow::ensure!(s == 201, "tenant with quotas: {s} {v}");
     }
-    p.create_agent(json!({
-        "id": "bench", "model": "scripted", "tools": ["echo"],
-        "model_config": {"script": [{"tool_calls": [{"name": "echo", "arguments": {"n": 1}}]}, {"text": "ok"}]}
-    }))
-    .await?;
+    p.create_agent(agentos_e2e::echo_agent("bench")).await?;
     println!(
         "machine: {} cores; runs: scripted model + 1 echo tool call; 2 orchestrators; quotas: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -70,6 +70,18 @@ impl Drop for Down {
     }
 }
 
+/// An agent `id` on the scripted model that makes one `echo` tool call, then answers "ok":
+/// the run the bench, the soak and the chaos test drive.
+pub fn echo_agent(id: &str) -> Value {
+    serde_json::json!({
+        "id": id, "model": "scripted", "tools": ["echo"],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "echo", "arguments": {"n": 1}}]},
+            {"text": "ok"}
+        ]}
+    })
+}
+
 /// A benchmark's `[runs] [concurrency]` arguments, with defaults.
 pub fn bench_args(default_runs: usize) -> (usize, usize) {
     let args: Vec<usize> = std::env::args()

@@ -124,15 +124,9 @@ async fn random_kills_of_every_component_lose_and_duplicate_no_run() {
         .expect("a second model worker");
     p.spawn("tool", &["worker", "tool"])
         .expect("a second tool worker");
-    p.create_agent(json!({
-        "id": "chaos", "model": "scripted", "tools": ["echo"],
-        "model_config": {"script": [
-            {"tool_calls": [{"name": "echo", "arguments": {"n": 1}}]},
-            {"text": "ok"}
-        ]}
-    }))
-    .await
-    .expect("agent");
+    p.create_agent(agentos_e2e::echo_agent("chaos"))
+        .await
+        .expect("agent");
     // Each edge's listen address, by its index in `procs`.
     let edges = [p.edge_url.clone(), edge2];
     let edge_ports: HashMap<usize, String> = p

@@ -83,15 +83,9 @@ async fn a_steady_load_loses_no_run_and_memory_levels_off() {
     })
     .await
     .expect("platform");
-    p.create_agent(json!({
-        "id": "soak", "model": "scripted", "tools": ["echo"],
-        "model_config": {"script": [
-            {"tool_calls": [{"name": "echo", "arguments": {"n": 1}}]},
-            {"text": "ok"}
-        ]}
-    }))
-    .await
-    .expect("agent");
+    p.create_agent(agentos_e2e::echo_agent("soak"))
+        .await
+        .expect("agent");
 
     let procs = processes(&p);
     let next = Arc::new(AtomicUsize::new(0));
