@@ -99,6 +99,24 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A base port for `agentos up --cluster 3 --nats-port <base>`, which listens on `base + i`,
+/// `base + 2000 + i` and `base + 4000 + i` for nodes `i` in 0..3. The base is drawn from
+/// 10,000..28,000 so every one of those ports stays below Linux's ephemeral range (32,768 and
+/// up), where `free_port` and every outgoing connection take theirs; each is checked free.
+pub fn cluster_base_port() -> Result<u16> {
+    for _ in 0..100 {
+        let base = 10_000 + free_port()? % 18_000;
+        let all_free = [0, 2000, 4000]
+            .iter()
+            .flat_map(|offset| (0..3).map(move |i| base + offset + i))
+            .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no free cluster base port after 100 draws")
+}
+
 /// A child process, killed (SIGKILL) and reaped on drop.
 pub struct Proc {
     pub name: String,

@@ -343,8 +343,7 @@ async fn a_rolling_restart_of_all_three_nodes_loses_and_duplicates_no_run() {
 #[test]
 fn up_cluster_3_runs_the_smoke_run_at_r3_and_restarts_from_its_stores() {
     let home = tempfile::tempdir().expect("home");
-    // Node i uses base + i, base + 2000 + i and base + 4000 + i.
-    let base = 20_000 + agentos_e2e::free_port().expect("port") % 20_000;
+    let base = agentos_e2e::cluster_base_port().expect("port");
     for attempt in 1..=2 {
         let out = std::process::Command::new(agentos_e2e::agentos_bin().expect("binary"))
             .args(["up", "--smoke-only", "--cluster", "3", "--home"])
@@ -391,7 +390,7 @@ fn up_cluster_3_runs_the_smoke_run_at_r3_and_restarts_from_its_stores() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenant_credentials_work_on_every_node_of_a_cluster() {
     let home = tempfile::tempdir().expect("home");
-    let base = 20_000 + agentos_e2e::free_port().expect("port") % 20_000;
+    let base = agentos_e2e::cluster_base_port().expect("port");
     let agentos = |args: &[&str]| agentos_e2e::agentos_at(home.path(), args).expect("agentos");
     let edge = format!("127.0.0.1:{}", agentos_e2e::free_port().expect("port"));
     agentos(&[
