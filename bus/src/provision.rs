@@ -13,6 +13,11 @@ pub const STREAM_EVENTS: &str = "AGENTOS_EVENTS";
 pub const STREAM_AUDIT: &str = "AGENTOS_AUDIT";
 pub const STREAM_DLQ: &str = "AGENTOS_DLQ";
 pub const STREAM_RUN_INDEX: &str = "AGENTOS_RUN_INDEX";
+/// The consumers `AGENTOS_EVENTS` allows at once. Every SSE follower and every journal read
+/// holds one for its life, so the server's default (1,000 per stream since nats-server 2.15)
+/// would cap a whole cluster at 1,000 followers; the edges' per-tenant stream caps are the
+/// bound that matters (SPEC 103).
+pub const EVENTS_MAX_CONSUMERS: i32 = 1_000_000;
 
 /// The KV buckets of the platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,11 +156,14 @@ impl Settings {
                 allow_message_schedules: true,
                 ..base(STREAM_RUNS, crate::subject::filter::RUNS_SUBMIT, 7 * DAY)
             },
-            base(
-                STREAM_EVENTS,
-                crate::subject::filter::EVENTS,
-                self.events_max_age,
-            ),
+            stream::Config {
+                max_consumers: EVENTS_MAX_CONSUMERS,
+                ..base(
+                    STREAM_EVENTS,
+                    crate::subject::filter::EVENTS,
+                    self.events_max_age,
+                )
+            },
             base(
                 STREAM_AUDIT,
                 crate::subject::filter::AUDIT,
@@ -277,6 +285,13 @@ fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
         limit(want.max_messages_per_subject),
         limit(have.max_messages_per_subject),
     );
+    if want.max_consumers > 0 && have.max_consumers < want.max_consumers {
+        cmp(
+            "max_consumers",
+            want.max_consumers.to_string(),
+            have.max_consumers.to_string(),
+        );
+    }
     if want.duplicate_window != Duration::ZERO {
         cmp(
             "duplicate_window",
@@ -482,6 +497,15 @@ fn additions(
         changes.push(format!(
             "replicas {} → {}",
             have.num_replicas, want.num_replicas
+        ));
+    }
+    // A lower limit is raised, and so is "none" (≤ 0): since nats-server 2.15 it means the
+    // server's default of 1,000.
+    if want.max_consumers > 0 && have.max_consumers < want.max_consumers {
+        upgraded.max_consumers = want.max_consumers;
+        changes.push(format!(
+            "max consumers {} → {}",
+            have.max_consumers, want.max_consumers
         ));
     }
     if want.allow_message_schedules && !have.allow_message_schedules {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{Envelope, Event, EventData, RunRequest, SubmitMessage, now};
 use agentos_bus::id::{AgentId, RunId, Tenant};
-use agentos_bus::provision::{Outcome, STREAM_DLQ, STREAM_EVENTS, STREAM_RUNS};
+use agentos_bus::provision::{
+    EVENTS_MAX_CONSUMERS, Outcome, STREAM_DLQ, STREAM_EVENTS, STREAM_RUNS,
+};
 use agentos_bus::server::NatsServer;
 use agentos_bus::subject::DlqKind;
 use agentos_bus::{Bucket, Bus, CallMeta, ConnectOptions, Error, Settings};
@@ -97,6 +99,19 @@ async fn an_older_runs_stream_is_upgraded_in_place() {
         .await
         .expect("stored");
     drop(old);
+    // An events stream from before its consumer limit ("none": the server's default, 1,000).
+    let old_events = js
+        .create_stream(stream::Config {
+            name: STREAM_EVENTS.into(),
+            subjects: vec!["agentos.events.*.*".into()],
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .expect("old events stream");
+    let default_limit = old_events.cached_info().config.max_consumers;
     let bus = Bus::connect(&ConnectOptions::new(server.url()))
         .await
         .expect("connect");
@@ -112,6 +127,21 @@ async fn an_older_runs_stream_is_upgraded_in_place() {
     assert!(
         matches!(&runs.outcome, Outcome::Upgraded { changes } if changes.len() == 2),
         "{runs:?}"
+    );
+    let events = report
+        .items
+        .iter()
+        .find(|i| i.name == STREAM_EVENTS)
+        .expect("events stream");
+    assert!(
+        matches!(&events.outcome, Outcome::Upgraded { changes }
+            if changes == &[format!("max consumers {default_limit} → {EVENTS_MAX_CONSUMERS}")]),
+        "{events:?}"
+    );
+    let mut raised = js.get_stream(STREAM_EVENTS).await.expect("events stream");
+    assert_eq!(
+        raised.info().await.expect("info").config.max_consumers,
+        EVENTS_MAX_CONSUMERS
     );
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(

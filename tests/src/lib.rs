@@ -155,6 +155,16 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(i).copied().unwrap_or_default()
 }
 
+/// Resident set size in KiB, from /proc (0 if the process is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// CPU seconds (user + system) a process has used, from /proc (clock ticks at 100 Hz).
 pub fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -430,8 +440,17 @@ impl Platform {
 
     /// Starts one more edge on the same NATS, with the same settings; its URL once it is ready.
     pub async fn spawn_edge(&mut self) -> Result<String> {
+        self.spawn_edge_with_env(&[]).await
+    }
+
+    /// Like [`Platform::spawn_edge`], with `env` on top of the platform's environment.
+    pub async fn spawn_edge_with_env(&mut self, env: &[(&str, &str)]) -> Result<String> {
         let port = free_port()?;
-        self.spawn("edge", &["edge", "--listen", &format!("127.0.0.1:{port}")])?;
+        self.spawn_with_env(
+            "edge",
+            &["edge", "--listen", &format!("127.0.0.1:{port}")],
+            env,
+        )?;
         let url = format!("http://127.0.0.1:{port}");
         let (http, ready) = (self.http.clone(), format!("{url}/readyz"));
         eventually("another edge ready", Duration::from_secs(60), || async {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agentos_e2e::{Options, Platform};
+use agentos_e2e::{Options, Platform, rss_kib};
 use serde_json::{Value, json};
 
 const CLIENTS: usize = 16;
@@ -20,16 +20,6 @@ fn plan() -> (usize, Duration) {
     } else {
         (600, Duration::from_secs(30))
     }
-}
-
-/// Resident set size in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Every process of the platform: name and pid.
