@@ -84,6 +84,88 @@ async fn one_run(p: &Platform) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// Like [`one_run`], as the holder of `token`.
+async fn one_run_as(p: &Platform, token: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let (status, v) = p
+        .send_as(
+            token,
+            reqwest::Method::POST,
+            "/v1/runs",
+            Some(&json!({"agent_id": "bench", "input": "go"})),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "start run: {status} {v}");
+    let id = v["id"].as_str().context("run id")?;
+    loop {
+        let (_, done) = p
+            .send_as(
+                token,
+                reqwest::Method::GET,
+                &format!("/v1/runs/{id}/wait?timeout_s=5"),
+                None,
+            )
+            .await?;
+        match done["status"].as_str() {
+            Some("completed") => return Ok(t.elapsed()),
+            Some("failed" | "cancelled" | "expired") => anyhow::bail!("run {id}: {done}"),
+            _ => {}
+        }
+    }
+}
+
+/// The quotas' cost at concurrency 1 on the same machine state: runs of a tenant without quota
+/// settings (`plain`) and of the bench tenant, alternating (each pair in turn order), so both
+/// see the same load, noise and caches.
+/// Returns the bench tenant's runs it made.
+async fn paired(p: &Platform, pairs: usize) -> Result<usize> {
+    let plain = agentos_e2e::mint("plain")?;
+    let admin = agentos_e2e::mint_with_roles("ops", "admin")?;
+    let (s, v) = p
+        .send_as(
+            &admin,
+            reqwest::Method::POST,
+            "/v1/admin/tenants",
+            Some(&json!({"id": "plain", "quotas": {}})),
+        )
+        .await?;
+    anyhow::ensure!(s == 201, "plain tenant: {s} {v}");
+    let (s, v) = p
+        .send_as(
+            &plain,
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(&agentos_e2e::echo_agent("bench")),
+        )
+        .await?;
+    anyhow::ensure!(s == 201, "plain agent: {s} {v}");
+    let (mut without, mut with, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..pairs + 20 {
+        let (a, b) = if i % 2 == 0 {
+            let a = one_run_as(p, &plain).await?;
+            (a, one_run(p).await?)
+        } else {
+            let b = one_run(p).await?;
+            (one_run_as(p, &plain).await?, b)
+        };
+        if i >= 20 {
+            without.push(a);
+            with.push(b);
+            diffs.push(b.as_secs_f64() - a.as_secs_f64());
+        }
+    }
+    without.sort();
+    with.sort();
+    diffs.sort_by(f64::total_cmp);
+    println!(
+        "paired at concurrency 1 ({pairs} pairs, alternating): p50 without quotas {:.3} ms, with {:.3} ms; median of the pairs' differences {:+.3} ms",
+        millis(percentile(&without, 0.5)),
+        millis(percentile(&with, 0.5)),
+        diffs[diffs.len() / 2] * 1e3
+    );
+    Ok(pairs + 20)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let (n, c) = agentos_e2e::bench_args(2000);
@@ -141,6 +223,12 @@ async fn main() -> Result<()> {
         millis(percentile(&lat, 0.99))
     );
 
+    // Runs of the bench tenant so far (warm-up and latency).
+    let mut runs = 220;
+    if !quotas.is_empty() && quotas != "tenant" {
+        runs += paired(&p, 300).await?;
+    }
+
     let before = cpu_report(&p);
     let t = Instant::now();
     let mut lat: Vec<Duration> = futures::stream::iter(0..n)
@@ -172,7 +260,7 @@ async fn main() -> Result<()> {
         println!(
             "metered by the budget ledger: {} tokens over {} runs, {} holds left",
             usage["scopes"][0]["total"]["tokens"],
-            n + 220,
+            n + runs,
             usage["scopes"][0]["holds"]
         );
     }
