@@ -301,6 +301,47 @@ async fn only_one_append_wins_a_journal_position() {
     );
 }
 
+/// A long journal whose events are interleaved with another run's is read whole, in order, each
+/// event at its stream sequence.
+#[tokio::test]
+async fn a_long_interleaved_journal_is_read_whole_in_order() {
+    let (_server, bus) = setup().await;
+    let (run, other) = (RunId::new(), RunId::new());
+    let ev = |run_id, seq| Event {
+        seq,
+        run_id,
+        tenant: tenant(),
+        ts: now(),
+        trace_id: None,
+        data: EventData::StepStarted { step: 1 },
+    };
+    let (mut last, mut last_other) = (0, 0);
+    let mut seqs = Vec::new();
+    for seq in 1..=600_u64 {
+        last = bus.append(&ev(run, seq), last).await.expect("append");
+        seqs.push(last);
+        if seq % 3 == 0 {
+            last_other = bus
+                .append(&ev(other, seq / 3), last_other)
+                .await
+                .expect("append");
+        }
+    }
+    let journal = bus.read_journal(&tenant(), &run).await.expect("read");
+    assert_eq!(
+        journal.iter().map(|s| s.event.seq).collect::<Vec<_>>(),
+        (1..=600).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        journal.iter().map(|s| s.stream_seq).collect::<Vec<_>>(),
+        seqs
+    );
+    assert_eq!(
+        bus.read_journal(&tenant(), &other).await.expect("read").len(),
+        200
+    );
+}
+
 #[tokio::test]
 async fn dead_letters_keep_the_payload_and_the_reason() {
     let (_server, bus) = setup().await;
