@@ -337,7 +337,10 @@ async fn a_long_interleaved_journal_is_read_whole_in_order() {
         seqs
     );
     assert_eq!(
-        bus.read_journal(&tenant(), &other).await.expect("read").len(),
+        bus.read_journal(&tenant(), &other)
+            .await
+            .expect("read")
+            .len(),
         200
     );
 }

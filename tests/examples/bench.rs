@@ -87,16 +87,7 @@ async fn one_run(p: &Platform) -> Result<Duration> {
 /// Like [`one_run`], as the holder of `token`.
 async fn one_run_as(p: &Platform, token: &str) -> Result<Duration> {
     let t = Instant::now();
-    let (status, v) = p
-        .send_as(
-            token,
-            reqwest::Method::POST,
-            "/v1/runs",
-            Some(&json!({"agent_id": "bench", "input": "go"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "start run: {status} {v}");
-    let id = v["id"].as_str().context("run id")?;
+    let id = p.start_run_as(token, "bench", "go").await?;
     loop {
         let (_, done) = p
             .send_as(
@@ -114,22 +105,29 @@ async fn one_run_as(p: &Platform, token: &str) -> Result<Duration> {
     }
 }
 
+/// Registers tenant `id` with `quotas` (admin API).
+async fn register_tenant(p: &Platform, id: &str, quotas: serde_json::Value) -> Result<()> {
+    let admin = agentos_e2e::mint_with_roles("ops", "admin")?;
+    let body = json!({"id": id, "quotas": quotas});
+    let (s, v) = p
+        .send_as(
+            &admin,
+            reqwest::Method::POST,
+            "/v1/admin/tenants",
+            Some(&body),
+        )
+        .await?;
+    anyhow::ensure!(s == 201, "tenant {id}: {s} {v}");
+    Ok(())
+}
+
 /// The quotas' cost at concurrency 1 on the same machine state: runs of a tenant without quota
 /// settings (`plain`) and of the bench tenant, alternating (each pair in turn order), so both
 /// see the same load, noise and caches.
 /// Returns the bench tenant's runs it made.
 async fn paired(p: &Platform, pairs: usize) -> Result<usize> {
     let plain = agentos_e2e::mint("plain")?;
-    let admin = agentos_e2e::mint_with_roles("ops", "admin")?;
-    let (s, v) = p
-        .send_as(
-            &admin,
-            reqwest::Method::POST,
-            "/v1/admin/tenants",
-            Some(&json!({"id": "plain", "quotas": {}})),
-        )
-        .await?;
-    anyhow::ensure!(s == 201, "plain tenant: {s} {v}");
+    register_tenant(p, "plain", json!({})).await?;
     let (s, v) = p
         .send_as(
             &plain,
@@ -190,16 +188,7 @@ async fn main() -> Result<()> {
             "tenant" => q = json!({}),
             _ => {}
         }
-        let admin = agentos_e2e::mint_with_roles("ops", "admin")?;
-        let (s, v) = p
-            .send_as(
-                &admin,
-                reqwest::Method::POST,
-                "/v1/admin/tenants",
-                Some(&json!({"id": "acme", "quotas": q})),
-            )
-            .await?;
-        anyhow::ensure!(s == 201, "tenant with quotas: {s} {v}");
+        register_tenant(&p, "acme", q).await?;
     }
     p.create_agent(agentos_e2e::echo_agent("bench")).await?;
     println!(

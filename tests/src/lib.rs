@@ -554,11 +554,14 @@ impl Platform {
     }
 
     pub async fn start_run(&self, agent: &str, input: &str) -> Result<String> {
+        self.start_run_as(&self.token, agent, input).await
+    }
+
+    /// Like [`Platform::start_run`], as the holder of `token`.
+    pub async fn start_run_as(&self, token: &str, agent: &str, input: &str) -> Result<String> {
+        let body = serde_json::json!({"agent_id": agent, "input": input});
         let (status, v) = self
-            .post(
-                "/v1/runs",
-                &serde_json::json!({"agent_id": agent, "input": input}),
-            )
+            .send_as(token, reqwest::Method::POST, "/v1/runs", Some(&body))
             .await?;
         if status != 201 {
             bail!("start run: {status} {v}");

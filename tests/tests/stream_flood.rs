@@ -228,17 +228,10 @@ async fn probe(p: &Platform, token: &str) -> Probe {
     let mut last_run = String::new();
     for i in 0..PROBES {
         let started = Instant::now();
-        let (status, v) = p
-            .send_as(
-                token,
-                reqwest::Method::POST,
-                "/v1/runs",
-                Some(&json!({"agent_id": "quick", "input": format!("probe {i}")})),
-            )
+        let run = p
+            .start_run_as(token, "quick", &format!("probe {i}"))
             .await
             .expect("start");
-        assert_eq!(status, 201, "{v}");
-        let run = v["id"].as_str().expect("id").to_owned();
         let text = tokio::time::timeout(Duration::from_secs(20), async {
             p.http
                 .get(p.url(&format!("/v1/runs/{run}/events")))
