@@ -44,13 +44,16 @@ pub fn node_config(cluster_name: &str, i: usize, ports: &[NodePorts], extra: &st
     )
 }
 
-/// Ports nobody listens on right now, for `n` nodes (the OS picks them).
+/// Ports nobody listens on right now, for `n` nodes, drawn below Linux's ephemeral range
+/// (32,768 and up): every outgoing connection takes its local port from that range, so a port
+/// the OS picked there and released could be taken by a connection before the node listens on
+/// it (seen in CI: a node of a test cluster failed to start while other tests ran).
 pub fn free_ports(n: usize) -> Result<Vec<NodePorts>> {
     // Hold every listener until all ports are picked, so none is picked twice.
     let mut held = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..n {
-        let (a, b, c) = (bind_any()?, bind_any()?, bind_any()?);
+        let (a, b, c) = (bind_low()?, bind_low()?, bind_low()?);
         ports.push(NodePorts {
             client: port_of(&a)?,
             cluster: port_of(&b)?,
@@ -62,9 +65,15 @@ pub fn free_ports(n: usize) -> Result<Vec<NodePorts>> {
     Ok(ports)
 }
 
-fn bind_any() -> Result<std::net::TcpListener> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Server(format!("no free port: {e}")))
+/// A listener on a random free port in 10,000..32,000.
+fn bind_low() -> Result<std::net::TcpListener> {
+    for _ in 0..1_000 {
+        let port = 10_000 + (uuid::Uuid::new_v4().as_u128() % 22_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l);
+        }
+    }
+    Err(Error::Server("no free port in 10000..32000".into()))
 }
 
 fn port_of(l: &std::net::TcpListener) -> Result<u16> {

@@ -102,7 +102,8 @@ pub fn free_port() -> Result<u16> {
 /// A base port for `agentos up --cluster 3 --nats-port <base>`, which listens on `base + i`,
 /// `base + 2000 + i` and `base + 4000 + i` for nodes `i` in 0..3. The base is drawn from
 /// 10,000..28,000 so every one of those ports stays below Linux's ephemeral range (32,768 and
-/// up), where `free_port` and every outgoing connection take theirs; each is checked free.
+/// up), where `free_port` and every outgoing connection take theirs; each is checked free
+/// (test clusters draw theirs from the same range: `agentos_bus::cluster::free_ports`).
 pub fn cluster_base_port() -> Result<u16> {
     for _ in 0..100 {
         let base = 10_000 + free_port()? % 18_000;
