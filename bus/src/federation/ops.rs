@@ -119,11 +119,12 @@ impl FedDelivery {
     }
 
     /// The run a message is about, from its `Nats-Msg-Id` (`<run>`, `cancel-<run>`,
-    /// `ev-<run>-<seq>`); none for announcements.
+    /// `answer-<run>:cont:<digest>`, `ev-<run>-<seq>`); none for announcements.
     pub fn run_key(&self) -> Option<&str> {
         let id = self.msg.headers.as_ref()?.get(headers::MSG_ID)?.as_str();
         let id = id
             .strip_prefix("cancel-")
+            .or_else(|| id.strip_prefix("answer-"))
             .or_else(|| id.strip_prefix("ev-"))
             .unwrap_or(id);
         id.get(..36)
