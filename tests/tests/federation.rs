@@ -457,6 +457,81 @@ async fn a_forwarded_waiting_run_expires_at_a() -> Result<()> {
     Ok(())
 }
 
+/// Per-tenant peer allow-lists: acme may use no peer, globex may use B. acme's placement on B
+/// is refused (`403 peer_not_allowed`), its automatic placement skips B; globex's run goes.
+#[tokio::test]
+async fn a_tenant_is_placed_only_on_its_allowed_peers() -> Result<()> {
+    let c = Clusters::start(FedOptions {
+        a: Options {
+            env: vec![("AGENTOS_FED_TENANT_PEERS".into(), "acme=; globex=b".into())],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await?;
+    let globex = agentos_e2e::mint("globex")?;
+    c.b.create_agent(calc_agent()).await?;
+    let (status, v) =
+        c.b.send_as(
+            &globex,
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(&calc_agent()),
+        )
+        .await?;
+    assert_eq!(status, 201, "{v}");
+    wait_agent_at_b(&c, "calc").await?;
+    let peer = c.wait_peer(&c.a, "b").await?;
+    assert_eq!(peer["allowed"], false, "{peer}");
+    let (status, v) =
+        c.a.post(
+            "/v1/runs",
+            &json!({"agent_id": "calc", "input": "x", "placement": {"node": "b"}}),
+        )
+        .await?;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "peer_not_allowed", "{v}");
+    assert_eq!(v["error"]["param"], "placement.node", "{v}");
+    let (status, v) =
+        c.a.post("/v1/runs", &json!({"agent_id": "calc", "input": "x"}))
+            .await?;
+    assert_eq!(status, 404, "automatic placement skips B: {v}");
+    // globex may use B, placed automatically.
+    let (_, peers) =
+        c.a.send_as(&globex, reqwest::Method::GET, "/v1/federation/peers", None)
+            .await?;
+    assert_eq!(peers["data"][0]["allowed"], true, "{peers}");
+    let (status, v) =
+        c.a.send_as(
+            &globex,
+            reqwest::Method::POST,
+            "/v1/runs",
+            Some(&json!({"agent_id": "calc", "input": "x"})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["node"], "b", "{v}");
+    let run = v["id"].as_str().expect("id").to_owned();
+    let done = eventually("globex's run to complete", LONG, || async {
+        let (_, v) =
+            c.a.send_as(
+                &globex,
+                reqwest::Method::GET,
+                &format!("/v1/runs/{run}/wait?timeout_s=5"),
+                None,
+            )
+            .await
+            .ok()?;
+        (v["status"] == "completed").then_some(v)
+    })
+    .await?;
+    assert_eq!(done["output"], "The answer is 42.", "{done}");
+    // Nothing of acme ran at B.
+    let (_, list) = c.b.get("/v1/runs").await?;
+    assert_eq!(list["data"], json!([]), "{list}");
+    Ok(())
+}
+
 /// Must-show (d): a peer announcing an incompatible protocol is shown so and never used.
 #[tokio::test]
 async fn an_incompatible_peer_is_refused_with_a_clear_status() -> Result<()> {
@@ -897,11 +972,44 @@ async fn up_federate_starts_two_linked_clusters() -> Result<()> {
     .await?;
     assert_eq!(done["output"], "hi from b", "{done}");
     assert_eq!(done["node"], "b", "{done}");
+    // `status` shows both clusters and the link, each side's peer up.
+    let out = agentos_e2e::agentos_at(&home.path().join("h"), &["status"])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("CLUSTER  a") && text.contains("CLUSTER  b"),
+        "{text}"
+    );
+    let peer_rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("a ") || l.starts_with("b "))
+        .collect();
+    assert_eq!(peer_rows.len(), 2, "{text}");
+    assert!(
+        peer_rows
+            .iter()
+            .all(|l| l.split_whitespace().nth(1) == Some("up")),
+        "{text}"
+    );
+    let out = agentos_e2e::agentos_at(&home.path().join("h"), &["status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["federation"][0]["node"], "a", "{v}");
+    assert_eq!(v["federation"][0]["peers"][0]["node"], "b", "{v}");
+    assert_eq!(v["federation"][0]["peers"][0]["link"], "up", "{v}");
+    assert_eq!(v["federation"][1]["peers"][0]["node"], "a", "{v}");
     let pid = child.id().expect("pid");
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()?;
     let status = tokio::time::timeout(LONG, child.wait()).await??;
     assert!(status.success(), "{status}");
+    let out = std::process::Command::new(agentos_e2e::agentos_bin()?)
+        .args(["status", "--home"])
+        .arg(home.path().join("h"))
+        .output()?;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not running"),
+        "{out:?}"
+    );
     Ok(())
 }

@@ -260,6 +260,32 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// Every peer this cluster heard from (`agentos-peers`), in node order; `None` when the
+    /// cluster does not federate (no federation inbox).
+    pub async fn fed_peers(&self) -> Result<Option<Vec<super::PeerRecord>>> {
+        if let Err(e) = self.js.get_stream(STREAM_IN).await {
+            return match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(Error::nats("open federation inbox", e)),
+            };
+        }
+        let peers = self.kv(crate::provision::Bucket::Peers).await?;
+        let mut out = Vec::new();
+        for key in peers.all_keys().await? {
+            if let Some(v) = peers.get_as::<super::PeerRecord>(&key).await? {
+                out.push(v.value);
+            }
+        }
+        out.sort_by(|a, b| a.announcement.node.cmp(&b.announcement.node));
+        Ok(Some(out))
+    }
+}
+
 impl Kv {
     /// Every live entry under `prefix.` (`out`, `in` of `agentos-fwd`), decoded; entries that do
     /// not decode are skipped with a warning.
