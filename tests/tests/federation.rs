@@ -496,10 +496,16 @@ async fn a_tenant_is_placed_only_on_its_allowed_peers() -> Result<()> {
         c.a.post("/v1/runs", &json!({"agent_id": "calc", "input": "x"}))
             .await?;
     assert_eq!(status, 404, "automatic placement skips B: {v}");
-    // globex may use B, placed automatically.
-    let (_, peers) =
-        c.a.send_as(&globex, reqwest::Method::GET, "/v1/federation/peers", None)
-            .await?;
+    // globex may use B, placed automatically (once B's announcement lists globex's agent).
+    let peers = eventually("B announces globex's agent", LONG, || async {
+        let (_, v) =
+            c.a.send_as(&globex, reqwest::Method::GET, "/v1/federation/peers", None)
+                .await
+                .ok()?;
+        let agents = v["data"][0]["agents"].as_array()?;
+        agents.iter().any(|a| a == "calc").then_some(v)
+    })
+    .await?;
     assert_eq!(peers["data"][0]["allowed"], true, "{peers}");
     let (status, v) =
         c.a.send_as(
