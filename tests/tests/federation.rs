@@ -406,6 +406,58 @@ async fn a_second_different_answer_at_a_is_refused_while_the_first_travels() -> 
     Ok(())
 }
 
+/// Approvals cross too: a call on B that requires approval is approved at A with edited
+/// arguments, and B runs it once with the approver's arguments.
+#[tokio::test]
+async fn an_approval_at_a_runs_the_call_on_b_with_the_approvers_arguments() -> Result<()> {
+    let c = Clusters::start(FedOptions::default()).await?;
+    c.b.create_agent(json!({
+        "id": "careful", "model": "scripted", "tools": ["echo"], "requires_approval": ["echo"],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "echo", "arguments": {"text": "as the model said"}}]},
+            {"text": "echoed {last_tool_output}"}
+        ]}
+    }))
+    .await?;
+    wait_agent_at_b(&c, "careful").await?;
+    let run = c.a.start_run("careful", "echo it").await?;
+    let waiting = eventually("A to see the wait", LONG, || async {
+        let (_, v) =
+            c.a.get(&format!("/v1/runs/{run}/wait?timeout_s=5"))
+                .await
+                .ok()?;
+        (v["status"] == "requires_action").then_some(v)
+    })
+    .await?;
+    let call = &waiting["required_action"]["tool_calls"][0];
+    assert_eq!(call["kind"], "approval", "{waiting}");
+    let path = format!("/v1/runs/{run}/tool_outputs");
+    // The wrong kind of answer is refused at A.
+    let (status, v) =
+        c.a.post(
+            &path,
+            &json!({"tool_outputs": [{"call_id": call["call_id"], "output": "x"}]}),
+        )
+        .await?;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("wrong_answer_kind")),
+        "{v}"
+    );
+    let approve = json!({"approvals": [{"call_id": call["call_id"], "approve": true, "arguments": {"text": "as the approver said"}}]});
+    let (status, v) = c.a.post(&path, &approve).await?;
+    assert_eq!(status, 202, "{v}");
+    let done = c.a.wait_terminal(&run, LONG).await?;
+    assert_eq!(done["status"], "completed", "{done}");
+    let output = done["output"].as_str().unwrap_or_default();
+    assert!(output.contains("as the approver said"), "{done}");
+    let names = check_journal(&c.a.bus, &run).await?;
+    let count = |t: &str| names.iter().filter(|n| *n == t).count();
+    assert_eq!(count("tool.started"), 1, "{names:?}");
+    assert_eq!(count("run.action_answered"), 1, "{names:?}");
+    Ok(())
+}
+
 /// `expires_at` travels with the forward: a run waiting on B past it ends `expired` there, and
 /// A's record follows.
 #[tokio::test]
