@@ -958,6 +958,43 @@ async fn forwarded_runs_survive_a_kill_of_b_nats_and_workers_exactly_once() -> R
     forwarded_runs_survive(Cut::Kill).await
 }
 
+/// `agentos status` of a plain platform whose edge federates (`AGENTOS_FED_NODE`) lists its
+/// peers below the rest (none announced here: its only peer does not exist).
+#[tokio::test]
+async fn status_shows_the_federation_of_a_plain_platform() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = dir.path().join("home");
+    let _down = agentos_e2e::Down(home.clone());
+    let (nats, edge) = (agentos_e2e::free_port()?, agentos_e2e::free_port()?);
+    let out = std::process::Command::new(agentos_e2e::agentos_bin()?)
+        .args([
+            "up",
+            "--detach",
+            "--nats-port",
+            &nats.to_string(),
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{edge}"))
+        .arg("--home")
+        .arg(&home)
+        .env_remove("AGENTOS_NATS_URL")
+        .env("AGENTOS_FED_NODE", "a")
+        .env("AGENTOS_FED_PEERS", "b")
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let text = eventually("status to show the federation", LONG, || async {
+        let out = agentos_e2e::agentos_at(&home, &["status"]).ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("FEDERATION").then_some(text)
+    })
+    .await?;
+    assert!(text.contains("no peer has announced itself yet"), "{text}");
+    let out = agentos_e2e::agentos_at(&home, &["status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["federation"]["peers"], json!([]), "{v}");
+    Ok(())
+}
+
 /// `agentos up --federate`: two clusters from one command; an agent defined on b runs from a;
 /// SIGTERM stops everything.
 #[tokio::test]
