@@ -172,6 +172,7 @@ pub async fn submit(
     let rec = if let Some(node) = rec.node.clone() {
         // A forwarded run: claimed here first, so only the answer that won goes to the peer
         // (whose own claim rule then applies); a retry of it is sent again, deduplicated.
+        crate::federation::answer::sender(&state, &auth)?;
         let rec = claim(&state, &auth, &id, &wait, &submission).await?;
         crate::federation::answer::forward(&state, &auth, &node, answer).await?;
         rec

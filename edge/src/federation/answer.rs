@@ -25,14 +25,13 @@ use super::inbound::{Outcome, call};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, AuthContext};
 
-/// Sends the answer that claimed the wait of forwarded run `answer.run_id` to `node`.
-pub(crate) async fn forward(
-    state: &AppState,
-    auth: &AuthContext,
-    node: &NodeId,
-    answer: Continuation,
-) -> ApiResult<()> {
-    let fed = state.federation.as_ref().ok_or_else(|| {
+/// What sending an answer to a peer needs (this cluster's federation and the caller's token),
+/// checked before the answer claims the wait, so a claim is never left without its forward.
+pub(crate) fn sender<'a>(
+    state: &'a AppState,
+    auth: &'a AuthContext,
+) -> ApiResult<(&'a Fed, &'a str)> {
+    let fed = state.federation.as_deref().ok_or_else(|| {
         ApiError::conflict(
             "federation_disabled",
             "this run lives on a peer, and this cluster is not federated any more",
@@ -44,6 +43,17 @@ pub(crate) async fn forward(
             "an answer to a forwarded run carries the caller's bearer token; this edge has none",
         )
     })?;
+    Ok((fed, token))
+}
+
+/// Sends the answer that claimed the wait of forwarded run `answer.run_id` to `node`.
+pub(crate) async fn forward(
+    state: &AppState,
+    auth: &AuthContext,
+    node: &NodeId,
+    answer: Continuation,
+) -> ApiResult<()> {
+    let (fed, token) = sender(state, auth)?;
     let (run, msg_id) = (answer.run_id, format!("answer-{}", answer.msg_id()));
     let msg = ForwardAnswer {
         origin: fed.config.node.clone(),
