@@ -168,6 +168,8 @@ pub enum FedKind {
     Cancel,
     /// A journal event of a forwarded run, on its way back to the origin.
     Event,
+    /// The answer to a forwarded run waiting in `requires_action`.
+    Answer,
 }
 
 impl FedKind {
@@ -176,11 +178,12 @@ impl FedKind {
             Self::Run => "run",
             Self::Cancel => "cancel",
             Self::Event => "event",
+            Self::Answer => "answer",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::Run, Self::Cancel, Self::Event]
+        [Self::Run, Self::Cancel, Self::Event, Self::Answer]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -219,7 +222,7 @@ pub fn fed_in_peer(from: &NodeId) -> Subject {
 pub enum FedIn {
     /// A peer's announcement.
     Peer { from: NodeId },
-    /// A forwarded run, cancel or event of `tenant`.
+    /// A forwarded run, cancel, answer or event of `tenant`.
     Tenant {
         from: NodeId,
         kind: FedKind,

@@ -338,6 +338,10 @@ section! {
         /// compatibility tests).
         #[arg(long = "federation-protocol", env = "AGENTOS_FED_PROTOCOL")]
         protocol: String,
+        /// Which peers each tenant's runs may be placed on: `acme=b,c; globex=; *=b` (a tenant
+        /// not named, with no `*`, may use every peer).
+        #[arg(long = "federation-tenant-peers", env = "AGENTOS_FED_TENANT_PEERS")]
+        tenant_peers: String,
     }
 }
 
@@ -364,12 +368,22 @@ impl Federation {
                 .context("[federation] protocol")?,
             None => agentos_bus::federation::PROTOCOL,
         };
+        let tenant_peers: agentos_edge::federation::TenantPeers = self
+            .tenant_peers()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))
+            .context("[federation] tenant-peers")?;
+        if let Some(stranger) = tenant_peers.peers().find(|p| !peers.contains(p)) {
+            anyhow::bail!("[federation] tenant-peers names {stranger}, which is not in peers");
+        }
         Ok(Some(agentos_edge::federation::FederationConfig {
             node,
             peers,
             announce_interval: self.announce_interval(),
             peer_deadline: self.peer_deadline(),
             protocol,
+            tenant_peers,
         }))
     }
 }

@@ -177,6 +177,18 @@ pub async fn up(home: &Path, config: Option<PathBuf>) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    let state = crate::fed_status::FederatedHome {
+        up_pid: std::process::id(),
+        clusters: clusters
+            .iter()
+            .map(|c| crate::fed_status::ClusterState {
+                node: c.node.to_string(),
+                nats_url: c.nats.url().to_owned(),
+                edge_url: format!("http://127.0.0.1:{}", c.edge_port),
+            })
+            .collect(),
+    };
+    state.save(home)?;
     let (ea, eb) = (clusters[0].edge_port, clusters[1].edge_port);
     println!(
         "\nfederated: cluster a at http://127.0.0.1:{ea} (nats {}), cluster b at http://127.0.0.1:{eb} (nats {})\n\
@@ -187,13 +199,15 @@ pub async fn up(home: &Path, config: Option<PathBuf>) -> Result<()> {
          curl -s -H \"Authorization: Bearer $T\" -H 'content-type: application/json' http://127.0.0.1:{ea}/v1/runs \\\n    \
          -d '{{\"agent_id\": \"hello\", \"input\": \"hi\"}}'\n  \
          curl -s -H \"Authorization: Bearer $T\" http://127.0.0.1:{ea}/v1/federation/peers\n\n\
-         logs in {}; Ctrl-C stops both clusters",
+         `agentos status --home {}` shows the link; logs in {}; Ctrl-C stops both clusters",
         clusters[0].nats.url(),
         clusters[1].nats.url(),
+        home.display(),
         root.display()
     );
     crate::run::shutdown_on_signal().cancelled().await;
     println!("stopping");
+    crate::fed_status::FederatedHome::remove(home);
     drop(children);
     Ok(())
 }

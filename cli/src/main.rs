@@ -11,6 +11,7 @@ mod callout;
 mod certs;
 mod client;
 mod config;
+mod fed_status;
 mod federate;
 mod metrics;
 mod ops;

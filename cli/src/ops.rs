@@ -87,6 +87,9 @@ pub async fn nuke(a: &NukeArgs) -> Result<()> {
 
 pub async fn status(a: &StatusArgs) -> Result<bool> {
     let Some(s) = State::load(&a.home.path())? else {
+        if let Some(fed) = crate::fed_status::FederatedHome::load(&a.home.path())? {
+            return crate::fed_status::status(&fed, a.json).await;
+        }
         if a.json {
             println!("{}", json!({"running": false}));
         } else {
@@ -120,13 +123,14 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
         .send()
         .await
         .is_ok_and(|r| r.status().is_success());
+    let peers = crate::fed_status::peers(&bus).await?;
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "running": true, "state": s, "nats": {"url": s.nats_url, "version": bus.server_version()},
                 "streams": streams, "consumers": consumer.iter().collect::<Vec<_>>(), "workers": services,
-                "edge": {"url": s.edge_url, "ready": edge_ready},
+                "edge": {"url": s.edge_url, "ready": edge_ready}, "federation": {"peers": peers},
             }))?
         );
         return Ok(true);
@@ -189,6 +193,10 @@ pub async fn status(a: &StatusArgs) -> Result<bool> {
                 println!("{server:<22} {:<25} {tools}", w.id);
             }
         }
+    }
+    if let Some(peers) = &peers {
+        println!("\nFEDERATION");
+        crate::fed_status::print_peers(peers);
     }
     Ok(true)
 }

@@ -168,18 +168,27 @@ pub async fn submit(
     {
         return Err(already_answered(&id));
     }
-    // Published before it is claimed: a claim always has its answer on the bus, so whoever
-    // claimed a wait, the answer that won reaches an orchestrator.
-    let request_id = headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
     let calls = answer.tool_outputs.len() + answer.approvals.len();
-    state
-        .bus
-        .submit(
-            &SubmitMessage::Continuation(answer),
-            &SubmitMeta { request_id },
-        )
-        .await?;
-    let rec = claim(&state, &auth, &id, &wait, &submission).await?;
+    let rec = if let Some(node) = rec.node.clone() {
+        // A forwarded run: claimed here first, so only the answer that won goes to the peer
+        // (whose own claim rule then applies); a retry of it is sent again, deduplicated.
+        crate::federation::answer::sender(&state, &auth)?;
+        let rec = claim(&state, &auth, &id, &wait, &submission).await?;
+        crate::federation::answer::forward(&state, &auth, &node, answer).await?;
+        rec
+    } else {
+        // Published before it is claimed: a claim always has its answer on the bus, so whoever
+        // claimed a wait, the answer that won reaches an orchestrator.
+        let request_id = headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+        state
+            .bus
+            .submit(
+                &SubmitMessage::Continuation(answer),
+                &SubmitMeta { request_id },
+            )
+            .await?;
+        claim(&state, &auth, &id, &wait, &submission).await?
+    };
     tracing::info!(run = %id, calls, "run answered");
     let details = serde_json::json!({ "calls": calls });
     crate::admin::record_committed(&state, &auth, "run.answer", id.to_string(), details).await;

@@ -190,7 +190,7 @@ pub(crate) async fn load(
 /// `expires_at`: any RFC 3339 time, capped at [`MAX_EXPIRY`] from now (a run waits at most that
 /// long). A time already past ends the run as soon as it waits. JSON Schema cannot state a
 /// bound relative to the present, so the server takes every time the schema allows.
-fn expiry(at: &str, now: OffsetDateTime) -> ApiResult<OffsetDateTime> {
+pub(crate) fn expiry(at: &str, now: OffsetDateTime) -> ApiResult<OffsetDateTime> {
     let at =
         OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|e| {
             ApiError::bad_request(

@@ -18,37 +18,54 @@ pub struct FedNats {
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
     pub port: u16,
+    /// The config it starts with.
+    linked: String,
+    /// The same server without its leaf remote (a leaf only; a hub's stays `linked`).
+    unlinked: String,
 }
 
 impl FedNats {
-    fn new(conf_text: impl FnOnce() -> String) -> Result<Self> {
+    fn new(linked: String, unlinked: String) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let conf = dir.path().join("nats.conf");
         // The store is given on the command line (`--sd`), next to the config.
-        std::fs::write(&conf, conf_text())?;
+        std::fs::write(&conf, &linked)?;
         Ok(Self {
             dir,
             conf,
             port: free_port()?,
+            linked,
+            unlinked,
         })
     }
 
     /// The hub `node`, accepting leaf links on the returned port.
     pub fn hub(node: &NodeId) -> Result<(Self, u16)> {
         let leaf_port = free_port()?;
-        let me = Self::new(|| nats_conf::hub(node, None, &format!("127.0.0.1:{leaf_port}")))?;
-        Ok((me, leaf_port))
+        let text = nats_conf::hub(node, None, &format!("127.0.0.1:{leaf_port}"));
+        Ok((Self::new(text.clone(), text)?, leaf_port))
     }
 
     /// A leaf `node` of the hub listening for leaf links on `hub_leaf_port`.
     pub fn leaf(node: &NodeId, hub_leaf_port: u16) -> Result<Self> {
-        Self::new(|| {
-            nats_conf::leaf(
-                node,
-                None,
-                &format!("nats-leaf://127.0.0.1:{hub_leaf_port}"),
-            )
-        })
+        let linked = nats_conf::leaf(
+            node,
+            None,
+            &format!("nats-leaf://127.0.0.1:{hub_leaf_port}"),
+        );
+        Self::new(linked, nats_conf::unlinked(node, None))
+    }
+
+    /// Rewrites the config with or without the leaf remote and has `server` reload it
+    /// (`SIGHUP`): removing the remote closes the leaf link at once, adding it back reconnects.
+    pub fn reload_linked(&self, server: &NatsServer, linked: bool) -> Result<()> {
+        let text = if linked { &self.linked } else { &self.unlinked };
+        std::fs::write(&self.conf, text)?;
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "SIGHUP to nats-server: {status}");
+        Ok(())
     }
 
     /// Starts (or starts again) the server.
@@ -161,6 +178,37 @@ impl Clusters {
     /// `kill -9` of B's nats-server.
     pub fn kill_b_nats(&mut self) {
         kill9(&mut self.b.nats);
+    }
+
+    /// Cuts the link (`linked = false`) or restores it by rewriting B's nats config and
+    /// reloading it, and waits until A's peers list shows the link so.
+    pub async fn reload_b_link(&self, linked: bool) -> Result<()> {
+        self.b_nats.reload_linked(&self.b.nats, linked)?;
+        eventually(
+            &format!("the leaf link {}", if linked { "up" } else { "down" }),
+            Duration::from_secs(30),
+            || async {
+                let (_, v) = self.a.get("/v1/federation/peers").await.ok()?;
+                let b = v["data"].as_array()?.iter().find(|p| p["node"] == "b")?;
+                (b["link"] == if linked { "up" } else { "down" }).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// `kill -9` of B's workers: its orchestrators, model and tool workers (not its edge).
+    pub fn kill_b_workers(&mut self) {
+        self.b
+            .procs
+            .retain(|p| !matches!(p.name.as_str(), "orchestrator" | "model" | "tool"));
+    }
+
+    /// Starts B's workers again (one orchestrator, a model and a tool worker).
+    pub async fn restart_b_workers(&mut self) -> Result<()> {
+        self.b.spawn("model", &["worker", "model"])?;
+        self.b.spawn("tool", &["worker", "tool"])?;
+        self.b.spawn_orchestrator()?;
+        self.b.wait_services(1).await
     }
 
     /// Starts B's nats-server again on the same port and store.

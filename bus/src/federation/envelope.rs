@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::envelope::{Envelope, RunRequest};
+use crate::envelope::{Continuation, Envelope, RunRequest};
 use crate::id::{NodeId, RunId, Tenant};
 
 /// The protocol versions a node speaks, both ends included.
@@ -121,6 +121,20 @@ pub struct ForwardCancel {
 
 impl Envelope for ForwardCancel {
     const WHAT: &'static str = "forwarded cancel";
+}
+
+/// The answer to a forwarded run waiting in `requires_action`
+/// (`agentos.fed.out.<to>.answer.<tenant>`, `Nats-Msg-Id` `answer-<submission>`); the answer
+/// names the run by its origin id, and the answerer's token travels in `AgentOS-Auth`. The
+/// origin sends only the answer that claimed the wait there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForwardAnswer {
+    pub origin: NodeId,
+    pub answer: Continuation,
+}
+
+impl Envelope for ForwardAnswer {
+    const WHAT: &'static str = "forwarded answer";
 }
 
 /// Where a forwarded run stands, as its origin sees it.

@@ -17,8 +17,8 @@ pub mod nats_conf;
 mod ops;
 
 pub use envelope::{
-    Announcement, ForwardCancel, ForwardRun, FwdEntry, FwdState, InboundEntry, PeerRecord,
-    ProtocolRange,
+    Announcement, ForwardAnswer, ForwardCancel, ForwardRun, FwdEntry, FwdState, InboundEntry,
+    PeerRecord, ProtocolRange,
 };
 pub use ops::{FedDelivery, Topology};
 

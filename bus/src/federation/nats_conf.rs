@@ -49,3 +49,14 @@ pub fn leaf(node: &NodeId, store_dir: Option<&Path>, hub_leaf_url: &str) -> Stri
         js = jetstream(node, store_dir),
     )
 }
+
+/// A leaf with no remote: the same server name and domain, linked to nobody. Written over a
+/// leaf's config and reloaded (`nats-server --signal reload`, or `SIGHUP`), it closes the link at
+/// once; the leaf's config written back and reloaded restores it.
+pub fn unlinked(node: &NodeId, store_dir: Option<&Path>) -> String {
+    format!(
+        "server_name: {node}\nmax_payload: 8MB\n{js}\
+         leafnodes {{\n  reconnect: 1\n  remotes: []\n}}\n",
+        js = jetstream(node, store_dir),
+    )
+}

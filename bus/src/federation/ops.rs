@@ -119,11 +119,12 @@ impl FedDelivery {
     }
 
     /// The run a message is about, from its `Nats-Msg-Id` (`<run>`, `cancel-<run>`,
-    /// `ev-<run>-<seq>`); none for announcements.
+    /// `answer-<run>:cont:<digest>`, `ev-<run>-<seq>`); none for announcements.
     pub fn run_key(&self) -> Option<&str> {
         let id = self.msg.headers.as_ref()?.get(headers::MSG_ID)?.as_str();
         let id = id
             .strip_prefix("cancel-")
+            .or_else(|| id.strip_prefix("answer-"))
             .or_else(|| id.strip_prefix("ev-"))
             .unwrap_or(id);
         id.get(..36)
@@ -256,6 +257,32 @@ impl Bus {
                 (dest, s.active)
             })
             .collect())
+    }
+}
+
+impl Bus {
+    /// Every peer this cluster heard from (`agentos-peers`), in node order; `None` when the
+    /// cluster does not federate (no federation inbox).
+    pub async fn fed_peers(&self) -> Result<Option<Vec<super::PeerRecord>>> {
+        if let Err(e) = self.js.get_stream(STREAM_IN).await {
+            return match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(Error::nats("open federation inbox", e)),
+            };
+        }
+        let peers = self.kv(crate::provision::Bucket::Peers).await?;
+        let mut out = Vec::new();
+        for key in peers.all_keys().await? {
+            if let Some(v) = peers.get_as::<super::PeerRecord>(&key).await? {
+                out.push(v.value);
+            }
+        }
+        out.sort_by(|a, b| a.announcement.node.cmp(&b.announcement.node));
+        Ok(Some(out))
     }
 }
 

@@ -47,6 +47,8 @@ struct PeerView {
     link: &'static str,
     #[serde(with = "time::serde::rfc3339")]
     last_seen: OffsetDateTime,
+    /// Whether the caller's tenant may place runs on the peer (`[federation] tenant-peers`).
+    allowed: bool,
     /// The caller's tenant's agents the peer serves (every `<tenant>/<agent>` for an admin).
     agents: Vec<String>,
     models: Vec<String>,
@@ -80,6 +82,10 @@ fn view(p: PeerRecord, auth: &AuthContext, fed: &Fed, at: OffsetDateTime) -> Pee
         protocol_version: common,
         link: if p.link_up(at) { "up" } else { "down" },
         last_seen: p.last_seen,
+        allowed: fed
+            .config
+            .tenant_peers
+            .allows(&auth.tenant, &p.announcement.node),
         agents,
         models: p.announcement.models.clone(),
         tools: p.announcement.tools.clone(),
@@ -108,7 +114,7 @@ pub(crate) async fn peers(
 }
 
 /// The peer that serves `agent` of the caller's tenant when this cluster does not: compatible,
-/// link up preferred. `None` when not federated or nobody does.
+/// allowed for the tenant, link up preferred. `None` when not federated or nobody does.
 pub(crate) async fn auto_place(
     state: &AppState,
     auth: &AuthContext,
@@ -126,6 +132,10 @@ pub(crate) async fn auto_place(
         .filter(|p| {
             p.protocol_with(fed.config.protocol).is_some()
                 && p.announcement.agents.contains(&wanted)
+                && fed
+                    .config
+                    .tenant_peers
+                    .allows(&auth.tenant, &p.announcement.node)
         })
         .collect();
     serving.sort_by_key(|p| !p.link_up(at));
@@ -147,6 +157,17 @@ pub(crate) async fn forward(
         ApiError::not_found("peer_not_found", format!("no federation peer {node}"))
             .with_param("placement.node")
     })?;
+    if !fed.config.tenant_peers.allows(&auth.tenant, &node) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "peer_not_allowed",
+            format!(
+                "tenant {} may not place runs on peer {node} ([federation] tenant-peers)",
+                auth.tenant
+            ),
+        )
+        .with_param("placement.node"));
+    }
     let Some(protocol) = peer.protocol_with(fed.config.protocol) else {
         return Err(ApiError::conflict(
             "peer_incompatible",
@@ -160,12 +181,23 @@ pub(crate) async fn forward(
         )
         .with_param("placement.node"));
     };
-    if body.thread_id.is_some() || body.multitask_strategy.is_some() || body.expires_at.is_some() {
+    if body.thread_id.is_some() || body.multitask_strategy.is_some() {
         return Err(ApiError::bad_request(
             "federation_unsupported",
-            "threads, multitask strategies and expiry are not forwarded yet",
-        ));
+            "threads and multitask strategies are not forwarded: a thread lives in one cluster",
+        )
+        .with_param(if body.thread_id.is_some() {
+            "thread_id"
+        } else {
+            "multitask_strategy"
+        }));
     }
+    let submitted_at = now();
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|at| crate::runs::expiry(at, submitted_at))
+        .transpose()?;
     let agent_id = AgentId::parse(body.agent_id.clone())
         .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_param("agent_id"))?;
     if body.input.chars().count() > MAX_INPUT_CHARS {
@@ -196,8 +228,8 @@ pub(crate) async fn forward(
         thread_id: None,
         multitask_strategy: None,
         metadata: body.metadata.clone(),
-        submitted_at: now(),
-        expires_at: None,
+        submitted_at,
+        expires_at,
     };
     let mut record = RunRecord::queued(&req);
     record.node = Some(node.clone());

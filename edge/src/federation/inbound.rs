@@ -36,7 +36,7 @@ impl From<BusError> for Outcome {
 }
 
 /// One request through this edge's router, as the holder of `token`: the status and JSON body.
-async fn call(
+pub(super) async fn call(
     state: &AppState,
     method: Method,
     path: &str,
@@ -163,11 +163,16 @@ pub(super) async fn accept(
         )
         .await;
     }
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "agent_id": msg.request.agent_id,
         "input": msg.request.input,
         "metadata": msg.request.metadata,
     });
+    if let Some(at) = msg.request.expires_at
+        && let Ok(at) = at.format(&time::format_description::well_known::Rfc3339)
+    {
+        body["expires_at"] = Value::String(at);
+    }
     let idem = format!("fed-{from}-{run}");
     let (status, v) = call(
         state,
@@ -305,6 +310,7 @@ async fn relay(
         }
         let (seq, terminal) = (event.seq, event.data.is_terminal());
         event.run_id = entry.origin_run;
+        super::answer::at_origin(&mut event.data, &entry.local_run, &entry.origin_run);
         state
             .bus
             .fed_publish(

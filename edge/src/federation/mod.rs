@@ -8,11 +8,15 @@
 //! pays nothing: the only federation code on its path is an `Option` check.
 //!
 //! - `api`: `GET /v1/federation/peers`, the forward of a run and of its cancel (origin side).
+//! - `allow`: the per-tenant peer allow-lists.
+//! - `answer`: answers to forwarded runs waiting in `requires_action`, both sides.
 //! - `inbound`: a peer's forwarded run and cancel (peer side), and the relay of its events back.
 //! - `outbound`: the events coming back (origin side), the run record they project, and the
 //!   deadline that fails a gone peer's runs `peer_unavailable`.
 //! - `worker`: the task: streams, announcements, the inbox consumer.
 
+mod allow;
+pub(crate) mod answer;
 pub(crate) mod api;
 mod inbound;
 mod outbound;
@@ -27,6 +31,7 @@ use agentos_bus::id::{NodeId, RunId};
 use agentos_bus::provision::Bucket;
 use agentos_bus::{Bus, Kv, key};
 
+pub use allow::TenantPeers;
 pub(crate) use api::{auto_place, cancel, forward, routes};
 pub use worker::run;
 
@@ -48,6 +53,8 @@ pub struct FederationConfig {
     pub peer_deadline: Duration,
     /// The protocol versions this node announces and accepts.
     pub protocol: ProtocolRange,
+    /// Which peers each tenant's runs may be placed on.
+    pub tenant_peers: TenantPeers,
 }
 
 /// The federation state an edge holds.

@@ -3,7 +3,9 @@
 //! and anything after the end are dropped), and the run record follows them. A peer unseen past
 //! the deadline fails its runs `peer_unavailable`.
 
-use agentos_bus::envelope::{Envelope, ErrorBody, Event, EventData, RunRecord, RunStatus, now};
+use agentos_bus::envelope::{
+    Envelope, ErrorBody, Event, EventData, RequiredAction, RunRecord, RunStatus, now,
+};
 use agentos_bus::federation::{FwdEntry, FwdState, PeerRecord};
 use agentos_bus::id::{NodeId, Tenant};
 use agentos_bus::{Error as BusError, key};
@@ -39,8 +41,9 @@ pub(super) async fn event_back(
         return Outcome::Done;
     }
     match append_once(state, &event).await {
-        Ok(Append::Appended) => {}
-        Ok(Append::Skipped) => return Outcome::Done,
+        // A duplicate may be the redelivery of an event whose projection failed: projecting
+        // again is harmless (the record skips what it already reflects).
+        Ok(Append::Appended | Append::Skipped) => {}
         // An earlier event is still on its way (redelivered after its handler died): later.
         Ok(Append::Gap { last }) => {
             return Outcome::Retry(BusError::WrongLastSequence {
@@ -117,7 +120,7 @@ async fn project(
             break;
         };
         let mut rec = current.value;
-        if rec.status.is_terminal() {
+        if rec.status.is_terminal() || rec.last_seq >= event.seq {
             break;
         }
         rec.status_reason = None;
@@ -127,6 +130,32 @@ async fn project(
                     rec.status = RunStatus::Running;
                 }
                 rec.started_at.get_or_insert(event.ts);
+            }
+            // The wait the origin's edge checks answers against and claims; a cancel asked
+            // for meanwhile stays `cancelling` (the peer ends the run).
+            EventData::RunRequiresAction {
+                step,
+                tool_calls,
+                expires_at,
+            } => {
+                if rec.status != RunStatus::Cancelling {
+                    rec.status = RunStatus::RequiresAction;
+                }
+                rec.required_action = Some(RequiredAction {
+                    step: *step,
+                    tool_calls: tool_calls.clone(),
+                    seq: event.seq,
+                    answered_by: None,
+                });
+                if expires_at.is_some() {
+                    rec.expires_at = *expires_at;
+                }
+            }
+            EventData::RunActionAnswered { .. } => {
+                if rec.status == RunStatus::RequiresAction {
+                    rec.status = RunStatus::Running;
+                }
+                rec.required_action = None;
             }
             EventData::RunCompleted { output, .. } => {
                 rec.status = RunStatus::Completed;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use agentos_bus::envelope::{Event, now};
 use agentos_bus::federation::{
-    Announcement, FedDelivery, ForwardCancel, ForwardRun, InboundEntry, PeerRecord, Topology,
+    Announcement, FedDelivery, ForwardAnswer, ForwardCancel, ForwardRun, InboundEntry, PeerRecord,
+    Topology,
 };
 use agentos_bus::subject::{DlqKind, FedIn, FedKind};
 use agentos_bus::{Error as BusError, key};
@@ -186,6 +187,10 @@ async fn handle(state: &AppState, fed: &Arc<Fed>, d: &FedDelivery) -> Outcome {
             },
             FedKind::Cancel => match d.decode::<ForwardCancel>() {
                 Ok(msg) => inbound::cancel(state, fed, &from, &tenant, msg, d.auth()).await,
+                Err(e) => undecodable(e),
+            },
+            FedKind::Answer => match d.decode::<ForwardAnswer>() {
+                Ok(msg) => super::answer::accept(state, fed, &from, &tenant, msg, d.auth()).await,
                 Err(e) => undecodable(e),
             },
             FedKind::Event => match d.decode::<Event>() {

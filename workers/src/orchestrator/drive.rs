@@ -50,7 +50,8 @@ pub(crate) enum Stop {
     /// Shutdown grace ran out: hand the run back now.
     Drain,
     /// Another driver may be working on the run (a tool call it started is still within its
-    /// lease): hand the run back and look again after this long.
+    /// lease): look again after this long (in place, up to the longest lease; then the run is
+    /// handed back).
     Busy(Duration),
     /// The run waits, not started, for a concurrency slot of its tenant, and this orchestrator
     /// has enough such runs waiting (`budget`): hand it back to the queue for this long.
@@ -109,6 +110,7 @@ pub(crate) async fn drive<P: Port>(
     let resumed = attempt.delivered > 1 || trigger.is_some();
     let mut conflicts = 0u32;
     let mut bus_failures = 0u32;
+    let mut busy_waited = Duration::ZERO;
     let mut needs_reload = resumed;
     loop {
         if needs_reload {
@@ -190,8 +192,23 @@ pub(crate) async fn drive<P: Port>(
                 }
             }
             Err(Stop::Busy(wait)) => {
-                tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
-                return Disposition::Retry(wait);
+                // The claim's lease (the call's timeout and a grace) bounds how long a call
+                // stays busy, also when its worker died mid-call: waited out in place, alive, so
+                // it costs the run time, not its attempts (handed back at each look, five
+                // attempts fell short of a dead worker's lease and failed the run).
+                busy_waited += wait;
+                if busy_waited > opts.tool_timeout + 2 * crate::tool::LEASE_GRACE
+                    || drain.is_cancelled()
+                {
+                    tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
+                    return Disposition::Retry(wait);
+                }
+                tracing::debug!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; looking again");
+                tokio::select! {
+                    _ = drain.cancelled() => return Disposition::Retry(Duration::ZERO),
+                    () = port.sleep(wait) => {}
+                }
+                needs_reload = true;
             }
             Err(Stop::Queued(wait)) => return Disposition::Retry(wait),
             Err(Stop::Drain) => return Disposition::Retry(Duration::ZERO),
