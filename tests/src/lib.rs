@@ -690,8 +690,17 @@ pub async fn client_matrix(p: &Platform, model: &str, real: bool) -> (bool, Stri
 /// A tiny HTTP server that counts GETs: a visible side effect for tool tests.
 pub struct CountingServer {
     pub addr: std::net::SocketAddr,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<Requests>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`CountingServer`] was asked: every request, and the distinct `Idempotency-Key`s.
+#[derive(Default)]
+struct Requests {
+    hits: usize,
+    keys: std::collections::HashSet<String>,
+    /// Requests without a key (each one an effect).
+    unkeyed: usize,
 }
 
 impl CountingServer {
@@ -699,24 +708,39 @@ impl CountingServer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = hits.clone();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Requests::default()));
+        let requests = seen.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let requests = requests.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
+                    let mut head = Vec::new();
                     while let Ok(n) = sock.read(&mut buf).await {
                         if n == 0 {
                             return;
                         }
-                        seen.extend_from_slice(&buf[..n]);
-                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.extend_from_slice(&buf[..n]);
+                        if head.windows(4).any(|w| w == b"\r\n\r\n") {
                             break;
                         }
                     }
-                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let key = String::from_utf8_lossy(&head).lines().find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("idempotency-key")
+                            .then(|| value.trim().to_owned())
+                    });
+                    let n = {
+                        let mut r = requests.lock().unwrap_or_else(|e| e.into_inner());
+                        r.hits += 1;
+                        match key {
+                            Some(key) => {
+                                r.keys.insert(key);
+                            }
+                            None => r.unkeyed += 1,
+                        }
+                        r.hits
+                    };
                     let body = format!("hit {n}");
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -726,11 +750,28 @@ impl CountingServer {
                 });
             }
         });
-        Ok(Self { addr, hits, task })
+        Ok(Self { addr, seen, task })
     }
 
+    /// Requests received.
     pub fn hits(&self) -> usize {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).hits
+    }
+
+    /// Distinct `Idempotency-Key`s received.
+    pub fn keys(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .len()
+    }
+
+    /// Effects at a service that honours `Idempotency-Key`: one per distinct key, plus every
+    /// request without one.
+    pub fn effects(&self) -> usize {
+        let r = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        r.keys.len() + r.unkeyed
     }
 }
 

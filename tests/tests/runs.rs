@@ -128,6 +128,11 @@ async fn kill_9_of_the_orchestrator_mid_run_resumes_without_repeating_work() {
     let done = p.wait_terminal(&run, LONG).await.expect("terminal");
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(side_effect.hits(), 1, "the side effect happened once");
+    assert_eq!(
+        side_effect.keys(),
+        1,
+        "http.get sent the call's idempotency key as Idempotency-Key"
+    );
     let journal = p
         .bus
         .read_journal(&"acme".parse().expect("t"), &run.parse().expect("r"))

@@ -111,10 +111,14 @@ impl Builtin {
         true
     }
 
+    /// Runs the tool. `idempotency_key` is the call's key, if it has one: `http.get` sends it as
+    /// `Idempotency-Key`, so a service that honours it sees one effect when a call in flight in
+    /// a killed worker is run again.
     pub async fn call(
         self,
         env: &ToolEnv,
         arguments: &Value,
+        idempotency_key: Option<&str>,
         cancel: &CancellationToken,
     ) -> Result<Value, ToolError> {
         match self {
@@ -159,7 +163,7 @@ impl Builtin {
                     url: String,
                 }
                 let a: A = args(arguments)?;
-                env.http_get(&a.url, cancel).await
+                env.http_get(&a.url, idempotency_key, cancel).await
             }
         }
     }
@@ -192,7 +196,12 @@ impl ToolEnv {
             .any(|a| a == host || Some(a) == with_port.as_ref())
     }
 
-    async fn http_get(&self, url: &str, cancel: &CancellationToken) -> Result<Value, ToolError> {
+    async fn http_get(
+        &self,
+        url: &str,
+        idempotency_key: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<Value, ToolError> {
         let url = reqwest::Url::parse(url).map_err(bad_args)?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad_args("only http and https URLs"));
@@ -207,9 +216,11 @@ impl ToolEnv {
             ));
         }
         let fetch = async {
-            let resp = self
-                .http
-                .get(url)
+            let mut request = self.http.get(url);
+            if let Some(key) = idempotency_key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let resp = request
                 .send()
                 .await
                 .map_err(|e| ErrorBody::new("http_error", e.to_string()))?;

@@ -213,7 +213,10 @@ impl ToolWorker {
             }
             let run = async {
                 match (tool, &self.memory) {
-                    (Runnable::Builtin(b), _) => b.call(&self.env, &call.arguments, &cancel).await,
+                    (Runnable::Builtin(b), _) => {
+                        let key = call.idempotency_key.as_deref();
+                        b.call(&self.env, &call.arguments, key, &cancel).await
+                    }
                     (Runnable::Memory(m), Some(env)) => m.call(env, tenant, principal, call).await,
                     (Runnable::Memory(_), None) => Err(ErrorBody::new(
                         "tool_not_found",
