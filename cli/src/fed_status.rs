@@ -34,23 +34,13 @@ fn path(home: &Path) -> PathBuf {
 impl FederatedHome {
     /// The federated clusters still running from `home`, if any.
     pub fn load(home: &Path) -> Result<Option<Self>> {
-        let p = path(home);
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-        };
-        let me: Self =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid", p.display()))?;
-        Ok(crate::state::alive(me.up_pid).then_some(me))
+        let me: Option<Self> = crate::state::read_json(&path(home))?;
+        Ok(me.filter(|m| crate::state::alive(m.up_pid)))
     }
 
     /// Writes atomically (temp file, then rename).
     pub fn save(&self, home: &Path) -> Result<()> {
-        let p = path(home);
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+        crate::state::write_json(&path(home), self)
     }
 
     pub fn remove(home: &Path) {

@@ -39,26 +39,35 @@ pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The JSON file at `p`, if there is one.
+pub fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>> {
+    let text = match std::fs::read_to_string(p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not valid", p.display()))
+}
+
+/// Writes `value` as JSON to `p` atomically (temp file, then rename).
+pub fn write_json(p: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = p.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))
+}
+
 impl State {
     /// The state of a platform that is still running from `home`, if any.
     pub fn load(home: &Path) -> Result<Option<Self>> {
-        let p = path(home);
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-        };
-        let state: Self =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid", p.display()))?;
-        Ok(alive(state.up_pid).then_some(state))
+        let state: Option<Self> = read_json(&path(home))?;
+        Ok(state.filter(|s| alive(s.up_pid)))
     }
 
     /// Writes atomically (temp file, then rename).
     pub fn save(&self) -> Result<()> {
-        let p = path(&self.home);
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+        write_json(&path(&self.home), self)
     }
 
     /// How operator commands connect to this platform's NATS: as the platform user.

@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agentos_bus::Bus;
 use agentos_bus::federation::nats_conf;
-use agentos_bus::id::NodeId;
+use agentos_bus::id::{NodeId, RunId, Tenant};
 use agentos_bus::server::{NatsServer, locate};
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{Options, Platform, eventually, free_port};
 
@@ -222,4 +223,106 @@ impl Clusters {
         drop(std::mem::replace(&mut self.b.nats, fresh));
         Ok(())
     }
+}
+
+// What the federation tests share: agents, waits and journal checks.
+
+/// How long a federation test waits for anything to cross the link.
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// An agent that calls `math.eval` then `echo`, then answers.
+pub fn calc_agent() -> serde_json::Value {
+    json!({
+        "id": "calc", "model": "scripted", "tools": ["math.eval", "echo"],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "math.eval", "arguments": {"expr": "6*7"}}]},
+            {"tool_calls": [{"name": "echo", "arguments": {"said": "hello"}}]},
+            {"text": "The answer is 42."}
+        ]}
+    })
+}
+
+/// Waits until A's peers list shows `agent` served by B.
+pub async fn wait_agent_at_b(c: &Clusters, agent: &str) -> Result<()> {
+    eventually("B announces the agent", LONG, || async {
+        let (_, v) = c.a.get("/v1/federation/peers").await.ok()?;
+        v["data"].as_array()?.iter().find(|p| {
+            p["node"] == "b"
+                && p["agents"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == agent))
+        })?;
+        Some(())
+    })
+    .await
+}
+
+/// An agent that sleeps `ms` in a tool, then answers.
+pub fn sleepy_agent(ms: u64) -> serde_json::Value {
+    json!({
+        "id": "sleepy", "model": "scripted", "tools": ["sleep"],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "sleep", "arguments": {"ms": ms}}]},
+            {"text": "slept"}
+        ]}
+    })
+}
+
+/// The events of `run` in A's journal: in order, each once, and how many of each type.
+pub async fn check_journal(bus: &Bus, run: &str) -> Result<Vec<String>> {
+    let tenant = Tenant::parse("acme")?;
+    let journal = bus.read_journal(&tenant, &RunId::parse(run)?).await?;
+    let seqs: Vec<u64> = journal.iter().map(|s| s.event.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "run {run}: {seqs:?}"
+    );
+    Ok(journal
+        .iter()
+        .map(|s| s.event.type_name().to_owned())
+        .collect())
+}
+
+/// An agent that calls the client tool `lookup` (so its run waits for its caller), then
+/// quotes the answer.
+pub fn asker_agent() -> serde_json::Value {
+    json!({
+        "id": "asker", "model": "scripted",
+        "client_tools": [{
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+        }],
+        "model_config": {"script": [
+            {"tool_calls": [{"name": "lookup", "arguments": {"q": "the answer"}}]},
+            {"text": "the caller said {last_tool_output}"}
+        ]}
+    })
+}
+
+/// How many events of `kind` the journal of `run` at `bus` holds.
+pub async fn count_events(bus: &Bus, run: &RunId, kind: &str) -> Result<usize> {
+    let tenant = Tenant::parse("acme")?;
+    let journal = bus.read_journal(&tenant, run).await?;
+    Ok(journal
+        .iter()
+        .filter(|s| s.event.type_name() == kind)
+        .count())
+}
+
+/// Waits until A sees `run` waiting for its caller; its record.
+pub async fn waiting_at_a(c: &Clusters, run: &str) -> Result<Value> {
+    eventually("A to see the wait", LONG, || async {
+        let (_, v) =
+            c.a.get(&format!("/v1/runs/{run}/wait?timeout_s=5"))
+                .await
+                .ok()?;
+        (v["status"] == "requires_action").then_some(v)
+    })
+    .await
+}
+
+/// How many of `names` are `kind`.
+pub fn count(names: &[String], kind: &str) -> usize {
+    names.iter().filter(|n| *n == kind).count()
 }

@@ -586,6 +586,31 @@ impl Platform {
         .await
     }
 
+    /// Reads the run's SSE stream until `event` arrives (a stream that stays open, e.g. of a
+    /// waiting run, is then dropped); the text read. An error if the stream ends first or
+    /// `timeout` passes.
+    pub async fn sse_until(&self, run: &str, event: &str, timeout: Duration) -> Result<String> {
+        let mut sse = self
+            .req(reqwest::Method::GET, &format!("/v1/runs/{run}/events"))
+            .send()
+            .await?;
+        let (mut text, wanted) = (String::new(), format!("event: {event}"));
+        let saw = tokio::time::timeout(timeout, async {
+            while let Ok(Some(chunk)) = sse.chunk().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if text.contains(&wanted) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if saw != Ok(true) {
+            bail!("no {event} on the stream of run {run}; so far: {text}");
+        }
+        Ok(text)
+    }
+
     /// Reads the SSE stream to its end (it closes after the terminal event).
     pub async fn events(&self, run: &str, last_event_id: Option<u64>) -> Result<Vec<SseEvent>> {
         let mut r = self.req(reqwest::Method::GET, &format!("/v1/runs/{run}/events"));

@@ -102,24 +102,9 @@ async fn a_waiting_run_survives_every_orchestrator_and_nats_and_resumes_once() {
     let events = journal(&p, &run).await;
     assert_eq!(count(&events, "run.requires_action"), 1);
     // The SSE stream emits it (and stays open: the run is not over).
-    let mut sse = p
-        .req(reqwest::Method::GET, &format!("/v1/runs/{run}/events"))
-        .send()
+    p.sse_until(&run, "run.requires_action", Duration::from_secs(30))
         .await
-        .expect("events");
-    let mut text = String::new();
-    let saw = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(chunk)) = sse.chunk().await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains("event: run.requires_action") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(saw, Ok(true), "SSE so far: {text}");
-    drop(sse);
+        .expect("the wait on the stream");
     // It holds no message: nothing pending or unacked on the orchestrators' consumer.
     let queue = eventually("an empty run queue", Duration::from_secs(10), || async {
         let c = p
