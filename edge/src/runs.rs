@@ -63,6 +63,18 @@ pub struct CreateRun {
 #[serde(deny_unknown_fields)]
 pub struct Placement {
     pub node: String,
+    /// `local`: when the peer cannot take the run now (its link is down, it is unknown or
+    /// incompatible) and this cluster has the agent, run it here instead of waiting for the
+    /// peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// Where a placed run goes when its peer cannot take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    Local,
 }
 
 /// A run as the API shows it.
@@ -301,11 +313,14 @@ pub async fn create(
         let node = agentos_bus::id::NodeId::parse(p.node.clone()).map_err(|e| {
             ApiError::bad_request("invalid_id", e.to_string()).with_param("placement.node")
         })?;
-        if state
+        let remote = state
             .federation
             .as_ref()
-            .is_none_or(|f| f.config.node != node)
-        {
+            .is_none_or(|f| f.config.node != node);
+        let fall_back = p.fallback == Some(Fallback::Local)
+            && !crate::federation::can_take(&state, &node).await?
+            && agents::load(&state, &auth, &agent_id).await.is_ok();
+        if remote && !fall_back {
             return crate::federation::forward(&state, &auth, &headers, &body, node).await;
         }
     }

@@ -414,7 +414,7 @@ async fn the_forward_index_survives_a_restart_of_a() -> Result<()> {
 }
 
 /// A run placed while the link is down stays queued (`waiting_for_peer`) and is delivered when
-/// the link returns.
+/// the link returns; with `fallback: local` it runs here instead when the agent is here.
 #[tokio::test]
 async fn a_run_placed_while_the_link_is_down_waits_for_the_peer() -> Result<()> {
     let mut c = Clusters::start(FedOptions::default()).await?;
@@ -444,9 +444,42 @@ async fn a_run_placed_while_the_link_is_down_waits_for_the_peer() -> Result<()> 
     assert_eq!(link["status"], "compatible");
     let (_, still) = c.a.get(&format!("/v1/runs/{run}")).await?;
     assert_eq!(still["status_reason"], "waiting_for_peer", "{still}");
-    c.restart_b_nats().await?;
-    let done = c.a.wait_terminal(&run, LONG).await?;
+    // `fallback: local` with the link down: without the agent here the run still goes to B (and
+    // waits); with it, it runs here at once.
+    let placed =
+        json!({"agent_id": "calc", "input": "y", "placement": {"node": "b", "fallback": "local"}});
+    let (status, v) = c.a.post("/v1/runs", &placed).await?;
+    assert_eq!((status, v["node"].as_str()), (201, Some("b")), "{v}");
+    let waits_for_b = v["id"].as_str().expect("id").to_owned();
+    c.a.create_agent(calc_agent()).await?;
+    let (status, v) = c.a.post("/v1/runs", &placed).await?;
+    assert_eq!(status, 201, "{v}");
+    assert!(v.get("node").is_none_or(serde_json::Value::is_null), "{v}");
+    let here = v["id"].as_str().expect("id").to_owned();
+    let done = c.a.wait_terminal(&here, LONG).await?;
     assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        done.get("node").is_none_or(serde_json::Value::is_null),
+        "{done}"
+    );
+    c.restart_b_nats().await?;
+    for run in [&run, &waits_for_b] {
+        let done = c.a.wait_terminal(run, LONG).await?;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["node"], "b", "{done}");
+    }
+    // With the link up again the placement goes to B, fallback or not.
+    eventually("A to see the link up", LONG, || async {
+        let (_, v) = c.a.get("/v1/federation/peers").await.ok()?;
+        v["data"]
+            .as_array()?
+            .iter()
+            .any(|p| p["node"] == "b" && p["link"] == "up")
+            .then_some(())
+    })
+    .await?;
+    let (status, v) = c.a.post("/v1/runs", &placed).await?;
+    assert_eq!((status, v["node"].as_str()), (201, Some("b")), "{v}");
     Ok(())
 }
 

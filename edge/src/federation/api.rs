@@ -113,6 +113,17 @@ pub(crate) async fn peers(
     })))
 }
 
+/// Whether `node` can take a run now: a known, compatible peer whose link is up.
+pub(crate) async fn can_take(state: &AppState, node: &NodeId) -> ApiResult<bool> {
+    let Some(fed) = state.federation.as_ref() else {
+        return Ok(false);
+    };
+    Ok(fed
+        .peer(node)
+        .await?
+        .is_some_and(|p| p.protocol_with(fed.config.protocol).is_some() && p.link_up(now())))
+}
+
 /// The peer that serves `agent` of the caller's tenant when this cluster does not: compatible,
 /// allowed for the tenant, link up preferred. `None` when not federated or nobody does.
 pub(crate) async fn auto_place(
