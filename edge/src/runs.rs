@@ -5,7 +5,7 @@ use agentos_bus::envelope::{
     Envelope, ErrorBody, Event, EventData, MAX_EXPIRY, MultitaskStrategy, PendingCall, RunRecord,
     RunRequest, RunStatus, SubmitMessage, Usage, now,
 };
-use agentos_bus::id::{AgentId, RunId};
+use agentos_bus::id::{AgentId, NodeId, RunId};
 use agentos_bus::key::{self, Key};
 use agentos_bus::{Error as BusError, SubmitMeta, Versioned};
 use axum::extract::{Path, State};
@@ -471,9 +471,6 @@ pub async fn cancel(
     let key = run_key(&auth, &id);
     for _ in 0..10 {
         let current = load(&state, &auth, &id).await?;
-        if let Some(node) = current.value.node.clone() {
-            return crate::federation::cancel(&state, &auth, id, node).await;
-        }
         let mut rec = current.value;
         if rec.status.is_terminal() {
             return Err(ApiError::conflict(
@@ -481,43 +478,38 @@ pub async fn cancel(
                 format!("run {id} is already {}", rec.status.as_str()),
             ));
         }
-        // Not started yet: claim journal position 1 with run.cancelled. If an orchestrator got
-        // there first this fails, and the signal below reaches it instead.
-        let cancelled_now = rec.status == RunStatus::Queued && {
-            let event = Event {
-                seq: 1,
-                run_id: id,
-                tenant: auth.tenant.clone(),
-                ts: now(),
-                trace_id: rec.trace_id.clone(),
-                data: EventData::RunCancelled {
-                    reason: "cancelled before start".into(),
-                },
-            };
-            match state.bus.append(&event, 0).await {
-                Ok(_) => true,
-                Err(BusError::WrongLastSequence { .. }) => false,
-                Err(e) => return Err(e.into()),
+        let how = match rec.node.clone() {
+            Some(node) => {
+                crate::federation::ensure_enabled(&state)?;
+                Cancel::Forward(node)
             }
+            None if rec.status == RunStatus::Queued
+                && cancel_before_start(&state, &rec).await? =>
+            {
+                Cancel::Now
+            }
+            None => Cancel::Signal,
         };
-        rec.status = if cancelled_now {
+        rec.updated_at = now();
+        rec.status = if matches!(how, Cancel::Now) {
+            rec.finished_at = Some(rec.updated_at);
+            rec.last_seq = 1;
             RunStatus::Cancelled
         } else {
             RunStatus::Cancelling
         };
-        rec.updated_at = now();
-        if cancelled_now {
-            rec.finished_at = Some(rec.updated_at);
-            rec.last_seq = 1;
-        }
         match state
             .runs
             .update(&key, rec.encode(), current.revision)
             .await
         {
             Ok(_) => {
-                if !cancelled_now {
-                    state.bus.publish_cancel(&auth.tenant, &id).await?;
+                match &how {
+                    Cancel::Now => {}
+                    Cancel::Signal => state.bus.publish_cancel(&auth.tenant, &id).await?,
+                    Cancel::Forward(node) => {
+                        crate::federation::forward_cancel(&state, &auth, id, node).await?;
+                    }
                 }
                 tracing::info!(run = %id, status = rec.status.as_str(), "cancel requested");
                 crate::admin::record_committed(
@@ -538,6 +530,36 @@ pub async fn cancel(
         "concurrent_update",
         "the run kept changing; retry",
     ))
+}
+
+/// How a cancel reaches its run.
+enum Cancel {
+    /// Not started: `run.cancelled` took journal position 1, so no orchestrator will start it.
+    Now,
+    /// Started here: its orchestrator hears the cancel signal.
+    Signal,
+    /// Forwarded: the peer that runs it gets the cancel.
+    Forward(NodeId),
+}
+
+/// Claims journal position 1 with `run.cancelled` for a run not started yet. `false` when an
+/// orchestrator got there first: the cancel signal then reaches it instead.
+async fn cancel_before_start(state: &AppState, rec: &RunRecord) -> ApiResult<bool> {
+    let event = Event {
+        seq: 1,
+        run_id: rec.id,
+        tenant: rec.tenant.clone(),
+        ts: now(),
+        trace_id: rec.trace_id.clone(),
+        data: EventData::RunCancelled {
+            reason: "cancelled before start".into(),
+        },
+    };
+    match state.bus.append(&event, 0).await {
+        Ok(_) => Ok(true),
+        Err(BusError::WrongLastSequence { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

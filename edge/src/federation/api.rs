@@ -1,7 +1,7 @@
 //! The origin's side of forwarding, and `GET /v1/federation/peers`.
 
 use agentos_bus::Error as BusError;
-use agentos_bus::envelope::{Envelope, RunRecord, RunRequest, RunStatus, now};
+use agentos_bus::envelope::{RunRecord, RunRequest, now};
 use agentos_bus::federation::{ForwardCancel, ForwardRun, FwdEntry, FwdState, PeerRecord};
 use agentos_bus::id::{AgentId, NodeId, RunId};
 use agentos_bus::key;
@@ -307,66 +307,36 @@ pub(crate) async fn forward(
     Ok((status, Json(RunView::from(record))).into_response())
 }
 
-/// Cancels a forwarded run: the record says `cancelling` and the cancel goes to the peer (with
-/// the caller's token), which cancels its run; the `run.cancelled` event comes back.
-pub(crate) async fn cancel(
+/// Refuses before anything changes when this edge cannot reach the peers (a run forwarded while
+/// federation was on, cancelled after it was turned off).
+pub(crate) fn ensure_enabled(state: &AppState) -> ApiResult<()> {
+    fed(state).map(|_| ())
+}
+
+/// Sends the cancel of a forwarded run to the peer that runs it, once the origin's record shows
+/// `cancelling`; the peer's `run.cancelled` comes back like any other event.
+pub(crate) async fn forward_cancel(
     state: &AppState,
     auth: &AuthContext,
     id: RunId,
-    node: NodeId,
-) -> ApiResult<(StatusCode, Json<RunView>)> {
-    let fed = fed(state)?;
-    let run_key = key::run(&auth.tenant, &id);
-    for _ in 0..10 {
-        let current = crate::runs::load(state, auth, &id).await?;
-        let mut rec = current.value;
-        if rec.status.is_terminal() {
-            return Err(ApiError::conflict(
-                "run_already_finished",
-                format!("run {id} is already {}", rec.status.as_str()),
-            ));
-        }
-        rec.status = RunStatus::Cancelling;
-        rec.updated_at = now();
-        match state
-            .runs
-            .update(&run_key, rec.encode(), current.revision)
-            .await
-        {
-            Ok(_) => {
-                let msg = ForwardCancel {
-                    origin: fed.config.node.clone(),
-                    run_id: id,
-                    tenant: auth.tenant.clone(),
-                };
-                state
-                    .bus
-                    .fed_publish(
-                        &node,
-                        FedKind::Cancel,
-                        &auth.tenant,
-                        &msg,
-                        &format!("cancel-{id}"),
-                        auth.token.as_deref(),
-                    )
-                    .await?;
-                tracing::info!(run = %id, %node, "cancel forwarded");
-                crate::admin::record_committed(
-                    state,
-                    auth,
-                    "run.cancel",
-                    id.to_string(),
-                    Value::Null,
-                )
-                .await;
-                return Ok((StatusCode::ACCEPTED, Json(rec.into())));
-            }
-            Err(BusError::WrongRevision { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::conflict(
-        "concurrent_update",
-        "the run kept changing; retry",
-    ))
+    node: &NodeId,
+) -> ApiResult<()> {
+    let msg = ForwardCancel {
+        origin: fed(state)?.config.node.clone(),
+        run_id: id,
+        tenant: auth.tenant.clone(),
+    };
+    state
+        .bus
+        .fed_publish(
+            node,
+            FedKind::Cancel,
+            &auth.tenant,
+            &msg,
+            &format!("cancel-{id}"),
+            auth.token.as_deref(),
+        )
+        .await?;
+    tracing::info!(run = %id, %node, "cancel forwarded");
+    Ok(())
 }

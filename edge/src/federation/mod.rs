@@ -32,7 +32,7 @@ use agentos_bus::provision::Bucket;
 use agentos_bus::{Bus, Kv, key};
 
 pub use allow::TenantPeers;
-pub(crate) use api::{auto_place, can_take, cancel, forward, routes};
+pub(crate) use api::{auto_place, can_take, ensure_enabled, forward, forward_cancel, routes};
 pub use worker::run;
 
 /// Why a forwarded run is still `queued`: the peer has not taken it yet.
