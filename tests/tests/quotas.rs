@@ -59,6 +59,17 @@ async fn ledger(p: &Platform, tenant: &str) -> Ledger {
         .unwrap_or_default()
 }
 
+/// The tenant's ledger once every hold in it is released (within 30 s).
+async fn released(p: &Platform, tenant: &str) -> Ledger {
+    let what = format!("every hold of {tenant} released");
+    eventually(&what, Duration::from_secs(30), || async {
+        let l = ledger(p, tenant).await;
+        l.holds.values().all(|h| h.dropped).then_some(l)
+    })
+    .await
+    .expect("released")
+}
+
 async fn create_agent_as(p: &Platform, token: &str, body: &Value) {
     let (s, v, _) = send(
         p,
@@ -211,12 +222,7 @@ async fn a_budget_for_exactly_50_admits_50_of_200_runs_and_50_of_200_chat_comple
         .iter()
         .map(|r| r["usage"]["total_tokens"].as_u64().unwrap_or(0))
         .sum();
-    let l = eventually("every hold released", Duration::from_secs(30), || async {
-        let l = ledger(&p, "acme").await;
-        l.holds.values().all(|h| h.dropped).then_some(l)
-    })
-    .await
-    .expect("released");
+    let l = released(&p, "acme").await;
     assert_eq!(
         (l.day.used.tokens, l.total.tokens),
         (used, used),
@@ -317,16 +323,7 @@ async fn a_budget_for_exactly_50_admits_50_of_200_runs_and_50_of_200_chat_comple
         .iter()
         .map(|r| r.1["usage"]["total_tokens"].as_u64().unwrap_or(0))
         .sum();
-    let l = eventually(
-        "every chat hold released",
-        Duration::from_secs(30),
-        || async {
-            let l = ledger(&p, "chatco").await;
-            l.holds.values().all(|h| h.dropped).then_some(l)
-        },
-    )
-    .await
-    .expect("released");
+    let l = released(&p, "chatco").await;
     assert_eq!(
         l.day.used.tokens, chat_used,
         "metered == the completions' usage"
@@ -448,12 +445,7 @@ async fn a_concurrency_limit_of_3_holds_under_100_queued_runs_and_other_tenants_
         percentile(&during, 1.0) < Duration::from_secs(3),
         "the other tenant waited behind the backlog: {during:?}"
     );
-    let l = eventually("slots released", Duration::from_secs(30), || async {
-        let l = ledger(&p, "acme").await;
-        l.holds.values().all(|h| h.dropped).then_some(l)
-    })
-    .await
-    .expect("released");
+    let l = released(&p, "acme").await;
     assert_eq!(l.running(), 0);
 
     // With `reject`, a run over the limit fails quota_exceeded instead of waiting.
@@ -550,16 +542,7 @@ async fn kill_9_of_the_orchestrator_holding_a_reserved_run_returns_the_reservati
         .await
         .expect("terminal");
     assert_eq!(done["status"], "completed", "{done}");
-    let l = eventually(
-        "the reservation back to zero",
-        Duration::from_secs(30),
-        || async {
-            let l = ledger(&p, "acme").await;
-            l.holds.values().all(|h| h.dropped).then_some(l)
-        },
-    )
-    .await
-    .expect("released");
+    let l = released(&p, "acme").await;
     assert_eq!((l.running(), l.outstanding().tokens), (0, 0));
     assert_eq!(
         l.total.tokens,
@@ -655,12 +638,7 @@ async fn a_run_waiting_longer_than_its_hold_lease_is_held_again_when_answered() 
         .await
         .expect("terminal");
     assert_eq!(resumed["status"], "completed", "{resumed}");
-    let l = eventually("every hold released", Duration::from_secs(30), || async {
-        let l = ledger(&p, "acme").await;
-        l.holds.values().all(|h| h.dropped).then_some(l)
-    })
-    .await
-    .expect("released");
+    let l = released(&p, "acme").await;
     assert_eq!((l.running(), l.outstanding().tokens), (0, 0));
     let used = |r: &Value| r["usage"]["total_tokens"].as_u64().expect("usage");
     assert_eq!(
