@@ -197,9 +197,7 @@ pub(crate) async fn drive<P: Port>(
                 // it costs the run time, not its attempts (handed back at each look, five
                 // attempts fell short of a dead worker's lease and failed the run).
                 busy_waited += wait;
-                if busy_waited > opts.tool_timeout + 2 * crate::tool::LEASE_GRACE
-                    || drain.is_cancelled()
-                {
+                if busy_waited > opts.tool_timeout + 2 * opts.claim_grace || drain.is_cancelled() {
                     tracing::info!(run = %req.run_id, ?wait, "a tool call of this run may still be running elsewhere; handing the run back");
                     return Disposition::Retry(wait);
                 }

@@ -50,6 +50,10 @@ pub struct OrchestratorOptions {
     /// The first wait after a bus failure (doubling to ten times it); a delivery waits out
     /// five failures in place before it hands the run back.
     pub bus_retry: Duration,
+    /// What the tool workers add to a call's timeout for its claim's lease
+    /// ([`crate::tool::LEASE_GRACE`]): a delivery waits in place for a call another worker holds
+    /// up to the tool timeout plus twice this, then hands the run back.
+    pub claim_grace: Duration,
     /// How long shutdown waits for in-flight runs before handing them back.
     pub drain_grace: Duration,
     /// Which tenants' runs may start.
@@ -86,6 +90,7 @@ impl Default for OrchestratorOptions {
             tool_timeout: Duration::from_secs(60),
             max_attempts: 5,
             bus_retry: Duration::from_secs(1),
+            claim_grace: crate::tool::LEASE_GRACE,
             drain_grace: Duration::from_secs(10),
             admission: agentos_bus::Admission::default(),
             thread_lease: Duration::from_secs(30),

@@ -44,6 +44,12 @@ use world::*;
 /// The earlier user message of the simulated thread.
 pub(super) const EARLIER_QUESTION: &str = "an earlier question";
 
+/// The simulated tool worker's claim grace, scaled like the world's other timings (a real
+/// worker's is [`crate::tool::LEASE_GRACE`], 5 s): the orchestrator waits out a held call in
+/// place for up to twice it, and unscaled waits of seconds of virtual time let duplicate
+/// drivers pile up faster than the scheduler drains them.
+pub(super) const CLAIM_GRACE_MS: u64 = 50;
+
 /// Schedules per `cargo test` run, and with `AGENTOS_LONG_TESTS`.
 pub(super) const SCHEDULES: u64 = 8_000;
 pub(super) const LONG_SCHEDULES: u64 = 200_000;
@@ -163,6 +169,7 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         max_attempts: 12,
         // Scaled like the other timings of the simulated world.
         bus_retry: Duration::from_millis(50),
+        claim_grace: Duration::from_millis(CLAIM_GRACE_MS),
         thread_lease: Duration::from_secs(2),
         thread_poll: Duration::from_millis(50),
         ..OrchestratorOptions::default()

@@ -263,7 +263,7 @@ impl World {
                         }
                         // Free, or an expired claim taken over.
                         _ => {
-                            let lease = job.request.timeout_ms + 5_000;
+                            let lease = job.request.timeout_ms + super::CLAIM_GRACE_MS;
                             let until_ms = self.now_ms + lease;
                             self.results.insert(key.clone(), Slot::Claimed { until_ms });
                         }
