@@ -50,6 +50,13 @@ pub(super) const EARLIER_QUESTION: &str = "an earlier question";
 /// drivers pile up faster than the scheduler drains them.
 pub(super) const CLAIM_GRACE_MS: u64 = 50;
 
+/// The simulated orchestrators: one message is driven by at most this many drivers at once
+/// (one per orchestrator holding it). Without a bound, duplicates of duplicates of a run whose
+/// drivers wait in place (a held tool call, a thread's lock) outgrow the scheduler, which
+/// polls one driver per tick: thousands of drivers of one run contending for its thread's
+/// lock, none of them wrong, and the schedule out of ticks.
+const ORCHESTRATORS: usize = 3;
+
 /// Schedules per `cargo test` run, and with `AGENTOS_LONG_TESTS`.
 pub(super) const SCHEDULES: u64 = 8_000;
 pub(super) const LONG_SCHEDULES: u64 = 200_000;
@@ -414,9 +421,11 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         if !tasks.is_empty() && rng.chance(faults.duplicate) {
             let t = &tasks[rng.below(tasks.len() as u64) as usize];
             let (m, delivered) = (t.msg, t.delivered + 1);
-            lock(&world).seen.duplicate_drivers += 1;
-            if let Some(task) = spawn(&msgs, m, delivered) {
-                tasks.push(task);
+            if tasks.iter().filter(|t| t.msg == m).count() < ORCHESTRATORS {
+                lock(&world).seen.duplicate_drivers += 1;
+                if let Some(task) = spawn(&msgs, m, delivered) {
+                    tasks.push(task);
+                }
             }
         }
         if rng.chance(faults.cancel) {
