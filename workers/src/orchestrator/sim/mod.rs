@@ -353,8 +353,9 @@ fn schedule(seed: u64) -> std::result::Result<Seen, String> {
         ticks += 1;
         if ticks > 400_000 {
             return Err(format!(
-                "no progress after {ticks} ticks ({} tasks left)",
-                tasks.len()
+                "no progress after {ticks} ticks ({} tasks left)\n{}",
+                tasks.len(),
+                stuck(&lock(&world), &runs, &msgs, &tasks)
             ));
         }
         let now = {
@@ -510,6 +511,53 @@ fn sim_run_id(rng: &mut Rng) -> std::result::Result<RunId, String> {
         b & 0xffff_ffff_ffff
     );
     RunId::parse(&text).map_err(|e| e.to_string())
+}
+
+/// What a schedule out of ticks was doing: each run's record and last events, the thread
+/// locks, and how many drivers each message still has.
+fn stuck(w: &World, runs: &[SimRun], msgs: &[Msg], tasks: &[Task]) -> String {
+    let mut out = String::new();
+    for (i, run) in runs.iter().enumerate() {
+        let id = run.req.run_id;
+        let journal = w.journals.get(&id).map_or(&[][..], Vec::as_slice);
+        let last: Vec<&str> = journal
+            .iter()
+            .rev()
+            .take(3)
+            .map(|e| e.event.type_name())
+            .collect();
+        let record = w.records.get(&id).map(|(r, _)| r.status.as_str());
+        let drivers: Vec<String> = (0..msgs.len())
+            .filter(|m| msgs[*m].run == i)
+            .map(|m| (m, tasks.iter().filter(|t| t.msg == m).count()))
+            .filter(|(_, n)| *n > 0)
+            .map(|(m, n)| {
+                let what = match msgs[m].trigger {
+                    Trigger::Submission => "submission",
+                    Trigger::Answer(_) => "answer",
+                    Trigger::Wake => "wake",
+                };
+                format!("msg {m} ({what}): {n}")
+            })
+            .collect();
+        out += &format!(
+            "run {i} {id}: thread {:?} {:?}, record {record:?}, {} events, last {last:?}, drivers [{}]\n",
+            run.req.thread_id.as_ref().map(|t| t.as_str()),
+            run.req.multitask_strategy,
+            journal.len(),
+            drivers.join(", ")
+        );
+    }
+    for (thread, (l, rev)) in &w.locks {
+        out += &format!(
+            "lock {}: run {} until {} released {} (revision {rev})\n",
+            thread.as_str(),
+            l.run_id,
+            l.expires_at,
+            l.released
+        );
+    }
+    out
 }
 
 /// The invariants, checked on the final state; returns how the runs ended.
