@@ -1,5 +1,5 @@
-//! The invariants, checked on a schedule's final state, and the tally of what the schedules
-//! reached.
+//! The invariants, checked on a schedule's final state, the tally of what the schedules
+//! reached, and the report of a schedule that ran out of ticks.
 
 use std::collections::BTreeSet;
 
@@ -8,7 +8,7 @@ use agentos_bus::envelope::{
 };
 
 use super::world::{ASK, World};
-use super::{Accepted, Msg, SimRun};
+use super::{Accepted, Msg, SimRun, Task};
 use crate::orchestrator::human::Trigger;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -494,4 +494,51 @@ fn budgets(w: &World, runs: &[SimRun], ended: &mut Seen) -> std::result::Result<
         })
         .count() as u64;
     Ok(())
+}
+
+/// What a schedule out of ticks was doing: each run's record and last events, the thread
+/// locks, and how many drivers each message still has.
+pub(super) fn stuck(w: &World, runs: &[SimRun], msgs: &[Msg], tasks: &[Task]) -> String {
+    let mut out = String::new();
+    for (i, run) in runs.iter().enumerate() {
+        let id = run.req.run_id;
+        let journal = w.journals.get(&id).map_or(&[][..], Vec::as_slice);
+        let last: Vec<&str> = journal
+            .iter()
+            .rev()
+            .take(3)
+            .map(|e| e.event.type_name())
+            .collect();
+        let record = w.records.get(&id).map(|(r, _)| r.status.as_str());
+        let drivers: Vec<String> = (0..msgs.len())
+            .filter(|m| msgs[*m].run == i)
+            .map(|m| (m, tasks.iter().filter(|t| t.msg == m).count()))
+            .filter(|(_, n)| *n > 0)
+            .map(|(m, n)| {
+                let what = match msgs[m].trigger {
+                    Trigger::Submission => "submission",
+                    Trigger::Answer(_) => "answer",
+                    Trigger::Wake => "wake",
+                };
+                format!("msg {m} ({what}): {n}")
+            })
+            .collect();
+        out += &format!(
+            "run {i} {id}: thread {:?} {:?}, record {record:?}, {} events, last {last:?}, drivers [{}]\n",
+            run.req.thread_id.as_ref().map(|t| t.as_str()),
+            run.req.multitask_strategy,
+            journal.len(),
+            drivers.join(", ")
+        );
+    }
+    for (thread, (l, rev)) in &w.locks {
+        out += &format!(
+            "lock {}: run {} until {} released {} (revision {rev})\n",
+            thread.as_str(),
+            l.run_id,
+            l.expires_at,
+            l.released
+        );
+    }
+    out
 }

@@ -37,7 +37,7 @@ use super::OrchestratorOptions;
 use super::drive::{Attempt, Disposition, drive};
 use super::human::Trigger;
 use callers::{Accepted, Msg, answer_waiting, edge_cancel};
-use check::{Seen, check};
+use check::{Seen, check, stuck};
 use port::SimPort;
 use world::*;
 
@@ -511,53 +511,6 @@ fn sim_run_id(rng: &mut Rng) -> std::result::Result<RunId, String> {
         b & 0xffff_ffff_ffff
     );
     RunId::parse(&text).map_err(|e| e.to_string())
-}
-
-/// What a schedule out of ticks was doing: each run's record and last events, the thread
-/// locks, and how many drivers each message still has.
-fn stuck(w: &World, runs: &[SimRun], msgs: &[Msg], tasks: &[Task]) -> String {
-    let mut out = String::new();
-    for (i, run) in runs.iter().enumerate() {
-        let id = run.req.run_id;
-        let journal = w.journals.get(&id).map_or(&[][..], Vec::as_slice);
-        let last: Vec<&str> = journal
-            .iter()
-            .rev()
-            .take(3)
-            .map(|e| e.event.type_name())
-            .collect();
-        let record = w.records.get(&id).map(|(r, _)| r.status.as_str());
-        let drivers: Vec<String> = (0..msgs.len())
-            .filter(|m| msgs[*m].run == i)
-            .map(|m| (m, tasks.iter().filter(|t| t.msg == m).count()))
-            .filter(|(_, n)| *n > 0)
-            .map(|(m, n)| {
-                let what = match msgs[m].trigger {
-                    Trigger::Submission => "submission",
-                    Trigger::Answer(_) => "answer",
-                    Trigger::Wake => "wake",
-                };
-                format!("msg {m} ({what}): {n}")
-            })
-            .collect();
-        out += &format!(
-            "run {i} {id}: thread {:?} {:?}, record {record:?}, {} events, last {last:?}, drivers [{}]\n",
-            run.req.thread_id.as_ref().map(|t| t.as_str()),
-            run.req.multitask_strategy,
-            journal.len(),
-            drivers.join(", ")
-        );
-    }
-    for (thread, (l, rev)) in &w.locks {
-        out += &format!(
-            "lock {}: run {} until {} released {} (revision {rev})\n",
-            thread.as_str(),
-            l.run_id,
-            l.expires_at,
-            l.released
-        );
-    }
-    out
 }
 
 /// The invariants, checked on the final state; returns how the runs ended.
