@@ -70,6 +70,33 @@ impl Drop for Down {
     }
 }
 
+/// One try at submitting a run of `agent` under `Idempotency-Key: key` (10 s at most): its id
+/// once `edge` accepted it, `None` on any failure, for load tests that retry with the same key
+/// through edges that may be down.
+pub async fn try_submit(
+    http: &reqwest::Client,
+    edge: &str,
+    token: &str,
+    key: &str,
+    agent: &str,
+    input: &str,
+) -> Option<String> {
+    let r = http
+        .post(format!("{edge}/v1/runs"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .timeout(Duration::from_secs(10))
+        .json(&serde_json::json!({"agent_id": agent, "input": input}))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    v["id"].as_str().map(str::to_owned)
+}
+
 /// An agent `id` on the scripted model that makes one `echo` tool call, then answers "ok":
 /// the run the bench, the soak and the chaos test drive.
 pub fn echo_agent(id: &str) -> Value {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use agentos_bus::envelope::EventData;
 use agentos_bus::id::{RunId, Tenant};
-use agentos_e2e::{Options, Platform, eventually};
-use serde_json::{Value, json};
+use agentos_e2e::{Options, Platform, eventually, try_submit};
+use serde_json::Value;
 
 const CLIENTS: usize = 16;
 
@@ -33,20 +33,10 @@ async fn one_run(http: &reqwest::Client, edges: &[String; 2], token: &str, i: us
     let id = loop {
         let edge = &edges[k % 2];
         k += 1;
-        let sent = http
-            .post(format!("{edge}/v1/runs"))
-            .bearer_auth(token)
-            .header("Idempotency-Key", format!("chaos-{i}"))
-            .timeout(Duration::from_secs(10))
-            .json(&json!({"agent_id": "chaos", "input": format!("chaos {i}")}))
-            .send()
-            .await;
-        if let Ok(r) = sent
-            && r.status().is_success()
-            && let Ok(v) = r.json::<Value>().await
-            && let Some(id) = v["id"].as_str()
+        let key = format!("chaos-{i}");
+        if let Some(id) = try_submit(http, edge, token, &key, "chaos", &format!("chaos {i}")).await
         {
-            break id.to_owned();
+            break id;
         }
         assert!(Instant::now() < deadline, "run chaos-{i} never accepted");
         tokio::time::sleep(Duration::from_millis(100)).await;

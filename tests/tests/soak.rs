@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agentos_e2e::{Options, Platform, rss_kib};
-use serde_json::{Value, json};
+use agentos_e2e::{Options, Platform, rss_kib, try_submit};
+use serde_json::Value;
 
 const CLIENTS: usize = 16;
 
@@ -36,18 +36,8 @@ fn processes(p: &Platform) -> Vec<(String, u32)> {
 async fn one_run(http: &reqwest::Client, edge: &str, token: &str, i: usize) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let sent = http
-            .post(format!("{edge}/v1/runs"))
-            .bearer_auth(token)
-            .header("Idempotency-Key", format!("soak-{i}"))
-            .json(&json!({"agent_id": "soak", "input": format!("soak {i}")}))
-            .send()
-            .await;
-        if let Ok(r) = sent
-            && r.status().is_success()
-            && let Ok(v) = r.json::<Value>().await
-            && let Some(id) = v["id"].as_str()
-        {
+        let key = format!("soak-{i}");
+        if let Some(id) = try_submit(http, edge, token, &key, "soak", &format!("soak {i}")).await {
             let done: Value = http
                 .get(format!("{edge}/v1/runs/{id}/wait?timeout_s=60"))
                 .bearer_auth(token)
