@@ -51,7 +51,7 @@ impl Bus {
     /// Every revocation written from now on: `(entry name, revocation)`.
     pub async fn revocation_updates(
         &self,
-    ) -> Result<impl Stream<Item = (String, Revoked)> + Send + Unpin + 'static> {
+    ) -> Result<impl Stream<Item = (String, Revoked)> + Send + Unpin + use<>> {
         let subject = format!("$KV.{}.>", Bucket::Revoked.name());
         let sub = self
             .client

@@ -188,7 +188,10 @@ pub async fn serve(a: AuthCalloutArgs, profile: crate::profile::Profile) -> Resu
     .context("connecting as the callout user")?;
     let shutdown = crate::run::shutdown_on_signal();
     let revoked = Revocations::default();
-    revoked.load(&platform).await?;
+    let following = revoked
+        .clone()
+        .follow(platform.clone(), shutdown.clone())
+        .await?;
     let judge = Judge {
         auth,
         revoked: revoked.clone(),
@@ -231,7 +234,7 @@ pub async fn serve(a: AuthCalloutArgs, profile: crate::profile::Profile) -> Resu
     // supervisor restarts the service).
     tokio::select! {
         r = serving => r?,
-        r = revoked.clone().follow(platform.clone(), shutdown.clone()) => {
+        r = following => {
             r?;
             if !shutdown.is_cancelled() {
                 bail!("the revocation list stopped updating");

@@ -302,6 +302,12 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
         source,
     };
     let tls = opts.tls.clone().map(tls::Tls::load).transpose()?;
+    // The revocation list is loaded before the first request is heard.
+    let revocations = state
+        .revoked
+        .clone()
+        .follow(state.bus.clone(), shutdown.clone())
+        .await?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(bind)?;
@@ -316,10 +322,6 @@ pub async fn serve(bus: Bus, opts: EdgeOptions, shutdown: CancellationToken) -> 
     };
     let watch = state.clone().watch(shutdown.clone());
     let watcher = async { watch.await.map_err(Error::from) };
-    let revocations = state
-        .revoked
-        .clone()
-        .follow(state.bus.clone(), shutdown.clone());
     let revocations = async { revocations.await.map_err(Error::from) };
     let federation = federation::run(state.clone(), shutdown.clone());
     let federation = async { federation.await.map_err(Error::from) };

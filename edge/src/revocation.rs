@@ -49,28 +49,35 @@ impl Revocations {
         }
     }
 
-    /// Loads the revocations stored now (`follow` does too, then keeps the list current).
-    pub async fn load(&self, bus: &Bus) -> agentos_bus::Result<()> {
+    /// Loads the revocations stored now.
+    async fn load(&self, bus: &Bus) -> agentos_bus::Result<()> {
         for (key, r) in bus.revocations().await? {
             self.note(key, r.until);
         }
         Ok(())
     }
 
-    /// Loads the list, then follows new entries until `shutdown` (subscribed first, so nothing
-    /// written while loading is missed).
-    pub async fn follow(self, bus: Bus, shutdown: CancellationToken) -> agentos_bus::Result<()> {
+    /// Loads the list (subscribed first, so nothing written while loading is missed) and
+    /// returns what keeps it current until `shutdown`. Await the load before serving: a
+    /// process that answers before it knows the list lets revoked tokens in.
+    pub async fn follow(
+        self,
+        bus: Bus,
+        shutdown: CancellationToken,
+    ) -> agentos_bus::Result<impl Future<Output = agentos_bus::Result<()>> + Send + 'static> {
         let mut updates = bus.revocation_updates().await?;
         self.load(&bus).await?;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                update = updates.next() => match update {
-                    Some((key, r)) => self.note(key, r.until),
-                    None => return Ok(()),
-                },
+        Ok(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    update = updates.next() => match update {
+                        Some((key, r)) => self.note(key, r.until),
+                        None => return Ok(()),
+                    },
+                }
             }
-        }
+        })
     }
 }
 
